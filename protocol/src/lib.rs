@@ -1,0 +1,24 @@
+//! Wire formats spoken between the Sovereign guest (`sovereign-init`) and the host
+//! launcher (`sovereign`). Both binaries depend on this crate so the two ends cannot
+//! drift apart; it does no I/O, so every codec here can be unit-tested and fuzzed.
+//!
+//! - [`control`]: the control channel framing (u32 big-endian length + one JSON message).
+//! - [`messages`]: the messages carried on it, in both directions.
+//! - [`config`]: the configuration the host hands the guest (including secrets).
+//! - [`stage`]: the boot stages whose names are part of the interface.
+//! - [`marker`]: the `SOVEREIGN <stage> <json>` console lines.
+//! - [`hyperkit`]: gvproxy's Ethernet frame framing (u16 little-endian length).
+//! - [`ports`]: well-known vsock CIDs and ports.
+
+pub mod config;
+pub mod control;
+pub mod hyperkit;
+pub mod marker;
+pub mod messages;
+pub mod ports;
+pub mod stage;
+
+pub use config::GuestConfig;
+pub use control::{decode_frame, encode_frame, CodecError, FrameReader, MAX_CONTROL_FRAME};
+pub use messages::{GuestMessage, HostMessage, PROTOCOL_VERSION};
+pub use stage::{Stage, StageReport, StageState};

@@ -1,0 +1,303 @@
+//! Messages on the control channel. Each direction is one tagged JSON enum
+//! (`{"type": "hello", ...}`); an unknown `type` is a decode error and closes the
+//! connection rather than being guessed at.
+
+use crate::config::GuestConfig;
+use crate::stage::StageReport;
+use serde::{Deserialize, Serialize};
+
+/// Version of this message set, carried in [`Hello`]. Bump on incompatible changes.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Guest → host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum GuestMessage {
+    /// First message on every connection.
+    Hello(Hello),
+    /// Which virtio devices exist and which drivers bound (second message).
+    DeviceReport(DeviceReport),
+    /// A stage changed state.
+    Stage(StageReport),
+    /// Answer to [`HostMessage::StatusRequest`].
+    Status(GuestStatus),
+    /// Answer to [`HostMessage::Query`].
+    QueryResult(QueryResult),
+    /// Answer to [`HostMessage::Probe`].
+    ProbeResult(QueryResult),
+    /// Answer to [`HostMessage::Ping`].
+    Pong,
+    /// The guest accepted a shutdown request and is stopping its services.
+    ShuttingDown {
+        /// Why (e.g. "requested by host", "SIGTERM").
+        reason: String,
+    },
+}
+
+/// Host → guest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HostMessage {
+    /// The guest's configuration, sent after Hello.
+    Config(GuestConfig),
+    /// Stop services in order and power off; services get `deadline_secs` in total.
+    Shutdown {
+        /// Seconds the guest may take before it forces the power-off.
+        deadline_secs: u32,
+    },
+    /// Ask for a [`GuestStatus`].
+    StatusRequest,
+    /// Run SQL as the `postgres` superuser over the guest's unix socket. Only the
+    /// host's root can reach the control channel, and it owns the VM anyway.
+    Query {
+        /// Echoed in the result.
+        id: u64,
+        /// The statement(s), run by `psql -c`.
+        sql: String,
+    },
+    /// A network check run from inside the guest (DNS, outbound TCP, inbound TCP), so
+    /// the host can prove each direction of the gvproxy path. Answered by
+    /// [`GuestMessage::ProbeResult`] with the same `id`.
+    Probe {
+        /// Echoed in the result.
+        id: u64,
+        /// What to check.
+        probe: Probe,
+    },
+    /// Liveness check.
+    Ping,
+}
+
+/// A network check the guest runs on the host's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Probe {
+    /// Resolve a name with the guest's resolver (/etc/resolv.conf → gvproxy's DNS).
+    Dns {
+        /// Host name to resolve.
+        name: String,
+    },
+    /// Connect to `address` (`host:port`), send `send`, return what comes back (up to
+    /// 16 KiB) until the peer closes or `timeout_ms` passes.
+    Tcp {
+        /// Where to connect.
+        address: String,
+        /// Bytes to send first (may be empty).
+        send: String,
+        /// Overall deadline.
+        timeout_ms: u64,
+    },
+    /// Listen on the guest's network address at `port`, accept one connection within
+    /// `timeout_ms`, answer `reply`, close. Proves the inbound path (gvproxy's expose).
+    Serve {
+        /// TCP port to listen on.
+        port: u16,
+        /// What to send to the client.
+        reply: String,
+        /// How long to wait for the client.
+        timeout_ms: u64,
+    },
+}
+
+/// Who the guest is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] the guest speaks.
+    pub version: u32,
+    /// The guest's own vsock CID, as its kernel reports it.
+    pub cid: u32,
+    /// `uname -r`.
+    pub kernel_release: String,
+    /// Milliseconds since the guest kernel booted.
+    pub boot_time_ms: u64,
+}
+
+/// One virtio device found in sysfs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VirtioDevice {
+    /// Transport: `pci` or `mmio`.
+    pub transport: String,
+    /// Where it sits: PCI address (`0000:00:04.0`) or the platform device name.
+    pub address: String,
+    /// The virtio bus name (`virtio0`), when the transport created one.
+    pub virtio_name: Option<String>,
+    /// PCI vendor:device (`1af4:1053`), for PCI devices.
+    pub pci_id: Option<String>,
+    /// Virtio device id (2 = block, 19 = socket, ...).
+    pub device_id: u32,
+    /// Kind of device, e.g. `block`, `socket`, `console`, `unknown`.
+    pub kind: String,
+    /// The Linux driver bound to it, if any.
+    pub driver: Option<String>,
+    /// The driver Linux uses for this kind (`vmw_vsock_virtio_transport` for socket).
+    pub expected_driver: Option<String>,
+}
+
+impl VirtioDevice {
+    /// True when the device has a driver (the expected one, if we know it).
+    pub fn is_bound(&self) -> bool {
+        match (&self.driver, &self.expected_driver) {
+            (Some(d), Some(e)) => d == e,
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+}
+
+/// The device census: printed as `SOVEREIGN devices {json}` and sent after Hello.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceReport {
+    /// Every virtio device found.
+    pub devices: Vec<VirtioDevice>,
+    /// Virtio drivers the kernel has registered (`/sys/bus/virtio/drivers`).
+    pub registered_drivers: Vec<String>,
+    /// Kernel modules loaded by the init (empty for a kernel with everything built in).
+    pub modules_loaded: Vec<String>,
+    /// Required kernel options the running kernel lacks (from /proc/config.gz).
+    pub missing_kernel_options: Vec<String>,
+    /// Where the kernel configuration was read from, or why it could not be.
+    pub kernel_config: String,
+    /// How long the init waited for drivers to bind.
+    pub waited_ms: u64,
+    /// One line per unbound device saying why, as far as the kernel can tell.
+    pub problems: Vec<String>,
+}
+
+impl DeviceReport {
+    /// Devices of `kind` (e.g. `socket`).
+    pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a VirtioDevice> + 'a {
+        self.devices.iter().filter(move |d| d.kind == kind)
+    }
+
+    /// True when every device found has its driver.
+    pub fn all_bound(&self) -> bool {
+        self.devices.iter().all(VirtioDevice::is_bound)
+    }
+}
+
+/// Frame counters of the tap0 ↔ gvproxy forwarder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkCounters {
+    /// True while the vsock link to gvproxy is up.
+    pub connected: bool,
+    /// Frames sent from tap0 to gvproxy.
+    pub frames_out: u64,
+    /// Bytes (Ethernet frames, without length prefix) sent to gvproxy.
+    pub bytes_out: u64,
+    /// Frames received from gvproxy and written to tap0.
+    pub frames_in: u64,
+    /// Bytes received from gvproxy.
+    pub bytes_in: u64,
+    /// Frames dropped (link down, oversize, tap write failures).
+    pub drops: u64,
+    /// Successful reconnects after the first connection.
+    pub reconnects: u64,
+}
+
+/// The node's tailnet identity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TailnetInfo {
+    /// MagicDNS name (e.g. `sql-vm.tail.example.`) or the host name.
+    pub name: String,
+    /// Tailnet addresses (100.x and fd7a:115c:a1e0::/48).
+    pub ips: Vec<String>,
+}
+
+/// PostgreSQL as the guest sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostgresInfo {
+    /// `starting`, `ready`, `restarting`, `stopped`.
+    pub state: String,
+    /// Server version string.
+    pub version: String,
+    /// Data directory.
+    pub data_dir: String,
+    /// Addresses it listens on.
+    pub listen: Vec<String>,
+}
+
+/// A supervised guest process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// `postgres` or `tailscaled`.
+    pub name: String,
+    /// Current pid, if running.
+    pub pid: Option<u32>,
+    /// Times it was restarted after dying.
+    pub restarts: u32,
+}
+
+/// Answer to a status request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestStatus {
+    /// Milliseconds since the guest kernel booted.
+    pub uptime_ms: u64,
+    /// The latest report of every stage reached.
+    pub stages: Vec<StageReportSummary>,
+    /// Forwarder counters, once networking started.
+    pub network: Option<NetworkCounters>,
+    /// Tailnet identity, once joined.
+    pub tailnet: Option<TailnetInfo>,
+    /// PostgreSQL, once started.
+    pub postgres: Option<PostgresInfo>,
+    /// Supervised services.
+    pub services: Vec<ServiceStatus>,
+}
+
+/// A stage's latest state, without the bulky detail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageReportSummary {
+    /// Stage name.
+    pub stage: crate::Stage,
+    /// Its state.
+    pub state: crate::StageState,
+}
+
+/// Result of a [`HostMessage::Query`] or [`HostMessage::Probe`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryResult {
+    /// The request's id.
+    pub id: u64,
+    /// True when the query or probe succeeded.
+    pub ok: bool,
+    /// psql's output (unaligned, tuples only), the probe's result, or the error text.
+    pub output: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tagged_json_shape() {
+        let v = serde_json::to_value(HostMessage::Shutdown { deadline_secs: 30 }).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "shutdown", "deadline_secs": 30})
+        );
+        let v = serde_json::to_value(GuestMessage::Pong).unwrap();
+        assert_eq!(v, serde_json::json!({"type": "pong"}));
+    }
+
+    #[test]
+    fn binding_rules() {
+        let mut d = VirtioDevice {
+            transport: "pci".into(),
+            address: "0000:00:04.0".into(),
+            virtio_name: Some("virtio2".into()),
+            pci_id: Some("1af4:1053".into()),
+            device_id: 19,
+            kind: "socket".into(),
+            driver: None,
+            expected_driver: Some("vmw_vsock_virtio_transport".into()),
+        };
+        assert!(!d.is_bound());
+        d.driver = Some("virtio_vsock".into());
+        assert!(
+            !d.is_bound(),
+            "a wrongly named driver is not the expected one"
+        );
+        d.driver = Some("vmw_vsock_virtio_transport".into());
+        assert!(d.is_bound());
+    }
+}
