@@ -1,0 +1,63 @@
+# Shared helpers for the build scripts. Source it; do not run it.
+#
+# Heavy artifacts live under $SOVEREIGN_CACHE, keyed by a hash of their inputs, so a
+# warm cache skips the work and a changed input rebuilds only what it feeds.
+
+set -euo pipefail
+
+SOVEREIGN_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SOVEREIGN_CACHE=${SOVEREIGN_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sovereign}
+export SOVEREIGN_ROOT SOVEREIGN_CACHE
+
+# Pinned versions of the Go programs the project builds.
+GVPROXY_VERSION=v0.8.9
+TAILSCALE_VERSION=v1.98.10
+HEADSCALE_VERSION=v0.29.2
+VHOST_DEVICE_VSOCK_VERSION=0.3.0
+KERNEL_SERIES=6.12
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# hash_inputs PATH... : a short hash of the named files and directories (content and
+# relative names), plus any extra words given after `--`.
+hash_inputs() {
+  local extra=()
+  local paths=()
+  while [ $# -gt 0 ]; do
+    if [ "$1" = "--" ]; then shift; extra=("$@"); break; fi
+    paths+=("$1"); shift
+  done
+  {
+    for p in "${paths[@]}"; do
+      if [ -d "$p" ]; then
+        (cd "$p" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+      else
+        sha256sum "$p"
+      fi | sed "s#  \\./#  ${p##*/}/#"
+    done
+    printf '%s\n' "${extra[@]+"${extra[@]}"}"
+  } | sha256sum | cut -c1-16
+}
+
+# Debian architecture and Rust target for an ARCH argument (x86_64 or arm64).
+deb_arch() {
+  case "$1" in
+    x86_64|amd64) echo amd64 ;;
+    arm64|aarch64) echo arm64 ;;
+    *) die "unknown architecture '$1' (expected x86_64 or arm64)" ;;
+  esac
+}
+rust_target() {
+  case "$1" in
+    x86_64|amd64) echo x86_64-unknown-linux-musl ;;
+    arm64|aarch64) echo aarch64-unknown-linux-musl ;;
+    *) die "unknown architecture '$1' (expected x86_64 or arm64)" ;;
+  esac
+}
+go_arch() { deb_arch "$1"; }
+
+# Puts cargo-installed and Go-built tools on PATH.
+tools_path() {
+  export PATH="$SOVEREIGN_CACHE/bin:$HOME/.cargo/bin:$PATH"
+}
