@@ -1,0 +1,230 @@
+//! The data disk (`/dev/vdb`, `postgres.img` on the host): formatted ext4 on first boot
+//! if it is blank, checked with `e2fsck -p` on every boot, mounted at /data. A disk that
+//! is neither blank nor ours is never formatted.
+
+use crate::command::{self, CommandError};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+/// The label our data filesystem carries (the root image is `sovereign-root`).
+pub const DATA_LABEL: &str = "sovereign-data";
+
+/// Offset of the ext2/3/4 superblock.
+const SUPERBLOCK: usize = 1024;
+
+/// What went wrong with the data disk.
+#[derive(Debug, Error)]
+pub enum DiskError {
+    /// The device never appeared.
+    #[error("{0} does not exist (is the second disk attached?)")]
+    Missing(String),
+    /// Reading it failed.
+    #[error("cannot read {dev}: {source}")]
+    Read {
+        /// Device path.
+        dev: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// It holds something that is not our data filesystem.
+    #[error(
+        "{dev} is not blank and not a {DATA_LABEL} filesystem ({found}); refusing to touch it"
+    )]
+    Foreign {
+        /// Device path.
+        dev: String,
+        /// What we found.
+        found: String,
+    },
+    /// mkfs or e2fsck failed.
+    #[error(transparent)]
+    Tool(#[from] CommandError),
+    /// mount failed.
+    #[error("mounting {dev} on {target} failed: {source}")]
+    Mount {
+        /// Device path.
+        dev: String,
+        /// Mount point.
+        target: String,
+        /// The errno.
+        source: nix::Error,
+    },
+}
+
+/// What the start of a disk holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskContent {
+    /// All zeros: never used.
+    Blank,
+    /// An ext filesystem with this label.
+    Ext {
+        /// Volume label (may be empty).
+        label: String,
+    },
+    /// Anything else.
+    Other,
+}
+
+/// Classifies the first MiB of a disk.
+pub fn classify(head: &[u8]) -> DiskContent {
+    if head.iter().all(|b| *b == 0) {
+        return DiskContent::Blank;
+    }
+    let magic = head.get(SUPERBLOCK + 56..SUPERBLOCK + 58);
+    if magic == Some(&[0x53, 0xef]) {
+        let label = head
+            .get(SUPERBLOCK + 120..SUPERBLOCK + 136)
+            .map(|l| {
+                String::from_utf8_lossy(l)
+                    .trim_end_matches('\0')
+                    .to_string()
+            })
+            .unwrap_or_default();
+        return DiskContent::Ext { label };
+    }
+    DiskContent::Other
+}
+
+/// What preparing the disk did.
+#[derive(Debug, Clone)]
+pub struct DiskInfo {
+    /// Device path.
+    pub dev: String,
+    /// True when it was formatted now (first boot).
+    pub formatted: bool,
+    /// e2fsck's verdict.
+    pub fsck: String,
+}
+
+impl fmt::Display for DiskInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}, e2fsck: {}",
+            self.dev,
+            if self.formatted {
+                "formatted (first boot)"
+            } else {
+                "reused"
+            },
+            self.fsck
+        )
+    }
+}
+
+/// Formats if blank, checks, mounts at `target`.
+pub fn prepare(dev: &Path, target: &Path) -> Result<DiskInfo, DiskError> {
+    let name = dev.display().to_string();
+    let start = Instant::now();
+    while !dev.exists() {
+        if start.elapsed() > Duration::from_secs(5) {
+            return Err(DiskError::Missing(name));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut head = vec![0u8; 1 << 20];
+    let read = File::open(dev).and_then(|mut f| f.read_exact(&mut head));
+    read.map_err(|source| DiskError::Read {
+        dev: name.clone(),
+        source,
+    })?;
+    let formatted = match classify(&head) {
+        DiskContent::Blank => {
+            log::info!("data disk {name} is blank: formatting ext4 ({DATA_LABEL})");
+            command::run(
+                Command::new("mkfs.ext4")
+                    .args([
+                        "-q",
+                        "-F",
+                        "-L",
+                        DATA_LABEL,
+                        "-E",
+                        "lazy_itable_init=1,lazy_journal_init=1",
+                    ])
+                    .arg(dev),
+                &[],
+            )?;
+            true
+        }
+        DiskContent::Ext { label } if label == DATA_LABEL => false,
+        DiskContent::Ext { label } => {
+            return Err(DiskError::Foreign {
+                dev: name,
+                found: format!("ext filesystem labelled {label:?}"),
+            })
+        }
+        DiskContent::Other => {
+            return Err(DiskError::Foreign {
+                dev: name,
+                found: "unknown content".into(),
+            })
+        }
+    };
+    // 1 = errors corrected, 2 = corrected (a reboot matters only for a mounted root).
+    let fsck = command::run(Command::new("e2fsck").arg("-p").arg(dev), &[1, 2])?;
+    let verdict = match fsck.exit {
+        crate::reaper::Exit::Code(0) => "clean".to_string(),
+        other => format!("repaired ({other})"),
+    };
+    let _ = std::fs::create_dir_all(target);
+    mount(
+        Some(dev),
+        target,
+        Some("ext4"),
+        MsFlags::MS_NOATIME | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+        None::<&str>,
+    )
+    .map_err(|source| DiskError::Mount {
+        dev: name.clone(),
+        target: target.display().to_string(),
+        source,
+    })?;
+    Ok(DiskInfo {
+        dev: name,
+        formatted,
+        fsck: verdict,
+    })
+}
+
+/// Unmounts the data disk at shutdown (lazily if something still holds it).
+pub fn unmount(target: &Path) {
+    match umount2(target, MntFlags::empty()) {
+        Ok(()) => log::info!("unmounted {}", target.display()),
+        Err(e) => {
+            log::warn!("unmount {} failed ({e}); detaching", target.display());
+            let _ = umount2(target, MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let blank = vec![0u8; 4096];
+        assert_eq!(classify(&blank), DiskContent::Blank);
+        let mut ext = vec![0u8; 4096];
+        ext[SUPERBLOCK + 56] = 0x53;
+        ext[SUPERBLOCK + 57] = 0xef;
+        ext[SUPERBLOCK + 120..SUPERBLOCK + 120 + DATA_LABEL.len()]
+            .copy_from_slice(DATA_LABEL.as_bytes());
+        assert_eq!(
+            classify(&ext),
+            DiskContent::Ext {
+                label: DATA_LABEL.into()
+            }
+        );
+        let mut other = vec![0u8; 4096];
+        other[510] = 0x55;
+        other[511] = 0xaa;
+        assert_eq!(classify(&other), DiskContent::Other);
+    }
+}

@@ -1,0 +1,30 @@
+//! `sovereign-init`: PID 1 of the Sovereign PostgreSQL VM.
+//!
+//! A linear boot, one module per duty: signals first, then the system mounts and
+//! logging, the kernel command line, the device census (with module loading), the
+//! control channel to the host, networking to gvproxy over vsock, the data disk,
+//! tailscaled and PostgreSQL under supervision, and an ordered power-off. Everything
+//! that can be exercised as an ordinary process (parsing, the census on a fixture
+//! sysfs, the forwarder on a host TAP) is, so most of it is tested outside a VM.
+
+pub mod boot;
+pub mod census;
+pub mod cmdline;
+pub mod command;
+pub mod console;
+pub mod control;
+pub mod datadisk;
+pub mod devices;
+pub mod logger;
+pub mod modules;
+pub mod mounts;
+pub mod net;
+pub mod postgres;
+pub mod reaper;
+pub mod report;
+pub mod scram;
+pub mod service;
+pub mod services;
+pub mod shutdown;
+pub mod signals;
+pub mod tailscale;

@@ -1,0 +1,230 @@
+//! The pump between tap0 and gvproxy: Ethernet frames in gvproxy's "hyperkit" framing
+//! (u16 little-endian length + frame) over a stream socket, both directions at once.
+//!
+//! Unlike upstream gvforwarder, the TAP device outlives the connection: when gvproxy
+//! goes away the pump keeps tap0 and its addresses, drops outbound frames while down
+//! (the kernel's own queues give back-pressure while up), re-dials with backoff and
+//! resumes. Buffers are allocated once per thread or connection, never per frame.
+
+use crate::control::Backoff;
+use protocol::hyperkit;
+use protocol::messages::NetworkCounters;
+use std::fs::File;
+use std::io::{BufReader, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Opens a new stream to gvproxy, handshake done (see `super::dial_vsock`).
+pub type Dialer = Box<dyn Fn() -> std::io::Result<OwnedFd> + Send>;
+
+/// Link state changes, for stage reporting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// Connected; `reconnect` is false for the first connection.
+    Up {
+        /// True after an outage.
+        reconnect: bool,
+    },
+    /// The connection dropped, with the reason.
+    Down(String),
+}
+
+/// Callback for link events.
+pub type EventSink = Box<dyn Fn(LinkEvent) + Send>;
+
+#[derive(Debug, Default)]
+struct Counters {
+    frames_out: AtomicU64,
+    bytes_out: AtomicU64,
+    frames_in: AtomicU64,
+    bytes_in: AtomicU64,
+    drops: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    counters: Counters,
+    connected: AtomicBool,
+    /// The live connection the tap reader writes to.
+    current: Mutex<Option<Arc<File>>>,
+}
+
+/// A running forwarder.
+#[derive(Debug, Clone)]
+pub struct Forwarder {
+    shared: Arc<Shared>,
+}
+
+fn add(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Cuts a connection so both pump threads notice.
+fn cut(conn: &File) {
+    let _ = nix::sys::socket::shutdown(conn.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+}
+
+impl Forwarder {
+    /// Starts both directions. `mtu` bounds frame sizes (see
+    /// [`hyperkit::max_frame_len`]).
+    pub fn start(
+        tap: File,
+        mtu: u16,
+        dial: Dialer,
+        on_event: EventSink,
+    ) -> std::io::Result<Forwarder> {
+        let fwd = Forwarder {
+            shared: Arc::new(Shared::default()),
+        };
+        let tap = Arc::new(tap);
+        let max = hyperkit::max_frame_len(mtu);
+        let reader = fwd.clone();
+        let tap_r = Arc::clone(&tap);
+        std::thread::Builder::new()
+            .name("net-tap→host".into())
+            .spawn(move || reader.tap_to_host(&tap_r, max))?;
+        let dialer = fwd.clone();
+        std::thread::Builder::new()
+            .name("net-host→tap".into())
+            .spawn(move || dialer.host_to_tap(&tap, max, &dial, &on_event))?;
+        Ok(fwd)
+    }
+
+    /// Reads frames from tap0 for ever and sends each to the current connection.
+    fn tap_to_host(&self, tap: &File, max: usize) {
+        let mut buf = vec![0u8; hyperkit::HEADER_LEN + 65_536];
+        let c = &self.shared.counters;
+        loop {
+            let n = match (&*tap).read(&mut buf[hyperkit::HEADER_LEN..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::error!("net: reading tap0 failed: {e}; forwarding to the host stops");
+                    return;
+                }
+            };
+            let Ok(header) = hyperkit::encode_header(n, max) else {
+                add(&c.drops, 1);
+                continue;
+            };
+            buf[..hyperkit::HEADER_LEN].copy_from_slice(&header);
+            let conn = self.shared.current.lock().ok().and_then(|g| g.clone());
+            let Some(conn) = conn else {
+                add(&c.drops, 1);
+                continue;
+            };
+            match (&*conn).write_all(&buf[..hyperkit::HEADER_LEN + n]) {
+                Ok(()) => {
+                    add(&c.frames_out, 1);
+                    add(&c.bytes_out, n as u64);
+                }
+                Err(e) => {
+                    log::warn!("net: sending to gvproxy failed: {e}");
+                    add(&c.drops, 1);
+                    cut(&conn);
+                }
+            }
+        }
+    }
+
+    /// Dials gvproxy (with backoff), then copies its frames to tap0 until the
+    /// connection ends; repeats for ever.
+    fn host_to_tap(&self, tap: &File, max: usize, dial: &Dialer, on_event: &EventSink) {
+        let first = Duration::from_millis(200);
+        let mut backoff = Backoff::new(first, Duration::from_secs(5));
+        let mut frame = vec![0u8; max];
+        let mut ever_connected = false;
+        let mut attempts = 0u64;
+        loop {
+            let conn = match dial() {
+                Ok(fd) => Arc::new(File::from(fd)),
+                Err(e) => {
+                    attempts += 1;
+                    if attempts == 1 || attempts.is_multiple_of(10) {
+                        log::warn!("net: connecting to gvproxy failed (attempt {attempts}): {e}");
+                    }
+                    std::thread::sleep(backoff.next_delay());
+                    continue;
+                }
+            };
+            attempts = 0;
+            backoff.reset(first);
+            if ever_connected {
+                add(&self.shared.counters.reconnects, 1);
+            }
+            if let Ok(mut cur) = self.shared.current.lock() {
+                *cur = Some(Arc::clone(&conn));
+            }
+            self.shared.connected.store(true, Ordering::SeqCst);
+            on_event(LinkEvent::Up {
+                reconnect: ever_connected,
+            });
+            ever_connected = true;
+
+            let why = self.pump_in(&conn, tap, &mut frame, max);
+
+            self.shared.connected.store(false, Ordering::SeqCst);
+            if let Ok(mut cur) = self.shared.current.lock() {
+                *cur = None;
+            }
+            cut(&conn);
+            log::warn!("net: link to gvproxy lost: {why}; reconnecting");
+            on_event(LinkEvent::Down(why));
+            std::thread::sleep(backoff.next_delay());
+        }
+    }
+
+    /// Copies frames from one connection to tap0; returns why it stopped.
+    fn pump_in(&self, conn: &File, tap: &File, frame: &mut [u8], max: usize) -> String {
+        let c = &self.shared.counters;
+        let mut reader = BufReader::with_capacity(256 * 1024, conn);
+        loop {
+            let mut header = [0u8; hyperkit::HEADER_LEN];
+            if let Err(e) = reader.read_exact(&mut header) {
+                return format!("read: {e}");
+            }
+            let len = match hyperkit::decode_header(header, max) {
+                Ok(len) => len,
+                Err(e) => return e.to_string(),
+            };
+            let Some(frame) = frame.get_mut(..len) else {
+                return format!("frame of {len} bytes exceeds the buffer");
+            };
+            if let Err(e) = reader.read_exact(frame) {
+                return format!("read: {e}");
+            }
+            // A TAP write takes a whole frame or nothing.
+            match (&*tap).write(frame) {
+                Ok(n) if n == len => {
+                    add(&c.frames_in, 1);
+                    add(&c.bytes_in, len as u64);
+                }
+                // The kernel refuses some frames (e.g. tap0 still down): drop, go on.
+                Ok(_) | Err(_) => add(&c.drops, 1),
+            }
+        }
+    }
+
+    /// Current counters.
+    pub fn counters(&self) -> NetworkCounters {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        NetworkCounters {
+            connected: self.shared.connected.load(Ordering::SeqCst),
+            frames_out: get(&c.frames_out),
+            bytes_out: get(&c.bytes_out),
+            frames_in: get(&c.frames_in),
+            bytes_in: get(&c.bytes_in),
+            drops: get(&c.drops),
+            reconnects: get(&c.reconnects),
+        }
+    }
+
+    /// True while connected to gvproxy.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::SeqCst)
+    }
+}

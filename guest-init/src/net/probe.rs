@@ -1,0 +1,156 @@
+//! Network checks run from inside the guest: the gateway readiness check (a DNS answer
+//! from gvproxy's resolver) and the host-requested probes (DNS, outbound TCP, inbound
+//! TCP) that prove each direction of the gvproxy path.
+
+use protocol::messages::Probe;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+/// A name gvproxy's own DNS zone answers without asking any upstream resolver.
+pub const GATEWAY_NAME: &str = "gateway.containers.internal";
+
+/// Largest response a TCP probe returns.
+const MAX_PROBE_OUTPUT: usize = 16 * 1024;
+
+/// Resolves `name` with the system resolver (/etc/resolv.conf points at `dns`, which
+/// is named only for the error text). `timeout` bounds the wait.
+pub fn resolve_via(
+    dns: Ipv4Addr,
+    name: &str,
+    timeout: Duration,
+) -> Result<Vec<SocketAddr>, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let owned = name.to_string();
+    std::thread::spawn(move || {
+        let _ = tx.send(
+            (owned.as_str(), 0u16)
+                .to_socket_addrs()
+                .map(Iterator::collect::<Vec<_>>),
+        );
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(addrs)) if !addrs.is_empty() => Ok(addrs),
+        Ok(Ok(_)) => Err(format!("{dns} returned no address for {name}")),
+        Ok(Err(e)) => Err(format!("resolving {name} via {dns}: {e}")),
+        Err(_) => Err(format!(
+            "resolving {name} via {dns}: no answer within {timeout:?}"
+        )),
+    }
+}
+
+fn tcp_exchange(address: &str, send: &str, timeout: Duration) -> Result<String, String> {
+    let start = Instant::now();
+    let addr = address
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving {address}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{address} resolved to nothing"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .write_all(send.as_bytes())
+        .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while out.len() < MAX_PROBE_OUTPUT {
+        let left = timeout
+            .checked_sub(start.elapsed())
+            .filter(|d| !d.is_zero());
+        let Some(left) = left else { break };
+        let _ = stream.set_read_timeout(Some(left));
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if out.is_empty() => return Err(format!("read from {addr}: {e}")),
+            Err(_) => break,
+        }
+    }
+    out.truncate(MAX_PROBE_OUTPUT);
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn serve_once(bind: Ipv4Addr, port: u16, reply: &str, timeout: Duration) -> Result<String, String> {
+    let listener =
+        TcpListener::bind((bind, port)).map_err(|e| format!("listen on {bind}:{port}: {e}"))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    loop {
+        match listener.accept() {
+            Ok((mut stream, peer)) => {
+                let _ = stream.set_nonblocking(false);
+                stream
+                    .write_all(reply.as_bytes())
+                    .map_err(|e| format!("reply to {peer}: {e}"))?;
+                return Ok(format!("served {peer}"));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if start.elapsed() >= timeout {
+                    return Err(format!("no connection to {bind}:{port} within {timeout:?}"));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("accept on {bind}:{port}: {e}")),
+        }
+    }
+}
+
+/// Runs a host-requested probe; `guest` is the guest's own address (inbound probes
+/// listen only there, never on the tailnet).
+pub fn run(probe: &Probe, guest: Ipv4Addr, dns: Ipv4Addr) -> Result<String, String> {
+    let cap = |ms: u64| Duration::from_millis(ms.clamp(100, 120_000));
+    match probe {
+        Probe::Dns { name } => resolve_via(dns, name, Duration::from_secs(5)).map(|addrs| {
+            let ips: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
+            ips.join(",")
+        }),
+        Probe::Tcp {
+            address,
+            send,
+            timeout_ms,
+        } => tcp_exchange(address, send, cap(*timeout_ms)),
+        Probe::Serve {
+            port,
+            reply,
+            timeout_ms,
+        } => serve_once(guest, *port, reply, cap(*timeout_ms)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_and_serve_on_loopback() {
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let server = std::thread::spawn(move || {
+            serve_once(Ipv4Addr::LOCALHOST, port, "hello\n", Duration::from_secs(5))
+        });
+        let mut got = Err(String::new());
+        for _ in 0..50 {
+            got = tcp_exchange(&format!("127.0.0.1:{port}"), "", Duration::from_secs(2));
+            if got.is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(got.unwrap(), "hello\n");
+        assert!(server
+            .join()
+            .unwrap()
+            .unwrap()
+            .starts_with("served 127.0.0.1:"));
+        let refused = tcp_exchange(&format!("127.0.0.1:{port}"), "", Duration::from_millis(500));
+        assert!(refused.unwrap_err().contains("connect"));
+    }
+
+    #[test]
+    fn serve_times_out() {
+        let err = serve_once(Ipv4Addr::LOCALHOST, 0, "x", Duration::from_millis(100)).unwrap_err();
+        assert!(err.contains("no connection"), "{err}");
+    }
+}

@@ -1,0 +1,113 @@
+//! Stage reporting: every stage transition is logged, printed as a console marker and
+//! sent on the control channel, and remembered so a reconnecting host gets the stages
+//! so far in the greeting.
+
+use crate::control::ControlLink;
+use protocol::messages::{DeviceReport, GuestMessage, Hello, StageReportSummary};
+use protocol::{Stage, StageReport, StageState};
+use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
+
+/// The stages reached so far and the way to tell the host about them.
+#[derive(Debug, Default)]
+pub struct Reporter {
+    stages: Mutex<BTreeMap<Stage, StageReport>>,
+    devices: Mutex<Option<DeviceReport>>,
+    hello: Mutex<Option<Hello>>,
+    link: OnceLock<ControlLink>,
+}
+
+impl Reporter {
+    /// A reporter with nothing reported yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Connects the reporter to the control channel once it exists.
+    pub fn attach(&self, link: ControlLink) {
+        let _ = self.link.set(link);
+    }
+
+    /// Records a stage transition and tells the console, the log and the host.
+    pub fn stage(&self, stage: Stage, state: StageState, detail: serde_json::Value) {
+        match state {
+            StageState::Failed => log::error!("stage {stage}: {state} {detail}"),
+            StageState::Degraded => log::warn!("stage {stage}: {state} {detail}"),
+            _ => log::info!("stage {stage}: {state} {detail}"),
+        }
+        let report = StageReport {
+            stage,
+            state,
+            detail,
+        };
+        crate::console::marker(
+            stage,
+            &serde_json::json!({ "state": state, "detail": &report.detail }),
+        );
+        if let Some(link) = self.link.get() {
+            link.send(&GuestMessage::Stage(report.clone()));
+        }
+        if let Ok(mut stages) = self.stages.lock() {
+            stages.insert(stage, report);
+        }
+    }
+
+    /// Records the device census (printed and sent by the caller's stage report too).
+    pub fn set_devices(&self, report: DeviceReport) {
+        crate::console::marker(Stage::Devices, &report);
+        if let Ok(mut d) = self.devices.lock() {
+            *d = Some(report);
+        }
+    }
+
+    /// Records who we are, for the greeting.
+    pub fn set_hello(&self, hello: Hello) {
+        if let Ok(mut h) = self.hello.lock() {
+            *h = Some(hello);
+        }
+    }
+
+    /// The CID our Hello announced (0 before it is known).
+    pub fn hello_cid(&self) -> u32 {
+        self.hello
+            .lock()
+            .ok()
+            .and_then(|h| h.as_ref().map(|h| h.cid))
+            .unwrap_or(0)
+    }
+
+    /// The state of `stage`, if reported.
+    pub fn state(&self, stage: Stage) -> Option<StageState> {
+        self.stages.lock().ok()?.get(&stage).map(|r| r.state)
+    }
+
+    /// Latest state of every stage reported.
+    pub fn summary(&self) -> Vec<StageReportSummary> {
+        self.stages
+            .lock()
+            .map(|s| {
+                s.values()
+                    .map(|r| StageReportSummary {
+                        stage: r.stage,
+                        state: r.state,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Hello, the device report and every stage so far: what a new connection gets.
+    pub fn greeting(&self) -> Vec<GuestMessage> {
+        let mut out = Vec::new();
+        if let Some(h) = self.hello.lock().ok().and_then(|h| h.clone()) {
+            out.push(GuestMessage::Hello(h));
+        }
+        if let Some(d) = self.devices.lock().ok().and_then(|d| d.clone()) {
+            out.push(GuestMessage::DeviceReport(d));
+        }
+        if let Ok(stages) = self.stages.lock() {
+            out.extend(stages.values().cloned().map(GuestMessage::Stage));
+        }
+        out
+    }
+}
