@@ -1,0 +1,145 @@
+//! The command line (clap derive): the seed's verbs `start`, `stop`, `status`, `test`,
+//! `console`, plus `query` and `spec`, with `--sql` naming the built-in VM and
+//! `--spec FILE` any other.
+
+use crate::paths::HostEnv;
+use crate::spec::{Spec, SpecError};
+use clap::{Args, Parser, Subcommand};
+use protocol::Stage;
+use std::path::PathBuf;
+
+/// Runs PostgreSQL in a VM (crosvm on Android, QEMU elsewhere), reachable over Tailscale.
+#[derive(Debug, Parser)]
+#[command(name = "sovereign", version, about, long_about = None)]
+#[command(
+    after_help = "State lives in /data/sovereign on Android, else $SOVEREIGN_HOME or /var/lib/sovereign.\n\
+Logging: RUST_LOG (e.g. RUST_LOG=debug). Exit codes: 0 ok, 1 VM or check failed, 2 spec or host unfit."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Selects the VM: the built-in `sql` VM (default) or a spec file.
+#[derive(Debug, Clone, Args)]
+pub struct VmArgs {
+    /// The built-in `sql` VM (the default when no --spec is given).
+    #[arg(long, conflicts_with = "spec")]
+    pub sql: bool,
+    /// A VM spec file (TOML); relative paths in it resolve against its directory.
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+}
+
+impl VmArgs {
+    /// Loads the selected spec; also returns how to name its source in messages.
+    pub fn load(&self, env: &HostEnv) -> Result<(Spec, String), SpecError> {
+        match &self.spec {
+            Some(p) => Ok((Spec::load(p, env)?, p.display().to_string())),
+            None => Ok((
+                Spec::builtin_sql(env)?,
+                crate::commands::start::BUILTIN.to_string(),
+            )),
+        }
+    }
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the spec, run preflight, boot the VM and wait until it proves each stage.
+    Start {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Print the exact commands (vhost-device-vsock, gvproxy, VMM), one per line, shell-quoted; start nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Say "up" once this stage is accepted (default: the spec's wait_for, normally `ready`; boot-only images: `control`).
+        #[arg(long, value_name = "STAGE", value_parser = parse_stage)]
+        wait_for: Option<Stage>,
+    },
+    /// Shut the guest down cleanly and stop everything started for it.
+    Stop {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Seconds the guest may take to shut down before the VMM is killed (default: the spec's timeouts.shutdown).
+        #[arg(long, value_name = "SECS")]
+        timeout: Option<u32>,
+    },
+    /// Show processes, stages, guest uptime, tailnet name and IPs, postgres state.
+    Status {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-check every stage from this host and run the witness queries.
+    Test {
+        #[command(flatten)]
+        vm: VmArgs,
+    },
+    /// Print the guest's serial console log and follow it.
+    Console {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Print what is there and exit.
+        #[arg(long)]
+        no_follow: bool,
+    },
+    /// Run SQL in the guest as the postgres superuser (over the control channel).
+    Query {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// The statement(s), e.g. 'select 1'.
+        #[arg(value_name = "SQL")]
+        statement: String,
+    },
+    /// Print the resolved VM spec as TOML (a starting point for your own spec file).
+    Spec {
+        #[command(flatten)]
+        vm: VmArgs,
+    },
+    /// The detached supervisor `start` launches (internal).
+    #[command(hide = true)]
+    Supervise {
+        /// The VM's run directory (holds spec.json).
+        #[arg(long, value_name = "DIR")]
+        run_dir: PathBuf,
+    },
+}
+
+fn parse_stage(s: &str) -> Result<Stage, String> {
+    Stage::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
+        format!("unknown stage '{s}' (one of {})", names.join(", "))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+        let c =
+            Cli::try_parse_from(["sovereign", "start", "--sql", "--wait-for", "control"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Start {
+                wait_for: Some(Stage::Control),
+                ..
+            }
+        ));
+        assert!(Cli::try_parse_from(["sovereign", "start", "--sql", "--spec", "x.toml"]).is_err());
+        let e = Cli::try_parse_from(["sovereign", "start", "--wait-for", "vsock"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("one of init, devices"), "{e}");
+        let c = Cli::try_parse_from(["sovereign", "query", "--sql", "select 1"]).unwrap();
+        assert!(matches!(c.command, Command::Query { statement, .. } if statement == "select 1"));
+    }
+}

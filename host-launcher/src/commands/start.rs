@@ -1,0 +1,244 @@
+//! `sovereign start`: validate, preflight, prepare files, launch the detached supervisor
+//! and print its progress until the VM is up (exit 0) or failed (exit 1).
+
+use super::running_spec;
+use crate::ipc::{Client, Event, Reply, Request, UpInfo};
+use crate::paths::HostEnv;
+use crate::report::{failure_block, stage_line, stamp};
+use crate::rundir::{Role, RunDir};
+use crate::spec::{Spec, SpecError};
+use crate::supervise::result_file;
+use crate::{preflight, process, secrets, validate, vmm};
+use anyhow::Context as _;
+use std::os::unix::fs::DirBuilderExt;
+use std::time::{Duration, Instant};
+
+/// How the built-in spec is named in messages (see [`crate::cli::VmArgs::load`]).
+pub const BUILTIN: &str = "built-in sql";
+
+/// Runs `start`; returns the exit code.
+pub async fn run(
+    spec: Spec,
+    env: &HostEnv,
+    source_name: &str,
+    dry_run: bool,
+) -> anyhow::Result<i32> {
+    let problems = validate::validate(&spec, env);
+    if !problems.is_empty() {
+        eprintln!(
+            "{}",
+            SpecError::Invalid {
+                source_name: source_name.to_string(),
+                problems
+            }
+        );
+        return Ok(2);
+    }
+    let plan = vmm::plan(&spec, env);
+    if dry_run {
+        for c in &plan.commands {
+            println!("{}", c.shell_line());
+        }
+        return Ok(0);
+    }
+
+    println!(
+        "preflight for VM {} ({}, CID {}):",
+        spec.name, spec.vmm.backend, spec.cid
+    );
+    let report = preflight::run(&spec, env);
+    print!("{report}");
+    if !report.ok() {
+        return Ok(2);
+    }
+
+    prepare(&spec)?;
+    let run = RunDir::new(&spec.run_dir);
+    let t0 = Instant::now();
+    let exe = std::env::current_exe()
+        .context("cannot find the sovereign binary to start the supervisor")?;
+    let log = spec.log_file("supervisor");
+    let mut supervisor = process::spawn_supervisor(&exe, &run, &log)?;
+    let pid = supervisor.id();
+    println!(
+        "{} supervisor started (pid {pid}, log {})",
+        stamp(t0.elapsed()),
+        log.display()
+    );
+
+    let Some(mut client) = wait_for_supervisor(&run, &mut supervisor).await else {
+        return Ok(report_lost(
+            &spec,
+            &run,
+            "the supervisor exited before it could be reached",
+        )
+        .await);
+    };
+    client.send(&Request::Watch).await?;
+    loop {
+        let reply = tokio::select! {
+            r = client.recv() => r,
+            _ = tokio::signal::ctrl_c() => {
+                println!("\ninterrupted: stopping VM {}", spec.name);
+                super::stop::run(&spec, None).await?;
+                return Ok(130);
+            }
+        };
+        match reply {
+            Ok(Some(Reply::Event(ev))) => match ev {
+                Event::Launched { role, pid, .. } => {
+                    println!("{} {role} started (pid {pid})", stamp(t0.elapsed()));
+                }
+                Event::Stage(line) => println!("{} {}", stamp(t0.elapsed()), stage_line(&line)),
+                Event::Stopping { reason } => {
+                    println!("{} ✗ {reason}", stamp(t0.elapsed()));
+                    println!(
+                        "{} stopping everything started for VM {}…",
+                        stamp(t0.elapsed()),
+                        spec.name
+                    );
+                }
+                Event::Failed(report) => {
+                    print!("{}", failure_block(&spec.name, &report));
+                    // Return only once the supervisor itself is gone too.
+                    if !crate::process::wait_gone(pid as i32, run.root(), Duration::from_secs(15))
+                        .await
+                    {
+                        println!("✗ the supervisor (pid {pid}) is still running");
+                    }
+                    return Ok(1);
+                }
+                Event::Up(info) => {
+                    print_up(&spec, source_name, &info, t0.elapsed());
+                    return Ok(0);
+                }
+            },
+            Ok(Some(other)) => log::warn!("unexpected reply {other:?}"),
+            Ok(None) | Err(_) => {
+                return Ok(report_lost(&spec, &run, "the supervisor closed the connection").await);
+            }
+        }
+    }
+}
+
+/// Creates directories, secrets and the data disk, and writes the run spec.
+fn prepare(spec: &Spec) -> anyhow::Result<()> {
+    let mut dirs = std::fs::DirBuilder::new();
+    dirs.recursive(true).mode(0o700);
+    for d in [&spec.run_dir, &spec.secrets_dir] {
+        dirs.create(d)
+            .with_context(|| format!("cannot create {}", d.display()))?;
+    }
+    let log_dir = spec.log_dir();
+    std::fs::create_dir_all(&log_dir)
+        .with_context(|| format!("cannot create {}", log_dir.display()))?;
+    for f in secrets::ensure_all(spec)? {
+        println!("  + generated {} (mode 0600)", f.display());
+    }
+    if let validate::DiskAction::Created(bytes) = validate::prepare_data_disk(spec)? {
+        println!(
+            "  + created data disk {} ({} GiB, sparse; the guest formats it on first boot)",
+            spec.data_disk.path.display(),
+            bytes >> 30
+        );
+    }
+    let run = RunDir::new(&spec.run_dir);
+    run.remove_stale();
+    let _ = std::fs::remove_file(result_file(&run));
+    let json = serde_json::to_vec_pretty(spec)?;
+    std::fs::write(run.spec_json(), json)
+        .with_context(|| format!("cannot write {}", run.spec_json().display()))?;
+    Ok(())
+}
+
+async fn wait_for_supervisor(run: &RunDir, supervisor: &mut std::process::Child) -> Option<Client> {
+    let until = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < until {
+        if let Ok(c) = Client::connect(run).await {
+            return Some(c);
+        }
+        // The child handle, not /proc: right after spawn its command line may be empty.
+        if !matches!(supervisor.try_wait(), Ok(None)) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// The supervisor vanished without a final event: show its failure report if it left
+/// one, then make sure nothing of the VM is left.
+async fn report_lost(spec: &Spec, run: &RunDir, what: &str) -> i32 {
+    let spec = running_spec(spec);
+    match std::fs::read(result_file(run))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::ipc::FailureReport>(&b).ok())
+    {
+        Some(report) => print!("{}", failure_block(&spec.name, &report)),
+        None => {
+            println!(
+                "✗ {what}; its log: {}",
+                spec.log_file("supervisor").display()
+            );
+            if let Ok(text) = std::fs::read_to_string(spec.log_file("supervisor")) {
+                for l in text
+                    .lines()
+                    .rev()
+                    .take(15)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                {
+                    println!("    | {l}");
+                }
+            }
+        }
+    }
+    let _ = super::stop::stop_leftovers(&spec, run).await;
+    let left: Vec<_> = Role::ALL
+        .iter()
+        .filter(|r| run.live_pid(**r).is_some())
+        .collect();
+    if !left.is_empty() {
+        println!("✗ still running: {left:?}");
+    }
+    1
+}
+
+fn print_up(spec: &Spec, source_name: &str, info: &UpInfo, elapsed: Duration) {
+    let scope = if info.wait_for == protocol::Stage::Ready {
+        String::new()
+    } else {
+        format!(" (waited for `{}` only)", info.wait_for)
+    };
+    println!(
+        "{} up: VM {} (CID {}){scope}",
+        stamp(elapsed),
+        spec.name,
+        spec.cid
+    );
+    let sel = if source_name == BUILTIN {
+        "--sql".to_string()
+    } else {
+        format!(
+            "--spec {}",
+            shlex::try_quote(source_name).unwrap_or_default()
+        )
+    };
+    if let Some(t) = &info.tailnet {
+        println!("  tailnet:   {} {}", t.name, t.ips.join(" "));
+    }
+    if info.wait_for >= protocol::Stage::Postgres {
+        println!(
+            "  postgres:  psql \"host={} port={} user=postgres dbname=postgres\"  (password in {})",
+            info.hostname,
+            info.postgres_port,
+            info.password_file.display()
+        );
+    }
+    println!("  console:   {}", info.console_log.display());
+    println!(
+        "  supervisor pid {} keeps the VM; next: sovereign status {sel} | test {sel} | stop {sel}",
+        info.supervisor_pid
+    );
+}

@@ -1,0 +1,322 @@
+//! The host end of the guest's control channel: a listener (AF_VSOCK port 1025 with
+//! crosvm; the `<uds>_1025` unix socket that vhost-device-vsock connects to under QEMU)
+//! and one task pair per connection that turns frames into [`ControlEvent`]s and
+//! [`HostMessage`]s into frames. Framing is `protocol::control`'s; an oversize, empty or
+//! unknown frame closes the connection.
+
+use protocol::control::{encode_frame, CodecError, FrameReader};
+use protocol::{GuestMessage, HostMessage};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+/// Why a control (or supervisor socket) exchange failed.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    /// Socket I/O failed.
+    #[error("control socket I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// A frame could not be encoded or decoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The connection's writer is gone (peer closed).
+    #[error("the control connection is closed")]
+    Closed,
+    /// Binding the listener failed.
+    #[error("cannot listen on {what}: {source}")]
+    Bind {
+        /// The address (socket path or vsock port).
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Writes one frame.
+pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), ControlError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let frame = encode_frame(msg)?;
+    w.write_all(&frame).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads the next message; `Ok(None)` on a clean end of stream between frames.
+pub async fn read_frame<R, T>(
+    r: &mut R,
+    reader: &mut FrameReader,
+) -> Result<Option<T>, ControlError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(msg) = reader.next_message()? {
+            return Ok(Some(msg));
+        }
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            if reader.buffered() > 0 {
+                return Err(ControlError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "connection closed inside a frame ({} bytes buffered)",
+                        reader.buffered()
+                    ),
+                )));
+            }
+            return Ok(None);
+        }
+        reader.push(&buf[..n]);
+    }
+}
+
+/// A byte stream the control channel runs on (unix or vsock).
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// Where the guest's control connections arrive.
+#[derive(Debug)]
+pub enum ControlListener {
+    /// The unix socket vhost-device-vsock connects to (the guest's CID is implied).
+    Unix {
+        /// The listener.
+        listener: UnixListener,
+        /// Its path, removed on drop.
+        path: PathBuf,
+    },
+    /// AF_VSOCK on the host (crosvm with /dev/vhost-vsock).
+    Vsock(tokio_vsock::VsockListener),
+}
+
+impl ControlListener {
+    /// Listens on a unix socket path (a stale file there is removed first).
+    pub fn unix(path: &Path) -> Result<ControlListener, ControlError> {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path).map_err(|source| ControlError::Bind {
+            what: path.display().to_string(),
+            source,
+        })?;
+        Ok(ControlListener::Unix {
+            listener,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Listens on AF_VSOCK `port` for any CID.
+    pub fn vsock(port: u32) -> Result<ControlListener, ControlError> {
+        let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port);
+        let l = tokio_vsock::VsockListener::bind(addr).map_err(|source| ControlError::Bind {
+            what: format!("vsock port {port}"),
+            source,
+        })?;
+        Ok(ControlListener::Vsock(l))
+    }
+
+    /// Accepts the next connection with the peer's CID (AF_VSOCK only).
+    pub async fn accept(&mut self) -> std::io::Result<(Box<dyn Stream>, Option<u32>)> {
+        match self {
+            ControlListener::Unix { listener, .. } => {
+                let (s, _) = listener.accept().await?;
+                Ok((Box::new(s), None))
+            }
+            ControlListener::Vsock(l) => {
+                let (s, addr) = l.accept().await?;
+                Ok((Box::new(s), Some(addr.cid())))
+            }
+        }
+    }
+}
+
+impl Drop for ControlListener {
+    fn drop(&mut self) {
+        if let ControlListener::Unix { path, .. } = self {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// What a connection task reports to the supervisor.
+#[derive(Debug)]
+pub enum ControlEvent {
+    /// A guest connected.
+    Opened(Connection),
+    /// A message arrived on connection `conn`.
+    Message {
+        /// Connection id.
+        conn: u64,
+        /// The message (boxed: a device report is large).
+        msg: Box<GuestMessage>,
+    },
+    /// Connection `conn` ended.
+    Closed {
+        /// Connection id.
+        conn: u64,
+        /// Why (EOF, bad frame...).
+        reason: String,
+    },
+}
+
+type Outgoing = (HostMessage, oneshot::Sender<Result<(), String>>);
+
+/// The supervisor's handle on one guest connection.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    /// Unique per supervisor run.
+    pub id: u64,
+    /// Source CID on AF_VSOCK; `None` on the vhost-device-vsock unix socket.
+    pub peer_cid: Option<u32>,
+    tx: mpsc::Sender<Outgoing>,
+}
+
+impl Connection {
+    /// Sends a message and waits until it was written.
+    pub async fn send(&self, msg: HostMessage) -> Result<(), ControlError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send((msg, ack))
+            .await
+            .map_err(|_| ControlError::Closed)?;
+        match done.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ControlError::Io(std::io::Error::other(e))),
+            Err(_) => Err(ControlError::Closed),
+        }
+    }
+}
+
+/// Starts the reader and writer tasks of a new connection; events go to `events`.
+pub fn spawn_connection(
+    id: u64,
+    stream: Box<dyn Stream>,
+    peer_cid: Option<u32>,
+    events: mpsc::Sender<ControlEvent>,
+) -> Connection {
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(16);
+    tokio::spawn(async move {
+        while let Some((msg, ack)) = rx.recv().await {
+            let r = write_frame(&mut wr, &msg).await.map_err(|e| e.to_string());
+            let failed = r.is_err();
+            let _ = ack.send(r);
+            if failed {
+                break;
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut reader = FrameReader::new();
+        let reason = loop {
+            match read_frame::<_, GuestMessage>(&mut rd, &mut reader).await {
+                Ok(Some(msg)) => {
+                    if events
+                        .send(ControlEvent::Message {
+                            conn: id,
+                            msg: Box::new(msg),
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(None) => break "the guest closed the connection".to_string(),
+                Err(e) => break e.to_string(),
+            }
+        };
+        let _ = events.send(ControlEvent::Closed { conn: id, reason }).await;
+    });
+    Connection { id, peer_cid, tx }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::messages::{DeviceReport, Hello};
+
+    #[tokio::test]
+    async fn a_test_client_talks_to_the_server_side() {
+        let (server, mut client) = tokio::net::UnixStream::pair().unwrap();
+        let (ev_tx, mut ev_rx) = mpsc::channel(8);
+        let conn = spawn_connection(7, Box::new(server), None, ev_tx);
+
+        let hello = GuestMessage::Hello(Hello {
+            version: protocol::PROTOCOL_VERSION,
+            cid: 10,
+            kernel_release: "6.12".into(),
+            boot_time_ms: 1,
+        });
+        write_frame(&mut client, &hello).await.unwrap();
+        write_frame(
+            &mut client,
+            &GuestMessage::DeviceReport(DeviceReport::default()),
+        )
+        .await
+        .unwrap();
+        match ev_rx.recv().await.unwrap() {
+            ControlEvent::Message { conn: 7, msg } => assert_eq!(*msg, hello),
+            other => panic!("{other:?}"),
+        }
+        match ev_rx.recv().await.unwrap() {
+            ControlEvent::Message { msg, .. } => {
+                assert!(matches!(*msg, GuestMessage::DeviceReport(_)))
+            }
+            other => panic!("{other:?}"),
+        }
+
+        conn.send(HostMessage::Ping).await.unwrap();
+        let mut reader = FrameReader::new();
+        let got: HostMessage = read_frame(&mut client, &mut reader).await.unwrap().unwrap();
+        assert_eq!(got, HostMessage::Ping);
+
+        // An unknown message type closes the connection instead of being guessed at.
+        let body = br#"{"type":"launch_missiles"}"#;
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(body);
+        client.write_all(&frame).await.unwrap();
+        match ev_rx.recv().await.unwrap() {
+            ControlEvent::Closed { conn: 7, reason } => {
+                assert!(reason.contains("not a valid message"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn oversize_frames_close_before_buffering() {
+        let (server, mut client) = tokio::net::UnixStream::pair().unwrap();
+        let (ev_tx, mut ev_rx) = mpsc::channel(8);
+        let _conn = spawn_connection(1, Box::new(server), Some(10), ev_tx);
+        client.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        match ev_rx.recv().await.unwrap() {
+            ControlEvent::Closed { reason, .. } => assert!(reason.contains("exceeds"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn unix_listener_accepts_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vsock.sock_1025");
+        std::fs::write(&path, b"stale").unwrap();
+        let mut l = ControlListener::unix(&path).unwrap();
+        let c = tokio::spawn({
+            let path = path.clone();
+            async move { tokio::net::UnixStream::connect(&path).await.unwrap() }
+        });
+        let (_s, peer) = l.accept().await.unwrap();
+        assert_eq!(peer, None);
+        c.await.unwrap();
+        drop(l);
+        assert!(!path.exists());
+    }
+}

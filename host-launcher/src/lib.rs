@@ -1,0 +1,26 @@
+//! `sovereign`: starts, watches and stops the Sovereign PostgreSQL VM on crosvm (Android,
+//! pKVM) or QEMU (Linux, CI). It says "up" only when the guest has proven each boot
+//! stage; when a stage fails it names it, shows the evidence and stops the VM.
+//!
+//! One module per duty: [`spec`] and [`validate`] (the VM spec), [`preflight`] (is the
+//! host fit), [`vmm`] (command lines), [`supervise`] with [`control`], [`console`] and
+//! [`readiness`] (the detached supervisor), [`ipc`] (its socket), [`commands`] (the CLI
+//! verbs).
+
+pub mod cli;
+pub mod commands;
+pub mod console;
+pub mod control;
+pub mod ipc;
+pub mod kernel;
+pub mod paths;
+pub mod preflight;
+pub mod process;
+pub mod readiness;
+pub mod report;
+pub mod rundir;
+pub mod secrets;
+pub mod spec;
+pub mod supervise;
+pub mod validate;
+pub mod vmm;

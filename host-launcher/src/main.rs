@@ -1,0 +1,80 @@
+//! The `sovereign` binary: parses the command line, sets up logging and runs a verb.
+
+use anyhow::Context as _;
+use clap::Parser;
+use sovereign::cli::{Cli, Command};
+use sovereign::paths::HostEnv;
+use sovereign::rundir::RunDir;
+
+fn main() {
+    let cli = Cli::parse();
+    let supervising = matches!(cli.command, Command::Supervise { .. });
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or(if supervising { "info" } else { "warn" }),
+    )
+    .init();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sovereign: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let env = HostEnv::detect();
+    rt.block_on(async {
+        match cli.command {
+            Command::Start {
+                vm,
+                dry_run,
+                wait_for,
+            } => {
+                let (mut spec, source) = match vm.load(&env) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return Ok(2);
+                    }
+                };
+                if let Some(stage) = wait_for {
+                    spec.wait_for = stage;
+                }
+                sovereign::commands::start::run(spec, &env, &source, dry_run).await
+            }
+            Command::Stop { vm, timeout } => {
+                sovereign::commands::stop::run(&vm.load(&env)?.0, timeout).await
+            }
+            Command::Status { vm, json } => {
+                sovereign::commands::status::run(&vm.load(&env)?.0, json).await
+            }
+            Command::Test { vm } => sovereign::commands::test::run(&vm.load(&env)?.0).await,
+            Command::Console { vm, no_follow } => {
+                sovereign::commands::console::run(&vm.load(&env)?.0, !no_follow).await
+            }
+            Command::Query { vm, statement } => {
+                sovereign::commands::query::run(&vm.load(&env)?.0, &statement).await
+            }
+            Command::Spec { vm } => {
+                print!("{}", vm.load(&env)?.0.to_toml());
+                Ok(0)
+            }
+            Command::Supervise { run_dir } => {
+                log::info!(
+                    "supervisor {} for {}",
+                    std::process::id(),
+                    run_dir.display()
+                );
+                let code = sovereign::supervise::run(RunDir::new(run_dir)).await?;
+                log::info!("supervisor exits with {code}");
+                Ok(code)
+            }
+        }
+    })
+}

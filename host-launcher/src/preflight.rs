@@ -1,0 +1,535 @@
+//! Preflight: can this host run the VM the spec describes? Each check is one line with
+//! ✓ (holds), ! (warning: boot may still work) or ✗ (start refuses), and the first
+//! failure says what to do.
+//!
+//! Every check reads the host through [`HostEnv`] (device paths, tool search path, state
+//! directory), so tests run them against empty temporary directories. Checks are plain
+//! functions in [`checks`]; Android-only ones live in [`android_checks`].
+
+use crate::kernel;
+use crate::paths::HostEnv;
+use crate::rundir::{running_vms, Role, RunDir};
+use crate::spec::{Backend, Spec};
+use nix::unistd::{access, AccessFlags};
+use std::fmt;
+use std::path::Path;
+
+/// Outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// The requirement holds.
+    Pass,
+    /// Not a blocker, but worth knowing (e.g. the kernel lacks an option).
+    Warn,
+    /// `start` cannot proceed.
+    Fail,
+}
+
+/// One check's line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// Short name (`kvm`, `gvproxy`, ...).
+    pub name: &'static str,
+    /// Outcome.
+    pub status: Status,
+    /// What was found.
+    pub detail: String,
+    /// What to do about a failure or warning.
+    pub hint: Option<String>,
+}
+
+impl Check {
+    fn pass(name: &'static str, detail: impl Into<String>) -> Check {
+        Check {
+            name,
+            status: Status::Pass,
+            detail: detail.into(),
+            hint: None,
+        }
+    }
+
+    fn fail(name: &'static str, detail: impl Into<String>, hint: impl Into<String>) -> Check {
+        Check {
+            name,
+            status: Status::Fail,
+            detail: detail.into(),
+            hint: Some(hint.into()),
+        }
+    }
+
+    fn warn(name: &'static str, detail: impl Into<String>, hint: impl Into<String>) -> Check {
+        Check {
+            name,
+            status: Status::Warn,
+            detail: detail.into(),
+            hint: Some(hint.into()),
+        }
+    }
+}
+
+/// All checks of one preflight run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// In the order they ran.
+    pub checks: Vec<Check>,
+}
+
+impl Report {
+    /// True when nothing failed (warnings allowed).
+    pub fn ok(&self) -> bool {
+        self.checks.iter().all(|c| c.status != Status::Fail)
+    }
+
+    /// The first failed check.
+    pub fn first_failure(&self) -> Option<&Check> {
+        self.checks.iter().find(|c| c.status == Status::Fail)
+    }
+}
+
+impl fmt::Display for Report {
+    /// One line per check; the first failure (and every warning) followed by its hint.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut explained = false;
+        for c in &self.checks {
+            let mark = match c.status {
+                Status::Pass => "✓",
+                Status::Warn => "!",
+                Status::Fail => "✗",
+            };
+            writeln!(f, "  {mark} {:<18} {}", c.name, c.detail)?;
+            let explain = match c.status {
+                Status::Fail => !std::mem::replace(&mut explained, true),
+                Status::Warn => true,
+                Status::Pass => false,
+            };
+            if let (true, Some(h)) = (explain, &c.hint) {
+                writeln!(f, "      → {h}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A preflight check.
+pub type CheckFn = fn(&Spec, &HostEnv) -> Option<Check>;
+
+/// The generic checks, in order; a check returning `None` does not apply to this spec.
+pub fn checks() -> Vec<CheckFn> {
+    vec![
+        privileges,
+        state_dirs,
+        kvm,
+        vsock_device,
+        vmm_binary,
+        gvproxy,
+        cid_free,
+        kernel_options,
+    ]
+}
+
+/// Checks that only mean something on Android (issue "phone path" extends these).
+pub fn android_checks() -> Vec<CheckFn> {
+    vec![selinux, free_space]
+}
+
+/// Runs every applicable check.
+pub fn run(spec: &Spec, env: &HostEnv) -> Report {
+    let mut list = checks();
+    if env.android {
+        list.extend(android_checks());
+    } else {
+        list.push(free_space);
+    }
+    Report {
+        checks: list.into_iter().filter_map(|c| c(spec, env)).collect(),
+    }
+}
+
+fn rw(path: &Path) -> Result<(), String> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn privileges(spec: &Spec, env: &HostEnv) -> Option<Check> {
+    const NAME: &str = "privileges";
+    if env.euid == 0 {
+        return Some(Check::pass(NAME, "running as root"));
+    }
+    let caps = caps::read(None, caps::CapSet::Effective)
+        .map(|set| {
+            let mut v: Vec<String> = set.iter().map(|c| c.to_string()).collect();
+            v.sort();
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(",")
+            }
+        })
+        .unwrap_or_else(|e| format!("unknown ({e})"));
+    Some(match spec.vmm.backend {
+        // QEMU under TCG needs no privilege: only the state files (checked next).
+        Backend::Qemu => Check::pass(
+            NAME,
+            format!(
+                "uid {} (QEMU needs no capabilities; effective: {caps})",
+                env.euid
+            ),
+        ),
+        Backend::Crosvm => {
+            let devices_ok = rw(&env.kvm_device).is_ok() && rw(&env.vhost_vsock_device).is_ok();
+            if devices_ok {
+                Check::pass(
+                    NAME,
+                    format!(
+                        "uid {}, {} and {} usable",
+                        env.euid,
+                        env.kvm_device.display(),
+                        env.vhost_vsock_device.display()
+                    ),
+                )
+            } else {
+                Check::fail(
+                    NAME,
+                    format!(
+                        "uid {} without access to {} (effective capabilities: {caps})",
+                        env.euid,
+                        env.kvm_device.display()
+                    ),
+                    "crosvm needs root on the phone: run it as `su -c 'sovereign start --sql'`",
+                )
+            }
+        }
+    })
+}
+
+/// The nearest existing ancestor of `p` (itself if it exists).
+fn existing_ancestor(p: &Path) -> Option<&Path> {
+    p.ancestors().find(|a| a.exists())
+}
+
+fn state_dirs(spec: &Spec, _env: &HostEnv) -> Option<Check> {
+    const NAME: &str = "state directories";
+    let log_dir = spec.log_dir();
+    let dirs = [
+        spec.run_dir.as_path(),
+        log_dir.as_path(),
+        spec.secrets_dir.as_path(),
+    ];
+    for d in dirs {
+        let Some(anc) = existing_ancestor(d) else {
+            continue;
+        };
+        if !anc.is_dir() || access(anc, AccessFlags::W_OK | AccessFlags::X_OK).is_err() {
+            return Some(Check::fail(
+                NAME,
+                format!(
+                    "{} cannot be created: {} is not a writable directory",
+                    d.display(),
+                    anc.display()
+                ),
+                "run as root, or set $SOVEREIGN_HOME (or the spec's paths) to a directory you own",
+            ));
+        }
+    }
+    Some(Check::pass(
+        NAME,
+        format!(
+            "{} writable",
+            existing_ancestor(&spec.run_dir)
+                .unwrap_or(&spec.run_dir)
+                .display()
+        ),
+    ))
+}
+
+fn kvm(spec: &Spec, env: &HostEnv) -> Option<Check> {
+    const NAME: &str = "kvm";
+    let needed = spec.vmm.backend == Backend::Crosvm || spec.vmm.qemu_accel == "kvm";
+    if !needed {
+        return Some(Check::pass(NAME, "not needed (QEMU with TCG)"));
+    }
+    Some(match rw(&env.kvm_device) {
+        Ok(()) => Check::pass(NAME, format!("{} usable", env.kvm_device.display())),
+        Err(e) => Check::fail(
+            NAME,
+            format!("{}: {e}", env.kvm_device.display()),
+            match spec.vmm.backend {
+                Backend::Crosvm => "the phone needs pKVM enabled and root (su) to open /dev/kvm",
+                Backend::Qemu => "set vmm.qemu_accel = \"tcg\" in the spec, or load kvm and get access to /dev/kvm",
+            },
+        ),
+    })
+}
+
+fn vsock_device(spec: &Spec, env: &HostEnv) -> Option<Check> {
+    const NAME: &str = "vsock";
+    Some(match spec.vmm.backend {
+        Backend::Crosvm => match rw(&env.vhost_vsock_device) {
+            Ok(()) => Check::pass(NAME, format!("{} usable", env.vhost_vsock_device.display())),
+            Err(e) => Check::fail(
+                NAME,
+                format!("{}: {e}", env.vhost_vsock_device.display()),
+                "crosvm's --vsock needs the host's vhost_vsock module and root to open /dev/vhost-vsock",
+            ),
+        },
+        Backend::Qemu => match env.find_tool(&spec.vmm.vhost_device_vsock) {
+            Some(p) => Check::pass(NAME, format!("vhost-device-vsock at {}", p.display())),
+            None => Check::fail(
+                NAME,
+                format!("{} not found (searched PATH, beside sovereign, the tool cache)", spec.vmm.vhost_device_vsock),
+                "install it: cargo install --locked vhost-device-vsock --version 0.3.0 (scripts/ci-deps.sh does), or set vmm.vhost_device_vsock",
+            ),
+        },
+    })
+}
+
+fn vmm_binary(spec: &Spec, env: &HostEnv) -> Option<Check> {
+    let (name, configured, hint): (&'static str, &str, &str) = match spec.vmm.backend {
+        Backend::Crosvm => (
+            "crosvm",
+            &spec.vmm.crosvm,
+            "Android ships crosvm in the virtualization APEX (/apex/com.android.virt/bin/crosvm); set vmm.crosvm if it lives elsewhere",
+        ),
+        Backend::Qemu => (
+            "qemu",
+            &spec.vmm.qemu,
+            "install QEMU 10 (qemu-system-x86 / qemu-system-arm from bookworm-backports), or set vmm.qemu",
+        ),
+    };
+    Some(match env.find_tool(configured) {
+        Some(p) => Check::pass(name, p.display().to_string()),
+        None => Check::fail(name, format!("{configured} not found"), hint),
+    })
+}
+
+fn gvproxy(spec: &Spec, env: &HostEnv) -> Option<Check> {
+    Some(match env.find_tool(&spec.vmm.gvproxy) {
+        Some(p) => Check::pass("gvproxy", p.display().to_string()),
+        None => Check::fail(
+            "gvproxy",
+            format!(
+                "{} not found (searched PATH, beside sovereign, the tool cache)",
+                spec.vmm.gvproxy
+            ),
+            "build it with scripts/build-go-tools.sh (gvisor-tap-vsock v0.8.9), or set vmm.gvproxy",
+        ),
+    })
+}
+
+fn cid_free(spec: &Spec, env: &HostEnv) -> Option<Check> {
+    const NAME: &str = "cid";
+    let own = RunDir::new(&spec.run_dir);
+    if let Some(pid) = own
+        .live_pid(Role::Supervisor)
+        .or_else(|| own.live_pid(Role::Vmm))
+    {
+        return Some(Check::fail(
+            NAME,
+            format!(
+                "VM {} is already running (pid {pid}, {})",
+                spec.name,
+                spec.run_dir.display()
+            ),
+            format!(
+                "see `sovereign status`, or stop it first with `sovereign stop` for {}",
+                spec.name
+            ),
+        ));
+    }
+    for vm in running_vms(&env.base_dir.join("run")) {
+        if vm.run_dir != spec.run_dir && vm.cid == Some(spec.cid) {
+            return Some(Check::fail(
+                NAME,
+                format!(
+                    "CID {} is held by running VM {} (pid {})",
+                    spec.cid, vm.name, vm.pid
+                ),
+                "give this VM another cid in its spec, or stop the other VM",
+            ));
+        }
+    }
+    Some(Check::pass(NAME, format!("CID {} free", spec.cid)))
+}
+
+fn kernel_options(spec: &Spec, _env: &HostEnv) -> Option<Check> {
+    const NAME: &str = "kernel options";
+    if !spec.kernel.is_file() {
+        return None; // validation already said so
+    }
+    Some(match kernel::missing_options(&spec.kernel, spec.arch) {
+        Ok(missing) if missing.is_empty() => Check::pass(
+            NAME,
+            format!("every option of the {} fragments present", spec.arch),
+        ),
+        Ok(missing) => Check::warn(
+            NAME,
+            format!(
+                "{} required option(s) missing: {}",
+                missing.len(),
+                missing
+                    .iter()
+                    .map(|m| m.option.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "the boot will likely fail at `devices`; build the kernel with scripts/build-kernel.sh",
+        ),
+        Err(e) => Check::warn(
+            NAME,
+            format!("cannot check: {e}"),
+            "the guest reports missing options itself at `devices`",
+        ),
+    })
+}
+
+fn selinux(_spec: &Spec, env: &HostEnv) -> Option<Check> {
+    let mode = match std::fs::read_to_string(env.selinux_fs.join("enforce")) {
+        Ok(s) if s.trim() == "1" => "enforcing",
+        Ok(_) => "permissive",
+        Err(_) => "disabled or not visible",
+    };
+    Some(Check::pass("selinux", mode))
+}
+
+fn free_space(spec: &Spec, _env: &HostEnv) -> Option<Check> {
+    const NAME: &str = "free space";
+    let dir = spec.data_disk.path.parent().and_then(existing_ancestor)?;
+    let st = nix::sys::statvfs::statvfs(dir).ok()?;
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let allocated = std::fs::metadata(&spec.data_disk.path)
+        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+        .unwrap_or(0);
+    let want = (spec.data_disk.size_gib << 30).saturating_sub(allocated);
+    Some(if free >= want {
+        Check::pass(
+            NAME,
+            format!("{:.1} GiB free on {}", gib(free), dir.display()),
+        )
+    } else {
+        Check::warn(
+            NAME,
+            format!(
+                "{:.1} GiB free on {}, the sparse data disk may grow {:.1} GiB more",
+                gib(free),
+                dir.display(),
+                gib(want)
+            ),
+            "free space or shrink data_disk.size_gib before the database fills it",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::tests::env_in;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn exe(dir: &Path, name: &str) {
+        let p = dir.join(name);
+        std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    fn setup(backend: Backend) -> (tempfile::TempDir, Spec, HostEnv) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut env = env_in(dir.path(), backend == Backend::Crosvm);
+        env.search_dirs = vec![dir.path().join("bin")];
+        std::fs::create_dir(dir.path().join("bin")).unwrap();
+        let mut spec = Spec::builtin_sql(&env).unwrap();
+        spec.vmm.backend = backend;
+        spec.vmm.crosvm = "crosvm".into();
+        (dir, spec, env)
+    }
+
+    fn status_of(r: &Report, name: &str) -> Option<Status> {
+        r.checks.iter().find(|c| c.name == name).map(|c| c.status)
+    }
+
+    #[test]
+    fn qemu_with_nothing_installed_names_each_missing_piece() {
+        let (_d, spec, env) = setup(Backend::Qemu);
+        let r = run(&spec, &env);
+        assert!(!r.ok());
+        assert_eq!(
+            status_of(&r, "kvm"),
+            Some(Status::Pass),
+            "TCG needs no /dev/kvm"
+        );
+        assert_eq!(status_of(&r, "vsock"), Some(Status::Fail));
+        assert_eq!(status_of(&r, "qemu"), Some(Status::Fail));
+        assert_eq!(status_of(&r, "gvproxy"), Some(Status::Fail));
+        assert_eq!(status_of(&r, "cid"), Some(Status::Pass));
+        let text = r.to_string();
+        assert!(text.contains("✗ vsock"), "{text}");
+        assert_eq!(
+            text.matches("→").count(),
+            1,
+            "only the first failure explains: {text}"
+        );
+        assert!(
+            text.contains("cargo install --locked vhost-device-vsock"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn qemu_with_tools_present_passes() {
+        let (d, spec, env) = setup(Backend::Qemu);
+        for t in ["vhost-device-vsock", "gvproxy", &spec.vmm.qemu] {
+            exe(&d.path().join("bin"), t);
+        }
+        let r = run(&spec, &env);
+        assert!(r.ok(), "{r}");
+    }
+
+    #[test]
+    fn crosvm_needs_its_devices() {
+        let (d, spec, env) = setup(Backend::Crosvm);
+        exe(&d.path().join("bin"), "crosvm");
+        exe(&d.path().join("bin"), "gvproxy");
+        let r = run(&spec, &env);
+        assert_eq!(status_of(&r, "kvm"), Some(Status::Fail));
+        assert_eq!(status_of(&r, "vsock"), Some(Status::Fail));
+        assert!(r.first_failure().unwrap().detail.contains("dev-kvm"), "{r}");
+        assert_eq!(
+            status_of(&r, "selinux"),
+            Some(Status::Pass),
+            "android checks run"
+        );
+        std::fs::write(&env.kvm_device, b"").unwrap();
+        std::fs::write(&env.vhost_vsock_device, b"").unwrap();
+        let r = run(&spec, &env);
+        assert!(r.ok(), "{r}");
+    }
+
+    #[test]
+    fn a_running_vm_holding_the_cid_is_refused() {
+        let (d, mut spec, env) = setup(Backend::Qemu);
+        let other = d.path().join("run/other");
+        std::fs::create_dir_all(&other).unwrap();
+        let run_other = RunDir::new(&other);
+        std::fs::write(run_other.spec_json(), r#"{"cid": 10}"#).unwrap();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30; true"])
+            .arg(&other)
+            .spawn()
+            .unwrap();
+        std::fs::write(run_other.pid_file(Role::Supervisor), child.id().to_string()).unwrap();
+        crate::rundir::tests::wait_for_exec(child.id());
+        let c = cid_free(&spec, &env).unwrap();
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(c.detail.contains("held by running VM other"), "{c:?}");
+        spec.cid = 11;
+        assert_eq!(cid_free(&spec, &env).unwrap().status, Status::Pass);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}

@@ -1,0 +1,679 @@
+//! The VM spec: a TOML file describing one VM (or the built-in `sql` VM), read into a
+//! [`Spec`] whose paths are all absolute and whose every default is filled in.
+//!
+//! Relative paths in a spec file resolve against the file's directory; for the built-in
+//! spec they resolve against the state directory. `run_dir` and `secrets_dir` always
+//! default to `<state>/run/<name>` and `<state>/secrets`, so every VM of this host is
+//! found in one place (the CID check scans `<state>/run/*`).
+
+use crate::paths::{resolve, HostEnv, ANDROID_CROSVM};
+use kernel_config::Arch;
+use protocol::Stage;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// Name of the built-in VM selected by `--sql`.
+pub const DEFAULT_NAME: &str = "sql";
+
+/// One spec field that is not acceptable: printed as `field = value: why`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted field name, e.g. `data_disk.size_gib`.
+    pub field: String,
+    /// The offending value as written (never a secret).
+    pub value: String,
+    /// What is wrong and what is expected.
+    pub why: String,
+}
+
+impl Problem {
+    /// Builds a problem from anything printable.
+    pub fn new(
+        field: impl Into<String>,
+        value: impl fmt::Display,
+        why: impl Into<String>,
+    ) -> Problem {
+        Problem {
+            field: field.into(),
+            value: value.to_string(),
+            why: why.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} = {:?}: {}", self.field, self.value, self.why)
+    }
+}
+
+/// Why a spec could not be loaded or is not acceptable.
+#[derive(Debug, Error)]
+pub enum SpecError {
+    /// The spec file could not be read.
+    #[error("cannot read VM spec {path}: {source}")]
+    Read {
+        /// The spec file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The spec file is not valid TOML for a spec (unknown field, wrong type...).
+    #[error("VM spec {path} is not valid: {message}")]
+    Parse {
+        /// The spec file.
+        path: PathBuf,
+        /// toml's message, which names the line and the field.
+        message: String,
+    },
+    /// One or more fields are unacceptable; every one is listed, one per line.
+    #[error("VM spec {source_name} has {} problem(s):\n{}", .problems.len(), lines(.problems))]
+    Invalid {
+        /// `built-in sql` or the spec file's path.
+        source_name: String,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+}
+
+fn lines(problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  ✗ {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Which VMM runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// crosvm with the host's `/dev/vhost-vsock` (Android, pKVM).
+    Crosvm,
+    /// qemu-system-* with vhost-user-vsock through vhost-device-vsock (CI, dev boxes).
+    Qemu,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Crosvm => "crosvm",
+            Backend::Qemu => "qemu",
+        })
+    }
+}
+
+/// The data disk: PostgreSQL's `/data`, formatted ext4 by the guest when blank.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataDisk {
+    /// Image file (created sparse at `size_gib` when absent).
+    pub path: PathBuf,
+    /// Size in GiB of a newly created image.
+    pub size_gib: u64,
+}
+
+/// What the guest's kernel command line carries besides the fixed boot arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestSpec {
+    /// `sovereign.log=<level>`: the init's log level.
+    pub log_level: String,
+    /// `sovereign.device_wait=<secs>`: how long the init waits for virtio drivers.
+    pub device_wait_secs: u32,
+    /// Extra kernel command line arguments, appended verbatim (never secrets).
+    pub cmdline_extra: Vec<String>,
+}
+
+/// PostgreSQL settings handed to the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostgresSpec {
+    /// TCP port on the tailnet addresses.
+    pub port: u16,
+    /// File holding the superuser password (generated, mode 0600, when absent).
+    pub superuser_password_file: PathBuf,
+}
+
+/// An application role and database provisioned in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppSpec {
+    /// Role and database name.
+    pub name: String,
+    /// File holding its password (generated, mode 0600, when absent).
+    pub password_file: PathBuf,
+}
+
+/// How the guest joins the tailnet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TailscaleSpec {
+    /// Control server URL (a headscale); absent for Tailscale's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_server: Option<String>,
+    /// File holding an auth key; `$SOVEREIGN_TS_AUTHKEY` takes precedence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_key_file: Option<PathBuf>,
+}
+
+/// The VMM and its helpers. Program values without `/` are looked up on `$PATH`, next
+/// to the `sovereign` binary, then in the tool cache's `bin/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmmSpec {
+    /// crosvm or QEMU.
+    pub backend: Backend,
+    /// The crosvm binary.
+    pub crosvm: String,
+    /// The qemu-system binary for the guest architecture.
+    pub qemu: String,
+    /// QEMU accelerator: `tcg` (works everywhere) or `kvm`.
+    pub qemu_accel: String,
+    /// vhost-device-vsock (QEMU only).
+    pub vhost_device_vsock: String,
+    /// gvproxy.
+    pub gvproxy: String,
+    /// crosvm `--protected-vm-without-firmware` (pKVM without pvmfw).
+    pub protected_vm_without_firmware: bool,
+    /// crosvm `--swiotlb <MiB>` (aarch64 crosvm builds only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swiotlb_mib: Option<u32>,
+}
+
+/// Per-stage deadlines in seconds, each counted from the previous stage's acceptance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timeouts {
+    /// Launch of the helpers and VMM → `SOVEREIGN init` on the console.
+    pub init: u32,
+    /// init → device report.
+    pub devices: u32,
+    /// devices → Hello on the control channel.
+    pub control: u32,
+    /// control → network ready.
+    pub network: u32,
+    /// network → tailscale ready.
+    pub tailscale: u32,
+    /// tailscale → postgres ready.
+    pub postgres: u32,
+    /// postgres → ready.
+    pub ready: u32,
+    /// How long the guest may take to shut down before the VMM is killed.
+    pub shutdown: u32,
+}
+
+impl Timeouts {
+    /// The deadline of `stage`.
+    pub fn for_stage(&self, stage: Stage) -> Duration {
+        Duration::from_secs(u64::from(match stage {
+            Stage::Init => self.init,
+            Stage::Devices => self.devices,
+            Stage::Control => self.control,
+            Stage::Network => self.network,
+            Stage::Tailscale => self.tailscale,
+            Stage::Postgres => self.postgres,
+            Stage::Ready => self.ready,
+        }))
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            init: 60,
+            devices: 30,
+            control: 60,
+            network: 60,
+            tailscale: 180,
+            postgres: 180,
+            ready: 30,
+            shutdown: 30,
+        }
+    }
+}
+
+/// A fully resolved VM spec: absolute paths, every default filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
+    /// Short name used in file names (`sql`).
+    pub name: String,
+    /// Guest architecture; the kernel must be of it.
+    #[serde(with = "arch_serde")]
+    pub arch: Arch,
+    /// The guest's vsock CID.
+    pub cid: u32,
+    /// Guest memory.
+    pub memory_mib: u32,
+    /// vCPUs.
+    pub cpus: u32,
+    /// The guest's host name and tailnet name.
+    pub hostname: String,
+    /// Kernel boot image (bzImage or arm64 Image).
+    pub kernel: PathBuf,
+    /// Optional initramfs (boot tests); without it the root image is `/dev/vda`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    /// The root filesystem image (ext4), `/dev/vda`.
+    pub root_image: PathBuf,
+    /// Serial console output.
+    pub console_log: PathBuf,
+    /// Sockets and pid files of the running VM.
+    pub run_dir: PathBuf,
+    /// Generated passwords.
+    pub secrets_dir: PathBuf,
+    /// The stage at which `start` says "up" (`ready`, or `control` for boot-only images).
+    pub wait_for: Stage,
+    /// The data disk, `/dev/vdb`.
+    pub data_disk: DataDisk,
+    /// Kernel command line additions.
+    pub guest: GuestSpec,
+    /// PostgreSQL.
+    pub postgres: PostgresSpec,
+    /// Application roles and databases.
+    #[serde(default)]
+    pub apps: Vec<AppSpec>,
+    /// Tailnet membership.
+    pub tailscale: TailscaleSpec,
+    /// VMM and helpers.
+    pub vmm: VmmSpec,
+    /// Stage deadlines.
+    pub timeouts: Timeouts,
+}
+
+mod arch_serde {
+    use kernel_config::Arch;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(a: &Arch, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(a.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arch, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The TOML file as written: every field optional, unknown fields refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecFile {
+    name: Option<String>,
+    arch: Option<String>,
+    cid: Option<u32>,
+    memory_mib: Option<u32>,
+    cpus: Option<u32>,
+    hostname: Option<String>,
+    kernel: Option<PathBuf>,
+    initrd: Option<PathBuf>,
+    root_image: Option<PathBuf>,
+    console_log: Option<PathBuf>,
+    run_dir: Option<PathBuf>,
+    secrets_dir: Option<PathBuf>,
+    wait_for: Option<Stage>,
+    #[serde(default)]
+    data_disk: DataDiskFile,
+    #[serde(default)]
+    guest: GuestFile,
+    #[serde(default)]
+    postgres: PostgresFile,
+    #[serde(default)]
+    apps: Vec<AppFile>,
+    #[serde(default)]
+    tailscale: TailscaleFile,
+    #[serde(default)]
+    vmm: VmmFile,
+    #[serde(default)]
+    timeouts: TimeoutsFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataDiskFile {
+    path: Option<PathBuf>,
+    size_gib: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuestFile {
+    log_level: Option<String>,
+    device_wait_secs: Option<u32>,
+    cmdline_extra: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PostgresFile {
+    port: Option<u16>,
+    superuser_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppFile {
+    name: String,
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TailscaleFile {
+    login_server: Option<String>,
+    auth_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmmFile {
+    backend: Option<Backend>,
+    crosvm: Option<String>,
+    qemu: Option<String>,
+    qemu_accel: Option<String>,
+    vhost_device_vsock: Option<String>,
+    gvproxy: Option<String>,
+    protected_vm_without_firmware: Option<bool>,
+    swiotlb_mib: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimeoutsFile {
+    init: Option<u32>,
+    devices: Option<u32>,
+    control: Option<u32>,
+    network: Option<u32>,
+    tailscale: Option<u32>,
+    postgres: Option<u32>,
+    ready: Option<u32>,
+    shutdown: Option<u32>,
+}
+
+/// The qemu-system binary name for a guest architecture.
+pub fn qemu_binary(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "qemu-system-x86_64",
+        Arch::Arm64 => "qemu-system-aarch64",
+    }
+}
+
+impl Spec {
+    /// The built-in `sql` VM (`--sql`), with paths under the state directory.
+    pub fn builtin_sql(env: &HostEnv) -> Result<Spec, SpecError> {
+        resolve_file(SpecFile::default(), &env.base_dir, env, "built-in sql")
+    }
+
+    /// Reads a spec file; relative paths resolve against its directory.
+    pub fn load(path: &Path, env: &HostEnv) -> Result<Spec, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let dir = abs
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        Spec::parse(&text, &dir, env, &abs.display().to_string())
+    }
+
+    /// Parses spec text as if it were a file in `dir` (tests, and [`Spec::load`]).
+    pub fn parse(
+        text: &str,
+        dir: &Path,
+        env: &HostEnv,
+        source_name: &str,
+    ) -> Result<Spec, SpecError> {
+        let file: SpecFile = toml::from_str(text).map_err(|e| SpecError::Parse {
+            path: PathBuf::from(source_name),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        resolve_file(file, dir, env, source_name)
+    }
+
+    /// Renders the spec as TOML (the `spec` subcommand; a valid spec file).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render spec: {e}\n"))
+    }
+
+    /// The deadline of the stage after `stage`'s predecessor, see [`Timeouts`].
+    pub fn stage_timeout(&self, stage: Stage) -> Duration {
+        self.timeouts.for_stage(stage)
+    }
+
+    /// Directory of the log files kept beside the console log.
+    pub fn log_dir(&self) -> PathBuf {
+        self.console_log
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"))
+    }
+
+    /// A log file beside the console log: `<dir>/<name>-<what>.log`.
+    pub fn log_file(&self, what: &str) -> PathBuf {
+        self.log_dir().join(format!("{}-{what}.log", self.name))
+    }
+}
+
+fn resolve_file(
+    f: SpecFile,
+    dir: &Path,
+    env: &HostEnv,
+    source_name: &str,
+) -> Result<Spec, SpecError> {
+    let name = f.name.unwrap_or_else(|| DEFAULT_NAME.to_string());
+    let arch = match f.arch {
+        None => Arch::host().unwrap_or(Arch::X86_64),
+        Some(s) => s
+            .parse()
+            .map_err(|e: kernel_config::ConfigError| SpecError::Invalid {
+                source_name: source_name.to_string(),
+                problems: vec![Problem::new("arch", &s, e.to_string())],
+            })?,
+    };
+    let base = env.base_dir.as_path();
+    let secrets_dir = resolve(
+        base,
+        f.secrets_dir.unwrap_or_else(|| PathBuf::from("secrets")),
+    );
+    let in_dir = |p: PathBuf| resolve(dir, p);
+    let backend = f.vmm.backend.unwrap_or(if env.android {
+        Backend::Crosvm
+    } else {
+        Backend::Qemu
+    });
+    let apps = f
+        .apps
+        .into_iter()
+        .map(|a| AppSpec {
+            password_file: a
+                .password_file
+                .map(&in_dir)
+                .unwrap_or_else(|| secrets_dir.join(format!("{name}-app-{}.password", a.name))),
+            name: a.name,
+        })
+        .collect();
+    let t = Timeouts::default();
+    Ok(Spec {
+        arch,
+        cid: f.cid.unwrap_or(protocol::ports::DEFAULT_GUEST_CID),
+        memory_mib: f.memory_mib.unwrap_or(1024),
+        cpus: f.cpus.unwrap_or(2),
+        hostname: f.hostname.unwrap_or_else(|| "sql-vm".to_string()),
+        kernel: in_dir(f.kernel.unwrap_or_else(|| PathBuf::from(arch.image_name()))),
+        initrd: f.initrd.map(&in_dir),
+        root_image: in_dir(f.root_image.unwrap_or_else(|| PathBuf::from("root.img"))),
+        console_log: in_dir(
+            f.console_log
+                .unwrap_or_else(|| PathBuf::from(format!("{name}-console.log"))),
+        ),
+        run_dir: resolve(
+            base,
+            f.run_dir
+                .unwrap_or_else(|| PathBuf::from("run").join(&name)),
+        ),
+        wait_for: f.wait_for.unwrap_or(Stage::Ready),
+        data_disk: DataDisk {
+            path: in_dir(
+                f.data_disk
+                    .path
+                    .unwrap_or_else(|| PathBuf::from("postgres.img")),
+            ),
+            size_gib: f.data_disk.size_gib.unwrap_or(4),
+        },
+        guest: GuestSpec {
+            log_level: f.guest.log_level.unwrap_or_else(|| "info".to_string()),
+            device_wait_secs: f.guest.device_wait_secs.unwrap_or(10),
+            cmdline_extra: f.guest.cmdline_extra.unwrap_or_default(),
+        },
+        postgres: PostgresSpec {
+            port: f.postgres.port.unwrap_or(5432),
+            superuser_password_file: f
+                .postgres
+                .superuser_password_file
+                .map(&in_dir)
+                .unwrap_or_else(|| secrets_dir.join(format!("{name}-postgres.password"))),
+        },
+        apps,
+        tailscale: TailscaleSpec {
+            login_server: f.tailscale.login_server,
+            auth_key_file: f.tailscale.auth_key_file.map(&in_dir),
+        },
+        vmm: VmmSpec {
+            backend,
+            crosvm: f.vmm.crosvm.unwrap_or_else(|| ANDROID_CROSVM.to_string()),
+            qemu: f.vmm.qemu.unwrap_or_else(|| qemu_binary(arch).to_string()),
+            qemu_accel: f.vmm.qemu_accel.unwrap_or_else(|| "tcg".to_string()),
+            vhost_device_vsock: f
+                .vmm
+                .vhost_device_vsock
+                .unwrap_or_else(|| "vhost-device-vsock".to_string()),
+            gvproxy: f.vmm.gvproxy.unwrap_or_else(|| "gvproxy".to_string()),
+            protected_vm_without_firmware: f.vmm.protected_vm_without_firmware.unwrap_or(false),
+            swiotlb_mib: f.vmm.swiotlb_mib,
+        },
+        timeouts: Timeouts {
+            init: f.timeouts.init.unwrap_or(t.init),
+            devices: f.timeouts.devices.unwrap_or(t.devices),
+            control: f.timeouts.control.unwrap_or(t.control),
+            network: f.timeouts.network.unwrap_or(t.network),
+            tailscale: f.timeouts.tailscale.unwrap_or(t.tailscale),
+            postgres: f.timeouts.postgres.unwrap_or(t.postgres),
+            ready: f.timeouts.ready.unwrap_or(t.ready),
+            shutdown: f.timeouts.shutdown.unwrap_or(t.shutdown),
+        },
+        secrets_dir,
+        name,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn env_in(dir: &Path, android: bool) -> HostEnv {
+        HostEnv {
+            android,
+            base_dir: dir.to_path_buf(),
+            search_dirs: vec![],
+            kvm_device: dir.join("dev-kvm"),
+            vhost_vsock_device: dir.join("dev-vhost-vsock"),
+            selinux_fs: dir.join("selinux"),
+            euid: 0,
+        }
+    }
+
+    #[test]
+    fn builtin_sql_matches_the_design_table() {
+        let env = env_in(Path::new("/data/sovereign"), true);
+        let s = Spec::builtin_sql(&env).unwrap();
+        assert_eq!(s.name, "sql");
+        assert_eq!(s.cid, 10);
+        assert_eq!(s.memory_mib, 1024);
+        assert_eq!(s.cpus, 2);
+        assert_eq!(s.hostname, "sql-vm");
+        assert_eq!(s.postgres.port, 5432);
+        assert_eq!(s.data_disk.size_gib, 4);
+        assert_eq!(
+            s.data_disk.path,
+            PathBuf::from("/data/sovereign/postgres.img")
+        );
+        assert_eq!(
+            s.console_log,
+            PathBuf::from("/data/sovereign/sql-console.log")
+        );
+        assert_eq!(s.run_dir, PathBuf::from("/data/sovereign/run/sql"));
+        assert_eq!(s.vmm.backend, Backend::Crosvm);
+        assert_eq!(s.vmm.crosvm, "/apex/com.android.virt/bin/crosvm");
+        assert_eq!(s.wait_for, Stage::Ready);
+        assert_eq!(
+            s.postgres.superuser_password_file,
+            PathBuf::from("/data/sovereign/secrets/sql-postgres.password")
+        );
+        let linux = Spec::builtin_sql(&env_in(Path::new("/var/lib/sovereign"), false)).unwrap();
+        assert_eq!(linux.vmm.backend, Backend::Qemu);
+        assert_eq!(
+            linux.log_file("supervisor"),
+            PathBuf::from("/var/lib/sovereign/sql-supervisor.log")
+        );
+    }
+
+    #[test]
+    fn file_paths_resolve_against_the_spec_dir_and_print_back() {
+        let env = env_in(Path::new("/base"), false);
+        let text = r#"
+            name = "boot"
+            arch = "x86_64"
+            cid = 42
+            kernel = "k/bzImage"
+            initrd = "/abs/initrd.cpio.gz"
+            wait_for = "control"
+            [data_disk]
+            size_gib = 1
+            [[apps]]
+            name = "forgejo"
+            [vmm]
+            qemu_accel = "tcg"
+            [timeouts]
+            control = 20
+        "#;
+        let s = Spec::parse(text, Path::new("/specs"), &env, "t.toml").unwrap();
+        assert_eq!(s.kernel, PathBuf::from("/specs/k/bzImage"));
+        assert_eq!(s.initrd, Some(PathBuf::from("/abs/initrd.cpio.gz")));
+        assert_eq!(s.root_image, PathBuf::from("/specs/root.img"));
+        assert_eq!(s.console_log, PathBuf::from("/specs/boot-console.log"));
+        assert_eq!(s.run_dir, PathBuf::from("/base/run/boot"));
+        assert_eq!(
+            s.apps[0].password_file,
+            PathBuf::from("/base/secrets/boot-app-forgejo.password")
+        );
+        assert_eq!(s.wait_for, Stage::Control);
+        assert_eq!(s.timeouts.control, 20);
+        assert_eq!(s.timeouts.init, 60);
+        let again = Spec::parse(&s.to_toml(), Path::new("/elsewhere"), &env, "again").unwrap();
+        assert_eq!(again, s, "the printed spec reads back as itself");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_types_name_the_field() {
+        let env = env_in(Path::new("/base"), false);
+        let e = Spec::parse("cidd = 3", Path::new("/"), &env, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cidd"), "{e}");
+        let e = Spec::parse("cid = \"ten\"", Path::new("/"), &env, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cid"), "{e}");
+        let e = Spec::parse("[vmm]\nbackend = \"xen\"", Path::new("/"), &env, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xen"), "{e}");
+        let e = Spec::parse("arch = \"riscv64\"", Path::new("/"), &env, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("arch = \"riscv64\""), "{e}");
+        let e = Spec::parse("wait_for = \"vsock\"", Path::new("/"), &env, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("vsock"), "{e}");
+    }
+}

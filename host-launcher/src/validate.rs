@@ -1,0 +1,601 @@
+//! Spec validation before anything starts: every field is checked and every failure is
+//! reported (one line each, naming the field and value), not just the first.
+//!
+//! Validation has no side effects; [`prepare_data_disk`] creates the data disk later,
+//! once validation and preflight passed.
+
+use crate::kernel;
+use crate::paths::{socket_path_fits, HostEnv, MAX_SOCKET_PATH};
+use crate::rundir::RunDir;
+use crate::spec::{Backend, Problem, Spec};
+use kernel_config::Arch;
+use nix::unistd::{access, AccessFlags};
+use protocol::config::{is_dns_label, is_sql_identifier};
+use std::collections::HashSet;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Accepted guest memory, MiB.
+pub const MEMORY_RANGE: std::ops::RangeInclusive<u32> = 128..=65536;
+/// Accepted vCPU count.
+pub const CPU_RANGE: std::ops::RangeInclusive<u32> = 1..=64;
+/// Accepted data disk size, GiB.
+pub const DISK_RANGE: std::ops::RangeInclusive<u64> = 1..=4096;
+/// Accepted stage timeout, seconds.
+pub const TIMEOUT_RANGE: std::ops::RangeInclusive<u32> = 1..=3600;
+
+/// Checks every field of `spec` on this host; an empty result means it may start.
+pub fn validate(spec: &Spec, env: &HostEnv) -> Vec<Problem> {
+    let mut p = Vec::new();
+    let host_arch = Arch::host();
+
+    if !is_dns_label(&spec.name) {
+        p.push(Problem::new(
+            "name",
+            &spec.name,
+            "must be a DNS label (a-z, 0-9, '-'; it names files)",
+        ));
+    }
+    if let Some(why) = protocol::ports::reserved_cid_reason(spec.cid) {
+        p.push(Problem::new(
+            "cid",
+            spec.cid,
+            format!("reserved: {why}; use 3 or above"),
+        ));
+    }
+    if !MEMORY_RANGE.contains(&spec.memory_mib) {
+        p.push(Problem::new(
+            "memory_mib",
+            spec.memory_mib,
+            format!("must be in {MEMORY_RANGE:?}"),
+        ));
+    }
+    if !CPU_RANGE.contains(&spec.cpus) {
+        p.push(Problem::new(
+            "cpus",
+            spec.cpus,
+            format!("must be in {CPU_RANGE:?}"),
+        ));
+    }
+    if !is_dns_label(&spec.hostname) {
+        p.push(Problem::new(
+            "hostname",
+            &spec.hostname,
+            "must be a DNS label: 1-63 of a-z, 0-9 and '-'",
+        ));
+    }
+
+    check_kernel(spec, &mut p);
+    if let Some(initrd) = &spec.initrd {
+        check_readable_file("initrd", initrd, &mut p);
+    }
+    if check_readable_file("root_image", &spec.root_image, &mut p) && !writable(&spec.root_image) {
+        p.push(Problem::new(
+            "root_image",
+            spec.root_image.display(),
+            "is not writable (it is attached read-write)",
+        ));
+    }
+    check_data_disk(spec, &mut p);
+
+    for (field, path) in option_paths(spec) {
+        if path.to_string_lossy().contains(',') {
+            p.push(Problem::new(
+                field,
+                path.display(),
+                "contains ',' which crosvm and QEMU option lists cannot carry",
+            ));
+        }
+    }
+    for sock in RunDir::new(&spec.run_dir).sockets() {
+        if !socket_path_fits(&sock) {
+            p.push(Problem::new(
+                "run_dir",
+                spec.run_dir.display(),
+                format!(
+                    "too long: socket {} is {} bytes, unix sockets allow {MAX_SOCKET_PATH}; use a shorter run_dir",
+                    sock.display(),
+                    sock.as_os_str().len()
+                ),
+            ));
+            break;
+        }
+    }
+
+    check_guest(spec, &mut p);
+    check_postgres(spec, &mut p);
+    if let Some(url) = &spec.tailscale.login_server {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            p.push(Problem::new(
+                "tailscale.login_server",
+                url,
+                "must be an http:// or https:// URL",
+            ));
+        }
+    }
+    check_timeouts(spec, &mut p);
+    check_vmm(spec, host_arch, env, &mut p);
+    p
+}
+
+fn check_kernel(spec: &Spec, p: &mut Vec<Problem>) {
+    if !check_readable_file("kernel", &spec.kernel, p) {
+        return;
+    }
+    match kernel::image_arch(&spec.kernel) {
+        Ok(arch) if arch == spec.arch => {}
+        Ok(arch) => p.push(Problem::new(
+            "kernel",
+            spec.kernel.display(),
+            format!(
+                "is an {arch} kernel but the guest architecture is {} (field arch)",
+                spec.arch
+            ),
+        )),
+        Err(e) => p.push(Problem::new("kernel", spec.kernel.display(), e.to_string())),
+    }
+}
+
+fn check_data_disk(spec: &Spec, p: &mut Vec<Problem>) {
+    let d = &spec.data_disk;
+    if !DISK_RANGE.contains(&d.size_gib) {
+        p.push(Problem::new(
+            "data_disk.size_gib",
+            d.size_gib,
+            format!("must be in {DISK_RANGE:?}"),
+        ));
+    }
+    match std::fs::metadata(&d.path) {
+        Ok(m) if !m.is_file() => p.push(Problem::new(
+            "data_disk.path",
+            d.path.display(),
+            "exists but is not a regular file",
+        )),
+        Ok(_) if !writable(&d.path) => p.push(Problem::new(
+            "data_disk.path",
+            d.path.display(),
+            "is not writable",
+        )),
+        Ok(_) => {}
+        Err(_) => match d.path.parent() {
+            Some(dir) if dir.is_dir() => {
+                if !writable(dir) {
+                    p.push(Problem::new(
+                        "data_disk.path",
+                        d.path.display(),
+                        format!(
+                            "does not exist and {} is not writable to create it",
+                            dir.display()
+                        ),
+                    ));
+                }
+            }
+            _ => p.push(Problem::new(
+                "data_disk.path",
+                d.path.display(),
+                "does not exist and its directory does not exist either",
+            )),
+        },
+    }
+}
+
+fn check_guest(spec: &Spec, p: &mut Vec<Problem>) {
+    const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+    if !LEVELS.contains(&spec.guest.log_level.as_str()) {
+        p.push(Problem::new(
+            "guest.log_level",
+            &spec.guest.log_level,
+            format!("must be one of {LEVELS:?}"),
+        ));
+    }
+    if !(1..=600).contains(&spec.guest.device_wait_secs) {
+        p.push(Problem::new(
+            "guest.device_wait_secs",
+            spec.guest.device_wait_secs,
+            "must be in 1..=600",
+        ));
+    }
+    for arg in &spec.guest.cmdline_extra {
+        if arg.is_empty() || arg.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            p.push(Problem::new(
+                "guest.cmdline_extra",
+                arg,
+                "each entry is one kernel argument: non-empty, no spaces or control characters",
+            ));
+        }
+    }
+}
+
+fn check_postgres(spec: &Spec, p: &mut Vec<Problem>) {
+    if spec.postgres.port == 0 {
+        p.push(Problem::new("postgres.port", 0, "must not be 0"));
+    }
+    let mut seen = HashSet::new();
+    for app in &spec.apps {
+        if !is_sql_identifier(&app.name) || app.name == "postgres" {
+            p.push(Problem::new(
+                "apps.name",
+                &app.name,
+                "must be a lowercase SQL identifier (a-z, 0-9, '_'; not starting with a digit) other than 'postgres'",
+            ));
+        }
+        if !seen.insert(app.name.as_str()) {
+            p.push(Problem::new("apps.name", &app.name, "appears twice"));
+        }
+    }
+}
+
+fn check_timeouts(spec: &Spec, p: &mut Vec<Problem>) {
+    let t = &spec.timeouts;
+    for (name, v) in [
+        ("timeouts.init", t.init),
+        ("timeouts.devices", t.devices),
+        ("timeouts.control", t.control),
+        ("timeouts.network", t.network),
+        ("timeouts.tailscale", t.tailscale),
+        ("timeouts.postgres", t.postgres),
+        ("timeouts.ready", t.ready),
+        ("timeouts.shutdown", t.shutdown),
+    ] {
+        if !TIMEOUT_RANGE.contains(&v) {
+            p.push(Problem::new(
+                name,
+                v,
+                format!("seconds, must be in {TIMEOUT_RANGE:?}"),
+            ));
+        }
+    }
+}
+
+fn check_vmm(spec: &Spec, host_arch: Option<Arch>, _env: &HostEnv, p: &mut Vec<Problem>) {
+    let v = &spec.vmm;
+    let native = host_arch == Some(spec.arch);
+    match v.backend {
+        Backend::Crosvm => {
+            if !native {
+                p.push(Problem::new(
+                    "arch",
+                    spec.arch,
+                    format!(
+                        "crosvm runs guests of the host's architecture only ({})",
+                        host_arch.map_or("unknown".to_string(), |a| a.to_string())
+                    ),
+                ));
+            }
+            if let Some(n) = v.swiotlb_mib {
+                if spec.arch != Arch::Arm64 {
+                    p.push(Problem::new(
+                        "vmm.swiotlb_mib",
+                        n,
+                        "crosvm accepts --swiotlb only in aarch64 builds",
+                    ));
+                } else if !(1..=1024).contains(&n) {
+                    p.push(Problem::new(
+                        "vmm.swiotlb_mib",
+                        n,
+                        "must be in 1..=1024 MiB",
+                    ));
+                }
+            }
+        }
+        Backend::Qemu => {
+            if v.protected_vm_without_firmware {
+                p.push(Problem::new(
+                    "vmm.protected_vm_without_firmware",
+                    true,
+                    "is a crosvm option; the backend is qemu",
+                ));
+            }
+            if let Some(n) = v.swiotlb_mib {
+                p.push(Problem::new(
+                    "vmm.swiotlb_mib",
+                    n,
+                    "is a crosvm option; the backend is qemu",
+                ));
+            }
+            match v.qemu_accel.as_str() {
+                "tcg" => {}
+                "kvm" if native => {}
+                "kvm" => p.push(Problem::new(
+                    "vmm.qemu_accel",
+                    "kvm",
+                    format!(
+                        "KVM runs guests of the host's architecture only; arch is {}: use tcg",
+                        spec.arch
+                    ),
+                )),
+                other => p.push(Problem::new("vmm.qemu_accel", other, "must be tcg or kvm")),
+            }
+        }
+    }
+    for (field, tool) in [
+        ("vmm.crosvm", &v.crosvm),
+        ("vmm.qemu", &v.qemu),
+        ("vmm.vhost_device_vsock", &v.vhost_device_vsock),
+        ("vmm.gvproxy", &v.gvproxy),
+    ] {
+        if tool.is_empty() {
+            p.push(Problem::new(field, tool, "must name a program"));
+        }
+    }
+}
+
+/// Paths that end up inside comma-separated VMM option lists.
+fn option_paths(spec: &Spec) -> Vec<(&'static str, &Path)> {
+    let mut v = vec![
+        ("kernel", spec.kernel.as_path()),
+        ("root_image", spec.root_image.as_path()),
+        ("data_disk.path", spec.data_disk.path.as_path()),
+        ("console_log", spec.console_log.as_path()),
+        ("run_dir", spec.run_dir.as_path()),
+    ];
+    if let Some(i) = &spec.initrd {
+        v.push(("initrd", i.as_path()));
+    }
+    v
+}
+
+/// Records a problem unless `path` is a readable regular file; returns true if it is.
+fn check_readable_file(field: &str, path: &Path, p: &mut Vec<Problem>) -> bool {
+    match std::fs::metadata(path) {
+        Err(e) => {
+            p.push(Problem::new(
+                field,
+                path.display(),
+                format!("cannot be read: {e}"),
+            ));
+            false
+        }
+        Ok(m) if !m.is_file() => {
+            p.push(Problem::new(field, path.display(), "is not a regular file"));
+            false
+        }
+        Ok(_) => match std::fs::File::open(path) {
+            Ok(_) => true,
+            Err(e) => {
+                p.push(Problem::new(
+                    field,
+                    path.display(),
+                    format!("cannot be opened: {e}"),
+                ));
+                false
+            }
+        },
+    }
+}
+
+fn writable(path: &Path) -> bool {
+    access(path, AccessFlags::W_OK).is_ok()
+}
+
+/// What [`prepare_data_disk`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskAction {
+    /// The image existed and was left alone.
+    Existing,
+    /// A sparse image of this many bytes was created.
+    Created(u64),
+}
+
+/// Why the data disk could not be created.
+#[derive(Debug, Error)]
+#[error("cannot create the data disk {path} ({size_gib} GiB, sparse): {source}")]
+pub struct DiskError {
+    /// The image path.
+    pub path: PathBuf,
+    /// Its intended size.
+    pub size_gib: u64,
+    /// The I/O error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Creates the data disk sparse at its size when it does not exist yet (mode 0600). The
+/// guest formats a blank disk on first boot.
+pub fn prepare_data_disk(spec: &Spec) -> Result<DiskAction, DiskError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let d = &spec.data_disk;
+    if d.path.exists() {
+        return Ok(DiskAction::Existing);
+    }
+    let err = |source| DiskError {
+        path: d.path.clone(),
+        size_gib: d.size_gib,
+        source,
+    };
+    let bytes = d.size_gib * 1024 * 1024 * 1024;
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&d.path)
+        .map_err(err)?;
+    f.set_len(bytes).map_err(err)?;
+    Ok(DiskAction::Created(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::tests::env_in;
+
+    /// A minimal x86 bzImage header: "HdrS" at 0x202, protocol 2.15, XLF_KERNEL_64.
+    pub(crate) fn fake_bzimage() -> Vec<u8> {
+        let mut b = vec![0u8; 0x400];
+        b[0x1fe] = 0x55;
+        b[0x1ff] = 0xaa;
+        b[0x202..0x206].copy_from_slice(b"HdrS");
+        b[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        b[0x236..0x238].copy_from_slice(&1u16.to_le_bytes());
+        b
+    }
+
+    /// A minimal arm64 Image header: "ARM\x64" at 0x38.
+    pub(crate) fn fake_arm64_image() -> Vec<u8> {
+        let mut b = vec![0u8; 0x100];
+        b[0x38..0x3c].copy_from_slice(b"ARM\x64");
+        b
+    }
+
+    fn good(dir: &Path) -> Spec {
+        std::fs::write(dir.join("bzImage"), fake_bzimage()).unwrap();
+        std::fs::write(dir.join("Image"), fake_arm64_image()).unwrap();
+        std::fs::write(dir.join("root.img"), b"").unwrap();
+        let env = env_in(dir, false);
+        Spec::parse("arch = \"x86_64\"", dir, &env, "t").unwrap()
+    }
+
+    fn fields(p: &[Problem]) -> Vec<&str> {
+        p.iter().map(|p| p.field.as_str()).collect()
+    }
+
+    #[test]
+    fn a_good_spec_has_no_problems_and_the_disk_is_created_sparse() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = good(dir.path());
+        let env = env_in(dir.path(), false);
+        assert_eq!(validate(&spec, &env), vec![]);
+        assert_eq!(
+            prepare_data_disk(&spec).unwrap(),
+            DiskAction::Created(4 << 30)
+        );
+        let m = std::fs::metadata(&spec.data_disk.path).unwrap();
+        assert_eq!(m.len(), 4 << 30);
+        use std::os::unix::fs::MetadataExt;
+        assert!(m.blocks() < 64, "sparse: {} blocks", m.blocks());
+        assert_eq!(prepare_data_disk(&spec).unwrap(), DiskAction::Existing);
+    }
+
+    #[test]
+    fn every_bad_field_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = good(dir.path());
+        let env = env_in(dir.path(), false);
+        spec.cid = 2;
+        spec.memory_mib = 16;
+        spec.cpus = 0;
+        spec.hostname = "SQL VM".into();
+        spec.data_disk.size_gib = 0;
+        spec.postgres.port = 0;
+        spec.guest.log_level = "loud".into();
+        spec.guest.cmdline_extra = vec!["a b".into()];
+        spec.tailscale.login_server = Some("ftp://x".into());
+        spec.timeouts.control = 0;
+        spec.vmm.qemu_accel = "hvf".into();
+        spec.vmm.swiotlb_mib = Some(64);
+        spec.apps = vec![
+            crate::spec::AppSpec {
+                name: "Bad-Name".into(),
+                password_file: "/x".into(),
+            },
+            crate::spec::AppSpec {
+                name: "ok".into(),
+                password_file: "/y".into(),
+            },
+            crate::spec::AppSpec {
+                name: "ok".into(),
+                password_file: "/z".into(),
+            },
+        ];
+        let p = validate(&spec, &env);
+        let f = fields(&p);
+        for want in [
+            "cid",
+            "memory_mib",
+            "cpus",
+            "hostname",
+            "data_disk.size_gib",
+            "postgres.port",
+            "guest.log_level",
+            "guest.cmdline_extra",
+            "tailscale.login_server",
+            "timeouts.control",
+            "vmm.qemu_accel",
+            "vmm.swiotlb_mib",
+            "apps.name",
+        ] {
+            assert!(f.contains(&want), "{want} missing from {f:?}");
+        }
+        let cid = p.iter().find(|p| p.field == "cid").unwrap().to_string();
+        assert_eq!(
+            cid,
+            "cid = \"2\": reserved: 2 is the host's own CID; use 3 or above"
+        );
+        assert_eq!(p.iter().filter(|p| p.field == "apps.name").count(), 2);
+    }
+
+    #[test]
+    fn files_are_checked_for_presence_and_architecture() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = good(dir.path());
+        let env = env_in(dir.path(), false);
+        spec.kernel = dir.path().join("Image");
+        let p = validate(&spec, &env);
+        assert_eq!(fields(&p), ["kernel"]);
+        assert!(
+            p[0].why
+                .contains("arm64 kernel but the guest architecture is x86_64"),
+            "{}",
+            p[0]
+        );
+
+        spec.kernel = dir.path().join("root.img");
+        let p = validate(&spec, &env);
+        assert!(p[0].why.contains("not a kernel boot image"), "{}", p[0]);
+
+        spec.kernel = dir.path().join("missing");
+        spec.initrd = Some(dir.path().join("missing.cpio.gz"));
+        spec.root_image = dir.path().to_path_buf();
+        spec.data_disk.path = dir.path().join("no/such/dir/postgres.img");
+        let p = validate(&spec, &env);
+        assert_eq!(
+            fields(&p),
+            ["kernel", "initrd", "root_image", "data_disk.path"]
+        );
+        assert!(p[0].why.contains("cannot be read"), "{}", p[0]);
+        assert!(p[2].why.contains("not a regular file"), "{}", p[2]);
+    }
+
+    #[test]
+    fn long_run_dirs_and_commas_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = good(dir.path());
+        let env = env_in(dir.path(), false);
+        spec.run_dir = PathBuf::from(format!("/{}", "r".repeat(100)));
+        spec.console_log = dir.path().join("a,b.log");
+        let p = validate(&spec, &env);
+        assert_eq!(fields(&p), ["console_log", "run_dir"]);
+        assert!(p[1].why.contains("unix sockets allow 107"), "{}", p[1]);
+    }
+
+    #[test]
+    fn backend_specific_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = good(dir.path());
+        let env = env_in(dir.path(), false);
+        spec.vmm.protected_vm_without_firmware = true;
+        assert_eq!(
+            fields(&validate(&spec, &env)),
+            ["vmm.protected_vm_without_firmware"]
+        );
+        spec.vmm.backend = Backend::Crosvm;
+        spec.vmm.swiotlb_mib = Some(64);
+        let p = validate(&spec, &env);
+        if Arch::host() == Some(Arch::X86_64) {
+            assert_eq!(fields(&p), ["vmm.swiotlb_mib"]);
+            assert!(p[0].why.contains("aarch64"));
+        }
+        // An arm64 guest under TCG is fine on any host, but not under crosvm on x86.
+        spec.arch = Arch::Arm64;
+        spec.kernel = dir.path().join("Image");
+        spec.vmm.swiotlb_mib = None;
+        spec.vmm.protected_vm_without_firmware = false;
+        spec.vmm.backend = Backend::Qemu;
+        assert_eq!(validate(&spec, &env), vec![]);
+        if Arch::host() == Some(Arch::X86_64) {
+            spec.vmm.backend = Backend::Crosvm;
+            assert_eq!(fields(&validate(&spec, &env)), ["arch"]);
+        }
+    }
+}
