@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Builds the complete artifact set for one target into one directory:
+#   kernel (bzImage | Image, option check passing), root.img (Debian trixie +
+#   PostgreSQL 17 + tailscale, sovereign-init as /sbin/init), boot-initramfs.cpio.gz
+#   (sovereign-init only, for boot tests), sovereign-init and sovereign (static musl),
+#   gvproxy (linux/amd64 for QEMU hosts, android/arm64 for the phone), sql.toml (the
+#   default spec as the launcher resolves it on that target) and manifest.json (size
+#   and SHA-256 of each file).
+# The data disk is not part of the set: `sovereign start` creates it sparse where the
+# VM runs (adb push would expand a sparse file to its full 4 GiB).
+#
+# usage: scripts/build-images.sh --arch x86_64|arm64 [--out DIR]
+# Prints the output directory as the last line (default $SOVEREIGN_CACHE/out/<arch>).
+source "$(dirname "$0")/lib.sh"
+
+arch="" out=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --arch) [ $# -ge 2 ] || die "--arch needs x86_64 or arm64"; arch=$2; shift 2 ;;
+    --out) [ $# -ge 2 ] || die "--out needs a directory"; out=$2; shift 2 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) die "unknown argument '$1' (see --help)" ;;
+  esac
+done
+[ -n "$arch" ] || die "--arch x86_64|arm64 is required"
+deb=$(deb_arch "$arch")
+target=$(rust_target "$arch")
+case "$deb" in
+  amd64) arch=x86_64 kernel_name=bzImage gvproxy_os=linux ;;
+  arm64) arch=arm64 kernel_name=Image gvproxy_os=android ;;
+esac
+out=${out:-$SOVEREIGN_CACHE/out/$arch}
+mkdir -p "$out"
+cd "$SOVEREIGN_ROOT"
+
+log "building sovereign-init and sovereign for $target"
+cargo build --release --locked --target "$target" -p sovereign-init -p sovereign >&2
+bin=target/$target/release
+install -m 0755 "$bin/sovereign-init" "$out/sovereign-init"
+install -m 0755 "$bin/sovereign" "$out/sovereign"
+
+kernel_dir=$(scripts/build-kernel.sh "$arch" | tail -n1)
+install -m 0644 "$kernel_dir/$kernel_name" "$out/$kernel_name"
+install -m 0644 "$kernel_dir/config" "$out/kernel.config"
+
+scripts/build-go-tools.sh "$arch" >&2
+gvproxy=$(ls "$SOVEREIGN_CACHE"/go/"$gvproxy_os-$deb"/gvproxy-"$GVPROXY_VERSION"/gvproxy)
+install -m 0755 "$gvproxy" "$out/gvproxy"
+
+root=$(scripts/build-rootfs.sh "$arch" --init "$out/sovereign-init" --out "$out" | tail -n1)
+[ "$root" = "$out/root.img" ] || die "build-rootfs.sh wrote $root, expected $out/root.img"
+scripts/build-initramfs.sh --init "$out/sovereign-init" --out "$out/boot-initramfs.cpio.gz" >/dev/null
+
+# The default spec, resolved by the launcher itself as it would be on the target.
+if [ "$arch" = x86_64 ]; then
+  SOVEREIGN_HOME=/var/lib/sovereign "$out/sovereign" spec --sql >"$out/sql.toml"
+else
+  command -v qemu-aarch64-static >/dev/null || die "qemu-aarch64-static is needed to render the phone's spec (scripts/ci-deps.sh)"
+  ANDROID_ROOT=/system qemu-aarch64-static "$out/sovereign" spec --sql >"$out/sql.toml"
+fi
+
+# manifest.json: what each file is, its size and SHA-256, and how deploy treats it.
+{
+  printf '{\n  "arch": "%s",\n  "files": [\n' "$arch"
+  first=1
+  for f in "$kernel_name" root.img sovereign-init sovereign gvproxy sql.toml boot-initramfs.cpio.gz kernel.config; do
+    size=$(stat -c %s "$out/$f")
+    sum=$(sha256sum "$out/$f" | cut -d' ' -f1)
+    case "$f" in
+      sovereign|gvproxy) mode=0755 deploy=true ;;
+      sovereign-init|boot-initramfs.cpio.gz|kernel.config) mode=0644 deploy=false ;;
+      *) mode=0644 deploy=true ;;
+    esac
+    [ $first -eq 1 ] || printf ',\n'
+    first=0
+    printf '    {"name": "%s", "size": %s, "sha256": "%s", "mode": "%s", "deploy": %s}' \
+      "$f" "$size" "$sum" "$mode" "$deploy"
+  done
+  printf '\n  ]\n}\n'
+} >"$out/manifest.json.tmp"
+mv "$out/manifest.json.tmp" "$out/manifest.json"
+log "artifacts for $arch in $out"
+echo "$out"
