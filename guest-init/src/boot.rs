@@ -413,6 +413,13 @@ fn serve(guest: &Guest, events: &Receiver<Event>, config_tx: &Sender<GuestConfig
                     }));
                 }
             },
+            HostMessage::ReadLog { id, log } => answer_later(link, move || {
+                let (ok, output) = match crate::logs::read_tail(log) {
+                    Ok(text) => (true, text),
+                    Err(e) => (false, e),
+                };
+                GuestMessage::LogContents(QueryResult { id, ok, output })
+            }),
             HostMessage::Probe { id, probe } => match guest.config.get() {
                 Some(config) => {
                     let (address, dns) = (config.network.address, config.network.dns);

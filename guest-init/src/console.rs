@@ -7,6 +7,7 @@ use nix::unistd::dup2_stdin;
 use protocol::Stage;
 use serde::Serialize;
 use std::io::Write;
+use std::sync::{Mutex, MutexGuard};
 
 /// Points fds 0, 1 and 2 at /dev/console. The kernel opens them for init only if
 /// /dev/console existed before devtmpfs was mounted; after mounting it ourselves this
@@ -26,13 +27,27 @@ pub fn reopen_stdio() {
     }
 }
 
-/// Prints one marker line on the console with a single write, so it is not interleaved
-/// with our own other output.
+/// Serialises our writes to the serial console. A marker goes through the tty layer,
+/// which drains to the UART in the background, while kernel log lines (ours via
+/// /dev/kmsg included) are printed straight to the UART; without this lock a log line
+/// could land in the middle of a long marker and break its JSON.
+static CONSOLE: Mutex<()> = Mutex::new(());
+
+/// Holds the console for one kernel-log write (see [`CONSOLE`]).
+pub fn lock() -> MutexGuard<'static, ()> {
+    CONSOLE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Prints one marker line on the console with a single write, and waits until the
+/// tty has transmitted it, so nothing we log can interleave with it.
 pub fn marker<T: Serialize>(stage: Stage, payload: &T) {
     let mut line = protocol::marker::format_marker(stage, payload);
     line.insert(0, '\n');
     line.push('\n');
+    let _console = lock();
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(line.as_bytes());
     let _ = out.flush();
+    // Not a tty (tests, tools): nothing to drain.
+    let _ = nix::sys::termios::tcdrain(std::io::stdout());
 }

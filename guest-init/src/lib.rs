@@ -16,6 +16,7 @@ pub mod control;
 pub mod datadisk;
 pub mod devices;
 pub mod logger;
+pub mod logs;
 pub mod modules;
 pub mod mounts;
 pub mod net;

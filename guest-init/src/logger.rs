@@ -88,6 +88,7 @@ impl log::Log for Logger {
                 truncate(&mut msg, KMSG_MAX);
                 // One write() per record: /dev/kmsg treats each write as one message.
                 let line = format!("<{}>sovereign-init: {msg}\n", kmsg_priority(record.level()));
+                let _console = crate::console::lock();
                 let _ = file.write_all(line.as_bytes());
             }
             Sink::Stderr => {

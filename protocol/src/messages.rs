@@ -25,6 +25,8 @@ pub enum GuestMessage {
     QueryResult(QueryResult),
     /// Answer to [`HostMessage::Probe`].
     ProbeResult(QueryResult),
+    /// Answer to [`HostMessage::ReadLog`]: the end of that log.
+    LogContents(QueryResult),
     /// Answer to [`HostMessage::Ping`].
     Pong,
     /// The guest accepted a shutdown request and is stopping its services.
@@ -64,8 +66,29 @@ pub enum HostMessage {
         /// What to check.
         probe: Probe,
     },
+    /// Send the end of one of the guest's own logs (answered by
+    /// [`GuestMessage::LogContents`]). The logs live on the data disk, readable only by
+    /// root in the guest; this is how an operator (or a test) reads them from the host.
+    ReadLog {
+        /// Echoed in the answer.
+        id: u64,
+        /// Which log.
+        log: GuestLog,
+    },
     /// Liveness check.
     Ping,
+}
+
+/// The guest logs the host can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestLog {
+    /// PostgreSQL's server log (newest file) and its startup output.
+    Postgres,
+    /// tailscaled's log.
+    Tailscaled,
+    /// The kernel ring buffer.
+    Kernel,
 }
 
 /// A network check the guest runs on the host's request.

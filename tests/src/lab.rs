@@ -1,0 +1,90 @@
+//! The tailnet laboratory shared by the end-to-end test and the demo: a network
+//! namespace with a veth to the host, a local headscale on the host end of the veth, a
+//! pre-auth key for the VM, and (on request) a second tailnet node inside the namespace.
+
+use crate::headscale::Headscale;
+use crate::netns::NetNs;
+use crate::tailnode::TailNode;
+use crate::vm::VmOptions;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Host end of the lab's veth: headscale listens here.
+pub const HOST_IP: &str = "10.77.0.1";
+/// Namespace end of the veth: the second tailnet node lives here.
+pub const PEER_IP: &str = "10.77.0.2";
+/// headscale's port.
+pub const HEADSCALE_PORT: u16 = 8080;
+
+/// A running lab.
+#[derive(Debug)]
+pub struct Lab {
+    /// The second node, once joined (dropped before the namespace).
+    pub peer: Option<TailNode>,
+    /// headscale (dropped before the namespace it listens on).
+    pub headscale: Headscale,
+    /// The namespace.
+    pub ns: NetNs,
+    /// File holding the VM's auth key (0600).
+    pub vm_key_file: PathBuf,
+    tools: PathBuf,
+    /// State of headscale and the peer.
+    pub dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// Creates namespace `sov-<tag>`, starts headscale, creates a user and a key.
+    pub fn start(tools: &Path, tag: &str) -> Result<Lab, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("sov-lab-")
+            .tempdir_in("/tmp")
+            .map_err(|e| e.to_string())?;
+        let ns = NetNs::create(&format!("sov-{tag}"), HOST_IP, PEER_IP)?;
+        let headscale = Headscale::start(
+            &tools.join("headscale"),
+            &dir.path().join("headscale"),
+            HOST_IP,
+            HEADSCALE_PORT,
+        )?;
+        let user = headscale.create_user("sovereign")?;
+        let key = headscale.preauth_key(user, "4h")?;
+        let vm_key_file = dir.path().join("vm-auth-key");
+        std::fs::write(&vm_key_file, &key).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&vm_key_file, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+        Ok(Lab {
+            peer: None,
+            headscale,
+            ns,
+            vm_key_file,
+            tools: tools.to_path_buf(),
+            dir,
+        })
+    }
+
+    /// VM options that put the VM on this lab's tailnet.
+    pub fn vm_options(&self) -> VmOptions {
+        VmOptions {
+            login_server: Some(self.headscale.url.clone()),
+            auth_key_file: Some(self.vm_key_file.clone()),
+            ..VmOptions::default()
+        }
+    }
+
+    /// Starts the second node in the namespace (once) and returns it.
+    pub fn join_peer(&mut self) -> Result<&TailNode, String> {
+        if self.peer.is_none() {
+            let key = std::fs::read_to_string(&self.vm_key_file).map_err(|e| e.to_string())?;
+            let node = TailNode::start(
+                &self.ns,
+                &self.tools,
+                &self.dir.path().join("peer"),
+                &self.headscale.url,
+                key.trim(),
+                "peer",
+            )?;
+            self.peer = Some(node);
+        }
+        self.peer.as_ref().ok_or_else(|| "peer missing".to_string())
+    }
+}

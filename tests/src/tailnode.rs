@@ -1,0 +1,113 @@
+//! The second tailnet node: tailscaled inside a network namespace the test created,
+//! with its own TUN, socket, state and port, logged in to the local headscale. From
+//! here the tests (and the demo's user) reach the VM exactly as another machine on the
+//! tailnet would: by the name `sql-vm`, through Tailscale.
+
+use crate::netns::NetNs;
+use crate::process::{run, text, wait_for, Daemon};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// A tailscaled + CLI pair in a namespace.
+#[derive(Debug)]
+pub struct TailNode {
+    ns_name: String,
+    socket: PathBuf,
+    tailscale: PathBuf,
+    _daemon: Daemon,
+}
+
+impl TailNode {
+    /// Starts tailscaled in `ns` and logs in to `login_server` with `auth_key`. The
+    /// namespace's resolv.conf points at Tailscale's MagicDNS resolver (100.100.100.100)
+    /// so `sql-vm` resolves by name; tailscaled itself leaves DNS and netfilter alone.
+    pub fn start(
+        ns: &NetNs,
+        tools: &Path,
+        dir: &Path,
+        login_server: &str,
+        auth_key: &str,
+        hostname: &str,
+    ) -> Result<TailNode, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(ns.etc_dir()).map_err(|e| e.to_string())?;
+        std::fs::write(
+            ns.etc_dir().join("resolv.conf"),
+            format!(
+                "nameserver 100.100.100.100\nsearch {}\n",
+                crate::headscale::BASE_DOMAIN
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let socket = dir.join("tailscaled.sock");
+        let mut cmd = ns.command(&tools.join("tailscaled").display().to_string());
+        cmd.arg(format!(
+            "--state={}",
+            dir.join("tailscaled.state").display()
+        ))
+        .arg(format!("--statedir={}", dir.display()))
+        .arg(format!("--socket={}", socket.display()))
+        .args(["--port=41642", "--tun=ts-peer", "--no-logs-no-support"])
+        .env("TS_DEBUG_USE_DERP_HTTP", "1");
+        let daemon = Daemon::spawn("tailscaled (peer)", &mut cmd, &dir.join("tailscaled.log"));
+        let node = TailNode {
+            ns_name: ns.name.clone(),
+            socket,
+            tailscale: tools.join("tailscale"),
+            _daemon: daemon,
+        };
+        wait_for(Duration::from_secs(30), Duration::from_millis(200), || {
+            node.socket.exists().then_some(())
+        })
+        .ok_or("the peer's tailscaled did not create its socket")?;
+        let key_file = dir.join("auth-key");
+        std::fs::write(&key_file, auth_key).map_err(|e| e.to_string())?;
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+        let up = node.cli(&[
+            "up",
+            &format!("--login-server={login_server}"),
+            &format!("--auth-key=file:{}", key_file.display()),
+            &format!("--hostname={hostname}"),
+            "--accept-dns=false",
+            "--netfilter-mode=off",
+            "--timeout=120s",
+        ]);
+        let _ = std::fs::remove_file(&key_file);
+        if !up.status.success() {
+            return Err(format!("tailscale up (peer): {}", text(&up)));
+        }
+        Ok(node)
+    }
+
+    /// Runs the tailscale CLI against this node.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.ns_name])
+            .arg(&self.tailscale)
+            .arg(format!("--socket={}", self.socket.display()))
+            .args(args))
+    }
+
+    /// `tailscale status` as text.
+    pub fn status_text(&self) -> String {
+        text(&self.cli(&["status"]))
+    }
+
+    /// The tailnet IPv4 of peer `name`, resolved by tailscale (`tailscale ip -4 NAME`).
+    pub fn ip_of(&self, name: &str) -> Option<String> {
+        let o = self.cli(&["ip", "-4", name]);
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+
+    /// A command run inside the node's namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns_name, program]);
+        c
+    }
+}

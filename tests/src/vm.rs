@@ -1,0 +1,248 @@
+//! A VM driven through the real `sovereign` CLI with a spec written for the test: its
+//! own state directory (run dir, secrets, console log, data disk), a private copy of
+//! the root image, and the project's kernel. Dropping it stops the VM and kills
+//! anything of it that is left.
+
+use crate::artifacts::Artifacts;
+use crate::process::{pids_matching, run, text};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    /// Boot the boot-only initramfs instead of the full root image.
+    pub initramfs: bool,
+    /// A kernel other than the artifact set's (e.g. the Debian cloud kernel).
+    pub kernel: Option<PathBuf>,
+    /// The stage `start` waits for.
+    pub wait_for: &'static str,
+    /// Tailnet control server.
+    pub login_server: Option<String>,
+    /// File with a tailnet auth key.
+    pub auth_key_file: Option<PathBuf>,
+    /// Extra kernel command-line words.
+    pub cmdline_extra: Vec<String>,
+    /// Application databases to provision.
+    pub apps: Vec<String>,
+    /// Seconds each of the control, network, tailscale and postgres stages may take.
+    pub stage_timeout_secs: u32,
+    /// The spec's `arch` (`None`: the launcher's default, the host's). `Some("arm64")`
+    /// boots the arm64 set under qemu-system-aarch64.
+    pub arch: Option<&'static str>,
+    /// Seconds from launch to the `init` marker and from there to the device report
+    /// (emulating another architecture under TCG takes longer).
+    pub boot_timeout_secs: Option<u32>,
+}
+
+impl Default for VmOptions {
+    fn default() -> Self {
+        VmOptions {
+            initramfs: false,
+            kernel: None,
+            wait_for: "ready",
+            login_server: None,
+            auth_key_file: None,
+            cmdline_extra: Vec::new(),
+            apps: Vec::new(),
+            stage_timeout_secs: 240,
+            arch: None,
+            boot_timeout_secs: None,
+        }
+    }
+}
+
+/// A VM under test.
+#[derive(Debug)]
+pub struct Vm {
+    /// Its state directory (`$SOVEREIGN_HOME`).
+    pub home: tempfile::TempDir,
+    /// The spec file.
+    pub spec: PathBuf,
+    sovereign: PathBuf,
+}
+
+fn toml_str(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}
+
+impl Vm {
+    /// Prepares a VM: state directory, disks and spec. Starts nothing.
+    pub fn new(a: &Artifacts, opts: &VmOptions) -> Vm {
+        let home = tempfile::Builder::new()
+            .prefix("sov-")
+            .tempdir_in("/tmp")
+            .expect("state dir");
+        let root = home.path().join("root.img");
+        if opts.initramfs {
+            // Two virtio-blk disks are part of the boot contract even without a root fs.
+            std::fs::File::create(&root)
+                .and_then(|f| f.set_len(64 << 20))
+                .expect("blank root disk");
+        } else {
+            let o = run(Command::new("cp")
+                .args(["--sparse=always"])
+                .arg(&a.root_image)
+                .arg(&root));
+            assert!(o.status.success(), "copying the root image: {}", text(&o));
+        }
+        let mut spec = format!(
+            "name = \"sql\"\ncid = 10\nmemory_mib = 1024\ncpus = 2\nhostname = \"sql-vm\"\n\
+             kernel = {}\nroot_image = {}\nwait_for = \"{}\"\n",
+            toml_str(opts.kernel.as_deref().unwrap_or(&a.kernel)),
+            toml_str(&root),
+            opts.wait_for,
+        );
+        if opts.initramfs {
+            spec.push_str(&format!("initrd = {}\n", toml_str(&a.initramfs)));
+        }
+        if let Some(arch) = opts.arch {
+            spec.push_str(&format!("arch = \"{arch}\"\n"));
+        }
+        for app in &opts.apps {
+            spec.push_str(&format!("[[apps]]\nname = \"{app}\"\n"));
+        }
+        spec.push_str(&format!(
+            "[data_disk]\npath = {}\nsize_gib = 4\n",
+            toml_str(&home.path().join("postgres.img"))
+        ));
+        let extra: Vec<String> = opts
+            .cmdline_extra
+            .iter()
+            .map(|w| format!("{w:?}"))
+            .collect();
+        spec.push_str(&format!(
+            "[guest]\ndevice_wait_secs = 5\ncmdline_extra = [{}]\n",
+            extra.join(", ")
+        ));
+        spec.push_str("[tailscale]\n");
+        if let Some(url) = &opts.login_server {
+            spec.push_str(&format!("login_server = \"{url}\"\n"));
+        }
+        if let Some(key) = &opts.auth_key_file {
+            spec.push_str(&format!("auth_key_file = {}\n", toml_str(key)));
+        }
+        let t = opts.stage_timeout_secs;
+        let (init, devices) = opts.boot_timeout_secs.map_or((90, 30), |b| (b, b));
+        spec.push_str(&format!(
+            "[vmm]\nbackend = \"qemu\"\n[timeouts]\ninit = {init}\ndevices = {devices}\ncontrol = {t}\nnetwork = {t}\n\
+             tailscale = {t}\npostgres = {t}\nshutdown = 60\n"
+        ));
+        let spec_path = home.path().join("sql.toml");
+        std::fs::write(&spec_path, spec).expect("write spec");
+        Vm {
+            home,
+            spec: spec_path,
+            sovereign: a.sovereign.clone(),
+        }
+    }
+
+    /// Runs `sovereign VERB --spec <spec> ARGS...`.
+    pub fn cli(&self, verb: &str, args: &[&str]) -> Output {
+        let mut cmd = Command::new(&self.sovereign);
+        cmd.arg(verb)
+            .arg("--spec")
+            .arg(&self.spec)
+            .args(args)
+            .env("SOVEREIGN_HOME", self.home.path());
+        run(&mut cmd)
+    }
+
+    /// `sovereign start`; returns its output (check `status` yourself).
+    pub fn start(&self) -> Output {
+        self.cli("start", &[])
+    }
+
+    /// `sovereign stop`.
+    pub fn stop(&self) -> Output {
+        self.cli("stop", &[])
+    }
+
+    /// `sovereign status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let o = self.cli("status", &["--json"]);
+        serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", text(&o)))
+    }
+
+    /// `sovereign query SQL`: Ok(stdout) or Err(all output).
+    pub fn query(&self, sql: &str) -> Result<String, String> {
+        let o = self.cli("query", &[sql]);
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        } else {
+            Err(text(&o))
+        }
+    }
+
+    /// `sovereign probe ARGS...`: Ok(stdout) or Err(all output).
+    pub fn probe(&self, args: &[&str]) -> Result<String, String> {
+        let mut cmd = Command::new(&self.sovereign);
+        cmd.arg("probe")
+            .arg("--spec")
+            .arg(&self.spec)
+            .args(args)
+            .env("SOVEREIGN_HOME", self.home.path());
+        let o = run(&mut cmd);
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        } else {
+            Err(text(&o))
+        }
+    }
+
+    /// The serial console log so far.
+    pub fn console(&self) -> String {
+        std::fs::read(self.home.path().join("sql-console.log"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The run directory.
+    pub fn run_dir(&self) -> PathBuf {
+        self.home.path().join("run/sql")
+    }
+
+    /// The postgres superuser password the launcher generated.
+    pub fn superuser_password(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("secrets/sql-postgres.password"))
+            .expect("the launcher writes the superuser password on start")
+            .trim()
+            .to_string()
+    }
+
+    /// Host processes that belong to this VM (their command line names its state dir).
+    pub fn leftover_processes(&self) -> Vec<u32> {
+        pids_matching(&self.home.path().display().to_string())
+    }
+
+    /// Pid of one of this VM's host processes (`qemu-system`, `gvproxy`, ...).
+    pub fn pid_of(&self, program: &str) -> Option<u32> {
+        let home = self.home.path().display().to_string();
+        pids_matching(&home).into_iter().find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .split('\0')
+                        .next()
+                        .unwrap_or("")
+                        .contains(program)
+                })
+                .unwrap_or(false)
+        })
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if !self.leftover_processes().is_empty() {
+            let _ = self.cli("stop", &["--timeout", "10"]);
+        }
+        for pid in self.leftover_processes() {
+            // SAFETY: kill(2) with a pid read from /proc; touches no memory.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+    }
+}
