@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the pinned Go programs for one target architecture:
-#   x86_64: gvproxy, tailscale, tailscaled, headscale for linux/amd64 (host and guest)
+#   x86_64: gvproxy, tailscale, tailscaled, headscale for linux/amd64 (host and guest),
+#           and upstream's gvforwarder (cmd/vm), the peer of the forwarder benchmark
 #   arm64:  gvproxy for android/arm64 (the phone), tailscale and tailscaled for
 #           linux/arm64 (the guest)
 # Results are cached under $SOVEREIGN_CACHE/go/<goos>-<goarch>/<tool>-<version>/ and the
@@ -41,7 +42,8 @@ case "$goarch" in
       "github.com/containers/gvisor-tap-vsock/cmd/gvproxy $GVPROXY_VERSION gvproxy" \
       "tailscale.com/cmd/tailscaled $TAILSCALE_VERSION tailscaled" \
       "tailscale.com/cmd/tailscale $TAILSCALE_VERSION tailscale" \
-      "github.com/juanfont/headscale/cmd/headscale $HEADSCALE_VERSION headscale"; do
+      "github.com/juanfont/headscale/cmd/headscale $HEADSCALE_VERSION headscale" \
+      "github.com/containers/gvisor-tap-vsock/cmd/vm $GVPROXY_VERSION gvforwarder"; do
       set -- $spec
       bin=$(install_go_tool linux "$1" "$2" "$3")
       ln -sf "$bin" "$SOVEREIGN_CACHE/bin/$3"

@@ -388,7 +388,7 @@ impl Postgres {
         listen.extend(self.listen());
         PostgresInfo {
             state: if self.service.pid().is_some() {
-                "running"
+                "ready"
             } else {
                 "restarting"
             }

@@ -229,7 +229,7 @@ pub struct TailnetInfo {
 /// PostgreSQL as the guest sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostgresInfo {
-    /// `starting`, `ready`, `restarting`, `stopped`.
+    /// `ready` while the server runs, `restarting` while PID 1 brings it back.
     pub state: String,
     /// Server version string.
     pub version: String,

@@ -56,6 +56,20 @@ impl NetNs {
         Ok(ns)
     }
 
+    /// Creates namespace `name` with only loopback (up) and no link to the host: for
+    /// code that brings its own interfaces (the forwarder's tap0). Any leftover of the
+    /// same name is removed first.
+    pub fn isolated(name: &str) -> Result<NetNs, String> {
+        let _ = ip(&["netns", "del", name]);
+        ip(&["netns", "add", name])?;
+        ip(&["-n", name, "link", "set", "lo", "up"])?;
+        Ok(NetNs {
+            name: name.into(),
+            host_ip: String::new(),
+            ns_ip: String::new(),
+        })
+    }
+
     /// A command that runs inside the namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");

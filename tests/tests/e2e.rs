@@ -64,6 +64,12 @@ fn psql_from_a_second_tailnet_node_reaches_sql_vm_by_name() {
         "start names the tailnet host:\n{out}"
     );
     let password = vm.superuser_password();
+    let checked = vm.cli("test", &[]);
+    assert!(
+        checked.status.success() && text(&checked).contains("all checks passed"),
+        "sovereign test:\n{}",
+        text(&checked)
+    );
 
     let peer = lab.join_peer().expect("second node joins");
     let seen = wait_for(Duration::from_secs(60), Duration::from_secs(2), || {
