@@ -45,6 +45,89 @@ impl VmArgs {
     }
 }
 
+/// The guest logs `logs` can show.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogName {
+    /// PostgreSQL's server log.
+    Postgres,
+    /// tailscaled's log.
+    Tailscaled,
+    /// The guest kernel's ring buffer.
+    Kernel,
+}
+
+impl LogName {
+    /// The wire form.
+    pub fn to_guest_log(self) -> protocol::messages::GuestLog {
+        use protocol::messages::GuestLog;
+        match self {
+            LogName::Postgres => GuestLog::Postgres,
+            LogName::Tailscaled => GuestLog::Tailscaled,
+            LogName::Kernel => GuestLog::Kernel,
+        }
+    }
+}
+
+/// The network checks `probe` can run in the guest.
+#[derive(Debug, Subcommand)]
+pub enum ProbeCheck {
+    /// Resolve NAME with the guest's resolver (gvproxy's DNS).
+    Dns {
+        /// Host name, e.g. host.containers.internal.
+        name: String,
+    },
+    /// Connect to ADDRESS (host:port) from the guest, send --send, print the answer.
+    Tcp {
+        /// Where to connect, e.g. 192.168.127.254:8080 (the host's loopback via gvproxy).
+        address: String,
+        /// Bytes to send first (escapes like \r\n are not interpreted; use a real newline).
+        #[arg(long, default_value = "")]
+        send: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// Accept one connection on the guest's network address at PORT and answer --reply.
+    Serve {
+        /// TCP port in the guest.
+        port: u16,
+        /// What to send to the client.
+        #[arg(long, default_value = "sovereign\n")]
+        reply: String,
+        /// Wait at most this many seconds for the client.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+}
+
+impl ProbeCheck {
+    /// The wire form of the check.
+    pub fn to_probe(&self) -> protocol::messages::Probe {
+        use protocol::messages::Probe;
+        match self {
+            ProbeCheck::Dns { name } => Probe::Dns { name: name.clone() },
+            ProbeCheck::Tcp {
+                address,
+                send,
+                timeout,
+            } => Probe::Tcp {
+                address: address.clone(),
+                send: send.clone(),
+                timeout_ms: timeout.saturating_mul(1000),
+            },
+            ProbeCheck::Serve {
+                port,
+                reply,
+                timeout,
+            } => Probe::Serve {
+                port: *port,
+                reply: reply.clone(),
+                timeout_ms: timeout.saturating_mul(1000),
+            },
+        }
+    }
+}
+
 /// The verbs.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -58,6 +141,9 @@ pub enum Command {
         /// Say "up" once this stage is accepted (default: the spec's wait_for, normally `ready`; boot-only images: `control`).
         #[arg(long, value_name = "STAGE", value_parser = parse_stage)]
         wait_for: Option<Stage>,
+        /// The crosvm binary (default: the spec's vmm.crosvm, normally /apex/com.android.virt/bin/crosvm).
+        #[arg(long, value_name = "PATH")]
+        crosvm: Option<String>,
     },
     /// Shut the guest down cleanly and stop everything started for it.
     Stop {
@@ -95,6 +181,26 @@ pub enum Command {
         /// The statement(s), e.g. 'select 1'.
         #[arg(value_name = "SQL")]
         statement: String,
+    },
+    /// Check the network from inside the guest: resolve a name, connect out, or accept
+    /// one inbound connection (to prove gvproxy's path in each direction).
+    Probe {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// What to check.
+        #[command(subcommand)]
+        check: ProbeCheck,
+    },
+    /// Copy the arm64 artifact set to a rooted phone over adb (only what changed), verify
+    /// it by SHA-256, and print the command that starts the VM there.
+    Deploy(crate::commands::deploy::DeployArgs),
+    /// Print the end of one of the guest's own logs (they live on its data disk).
+    Logs {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Which log.
+        #[arg(value_enum)]
+        log: LogName,
     },
     /// Print the resolved VM spec as TOML (a starting point for your own spec file).
     Spec {

@@ -8,7 +8,9 @@ use crate::control::{read_frame, write_frame, ControlError};
 use crate::readiness::{Failure, StageLine};
 use crate::rundir::{Role, RunDir};
 use protocol::control::FrameReader;
-use protocol::messages::{DeviceReport, GuestStatus, Hello, Probe, QueryResult, TailnetInfo};
+use protocol::messages::{
+    DeviceReport, GuestLog, GuestStatus, Hello, Probe, QueryResult, TailnetInfo,
+};
 use protocol::Stage;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -34,6 +36,11 @@ pub enum Request {
         /// What to check.
         probe: Probe,
     },
+    /// Read the end of one of the guest's logs.
+    ReadLog {
+        /// Which log.
+        log: GuestLog,
+    },
     /// Shut the guest down cleanly and stop everything; the supervisor exits after.
     Stop {
         /// Seconds the guest may take (default: the spec's `timeouts.shutdown`).
@@ -58,6 +65,8 @@ pub enum Reply {
     QueryResult(QueryResult),
     /// Answers `probe`.
     ProbeResult(QueryResult),
+    /// Answers `read_log`.
+    LogContents(QueryResult),
     /// Answers `stop`, once everything is stopped.
     Stopped(StopReport),
     /// The request could not be served.

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod commands;
 pub mod console;
 pub mod control;
+pub mod deploy;
 pub mod ipc;
 pub mod kernel;
 pub mod paths;

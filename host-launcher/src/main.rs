@@ -35,6 +35,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 vm,
                 dry_run,
                 wait_for,
+                crosvm,
             } => {
                 let (mut spec, source) = match vm.load(&env) {
                     Ok(s) => s,
@@ -45,6 +46,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 };
                 if let Some(stage) = wait_for {
                     spec.wait_for = stage;
+                }
+                if let Some(path) = crosvm {
+                    spec.vmm.crosvm = path;
                 }
                 sovereign::commands::start::run(spec, &env, &source, dry_run).await
             }
@@ -60,6 +64,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Command::Query { vm, statement } => {
                 sovereign::commands::query::run(&vm.load(&env)?.0, &statement).await
+            }
+            Command::Probe { vm, check } => {
+                sovereign::commands::query::probe(&vm.load(&env)?.0, &check.to_probe()).await
+            }
+            Command::Deploy(args) => sovereign::commands::deploy::run(&args, &env),
+            Command::Logs { vm, log } => {
+                sovereign::commands::query::logs(&vm.load(&env)?.0, log.to_guest_log()).await
             }
             Command::Spec { vm } => {
                 print!("{}", vm.load(&env)?.0.to_toml());

@@ -127,9 +127,11 @@ pub fn checks() -> Vec<CheckFn> {
     ]
 }
 
-/// Checks that only mean something on Android (issue "phone path" extends these).
+/// Checks that only mean something on Android: the SELinux mode (reported), VMs the
+/// launcher did not start that hold the CID (another app's crosvm), and room on /data
+/// for the data disk.
 pub fn android_checks() -> Vec<CheckFn> {
-    vec![selinux, free_space]
+    vec![selinux, foreign_cid, data_disk_space]
 }
 
 /// Runs every applicable check.
@@ -146,13 +148,26 @@ pub fn run(spec: &Spec, env: &HostEnv) -> Report {
 }
 
 fn rw(path: &Path) -> Result<(), String> {
-    match std::fs::OpenOptions::new()
+    open_rw(path).map_err(|e| e.to_string())
+}
+
+fn open_rw(path: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) => Err(e.to_string()),
+        .map(drop)
+}
+
+/// What to do when crosvm's `device` cannot be opened, by why.
+fn crosvm_device_hint(device: &Path, e: &std::io::Error, missing: &str) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => format!("{} does not exist: {missing}", device.display()),
+        std::io::ErrorKind::PermissionDenied => format!(
+            "only root may open {}: run the launcher through su, e.g. `su -c '/data/sovereign/sovereign start --sql'`",
+            device.display()
+        ),
+        _ => format!("{} cannot be opened; check `ls -lZ {}` as root", device.display(), device.display()),
     }
 }
 
@@ -254,14 +269,18 @@ fn kvm(spec: &Spec, env: &HostEnv) -> Option<Check> {
     if !needed {
         return Some(Check::pass(NAME, "not needed (QEMU with TCG)"));
     }
-    Some(match rw(&env.kvm_device) {
+    Some(match open_rw(&env.kvm_device) {
         Ok(()) => Check::pass(NAME, format!("{} usable", env.kvm_device.display())),
         Err(e) => Check::fail(
             NAME,
             format!("{}: {e}", env.kvm_device.display()),
             match spec.vmm.backend {
-                Backend::Crosvm => "the phone needs pKVM enabled and root (su) to open /dev/kvm",
-                Backend::Qemu => "set vmm.qemu_accel = \"tcg\" in the spec, or load kvm and get access to /dev/kvm",
+                Backend::Crosvm => crosvm_device_hint(
+                    &env.kvm_device,
+                    &e,
+                    "this phone's kernel offers no KVM; it needs pKVM (Android Virtualization Framework, e.g. Pixel 7 or later on Android 14+)",
+                ),
+                Backend::Qemu => "set vmm.qemu_accel = \"tcg\" in the spec, or load kvm and get access to /dev/kvm".to_string(),
             },
         ),
     })
@@ -270,12 +289,16 @@ fn kvm(spec: &Spec, env: &HostEnv) -> Option<Check> {
 fn vsock_device(spec: &Spec, env: &HostEnv) -> Option<Check> {
     const NAME: &str = "vsock";
     Some(match spec.vmm.backend {
-        Backend::Crosvm => match rw(&env.vhost_vsock_device) {
+        Backend::Crosvm => match open_rw(&env.vhost_vsock_device) {
             Ok(()) => Check::pass(NAME, format!("{} usable", env.vhost_vsock_device.display())),
             Err(e) => Check::fail(
                 NAME,
                 format!("{}: {e}", env.vhost_vsock_device.display()),
-                "crosvm's --vsock needs the host's vhost_vsock module and root to open /dev/vhost-vsock",
+                crosvm_device_hint(
+                    &env.vhost_vsock_device,
+                    &e,
+                    "crosvm's --vsock needs the host kernel's vhost_vsock (present wherever AVF is; on other kernels load vhost_vsock.ko)",
+                ),
             ),
         },
         Backend::Qemu => match env.find_tool(&spec.vmm.vhost_device_vsock) {
@@ -294,7 +317,7 @@ fn vmm_binary(spec: &Spec, env: &HostEnv) -> Option<Check> {
         Backend::Crosvm => (
             "crosvm",
             &spec.vmm.crosvm,
-            "Android ships crosvm in the virtualization APEX (/apex/com.android.virt/bin/crosvm); set vmm.crosvm if it lives elsewhere",
+            "Android ships crosvm in the virtualization APEX (/apex/com.android.virt/bin/crosvm); without that APEX the phone has no AVF. If crosvm lives elsewhere, pass --crosvm PATH or set vmm.crosvm",
         ),
         Backend::Qemu => (
             "qemu",
@@ -388,13 +411,182 @@ fn kernel_options(spec: &Spec, _env: &HostEnv) -> Option<Check> {
     })
 }
 
+/// Reports the SELinux mode; never fails (crosvm started through su runs in su's
+/// domain, and a denial names itself in the kernel log).
 fn selinux(_spec: &Spec, env: &HostEnv) -> Option<Check> {
     let mode = match std::fs::read_to_string(env.selinux_fs.join("enforce")) {
-        Ok(s) if s.trim() == "1" => "enforcing",
+        Ok(s) if s.trim() == "1" => {
+            "enforcing (if crosvm or gvproxy is denied: `dmesg | grep avc:`)"
+        }
         Ok(_) => "permissive",
         Err(_) => "disabled or not visible",
     };
     Some(Check::pass("selinux", mode))
+}
+
+/// The vsock CID a crosvm command line claims: `--cid N`, `--cid=N`, `--vsock N`,
+/// `--vsock cid=N,...` (and the `=` forms). Other programs (QEMU with
+/// vhost-device-vsock) never run on the phone; on Linux hosts the run-dir check covers
+/// this launcher's own VMs.
+pub fn cid_in_args(args: &[String]) -> Option<u32> {
+    let program = args.first().map(|a| a.rsplit('/').next().unwrap_or(a))?;
+    if !program.contains("crosvm") {
+        return None;
+    }
+    let mut it = args.iter().skip(1).peekable();
+    while let Some(a) = it.next() {
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        if flag != "--cid" && flag != "--vsock" {
+            continue;
+        }
+        let Some(value) = inline.or_else(|| it.peek().map(|v| v.to_string())) else {
+            continue;
+        };
+        let value = value
+            .split(',')
+            .find_map(|kv| match kv.split_once('=') {
+                Some(("cid", v)) => Some(v.to_string()),
+                None => Some(kv.to_string()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        if let Ok(c) = value.parse() {
+            return Some(c);
+        }
+    }
+    None
+}
+
+/// Processes under `proc_root` (normally `/proc`) whose command line claims `cid`,
+/// except this process and those whose command line names `own` (this VM's run dir):
+/// `(pid, the command line)`.
+pub fn processes_claiming_cid(proc_root: &Path, cid: u32, own: &str) -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let Ok(rd) = std::fs::read_dir(proc_root) else {
+        return vec![];
+    };
+    let mut v: Vec<(u32, String)> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter_map(|pid| {
+            let raw = std::fs::read(proc_root.join(pid.to_string()).join("cmdline")).ok()?;
+            let args: Vec<String> = raw
+                .split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let line = args.join(" ");
+            (cid_in_args(&args) == Some(cid) && !line.contains(own)).then_some((pid, line))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A VM this launcher did not start (another app's AVF VM, a hand-started crosvm) that
+/// holds the spec's CID: crosvm would fail to bind it.
+fn foreign_cid(spec: &Spec, _env: &HostEnv) -> Option<Check> {
+    foreign_cid_in(spec, Path::new("/proc"))
+}
+
+fn foreign_cid_in(spec: &Spec, proc_root: &Path) -> Option<Check> {
+    const NAME: &str = "cid (other VMs)";
+    // With the trailing slash, run/sql does not also match run/sql2.
+    let own = format!("{}/", spec.run_dir.display());
+    let found = processes_claiming_cid(proc_root, spec.cid, &own);
+    Some(match found.first() {
+        None => Check::pass(
+            NAME,
+            format!("no other VMM process claims CID {}", spec.cid),
+        ),
+        Some((pid, line)) => {
+            let mut shown: String = line.chars().take(120).collect();
+            if shown.len() < line.len() {
+                shown.push('…');
+            }
+            Check::fail(
+                NAME,
+                format!("CID {} is claimed by pid {pid}: {shown}", spec.cid),
+                format!(
+                    "stop that VM, or give this one a free CID (cid = {} in a spec file)",
+                    spec.cid.saturating_add(1)
+                ),
+            )
+        }
+    })
+}
+
+/// Room for the data disk: a disk not created yet needs its full size free (it is
+/// sparse, but PostgreSQL will fill it); an existing one may still grow.
+fn data_disk_space(spec: &Spec, _env: &HostEnv) -> Option<Check> {
+    const NAME: &str = "data disk space";
+    let disk = &spec.data_disk.path;
+    let dir = disk.parent().and_then(existing_ancestor)?;
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let st = match nix::sys::statvfs::statvfs(dir) {
+        Ok(st) => st,
+        Err(e) => {
+            return Some(Check::warn(
+                NAME,
+                format!("cannot read free space of {}: {e}", dir.display()),
+                "check it yourself with `df -h /data`",
+            ))
+        }
+    };
+    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+    let size = spec.data_disk.size_gib << 30;
+    Some(match std::fs::metadata(disk) {
+        Err(_) if free < size => Check::fail(
+            NAME,
+            format!(
+                "{:.1} GiB free on {}, the new data disk {} needs {} GiB",
+                gib(free),
+                dir.display(),
+                disk.display(),
+                spec.data_disk.size_gib
+            ),
+            "free space on /data, or set a smaller data_disk.size_gib in a spec file",
+        ),
+        Err(_) => Check::pass(
+            NAME,
+            format!(
+                "{:.1} GiB free on {} for the new {} GiB data disk",
+                gib(free),
+                dir.display(),
+                spec.data_disk.size_gib
+            ),
+        ),
+        Ok(m) => {
+            let allocated = std::os::unix::fs::MetadataExt::blocks(&m) * 512;
+            let grow = m.len().saturating_sub(allocated);
+            if free >= grow {
+                Check::pass(
+                    NAME,
+                    format!(
+                        "{:.1} GiB free on {}, data disk may grow {:.1} GiB",
+                        gib(free),
+                        dir.display(),
+                        gib(grow)
+                    ),
+                )
+            } else {
+                Check::warn(
+                    NAME,
+                    format!(
+                        "{:.1} GiB free on {}, the sparse data disk may grow {:.1} GiB more",
+                        gib(free),
+                        dir.display(),
+                        gib(grow)
+                    ),
+                    "free space on /data before the database fills it",
+                )
+            }
+        }
+    })
 }
 
 fn free_space(spec: &Spec, _env: &HostEnv) -> Option<Check> {
@@ -508,6 +700,164 @@ mod tests {
         std::fs::write(&env.vhost_vsock_device, b"").unwrap();
         let r = run(&spec, &env);
         assert!(r.ok(), "{r}");
+    }
+
+    fn android_crosvm() -> (tempfile::TempDir, Spec, HostEnv) {
+        let (d, spec, env) = setup(Backend::Crosvm);
+        assert!(env.android);
+        exe(&d.path().join("bin"), "crosvm");
+        exe(&d.path().join("bin"), "gvproxy");
+        (d, spec, env)
+    }
+
+    fn check<'a>(r: &'a Report, name: &str) -> &'a Check {
+        r.checks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no check {name}: {r}"))
+    }
+
+    #[test]
+    fn android_devices_missing_or_locked_say_pkvm_or_root() {
+        let (_d, spec, env) = android_crosvm();
+        let r = run(&spec, &env);
+        let kvm = check(&r, "kvm");
+        assert_eq!(kvm.status, Status::Fail);
+        assert!(kvm.hint.as_deref().unwrap().contains("pKVM"), "{kvm:?}");
+        let vsock = check(&r, "vsock");
+        assert!(
+            vsock.hint.as_deref().unwrap().contains("vhost_vsock"),
+            "{vsock:?}"
+        );
+        // Present but not openable: the hint is about root, not about pKVM.
+        std::fs::create_dir(&env.kvm_device).unwrap();
+        let r = run(&spec, &env);
+        let kvm = check(&r, "kvm");
+        assert_eq!(kvm.status, Status::Fail);
+        assert!(!kvm.hint.as_deref().unwrap().contains("pKVM"), "{kvm:?}");
+    }
+
+    #[test]
+    fn crosvm_elsewhere_is_named_with_the_flag_to_use() {
+        let (_d, mut spec, env) = setup(Backend::Crosvm);
+        spec.vmm.crosvm = "/apex/com.android.virt/bin/crosvm-missing".into();
+        let r = run(&spec, &env);
+        let c = check(&r, "crosvm");
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.detail.contains("crosvm-missing not found"), "{c:?}");
+        assert!(
+            c.hint.as_deref().unwrap().contains("--crosvm PATH"),
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn selinux_mode_is_reported_never_fatal() {
+        let (_d, spec, env) = android_crosvm();
+        assert_eq!(
+            check(&run(&spec, &env), "selinux").detail,
+            "disabled or not visible"
+        );
+        std::fs::create_dir_all(&env.selinux_fs).unwrap();
+        for (value, mode) in [("1", "enforcing"), ("0", "permissive")] {
+            std::fs::write(env.selinux_fs.join("enforce"), value).unwrap();
+            let c = selinux(&spec, &env).unwrap();
+            assert_eq!(c.status, Status::Pass);
+            assert!(c.detail.starts_with(mode), "{c:?}");
+        }
+    }
+
+    fn words(s: &str) -> Vec<String> {
+        s.split(' ').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn cids_are_read_from_every_vmm_spelling() {
+        let cases = [
+            ("/apex/com.android.virt/bin/crosvm run --cid 10 k", Some(10)),
+            ("crosvm run --cid=11 k", Some(11)),
+            (
+                "crosvm run --vsock cid=12,device=/dev/vhost-vsock k",
+                Some(12),
+            ),
+            ("crosvm run --vsock=cid=13 k", Some(13)),
+            ("crosvm run --vsock 14 k", Some(14)),
+            ("crosvm run --mem 1024 k", None),
+            (
+                "vhost-device-vsock --vm guest-cid=10,socket=/s,uds-path=/u",
+                None,
+            ),
+            ("sleep --cid 10", None),
+        ];
+        for (line, want) in cases {
+            assert_eq!(cid_in_args(&words(line)), want, "{line}");
+        }
+    }
+
+    #[test]
+    fn another_vmm_holding_the_cid_is_refused_but_our_own_is_not() {
+        let (d, spec, _env) = android_crosvm();
+        let proc_root = d.path().join("proc");
+        let write = |pid: u32, line: &str| {
+            let dir = proc_root.join(pid.to_string());
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("cmdline"), line.replace(' ', "\0") + "\0").unwrap();
+        };
+        write(
+            4000,
+            &format!(
+                "/apex/com.android.virt/bin/crosvm run --vsock cid=10 -s {}/crosvm.sock k",
+                spec.run_dir.display()
+            ),
+        );
+        write(4001, "crosvm run --cid 11 -s /other/run/vm2/crosvm.sock k");
+        std::fs::create_dir_all(proc_root.join("self")).unwrap();
+        let c = foreign_cid_in(&spec, &proc_root).unwrap();
+        assert_eq!(
+            c.status,
+            Status::Pass,
+            "our own crosvm is not foreign: {c:?}"
+        );
+        write(
+            4002,
+            "/apex/com.android.virt/bin/crosvm run --cid 10 --protected-vm x",
+        );
+        let c = foreign_cid_in(&spec, &proc_root).unwrap();
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(
+            c.detail.starts_with(
+                "CID 10 is claimed by pid 4002: /apex/com.android.virt/bin/crosvm run --cid 10"
+            ),
+            "{c:?}"
+        );
+        assert!(c.hint.as_deref().unwrap().contains("cid = 11"), "{c:?}");
+        // The check on the real /proc runs (nothing here holds CID 10 under crosvm).
+        assert_eq!(foreign_cid(&spec, &_env).unwrap().name, "cid (other VMs)");
+    }
+
+    #[test]
+    fn data_disk_space_needs_the_full_size_for_a_new_disk() {
+        let (d, mut spec, env) = android_crosvm();
+        spec.data_disk.size_gib = 1 << 30; // an exbibyte: more than any disk has
+        let c = data_disk_space(&spec, &env).unwrap();
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(c.detail.contains("needs 1073741824 GiB"), "{c:?}");
+        spec.data_disk.size_gib = 0;
+        assert_eq!(data_disk_space(&spec, &env).unwrap().status, Status::Pass);
+        // An existing sparse disk larger than the free space may still grow: a warning.
+        let st = nix::sys::statvfs::statvfs(d.path()).unwrap();
+        let free = st.blocks_available() as u64 * st.fragment_size() as u64;
+        std::fs::File::create(&spec.data_disk.path)
+            .unwrap()
+            .set_len(free + (1 << 30))
+            .unwrap();
+        let c = data_disk_space(&spec, &env).unwrap();
+        assert_eq!(c.status, Status::Warn, "{c:?}");
+        std::fs::File::create(&spec.data_disk.path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        assert_eq!(data_disk_space(&spec, &env).unwrap().status, Status::Pass);
     }
 
     #[test]

@@ -83,6 +83,7 @@ enum Expect {
     Pong,
     Query(u64),
     Probe(u64),
+    Log(u64),
 }
 
 /// A request from a client task to the main loop.
@@ -404,6 +405,16 @@ async fn serve_client(
             let msg = HostMessage::Probe { id: 0, probe };
             match guest(&cmd, msg, Expect::Probe(0), GUEST_QUERY).await {
                 Ok(GuestMessage::ProbeResult(r)) => Reply::ProbeResult(r),
+                Ok(other) => Reply::Error {
+                    message: format!("unexpected answer {other:?}"),
+                },
+                Err(message) => Reply::Error { message },
+            }
+        }
+        Request::ReadLog { log } => {
+            let msg = HostMessage::ReadLog { id: 0, log };
+            match guest(&cmd, msg, Expect::Log(0), GUEST_QUERY).await {
+                Ok(GuestMessage::LogContents(r)) => Reply::LogContents(r),
                 Ok(other) => Reply::Error {
                     message: format!("unexpected answer {other:?}"),
                 },
@@ -741,6 +752,7 @@ impl Supervisor {
                     GuestMessage::Pong => Some(Expect::Pong),
                     GuestMessage::QueryResult(q) => Some(Expect::Query(q.id)),
                     GuestMessage::ProbeResult(q) => Some(Expect::Probe(q.id)),
+                    GuestMessage::LogContents(q) => Some(Expect::Log(q.id)),
                     _ => None,
                 };
                 match self.pending.iter().position(|p| Some(p.expect) == expect) {
@@ -780,6 +792,11 @@ impl Supervisor {
                     HostMessage::Probe { id, .. } => {
                         *id = self.next_query;
                         expect = Expect::Probe(self.next_query);
+                        self.next_query += 1;
+                    }
+                    HostMessage::ReadLog { id, .. } => {
+                        *id = self.next_query;
+                        expect = Expect::Log(self.next_query);
                         self.next_query += 1;
                     }
                     _ => {}

@@ -14,8 +14,14 @@ use std::time::Instant;
 
 #[test]
 fn arm64_guest_boots_to_control_under_qemu_aarch64_and_powers_off_cleanly() {
-    let Some(a) = vm_test_arm64("arm64-boot") else { return };
-    eprintln!("arm64 set {}, launcher {}", a.dir.display(), a.sovereign.display());
+    let Some(a) = vm_test_arm64("arm64-boot") else {
+        return;
+    };
+    eprintln!(
+        "arm64 set {}, launcher {}",
+        a.dir.display(),
+        a.sovereign.display()
+    );
     let t0 = Instant::now();
     // Emulating aarch64 under TCG on two shared cores is several times slower than an
     // x86_64 guest: generous deadlines, so a slow machine is not a failure.
@@ -25,43 +31,70 @@ fn arm64_guest_boots_to_control_under_qemu_aarch64_and_powers_off_cleanly() {
             initramfs: true,
             wait_for: "control",
             arch: Some("arm64"),
-            boot_timeout_secs: Some(300),
-            stage_timeout_secs: 300,
+            boot_timeout_secs: Some(120),
+            stage_timeout_secs: 120,
             ..VmOptions::default()
         },
     );
     let dry = text(&vm.cli("start", &["--dry-run"]));
     assert!(dry.contains("qemu-system-aarch64 "), "{dry}");
-    assert!(dry.contains("-machine virt,memory-backend=mem"), "{dry}");
+    assert!(dry.contains("virt,memory-backend=mem"), "{dry}");
     assert!(dry.contains("vhost-user-vsock-pci"), "{dry}");
     assert!(dry.contains("console=ttyAMA0"), "{dry}");
 
     let started = vm.start();
     let out = text(&started);
     let boot = t0.elapsed();
-    assert!(started.status.success(), "start failed:\n{out}\nconsole:\n{}", vm.console());
+    assert!(
+        started.status.success(),
+        "start failed:\n{out}\nconsole:\n{}",
+        vm.console()
+    );
     for stage in ["init", "devices", "control"] {
         assert!(out.contains(stage), "start did not report {stage}:\n{out}");
     }
-    assert!(out.contains("up: VM sql (CID 10)"), "start did not say up:\n{out}");
+    assert!(
+        out.contains("up: VM sql (CID 10)"),
+        "start did not say up:\n{out}"
+    );
     let console = vm.console();
-    assert!(console.contains("Machine model: linux,dummy-virt"), "an arm64 virt machine booted:\n{console}");
+    assert!(
+        console.contains("Machine model: linux,dummy-virt"),
+        "an arm64 virt machine booted:\n{console}"
+    );
 
     let status = vm.status();
     assert_eq!(status["hello"]["cid"], 10, "{status:#}");
-    let devices = status["devices"]["devices"].as_array().expect("device census in status");
+    let devices = status["devices"]["devices"]
+        .as_array()
+        .expect("device census in status");
     let socket: Vec<_> = devices.iter().filter(|d| d["kind"] == "socket").collect();
     assert_eq!(socket.len(), 1, "{devices:#?}");
     assert_eq!(socket[0]["driver"], "vmw_vsock_virtio_transport");
     let blocks: Vec<_> = devices.iter().filter(|d| d["kind"] == "block").collect();
     assert_eq!(blocks.len(), 2, "{devices:#?}");
-    assert!(blocks.iter().all(|b| b["driver"] == "virtio_blk"), "{blocks:#?}");
-    assert_eq!(status["devices"]["missing_kernel_options"], serde_json::json!([]), "the arm64 kernel satisfies the fragments");
+    assert!(
+        blocks.iter().all(|b| b["driver"] == "virtio_blk"),
+        "{blocks:#?}"
+    );
+    assert_eq!(
+        status["devices"]["missing_kernel_options"],
+        serde_json::json!([]),
+        "the arm64 kernel satisfies the fragments"
+    );
 
     let stopped = vm.stop();
     assert!(stopped.status.success(), "stop failed: {}", text(&stopped));
     let console = vm.console();
     assert!(console.contains("clean shutdown complete"), "{console}");
-    assert!(vm.leftover_processes().is_empty(), "left behind: {:?}", vm.leftover_processes());
-    eprintln!("arm64 boot to control: {:.1} s; whole test: {:.1} s", boot.as_secs_f64(), t0.elapsed().as_secs_f64());
+    assert!(
+        vm.leftover_processes().is_empty(),
+        "left behind: {:?}",
+        vm.leftover_processes()
+    );
+    eprintln!(
+        "arm64 boot to control: {:.1} s; whole test: {:.1} s",
+        boot.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
 }

@@ -3,6 +3,7 @@
 //! not fit to start (validation, preflight).
 
 pub mod console;
+pub mod deploy;
 pub mod query;
 pub mod start;
 pub mod status;

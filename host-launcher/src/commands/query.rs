@@ -1,9 +1,11 @@
-//! `sovereign query`: runs SQL in the guest as the postgres superuser, through the
-//! supervisor and the control channel (psql in the guest, unaligned, tuples only).
+//! `sovereign query`, `probe` and `logs`: run SQL as the postgres superuser, run a
+//! network check, or read a log, inside the guest, through the supervisor and the
+//! control channel.
 
 use super::call;
 use crate::ipc::{Reply, Request};
 use crate::spec::Spec;
+use protocol::messages::{GuestLog, Probe};
 
 /// Runs one query; `Ok(Ok(output))` when psql succeeded, `Ok(Err(text))` when it or the
 /// channel failed.
@@ -38,6 +40,53 @@ pub async fn run(spec: &Spec, sql: &str) -> anyhow::Result<i32> {
         }
         Err(e) => {
             eprintln!("query failed: {e}");
+            Ok(1)
+        }
+    }
+}
+
+/// Runs `probe`: prints the guest's answer; exit 1 when the check failed.
+pub async fn probe(spec: &Spec, probe: &Probe) -> anyhow::Result<i32> {
+    let spec = super::running_spec(spec);
+    let reply = call(
+        &spec,
+        &Request::Probe {
+            probe: probe.clone(),
+        },
+    )
+    .await?;
+    let (ok, text) = match reply {
+        Reply::ProbeResult(r) => (r.ok, r.output),
+        Reply::Error { message } => (false, message),
+        other => (false, format!("unexpected answer {other:?}")),
+    };
+    if ok {
+        println!("{}", text.trim_end());
+        Ok(0)
+    } else {
+        eprintln!("probe failed: {text}");
+        Ok(1)
+    }
+}
+
+/// Runs `logs`: prints the end of the guest's log; exit 1 when it could not be read.
+pub async fn logs(spec: &Spec, log: GuestLog) -> anyhow::Result<i32> {
+    let spec = super::running_spec(spec);
+    match call(&spec, &Request::ReadLog { log }).await? {
+        Reply::LogContents(r) if r.ok => {
+            print!("{}", r.output);
+            Ok(0)
+        }
+        Reply::LogContents(r) => {
+            eprintln!("cannot read the log: {}", r.output);
+            Ok(1)
+        }
+        Reply::Error { message } => {
+            eprintln!("cannot read the log: {message}");
+            Ok(1)
+        }
+        other => {
+            eprintln!("unexpected answer {other:?}");
             Ok(1)
         }
     }

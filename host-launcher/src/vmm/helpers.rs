@@ -22,8 +22,9 @@ pub fn vhost_device_vsock_args(spec: &Spec, run: &RunDir) -> Vec<String> {
 }
 
 /// gvproxy's arguments: the frame endpoint (vsock port 1024 on crosvm, the
-/// vhost-device-vsock `<uds>_1024` socket under QEMU), the HTTP API socket, MTU, no SSH
-/// forward, pid and log files.
+/// vhost-device-vsock `<uds>_1024` socket under QEMU), the services API socket
+/// (`-services`: the HTTP API without the `/connect` endpoint, for port exposes), MTU,
+/// no SSH forward, pid and log files.
 pub fn gvproxy_args(spec: &Spec, run: &RunDir) -> Vec<String> {
     let frames = match spec.vmm.backend {
         Backend::Crosvm => format!("vsock://:{NETWORK_PORT}"),
@@ -32,7 +33,7 @@ pub fn gvproxy_args(spec: &Spec, run: &RunDir) -> Vec<String> {
     vec![
         "-listen".into(),
         frames,
-        "-listen".into(),
+        "-services".into(),
         format!("unix://{}", run.gvproxy_api_socket().display()),
         "-mtu".into(),
         NetworkConfig::default().mtu.to_string(),
@@ -58,7 +59,7 @@ mod tests {
         let a = gvproxy_args(&s, &RunDir::new(&s.run_dir)).join(" ");
         assert_eq!(
             a,
-            "-listen vsock://:1024 -listen unix:///data/sovereign/run/sql/gvproxy-api.sock -mtu 1500 -ssh-port -1 \
+            "-listen vsock://:1024 -services unix:///data/sovereign/run/sql/gvproxy-api.sock -mtu 1500 -ssh-port -1 \
              -pid-file /data/sovereign/run/sql/gvproxy.pid -log-file /data/sovereign/sql-gvproxy.log"
         );
     }

@@ -128,7 +128,7 @@ pub(crate) mod tests {
         );
         assert_eq!(
             lines[1],
-            "gvproxy -listen unix:///data/sovereign/run/sql/vsock.sock_1024 -listen unix:///data/sovereign/run/sql/gvproxy-api.sock -mtu 1500 -ssh-port -1 -pid-file /data/sovereign/run/sql/gvproxy.pid -log-file /data/sovereign/sql-gvproxy.log"
+            "gvproxy -listen unix:///data/sovereign/run/sql/vsock.sock_1024 -services unix:///data/sovereign/run/sql/gvproxy-api.sock -mtu 1500 -ssh-port -1 -pid-file /data/sovereign/run/sql/gvproxy.pid -log-file /data/sovereign/sql-gvproxy.log"
         );
         assert!(
             lines[2].starts_with("qemu-system-x86_64 -name sovereign-sql "),

@@ -1,0 +1,558 @@
+//! `sovereign deploy`: copies the arm64 artifact set from the developer's machine to a
+//! rooted phone over adb, and proves it arrived.
+//!
+//! adb (running as the `shell` user) cannot write `/data/sovereign`, so files travel
+//! in two steps: `adb push` into a staging directory under `/data/local/tmp`, then one
+//! root script (`su -c`) that moves them into place and sets owner and modes. Only
+//! files whose SHA-256 on the device differs from the manifest are pushed; staged
+//! files are checked before anything is moved (a corrupted transfer never replaces a
+//! good file), and every deployed file is checked again in its final place.
+//!
+//! Pieces: [`manifest`] (what to copy), [`adb`] (talking to the device),
+//! [`remote`] (quoting and parsing the device's shell).
+
+pub mod adb;
+pub mod manifest;
+pub mod remote;
+
+use adb::Adb;
+use manifest::{Entry, Manifest, ManifestError, SECRETS_DIR};
+use remote::{install_script, quote, sha256sum, su, Install};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Where the set goes on the phone: the launcher's state directory on Android.
+pub const DEFAULT_DEST: &str = crate::paths::ANDROID_BASE_DIR;
+/// Where `adb push` leaves files before root moves them (writable by adb's `shell` user).
+pub const STAGING: &str = "/data/local/tmp/sovereign-staging";
+/// The architecture a phone's set must be built for.
+pub const PHONE_ARCH: &str = "arm64";
+/// What `uname -m` prints on a phone that can run it.
+pub const PHONE_MACHINE: &str = "aarch64";
+
+/// Why a deploy stopped. Each message is one line: what failed, with which value, and
+/// what to do.
+#[derive(Debug, Error)]
+pub enum DeployError {
+    /// The manifest is missing, invalid, or for another architecture.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// No adb program.
+    #[error("adb not found ({searched}): install Android SDK platform-tools, or pass --adb PATH")]
+    AdbNotFound {
+        /// Where it was looked for.
+        searched: String,
+    },
+    /// adb could not be started.
+    #[error("cannot run adb at {program}: {cause} (pass --adb PATH)")]
+    AdbSpawn {
+        /// The program.
+        program: PathBuf,
+        /// The error (in the message already, so not a `source` too).
+        cause: std::io::Error,
+    },
+    /// An adb call failed.
+    #[error("`{command}` failed ({status}): {detail}")]
+    AdbFailed {
+        /// The call, e.g. `adb -s R58 push ...`.
+        command: String,
+        /// `exit N`.
+        status: String,
+        /// adb's own message.
+        detail: String,
+    },
+    /// `adb devices` lists nothing.
+    #[error("no device attached (`adb devices` lists none): connect the phone by USB with USB debugging enabled (Settings → Developer options)")]
+    NoDevice,
+    /// The device is listed but adb cannot use it.
+    #[error("device {serial} is {state:?}: {hint}")]
+    NotReady {
+        /// Its serial.
+        serial: String,
+        /// Its state as adb lists it.
+        state: String,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// `--serial` names a device that is not attached.
+    #[error("device {serial} is not attached (attached: {attached}): check --serial against `adb devices`")]
+    SerialNotFound {
+        /// The requested serial.
+        serial: String,
+        /// What is attached.
+        attached: String,
+    },
+    /// More than one device and no `--serial`.
+    #[error("{count} devices attached ({list}): choose one with --serial SERIAL")]
+    SeveralDevices {
+        /// How many are ready.
+        count: usize,
+        /// Their serials and states.
+        list: String,
+    },
+    /// The phone is not 64-bit ARM.
+    #[error("device {serial} reports machine {machine:?} (`uname -m`), not aarch64: the arm64 set needs a 64-bit ARM phone")]
+    WrongMachine {
+        /// The device.
+        serial: String,
+        /// What `uname -m` printed.
+        machine: String,
+    },
+    /// `su -c id` did not run as uid 0.
+    #[error("su on device {serial} did not give root (`su -c id` printed {output:?}): grant root to Shell in the KernelSU manager's Superuser list, then retry")]
+    SuDenied {
+        /// The device.
+        serial: String,
+        /// What `su -c id` printed.
+        output: String,
+    },
+    /// `--dest` is unusable.
+    #[error("--dest {dest:?}: {why}")]
+    BadDest {
+        /// The value given.
+        dest: String,
+        /// What is expected.
+        why: &'static str,
+    },
+    /// A file of the set cannot be read.
+    #[error(
+        "cannot read {path}: {cause} (rebuild the set with scripts/build-images.sh --arch arm64)"
+    )]
+    LocalRead {
+        /// The file.
+        path: PathBuf,
+        /// The error (in the message already, so not a `source` too).
+        cause: std::io::Error,
+    },
+    /// A file of the set differs from its manifest entry.
+    #[error("{path} does not match the manifest: {what} (rebuild the set with scripts/build-images.sh --arch arm64)")]
+    LocalMismatch {
+        /// The file.
+        path: PathBuf,
+        /// Which property differs, with both values.
+        what: String,
+    },
+    /// The device has no `sha256sum`.
+    #[error("sha256sum is not available on device {serial} (`{command}` exited 127): the phone needs Android 8 or later (toybox)")]
+    NoSha256sum {
+        /// The device.
+        serial: String,
+        /// The remote command.
+        command: String,
+    },
+    /// A file on the device does not have the manifest's checksum.
+    #[error("{path} on device {serial} {got} {when}, expected SHA-256 {want}: {hint}", hint = .when.hint())]
+    Corrupted {
+        /// The remote path.
+        path: String,
+        /// The device.
+        serial: String,
+        /// `has SHA-256 X` or `is missing`.
+        got: String,
+        /// Which check found it.
+        when: Checkpoint,
+        /// The manifest's checksum.
+        want: String,
+    },
+    /// The root script that moves files into place failed.
+    #[error("installing into {dest} on device {serial} failed ({status}): {detail} (is there space on /data? `adb shell df /data`)")]
+    InstallFailed {
+        /// The destination.
+        dest: String,
+        /// The device.
+        serial: String,
+        /// Its exit status.
+        status: String,
+        /// Its output.
+        detail: String,
+    },
+}
+
+/// Where a deploy compares checksums with the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoint {
+    /// In the staging directory, before anything is moved into place.
+    Staged,
+    /// In the destination, after the move.
+    Installed,
+}
+
+impl Checkpoint {
+    /// What to do when the check fails here.
+    pub fn hint(self) -> &'static str {
+        match self {
+            Checkpoint::Staged => "the transfer was corrupted and nothing was moved into place; run deploy again (try another cable or port)",
+            Checkpoint::Installed => "run deploy again; if it repeats, check free space on /data (`adb shell df /data`)",
+        }
+    }
+}
+
+impl std::fmt::Display for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Checkpoint::Staged => "after the push",
+            Checkpoint::Installed => "after moving it into place",
+        })
+    }
+}
+
+/// What to deploy where.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The artifact directory (holds manifest.json).
+    pub artifacts: PathBuf,
+    /// The destination directory on the phone.
+    pub dest: String,
+    /// The device, when chosen by the user.
+    pub serial: Option<String>,
+    /// The adb program.
+    pub adb: PathBuf,
+}
+
+/// What a deploy did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// The device.
+    pub serial: String,
+    /// Files pushed (manifest names).
+    pub pushed: Vec<String>,
+    /// Files already intact on the device.
+    pub unchanged: Vec<String>,
+    /// Bytes pushed.
+    pub bytes_pushed: u64,
+}
+
+/// Refuses destinations that are relative, the root, or not plain.
+pub fn check_dest(dest: &str) -> Result<(), DeployError> {
+    let bad = |why| {
+        Err(DeployError::BadDest {
+            dest: dest.to_string(),
+            why,
+        })
+    };
+    if !dest.starts_with('/') {
+        return bad("expected an absolute path on the phone, e.g. /data/sovereign");
+    }
+    if dest.trim_end_matches('/').is_empty() {
+        return bad("the root directory cannot be the destination");
+    }
+    if dest.chars().any(|c| c.is_control() || c == '\\') {
+        return bad("control characters and backslashes are not allowed");
+    }
+    if dest.split('/').any(|c| c == "." || c == "..") {
+        return bad(". and .. components are not allowed");
+    }
+    Ok(())
+}
+
+/// Lower-case hex SHA-256 of a file, read in 1 MiB blocks.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Checks sizes (cheap) of every deployed file against the manifest.
+fn check_local_sizes(dir: &Path, files: &[&Entry]) -> Result<(), DeployError> {
+    for e in files {
+        let path = dir.join(&e.name);
+        let meta = std::fs::metadata(&path).map_err(|cause| DeployError::LocalRead {
+            path: path.clone(),
+            cause,
+        })?;
+        if meta.len() != e.size {
+            return Err(DeployError::LocalMismatch {
+                path,
+                what: format!("size {} bytes, manifest says {}", meta.len(), e.size),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Checks the contents of `files` against the manifest.
+fn check_local_sums(dir: &Path, files: &[&Entry]) -> Result<(), DeployError> {
+    for e in files {
+        let path = dir.join(&e.name);
+        let sum = sha256_file(&path).map_err(|cause| DeployError::LocalRead {
+            path: path.clone(),
+            cause,
+        })?;
+        if sum != e.sha256 {
+            return Err(DeployError::LocalMismatch {
+                path,
+                what: format!("SHA-256 {sum}, manifest says {}", e.sha256),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn join(dir: &str, name: &str) -> String {
+    format!("{}/{name}", dir.trim_end_matches('/'))
+}
+
+fn parent(path: &str) -> &str {
+    path.rsplit_once('/').map_or(path, |(p, _)| p)
+}
+
+/// Asks the device (as root) for the SHA-256 of `paths`.
+fn remote_sums(adb: &Adb, paths: &[String]) -> Result<BTreeMap<String, String>, DeployError> {
+    let command = sha256sum(paths);
+    let r = adb.shell(&su(&command))?;
+    if r.status == Some(127) {
+        return Err(DeployError::NoSha256sum {
+            serial: adb.serial.clone().unwrap_or_default(),
+            command,
+        });
+    }
+    Ok(remote::parse_sha256sum(&r.stdout))
+}
+
+/// Asks the device for the SHA-256 of each `(remote path, entry)` and compares it with
+/// the manifest's; `when` says which check this is (for the message and the hint).
+fn verify(adb: &Adb, files: &[(String, &Entry)], when: Checkpoint) -> Result<(), DeployError> {
+    let paths: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
+    let sums = remote_sums(adb, &paths)?;
+    for (path, e) in files {
+        let got = sums.get(path);
+        if got != Some(&e.sha256) {
+            return Err(DeployError::Corrupted {
+                path: path.clone(),
+                serial: adb.serial.clone().unwrap_or_default(),
+                got: got.map_or_else(|| "is missing".to_string(), |g| format!("has SHA-256 {g}")),
+                when,
+                want: e.sha256.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Runs a deploy; `progress` receives one line per step.
+pub fn deploy(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, DeployError> {
+    check_dest(&o.dest)?;
+    let dest = o.dest.trim_end_matches('/').to_string();
+    let m = Manifest::load(&o.artifacts)?;
+    m.require_arch(PHONE_ARCH)?;
+    let files: Vec<&Entry> = m.deployed().collect();
+    if files.is_empty() {
+        return Err(ManifestError::Field {
+            path: m.path.clone(),
+            field: "files".into(),
+            value: format!("{} entries", m.files.len()),
+            why: "no entry has \"deploy\": true".into(),
+        }
+        .into());
+    }
+    check_local_sizes(&o.artifacts, &files)?;
+
+    let mut adb = Adb::new(o.adb.clone());
+    let serial = adb::select(&adb.devices()?, o.serial.as_deref())?;
+    adb.serial = Some(serial.clone());
+    let uname = adb.shell("uname -m")?;
+    let machine = uname.stdout.trim().to_string();
+    if machine.is_empty() {
+        return Err(DeployError::AdbFailed {
+            command: adb.render(&["shell", "uname -m"]),
+            status: uname
+                .status
+                .map_or_else(|| "killed".to_string(), |c| format!("exit {c}")),
+            detail: uname.text(),
+        });
+    }
+    if machine != PHONE_MACHINE {
+        return Err(DeployError::WrongMachine { serial, machine });
+    }
+    let id = adb.shell(&su("id"))?;
+    if !id.stdout.contains("uid=0(") && !id.stdout.contains("uid=0 ") {
+        return Err(DeployError::SuDenied {
+            serial,
+            output: id.text(),
+        });
+    }
+    progress(&format!(
+        "device {serial}: aarch64, root via su; comparing {} file(s) of {} by SHA-256",
+        files.len(),
+        o.artifacts.display()
+    ));
+
+    let targets: Vec<(String, &Entry)> = files.iter().map(|e| (join(&dest, &e.name), *e)).collect();
+    let paths: Vec<String> = targets.iter().map(|(p, _)| p.clone()).collect();
+    let on_device = remote_sums(&adb, &paths)?;
+    let (changed, unchanged): (Vec<_>, Vec<_>) = targets
+        .iter()
+        .partition(|(p, e)| on_device.get(p) != Some(&e.sha256));
+
+    let mut staged: Vec<(String, &Entry)> = Vec::new();
+    if !changed.is_empty() {
+        // What is pushed must be what the manifest says, or the staged check below
+        // would blame the cable for a stale artifact directory.
+        let to_push: Vec<&Entry> = changed.iter().map(|(_, e)| *e).collect();
+        check_local_sums(&o.artifacts, &to_push)?;
+        let staging_dirs: BTreeSet<String> = changed
+            .iter()
+            .map(|(_, e)| parent(&join(STAGING, &e.name)).to_string())
+            .collect();
+        let mkdir = format!(
+            "mkdir -p {}",
+            staging_dirs
+                .iter()
+                .map(|d| quote(d))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let r = adb.shell(&mkdir)?;
+        if r.status.is_some_and(|s| s != 0) {
+            return Err(DeployError::AdbFailed {
+                command: adb.render(&["shell", &mkdir]),
+                status: format!("exit {}", r.status.unwrap_or(-1)),
+                detail: r.text(),
+            });
+        }
+        for (_, e) in &changed {
+            let remote = join(STAGING, &e.name);
+            progress(&format!("pushing {} ({})", e.name, human_bytes(e.size)));
+            adb.push(&o.artifacts.join(&e.name), &remote)?;
+            staged.push((remote, *e));
+        }
+        if let Err(err) = verify(&adb, &staged, Checkpoint::Staged) {
+            let _ = adb.shell(&su(&format!("rm -rf {}", quote(STAGING))));
+            return Err(err);
+        }
+    }
+
+    let secrets = join(&dest, SECRETS_DIR);
+    let has_secrets = files.iter().any(|e| e.is_secret());
+    let dirs: BTreeSet<String> = targets
+        .iter()
+        .map(|(p, _)| parent(p).to_string())
+        .filter(|d| *d != dest && *d != secrets)
+        .collect();
+    let installs: Vec<Install> = targets
+        .iter()
+        .map(|(target, e)| Install {
+            staged: staged
+                .iter()
+                .find(|(_, s)| s.name == e.name)
+                .map(|(p, _)| p.clone()),
+            target: target.clone(),
+            mode: if e.is_secret() { 0o600 } else { e.mode },
+        })
+        .collect();
+    let script = install_script(
+        &dest,
+        &dirs.into_iter().collect::<Vec<_>>(),
+        has_secrets.then_some(secrets.as_str()),
+        &installs,
+        STAGING,
+    );
+    let r = adb.shell(&su(&script))?;
+    if r.status != Some(0) {
+        return Err(DeployError::InstallFailed {
+            dest,
+            serial,
+            status: r
+                .status
+                .map_or_else(|| "killed".to_string(), |c| format!("exit {c}")),
+            detail: r.text(),
+        });
+    }
+    progress(&format!("verifying {} file(s) in {dest}", targets.len()));
+    verify(&adb, &targets, Checkpoint::Installed)?;
+    Ok(Summary {
+        serial,
+        bytes_pushed: changed.iter().map(|(_, e)| e.size).sum(),
+        pushed: changed.iter().map(|(_, e)| e.name.clone()).collect(),
+        unchanged: unchanged.iter().map(|(_, e)| e.name.clone()).collect(),
+    })
+}
+
+/// `512 B`, `3.4 MiB`, `1.2 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_must_be_plain_absolute_paths() {
+        assert!(check_dest("/data/sovereign").is_ok());
+        assert!(check_dest("/data/sovereign test/").is_ok());
+        for bad in [
+            "data/sovereign",
+            "/",
+            "//",
+            "/data/../x",
+            "/data/a\nb",
+            "/a\\b",
+        ] {
+            let e = check_dest(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--dest "), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn local_files_are_checked_against_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"abc").unwrap();
+        assert_eq!(
+            sha256_file(&dir.path().join("a")).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let mut e = Entry {
+            name: "a".into(),
+            size: 3,
+            sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into(),
+            mode: 0o644,
+            deploy: true,
+        };
+        assert!(check_local_sizes(dir.path(), &[&e]).is_ok());
+        assert!(check_local_sums(dir.path(), &[&e]).is_ok());
+        e.size = 4;
+        let err = check_local_sizes(dir.path(), &[&e])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("size 3 bytes, manifest says 4"), "{err}");
+        e.size = 3;
+        e.sha256 = "0".repeat(64);
+        let err = check_local_sums(dir.path(), &[&e]).unwrap_err().to_string();
+        assert!(err.contains("manifest says 0000"), "{err}");
+        e.name = "b".into();
+        let err = check_local_sizes(dir.path(), &[&e])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cannot read"), "{err}");
+    }
+
+    #[test]
+    fn sizes_read_like_people_write_them() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+        assert_eq!(human_bytes(576 << 20), "576.0 MiB");
+    }
+}
