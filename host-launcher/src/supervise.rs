@@ -386,40 +386,28 @@ async fn serve_client(
             }
         }
         Request::Query { sql } => {
-            match guest(
-                &cmd,
-                HostMessage::Query { id: 0, sql },
-                Expect::Query(0),
-                GUEST_QUERY,
-            )
+            let msg = HostMessage::Query { id: 0, sql };
+            guest_result(&cmd, msg, Expect::Query(0), |m| match m {
+                GuestMessage::QueryResult(r) => Ok(Reply::QueryResult(r)),
+                other => Err(format!("{other:?}")),
+            })
             .await
-            {
-                Ok(GuestMessage::QueryResult(r)) => Reply::QueryResult(r),
-                Ok(other) => Reply::Error {
-                    message: format!("unexpected answer {other:?}"),
-                },
-                Err(message) => Reply::Error { message },
-            }
         }
         Request::Probe { probe } => {
             let msg = HostMessage::Probe { id: 0, probe };
-            match guest(&cmd, msg, Expect::Probe(0), GUEST_QUERY).await {
-                Ok(GuestMessage::ProbeResult(r)) => Reply::ProbeResult(r),
-                Ok(other) => Reply::Error {
-                    message: format!("unexpected answer {other:?}"),
-                },
-                Err(message) => Reply::Error { message },
-            }
+            guest_result(&cmd, msg, Expect::Probe(0), |m| match m {
+                GuestMessage::ProbeResult(r) => Ok(Reply::ProbeResult(r)),
+                other => Err(format!("{other:?}")),
+            })
+            .await
         }
         Request::ReadLog { log } => {
             let msg = HostMessage::ReadLog { id: 0, log };
-            match guest(&cmd, msg, Expect::Log(0), GUEST_QUERY).await {
-                Ok(GuestMessage::LogContents(r)) => Reply::LogContents(r),
-                Ok(other) => Reply::Error {
-                    message: format!("unexpected answer {other:?}"),
-                },
-                Err(message) => Reply::Error { message },
-            }
+            guest_result(&cmd, msg, Expect::Log(0), |m| match m {
+                GuestMessage::LogContents(r) => Ok(Reply::LogContents(r)),
+                other => Err(format!("{other:?}")),
+            })
+            .await
         }
         Request::Stop { deadline_secs } => {
             let (tx, rx) = oneshot::channel();
@@ -441,6 +429,22 @@ async fn serve_client(
     };
     if let Err(e) = write_frame(&mut stream, &reply).await {
         log::warn!("cannot answer a client: {e}");
+    }
+}
+
+/// Sends a query-like request (SQL, probe, log read) to the guest and turns the
+/// expected answer into a [`Reply`] with `pick`; anything else becomes an error reply.
+async fn guest_result(
+    cmd: &mpsc::Sender<Command>,
+    msg: HostMessage,
+    expect: Expect,
+    pick: impl FnOnce(GuestMessage) -> Result<Reply, String>,
+) -> Reply {
+    match guest(cmd, msg, expect, GUEST_QUERY).await {
+        Ok(answer) => pick(answer).unwrap_or_else(|other| Reply::Error {
+            message: format!("unexpected answer {other}"),
+        }),
+        Err(message) => Reply::Error { message },
     }
 }
 

@@ -184,7 +184,9 @@ pub fn vm_test_arm64(name: &str) -> Option<Artifacts> {
     require_or_skip(name, result)
 }
 
-fn require_or_skip(name: &str, result: Result<Artifacts, String>) -> Option<Artifacts> {
+/// `Some` when `result` holds what test `name` needs; otherwise prints why the test is
+/// skipped, or fails it under `SOVEREIGN_REQUIRE_VM_TESTS=1`.
+fn require_or_skip<T>(name: &str, result: Result<T, String>) -> Option<T> {
     match result {
         Ok(a) => Some(a),
         Err(why) if std::env::var("SOVEREIGN_REQUIRE_VM_TESTS").as_deref() == Ok("1") => {
@@ -233,14 +235,14 @@ pub fn vm_test(name: &str) -> Option<Artifacts> {
         Some(why) => Err(why),
         None => Artifacts::from_env(),
     };
-    match result {
-        Ok(a) => Some(a),
-        Err(why) if std::env::var("SOVEREIGN_REQUIRE_VM_TESTS").as_deref() == Ok("1") => {
-            panic!("{name} must run here (SOVEREIGN_REQUIRE_VM_TESTS=1) but cannot: {why}")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED {name}: {why}");
-            None
-        }
-    }
+    require_or_skip(name, result)
+}
+
+/// Debian's cloud kernel for test `name`, or `None` after printing why it is skipped
+/// (a failure under `SOVEREIGN_REQUIRE_VM_TESTS=1`).
+pub fn cloud_kernel(a: &Artifacts, name: &str) -> Option<PathBuf> {
+    let found = a.cloud_kernel.clone().ok_or_else(|| {
+        "SOVEREIGN_CLOUD_KERNEL is not set (scripts/fetch-cloud-kernel.sh)".to_string()
+    });
+    require_or_skip(name, found)
 }

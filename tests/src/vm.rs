@@ -13,6 +13,8 @@ use std::process::{Command, Output};
 pub struct VmOptions {
     /// Boot the boot-only initramfs instead of the full root image.
     pub initramfs: bool,
+    /// With `initramfs`: this initramfs instead of the artifact set's.
+    pub initrd: Option<PathBuf>,
     /// A kernel other than the artifact set's (e.g. the Debian cloud kernel).
     pub kernel: Option<PathBuf>,
     /// The stage `start` waits for.
@@ -39,6 +41,7 @@ impl Default for VmOptions {
     fn default() -> Self {
         VmOptions {
             initramfs: false,
+            initrd: None,
             kernel: None,
             wait_for: "ready",
             login_server: None,
@@ -94,7 +97,8 @@ impl Vm {
             opts.wait_for,
         );
         if opts.initramfs {
-            spec.push_str(&format!("initrd = {}\n", toml_str(&a.initramfs)));
+            let initrd = opts.initrd.as_deref().unwrap_or(&a.initramfs);
+            spec.push_str(&format!("initrd = {}\n", toml_str(initrd)));
         }
         if let Some(arch) = opts.arch {
             spec.push_str(&format!("arch = \"{arch}\"\n"));
@@ -137,20 +141,40 @@ impl Vm {
         }
     }
 
-    /// Runs `sovereign VERB --spec <spec> ARGS...`.
-    pub fn cli(&self, verb: &str, args: &[&str]) -> Output {
+    /// `sovereign VERB --spec <spec> ARGS...` as a command, to run here or on another
+    /// thread (a probe that waits for a client, traffic while something breaks).
+    pub fn command(&self, verb: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.sovereign);
         cmd.arg(verb)
             .arg("--spec")
             .arg(&self.spec)
             .args(args)
             .env("SOVEREIGN_HOME", self.home.path());
-        run(&mut cmd)
+        cmd
+    }
+
+    /// Runs `sovereign VERB --spec <spec> ARGS...`.
+    pub fn cli(&self, verb: &str, args: &[&str]) -> Output {
+        run(&mut self.command(verb, args))
     }
 
     /// `sovereign start`; returns its output (check `status` yourself).
     pub fn start(&self) -> Output {
         self.cli("start", &[])
+    }
+
+    /// `sovereign start`, which must succeed; returns what it printed. On failure the
+    /// panic shows the launcher's output and the end of the guest's console.
+    pub fn start_ok(&self) -> String {
+        let o = self.start();
+        let out = text(&o);
+        if !o.status.success() {
+            let console = self.console();
+            let lines: Vec<&str> = console.lines().collect();
+            let tail = lines[lines.len().saturating_sub(60)..].join("\n");
+            panic!("start failed:\n{out}\nconsole tail:\n{tail}");
+        }
+        out
     }
 
     /// `sovereign stop`.
@@ -177,13 +201,7 @@ impl Vm {
 
     /// `sovereign probe ARGS...`: Ok(stdout) or Err(all output).
     pub fn probe(&self, args: &[&str]) -> Result<String, String> {
-        let mut cmd = Command::new(&self.sovereign);
-        cmd.arg("probe")
-            .arg("--spec")
-            .arg(&self.spec)
-            .args(args)
-            .env("SOVEREIGN_HOME", self.home.path());
-        let o = run(&mut cmd);
+        let o = self.cli("probe", args);
         if o.status.success() {
             Ok(String::from_utf8_lossy(&o.stdout).into_owned())
         } else {
@@ -230,6 +248,53 @@ impl Vm {
                 })
                 .unwrap_or(false)
         })
+    }
+}
+
+/// Asserts what every boot must prove in `status --json`: Hello from CID 10, one vsock
+/// device bound to `vmw_vsock_virtio_transport`, two disks bound to `virtio_blk`.
+pub fn assert_boot_devices(status: &serde_json::Value) {
+    assert_eq!(status["hello"]["cid"], 10, "{status:#}");
+    assert_eq!(status["hello"]["version"], 1, "{status:#}");
+    let devices = status["devices"]["devices"]
+        .as_array()
+        .expect("device census in status");
+    let bound = |kind: &str, driver: &str| {
+        devices
+            .iter()
+            .filter(|d| d["kind"] == kind && d["driver"] == driver)
+            .count()
+    };
+    assert_eq!(
+        bound("socket", "vmw_vsock_virtio_transport"),
+        1,
+        "{devices:#?}"
+    );
+    assert_eq!(bound("block", "virtio_blk"), 2, "{devices:#?}");
+    assert_eq!(
+        devices.len(),
+        3,
+        "no other (unbound) virtio device: {devices:#?}"
+    );
+}
+
+/// Asks gvproxy, over its services socket, to forward host `local` to guest `remote`.
+pub fn gvproxy_expose(api: &Path, local: &str, remote: &str) -> Result<(), String> {
+    let body = format!(r#"{{"local":"{local}","remote":"{remote}","protocol":"tcp"}}"#);
+    let o = run(Command::new("curl")
+        .args(["-sS", "--fail-with-body", "--unix-socket"])
+        .arg(api)
+        .args([
+            "-X",
+            "POST",
+            "-d",
+            &body,
+            "http://gvproxy/services/forwarder/expose",
+        ]));
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(text(&o))
     }
 }
 

@@ -1,62 +1,29 @@
 //! The boot chain on real components: our kernel under QEMU (TCG), vhost-device-vsock,
 //! the boot-only initramfs with the real sovereign-init, two virtio-blk disks, driven
-//! through `sovereign start`/`status`/`stop`. And the failures the launcher must
-//! diagnose: a kernel without vsock (Debian's cloud kernel with its modules left out of
-//! the image) and a guest that never reaches the control channel.
+//! through `sovereign start`/`status`/`stop`. A distro kernel whose drivers are all
+//! modules (Debian's cloud kernel) boots too, with PID 1 loading its modules. And the
+//! failures the launcher must diagnose: that kernel without its modules (no vsock),
+//! and a guest that never reaches the control channel.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed step is a failed test
 
-use sovereign_tests::process::text;
-use sovereign_tests::vm::{Vm, VmOptions};
+use sovereign_tests::artifacts::cloud_kernel;
+use sovereign_tests::process::{run, text};
+use sovereign_tests::vm::{assert_boot_devices, Vm, VmOptions};
 use sovereign_tests::vm_test;
+use std::process::Command;
 
-#[test]
-fn boots_to_control_proves_drivers_and_powers_off_cleanly() {
-    let Some(a) = vm_test("boot") else { return };
-    let vm = Vm::new(
-        &a,
-        &VmOptions {
-            initramfs: true,
-            wait_for: "control",
-            ..VmOptions::default()
-        },
-    );
-    let started = vm.start();
-    let out = text(&started);
-    assert!(
-        started.status.success(),
-        "start failed:\n{out}\nconsole:\n{}",
-        vm.console()
-    );
-    for stage in ["init", "devices", "control"] {
-        assert!(out.contains(stage), "start did not report {stage}:\n{out}");
+fn boot_only() -> VmOptions {
+    VmOptions {
+        initramfs: true,
+        wait_for: "control",
+        ..VmOptions::default()
     }
-    assert!(out.contains("up"), "start did not say up:\n{out}");
+}
 
-    let status = vm.status();
-    assert_eq!(status["hello"]["cid"], 10, "{status:#}");
-    assert_eq!(status["hello"]["version"], 1);
-    let devices = status["devices"]["devices"]
-        .as_array()
-        .expect("device census in status");
-    let socket: Vec<_> = devices.iter().filter(|d| d["kind"] == "socket").collect();
-    assert_eq!(socket.len(), 1, "{devices:#?}");
-    assert_eq!(socket[0]["driver"], "vmw_vsock_virtio_transport");
-    let blocks: Vec<_> = devices.iter().filter(|d| d["kind"] == "block").collect();
-    assert_eq!(blocks.len(), 2, "{devices:#?}");
-    assert!(
-        blocks.iter().all(|b| b["driver"] == "virtio_blk"),
-        "{blocks:#?}"
-    );
-    assert!(status["devices"]["problems"]
-        .as_array()
-        .is_some_and(Vec::is_empty));
-    assert_eq!(
-        status["devices"]["missing_kernel_options"],
-        serde_json::json!([]),
-        "our kernel satisfies the fragments"
-    );
-
+/// `stop` succeeds, the guest says it shut down cleanly, the kernel powered off, and
+/// no host process of the VM is left.
+fn assert_clean_stop(vm: &Vm) {
     let stopped = vm.stop();
     assert!(stopped.status.success(), "stop failed: {}", text(&stopped));
     let console = vm.console();
@@ -76,24 +43,40 @@ fn boots_to_control_proves_drivers_and_powers_off_cleanly() {
 }
 
 #[test]
+fn boots_to_control_proves_drivers_and_powers_off_cleanly() {
+    let Some(a) = vm_test("boot") else { return };
+    let vm = Vm::new(&a, &boot_only());
+    let out = vm.start_ok();
+    for stage in ["init", "devices", "control"] {
+        assert!(out.contains(stage), "start did not report {stage}:\n{out}");
+    }
+    assert!(out.contains("up"), "start did not say up:\n{out}");
+    let status = vm.status();
+    assert_boot_devices(&status);
+    assert!(status["devices"]["problems"]
+        .as_array()
+        .is_some_and(Vec::is_empty));
+    assert_eq!(
+        status["devices"]["missing_kernel_options"],
+        serde_json::json!([]),
+        "our kernel satisfies the fragments"
+    );
+    assert_clean_stop(&vm);
+}
+
+#[test]
 fn kernel_without_vsock_fails_at_devices_and_says_why() {
     let Some(a) = vm_test("vsock-missing") else {
         return;
     };
-    let Some(cloud) = a.cloud_kernel.clone() else {
-        if std::env::var("SOVEREIGN_REQUIRE_VM_TESTS").as_deref() == Ok("1") {
-            panic!("SOVEREIGN_CLOUD_KERNEL is required (scripts/fetch-cloud-kernel.sh)");
-        }
-        eprintln!("SKIPPED vsock-missing: SOVEREIGN_CLOUD_KERNEL not set");
+    let Some(cloud) = cloud_kernel(&a, "vsock-missing") else {
         return;
     };
     let vm = Vm::new(
         &a,
         &VmOptions {
-            initramfs: true,
             kernel: Some(cloud),
-            wait_for: "control",
-            ..VmOptions::default()
+            ..boot_only()
         },
     );
     let started = vm.start();
@@ -128,9 +111,11 @@ fn kernel_without_vsock_fails_at_devices_and_says_why() {
         .unwrap()
         .iter()
         .find(|d| d["kind"] == "socket")
-        .cloned()
-        .expect("vsock device enumerated");
-    assert_eq!(vsock["driver"], serde_json::Value::Null);
+        .cloned();
+    assert_eq!(
+        vsock.expect("vsock device enumerated")["driver"],
+        serde_json::Value::Null
+    );
     assert!(
         vm.leftover_processes().is_empty(),
         "left behind: {:?}",
@@ -139,18 +124,66 @@ fn kernel_without_vsock_fails_at_devices_and_says_why() {
 }
 
 #[test]
+fn distro_kernel_boots_with_its_modules_loaded_by_pid1() {
+    let Some(a) = vm_test("distro-kernel-modules") else {
+        return;
+    };
+    let Some(cloud) = cloud_kernel(&a, "distro-kernel-modules") else {
+        return;
+    };
+    // The module tree that belongs to the cloud kernel sits beside it.
+    let tree = std::fs::read_dir(cloud.parent().unwrap().join("modules"))
+        .expect("module tree")
+        .flatten()
+        .next()
+        .expect("one release")
+        .path();
+    let work = tempfile::tempdir().unwrap();
+    let initrd = work.path().join("with-modules.cpio.gz");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-initramfs.sh");
+    let built = run(Command::new(script)
+        .arg("--init")
+        .arg(a.dir.join("sovereign-init"))
+        .arg("--modules-from")
+        .arg(&tree)
+        .arg("--out")
+        .arg(&initrd));
+    assert!(built.status.success(), "{}", text(&built));
+    let vm = Vm::new(
+        &a,
+        &VmOptions {
+            initrd: Some(initrd),
+            kernel: Some(cloud),
+            ..boot_only()
+        },
+    );
+    vm.start_ok();
+    let status = vm.status();
+    let loaded: Vec<&str> = status["devices"]["modules_loaded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m.as_str())
+        .collect();
+    for m in ["vsock", "vmw_vsock_virtio_transport", "virtio_blk"] {
+        assert!(loaded.contains(&m), "PID 1 loaded {m}: {loaded:?}");
+    }
+    assert_boot_devices(&status);
+    assert_clean_stop(&vm);
+}
+
+#[test]
 fn guest_that_never_dials_the_host_fails_at_control_with_console_evidence() {
     let Some(a) = vm_test("control-silent") else {
         return;
     };
-    let mut opts = VmOptions {
-        initramfs: true,
-        wait_for: "control",
-        ..VmOptions::default()
-    };
     // A guest told to dial a port nobody listens on never reaches the control channel.
-    opts.cmdline_extra = vec!["sovereign.control_port=4000".into()];
-    opts.stage_timeout_secs = 20;
+    let opts = VmOptions {
+        cmdline_extra: vec!["sovereign.control_port=4000".into()],
+        stage_timeout_secs: 20,
+        ..boot_only()
+    };
     let vm = Vm::new(&a, &opts);
     let started = vm.start();
     let out = text(&started);

@@ -10,7 +10,7 @@
 use sovereign_tests::lab::Lab;
 use sovereign_tests::process::{run, text, wait_for};
 use sovereign_tests::tailnode::TailNode;
-use sovereign_tests::vm::Vm;
+use sovereign_tests::vm::{gvproxy_expose, Vm};
 use sovereign_tests::vm_test;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -32,23 +32,12 @@ fn psql(peer: &TailNode, password: &str, sql: &str) -> Output {
         .env("PGPASSWORD", password))
 }
 
-fn start_ok(vm: &Vm) -> String {
-    let o = vm.start();
-    let out = text(&o);
-    assert!(
-        o.status.success(),
-        "start failed:\n{out}\nconsole:\n{}",
-        vm.console()
-    );
-    out
-}
-
 #[test]
 fn psql_from_a_second_tailnet_node_reaches_sql_vm_by_name() {
     let Some(a) = vm_test("e2e") else { return };
     let mut lab = Lab::start(&a.tools, "e2e").expect("lab");
     let vm = Vm::new(&a, &lab.vm_options());
-    let out = start_ok(&vm);
+    let out = vm.start_ok();
     for stage in [
         "devices",
         "control",
@@ -139,19 +128,12 @@ fn psql_from_a_second_tailnet_node_reaches_sql_vm_by_name() {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("port");
-    let body =
-        format!(r#"{{"local":"127.0.0.1:{port}","remote":"192.168.127.2:5432","protocol":"tcp"}}"#);
-    let exposed = run(Command::new("curl")
-        .args(["-sS", "--fail-with-body", "--unix-socket"])
-        .arg(vm.run_dir().join("gvproxy-api.sock"))
-        .args([
-            "-X",
-            "POST",
-            "-d",
-            &body,
-            "http://gvproxy/services/forwarder/expose",
-        ]));
-    assert!(exposed.status.success(), "expose: {}", text(&exposed));
+    gvproxy_expose(
+        &vm.run_dir().join("gvproxy-api.sock"),
+        &format!("127.0.0.1:{port}"),
+        "192.168.127.2:5432",
+    )
+    .expect("expose 5432 through gvproxy");
     let via_gvproxy = run(Command::new("psql")
         .args([
             &format!("host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=10"),
@@ -169,7 +151,7 @@ fn psql_from_a_second_tailnet_node_reaches_sql_vm_by_name() {
     let stopped = vm.stop();
     assert!(stopped.status.success(), "stop: {}", text(&stopped));
     assert!(vm.leftover_processes().is_empty(), "stop left processes");
-    start_ok(&vm);
+    vm.start_ok();
     let read = wait_for(Duration::from_secs(90), Duration::from_secs(3), || {
         let o = psql(peer, &password, "select note from witness");
         o.status

@@ -7,11 +7,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed step is a failed test
 
 use sovereign_tests::process::{run, text, wait_for};
-use sovereign_tests::vm::{Vm, VmOptions};
+use sovereign_tests::vm::{gvproxy_expose, Vm, VmOptions};
 use sovereign_tests::vm_test;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,26 +39,6 @@ fn http_server(body: &'static str, stop: Arc<AtomicBool>) -> u16 {
         }
     });
     port
-}
-
-/// Asks gvproxy (over its services socket) to forward host `local` to guest `remote`.
-fn expose(api: &std::path::Path, local: &str, remote: &str) -> Result<(), String> {
-    let body = format!(r#"{{"local":"{local}","remote":"{remote}","protocol":"tcp"}}"#);
-    let o = run(Command::new("curl")
-        .args(["-sS", "--fail-with-body", "--unix-socket"])
-        .arg(api)
-        .args([
-            "-X",
-            "POST",
-            "-d",
-            &body,
-            "http://gvproxy/services/forwarder/expose",
-        ]));
-    if o.status.success() {
-        Ok(())
-    } else {
-        Err(text(&o))
-    }
 }
 
 fn free_port() -> u16 {
@@ -91,13 +70,7 @@ fn guest_network_both_ways_and_recovery_after_gvproxy_restarts() {
             ..VmOptions::default()
         },
     );
-    let started = vm.start();
-    assert!(
-        started.status.success(),
-        "start failed:\n{}\nconsole:\n{}",
-        text(&started),
-        vm.console()
-    );
+    vm.start_ok();
 
     // DNS through gvproxy's resolver.
     let dns = vm
@@ -120,31 +93,24 @@ fn guest_network_both_ways_and_recovery_after_gvproxy_restarts() {
 
     // Host -> guest: gvproxy's expose API to a port the guest listens on.
     let local = format!("127.0.0.1:{}", free_port());
-    expose(
+    gvproxy_expose(
         &vm.run_dir().join("gvproxy-api.sock"),
         &local,
         "192.168.127.2:7070",
     )
     .expect("expose");
-    let server = {
-        let spec = vm.spec.clone();
-        let home = vm.home.path().to_path_buf();
-        let sovereign = a.sovereign.clone();
-        std::thread::spawn(move || {
-            run(Command::new(sovereign)
-                .args(["probe", "--spec"])
-                .arg(spec)
-                .args([
-                    "serve",
-                    "7070",
-                    "--reply",
-                    "hello-from-the-guest",
-                    "--timeout",
-                    "60",
-                ])
-                .env("SOVEREIGN_HOME", home))
-        })
-    };
+    let mut serve = vm.command(
+        "probe",
+        &[
+            "serve",
+            "7070",
+            "--reply",
+            "hello-from-the-guest",
+            "--timeout",
+            "60",
+        ],
+    );
+    let server = std::thread::spawn(move || run(&mut serve));
     let reply = wait_for(Duration::from_secs(60), Duration::from_millis(300), || {
         let mut s = TcpStream::connect(&local).ok()?;
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
@@ -162,27 +128,22 @@ fn guest_network_both_ways_and_recovery_after_gvproxy_restarts() {
     let uptime_before = vm.status()["guest"]["uptime_ms"]
         .as_u64()
         .expect("guest uptime");
-    let traffic = {
-        let spec = vm.spec.clone();
-        let home = vm.home.path().to_path_buf();
-        let sovereign = a.sovereign.clone();
-        std::thread::spawn(move || {
-            for _ in 0..5 {
-                let _ = run(Command::new(&sovereign)
-                    .args(["probe", "--spec"])
-                    .arg(&spec)
-                    .args([
-                        "tcp",
-                        &format!("192.168.127.254:{port}"),
-                        "--send",
-                        "GET / HTTP/1.0\r\n\r\n",
-                        "--timeout",
-                        "3",
-                    ])
-                    .env("SOVEREIGN_HOME", &home));
-            }
-        })
-    };
+    let mut traffic = vm.command(
+        "probe",
+        &[
+            "tcp",
+            &format!("192.168.127.254:{port}"),
+            "--send",
+            "GET / HTTP/1.0\r\n\r\n",
+            "--timeout",
+            "3",
+        ],
+    );
+    let traffic = std::thread::spawn(move || {
+        for _ in 0..5 {
+            let _ = run(&mut traffic);
+        }
+    });
     let gvproxy = vm.pid_of("gvproxy").expect("gvproxy runs");
     // SAFETY: kill(2) on a pid we just read from /proc.
     unsafe {
