@@ -12,7 +12,7 @@ source "$(dirname "$0")/lib.sh"
 tools_path
 init=${1:-$SOVEREIGN_CACHE/out/x86_64/sovereign-init}
 [ -x "$init" ] || die "$init not found: run scripts/build-images.sh --arch x86_64 or pass the binary"
-"$SOVEREIGN_ROOT/scripts/build-go-tools.sh" x86_64
+"$SOVEREIGN_ROOT/scripts/build-go-tools.sh" x86_64 --bench
 mb=${SOVEREIGN_BENCH_MB:-256}
 rounds=${SOVEREIGN_BENCH_ROUNDS:-3}
 

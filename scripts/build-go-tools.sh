@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Builds the pinned Go programs for one target architecture:
-#   x86_64: gvproxy, tailscale, tailscaled, headscale for linux/amd64 (host and guest),
-#           and upstream's gvforwarder (cmd/vm), the peer of the forwarder benchmark
+#   x86_64: gvproxy, tailscale, tailscaled, headscale for linux/amd64 (host and guest);
+#           with --bench also upstream's gvforwarder (cmd/vm), the forwarder benchmark's peer
 #   arm64:  gvproxy for android/arm64 (the phone), tailscale and tailscaled for
 #           linux/arm64 (the guest)
 # Results are cached under $SOVEREIGN_CACHE/go/<goos>-<goarch>/<tool>-<version>/ and the
 # host's tools are linked into $SOVEREIGN_CACHE/bin. Prints nothing when all are cached.
 source "$(dirname "$0")/lib.sh"
-arch=${1:?usage: build-go-tools.sh x86_64|arm64}
+arch=${1:?usage: build-go-tools.sh x86_64|arm64 [--bench]}
+bench=${2:-}
 goarch=$(go_arch "$arch")
 command -v go >/dev/null || die "Go is required to build gvproxy, tailscale and headscale"
 
@@ -42,12 +43,15 @@ case "$goarch" in
       "github.com/containers/gvisor-tap-vsock/cmd/gvproxy $GVPROXY_VERSION gvproxy" \
       "tailscale.com/cmd/tailscaled $TAILSCALE_VERSION tailscaled" \
       "tailscale.com/cmd/tailscale $TAILSCALE_VERSION tailscale" \
-      "github.com/juanfont/headscale/cmd/headscale $HEADSCALE_VERSION headscale" \
-      "github.com/containers/gvisor-tap-vsock/cmd/vm $GVPROXY_VERSION gvforwarder"; do
+      "github.com/juanfont/headscale/cmd/headscale $HEADSCALE_VERSION headscale"; do
       set -- $spec
       bin=$(install_go_tool linux "$1" "$2" "$3")
       ln -sf "$bin" "$SOVEREIGN_CACHE/bin/$3"
     done
+    if [ "$bench" = --bench ]; then
+      bin=$(install_go_tool linux github.com/containers/gvisor-tap-vsock/cmd/vm "$GVPROXY_VERSION" gvforwarder)
+      ln -sf "$bin" "$SOVEREIGN_CACHE/bin/gvforwarder"
+    fi
     ;;
   arm64)
     install_go_tool android github.com/containers/gvisor-tap-vsock/cmd/gvproxy "$GVPROXY_VERSION" gvproxy >/dev/null

@@ -9,16 +9,21 @@
 # The data disk is not part of the set: `sovereign start` creates it sparse where the
 # VM runs (adb push would expand a sparse file to its full 4 GiB).
 #
-# usage: scripts/build-images.sh --arch x86_64|arm64 [--out DIR]
-# Prints the output directory as the last line (default $SOVEREIGN_CACHE/out/<arch>).
+# usage: scripts/build-images.sh --arch x86_64|arm64 [--out DIR] [--boot-only]
+#   --boot-only  only what a boot test to the control stage needs: kernel,
+#                sovereign-init, sovereign and the boot initramfs (no Debian root image,
+#                no gvproxy, no spec)
+# Prints the output directory as the last line (default $SOVEREIGN_CACHE/out/<arch>,
+# or <arch>-boot with --boot-only).
 source "$(dirname "$0")/lib.sh"
 
-arch="" out=""
+arch="" out="" boot_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
+    --boot-only) boot_only=1; shift ;;
     --arch) [ $# -ge 2 ] || die "--arch needs x86_64 or arm64"; arch=$2; shift 2 ;;
     --out) [ $# -ge 2 ] || die "--out needs a directory"; out=$2; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -29,7 +34,11 @@ case "$deb" in
   amd64) arch=x86_64 kernel_name=bzImage gvproxy_os=linux ;;
   arm64) arch=arm64 kernel_name=Image gvproxy_os=android ;;
 esac
-out=${out:-$SOVEREIGN_CACHE/out/$arch}
+if [ "$boot_only" = 1 ]; then
+  out=${out:-$SOVEREIGN_CACHE/out/$arch-boot}
+else
+  out=${out:-$SOVEREIGN_CACHE/out/$arch}
+fi
 mkdir -p "$out"
 cd "$SOVEREIGN_ROOT"
 
@@ -43,27 +52,32 @@ kernel_dir=$(scripts/build-kernel.sh "$arch" | tail -n1)
 install -m 0644 "$kernel_dir/$kernel_name" "$out/$kernel_name"
 install -m 0644 "$kernel_dir/config" "$out/kernel.config"
 
-scripts/build-go-tools.sh "$arch" >&2
-gvproxy=$(ls "$SOVEREIGN_CACHE"/go/"$gvproxy_os-$deb"/gvproxy-"$GVPROXY_VERSION"/gvproxy)
-install -m 0755 "$gvproxy" "$out/gvproxy"
-
-root=$(scripts/build-rootfs.sh "$arch" --init "$out/sovereign-init" --out "$out" | tail -n1)
-[ "$root" = "$out/root.img" ] || die "build-rootfs.sh wrote $root, expected $out/root.img"
 scripts/build-initramfs.sh --init "$out/sovereign-init" --out "$out/boot-initramfs.cpio.gz" >/dev/null
+files=("$kernel_name" sovereign-init sovereign boot-initramfs.cpio.gz kernel.config)
 
-# The default spec, resolved by the launcher itself as it would be on the target.
-if [ "$arch" = x86_64 ]; then
-  SOVEREIGN_HOME=/var/lib/sovereign "$out/sovereign" spec --sql >"$out/sql.toml"
-else
-  command -v qemu-aarch64-static >/dev/null || die "qemu-aarch64-static is needed to render the phone's spec (scripts/ci-deps.sh)"
-  ANDROID_ROOT=/system qemu-aarch64-static "$out/sovereign" spec --sql >"$out/sql.toml"
+if [ "$boot_only" = 0 ]; then
+  scripts/build-go-tools.sh "$arch" >&2
+  gvproxy=$(ls "$SOVEREIGN_CACHE"/go/"$gvproxy_os-$deb"/gvproxy-"$GVPROXY_VERSION"/gvproxy)
+  install -m 0755 "$gvproxy" "$out/gvproxy"
+
+  root=$(scripts/build-rootfs.sh "$arch" --init "$out/sovereign-init" --out "$out" | tail -n1)
+  [ "$root" = "$out/root.img" ] || die "build-rootfs.sh wrote $root, expected $out/root.img"
+
+  # The default spec, resolved by the launcher itself as it would be on the target.
+  if [ "$arch" = x86_64 ]; then
+    SOVEREIGN_HOME=/var/lib/sovereign "$out/sovereign" spec --sql >"$out/sql.toml"
+  else
+    command -v qemu-aarch64-static >/dev/null || die "qemu-aarch64-static is needed to render the phone's spec (scripts/ci-deps.sh)"
+    ANDROID_ROOT=/system qemu-aarch64-static "$out/sovereign" spec --sql >"$out/sql.toml"
+  fi
+  files+=(root.img gvproxy sql.toml)
 fi
 
 # manifest.json: what each file is, its size and SHA-256, and how deploy treats it.
 {
   printf '{\n  "arch": "%s",\n  "files": [\n' "$arch"
   first=1
-  for f in "$kernel_name" root.img sovereign-init sovereign gvproxy sql.toml boot-initramfs.cpio.gz kernel.config; do
+  for f in "${files[@]}"; do
     size=$(stat -c %s "$out/$f")
     sum=$(sha256sum "$out/$f" | cut -d' ' -f1)
     case "$f" in

@@ -5,18 +5,22 @@
 # unmet) and again in the built image's embedded config.
 #
 # Output: $SOVEREIGN_CACHE/kernel/<arch>-<hash>/{bzImage|Image,config}, keyed by the
-# fragments, this script and the linux-source package version. A complete output
-# directory is reused as is. The last line on stdout is the output directory (with
-# --config-only: the checked .config); everything else goes to stderr.
+# fragments, the configure-and-build part of this script and the linux-source package
+# version. A complete output directory is reused as is. The last line on stdout is the
+# output directory (with --config-only: the checked .config); everything else goes to
+# stderr. --cached only answers whether the kernel is cached (exit 0 and its directory)
+# or not (exit 3), building nothing.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 usage() {
   cat >&2 <<'EOF'
-usage: scripts/build-kernel.sh ARCH [--config-only]
+usage: scripts/build-kernel.sh ARCH [--config-only | --cached]
 
   ARCH           x86_64 (or amd64) | arm64 (or aarch64)
   --config-only  stop after the checked .config and print its path
+  --cached       build nothing: exit 0 and print the directory if this kernel is
+                 cached, exit 3 if not
 
 Builds the guest kernel (bzImage for x86_64, Image for arm64) from
 /usr/src/linux-source-6.12.tar.xz (scripts/ci-deps.sh installs it) and prints
@@ -27,10 +31,12 @@ EOF
 
 arch=
 config_only=false
+cached_only=false
 for a in "$@"; do
   case "$a" in
     -h|--help) usage; exit 0 ;;
     --config-only) config_only=true ;;
+    --cached) cached_only=true ;;
     -*) usage; die "unknown option '$a'" ;;
     *) [ -z "$arch" ] || { usage; die "more than one ARCH given ('$arch', '$a')"; }
        arch=$a ;;
@@ -52,7 +58,10 @@ src_version=$(dpkg-query -W -f='${Version}' "linux-source-$KERNEL_SERIES" 2>/dev
 src_key=$(printf '%s' "$src_version" | tr -c 'A-Za-z0-9.-' '_')
 
 cd "$SOVEREIGN_ROOT"
-hash=$(hash_inputs kernel-config/fragments scripts/build-kernel.sh -- "linux-source-$KERNEL_SERIES=$src_version")
+# Only what shapes the kernel counts: editing messages or options above does not
+# invalidate a 10-30 minute build.
+recipe=$(sed -n '/^# --- configure/,$p' scripts/build-kernel.sh)
+hash=$(hash_inputs kernel-config/fragments -- "linux-source-$KERNEL_SERIES=$src_version" "$recipe")
 out=$SOVEREIGN_CACHE/kernel/$arch-$hash
 
 complete() { [ -s "$out/$image" ] && [ -s "$out/config" ]; }
@@ -61,6 +70,7 @@ if complete; then
   if $config_only; then echo "$out/config"; else echo "$out"; fi
   exit 0
 fi
+$cached_only && exit 3
 
 mkdir -p "$SOVEREIGN_CACHE/kernel" "$SOVEREIGN_CACHE/src"
 # One kernel job at a time per cache: they share the source tree and two cores.

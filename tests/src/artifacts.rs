@@ -11,7 +11,8 @@ pub struct Artifacts {
     pub dir: PathBuf,
     /// Guest kernel (bzImage or Image).
     pub kernel: PathBuf,
-    /// Full root image (Debian, PostgreSQL, tailscale, sovereign-init).
+    /// Full root image (Debian, PostgreSQL, tailscale, sovereign-init); absent from a
+    /// `--boot-only` set, which only boots the initramfs.
     pub root_image: PathBuf,
     /// Boot-only initramfs (sovereign-init alone).
     pub initramfs: PathBuf,
@@ -78,7 +79,7 @@ impl Artifacts {
         }
         Ok(Artifacts {
             kernel: existing(dir.join(kernel_name))?,
-            root_image: existing(dir.join("root.img"))?,
+            root_image: dir.join("root.img"),
             initramfs: existing(dir.join("boot-initramfs.cpio.gz"))?,
             sovereign: existing(dir.join("sovereign"))?,
             cloud_kernel: std::env::var_os("SOVEREIGN_CLOUD_KERNEL")
@@ -95,7 +96,7 @@ impl Artifacts {
     }
 
     /// The arm64 set named by `$SOVEREIGN_ARM64_ARTIFACTS` (output of
-    /// `scripts/build-images.sh --arch arm64`): its Image, root image and boot initramfs
+    /// `scripts/build-images.sh --arch arm64 [--boot-only]`): its Image and boot initramfs
     /// hold the guest's code, while `sovereign` is this host's launcher
     /// ([`host_launcher`]), since the set's own launcher is an aarch64 binary.
     pub fn from_env_arm64() -> Result<Artifacts, String> {

@@ -83,6 +83,11 @@ impl Vm {
                 .and_then(|f| f.set_len(64 << 20))
                 .expect("blank root disk");
         } else {
+            assert!(
+                a.root_image.exists(),
+                "{} is missing: this artifact set was built with --boot-only",
+                a.root_image.display()
+            );
             let o = run(Command::new("cp")
                 .args(["--sparse=always"])
                 .arg(&a.root_image)
