@@ -48,7 +48,8 @@ PY
 python3 "$work/server.py" "$port" "$work/www" &
 pids+=($!)
 
-start_pair() { # NAME: gvproxy + forwarder in namespace sov-bench-NAME; prints the forwarder's pid
+fwd=""
+start_pair() { # NAME: gvproxy + forwarder in namespace sov-bench-NAME; sets $fwd to the forwarder's pid
   local name=$1 ns=sov-bench-$1 sock=$work/$1.sock
   ip netns del "$ns" 2>/dev/null || true
   ip netns add "$ns"
@@ -65,20 +66,19 @@ start_pair() { # NAME: gvproxy + forwarder in namespace sov-bench-NAME; prints t
     ip -n "$ns" route add default via 192.168.127.1
     ip netns exec "$ns" gvforwarder -url "unix://$sock" -iface tap0 -mtu 1500 -preexisting -stop-if-exist "" >"$work/$name.log" 2>&1 &
   fi
-  local fwd=$!
+  fwd=$!
   pids+=("$fwd")
   for _ in $(seq 100); do
     ip netns exec "$ns" curl -s -o /dev/null --max-time 2 "http://192.168.127.254:$port/" && break
     sleep 0.2
   done
-  echo "$fwd"
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 declare -A down up hwm
 for name in sovereign upstream; do
-  fwd=$(start_pair "$name")
+  start_pair "$name"
   ns=sov-bench-$name
   d=() u=()
   for _ in $(seq "$rounds"); do
