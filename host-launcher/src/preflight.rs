@@ -124,14 +124,14 @@ pub fn checks() -> Vec<CheckFn> {
         gvproxy,
         cid_free,
         kernel_options,
+        data_disk_space,
     ]
 }
 
-/// Checks that only mean something on Android: the SELinux mode (reported), VMs the
-/// launcher did not start that hold the CID (another app's crosvm), and room on /data
-/// for the data disk.
+/// Checks that only mean something on Android: the SELinux mode (reported) and VMs
+/// the launcher did not start that hold the CID (another app's crosvm).
 pub fn android_checks() -> Vec<CheckFn> {
-    vec![selinux, foreign_cid, data_disk_space]
+    vec![selinux, foreign_cid]
 }
 
 /// Runs every applicable check.
@@ -139,8 +139,6 @@ pub fn run(spec: &Spec, env: &HostEnv) -> Report {
     let mut list = checks();
     if env.android {
         list.extend(android_checks());
-    } else {
-        list.push(free_space);
     }
     Report {
         checks: list.into_iter().filter_map(|c| c(spec, env)).collect(),
@@ -533,7 +531,7 @@ fn data_disk_space(spec: &Spec, _env: &HostEnv) -> Option<Check> {
             return Some(Check::warn(
                 NAME,
                 format!("cannot read free space of {}: {e}", dir.display()),
-                "check it yourself with `df -h /data`",
+                format!("check it yourself with `df -h {}`", dir.display()),
             ))
         }
     };
@@ -549,7 +547,10 @@ fn data_disk_space(spec: &Spec, _env: &HostEnv) -> Option<Check> {
                 disk.display(),
                 spec.data_disk.size_gib
             ),
-            "free space on /data, or set a smaller data_disk.size_gib in a spec file",
+            format!(
+                "free space on {}, or set a smaller data_disk.size_gib in a spec file",
+                dir.display()
+            ),
         ),
         Err(_) => Check::pass(
             NAME,
@@ -582,39 +583,13 @@ fn data_disk_space(spec: &Spec, _env: &HostEnv) -> Option<Check> {
                         dir.display(),
                         gib(grow)
                     ),
-                    "free space on /data before the database fills it",
+                    format!(
+                        "free space on {} before the database fills it",
+                        dir.display()
+                    ),
                 )
             }
         }
-    })
-}
-
-fn free_space(spec: &Spec, _env: &HostEnv) -> Option<Check> {
-    const NAME: &str = "free space";
-    let dir = spec.data_disk.path.parent().and_then(existing_ancestor)?;
-    let st = nix::sys::statvfs::statvfs(dir).ok()?;
-    let free = st.blocks_available() as u64 * st.fragment_size() as u64;
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    let allocated = std::fs::metadata(&spec.data_disk.path)
-        .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
-        .unwrap_or(0);
-    let want = (spec.data_disk.size_gib << 30).saturating_sub(allocated);
-    Some(if free >= want {
-        Check::pass(
-            NAME,
-            format!("{:.1} GiB free on {}", gib(free), dir.display()),
-        )
-    } else {
-        Check::warn(
-            NAME,
-            format!(
-                "{:.1} GiB free on {}, the sparse data disk may grow {:.1} GiB more",
-                gib(free),
-                dir.display(),
-                gib(want)
-            ),
-            "free space or shrink data_disk.size_gib before the database fills it",
-        )
     })
 }
 
