@@ -11,7 +11,7 @@ use crate::control::ControlLink;
 use crate::report::Reporter;
 use crate::services::Services;
 use crate::{datadisk, devices, net, postgres, shutdown, tailscale};
-use protocol::messages::{GuestMessage, GuestStatus, Hello, HostMessage, QueryResult};
+use protocol::messages::{GuestMessage, GuestStatus, Hello, HostMessage, QueryResult, TailnetInfo};
 use protocol::{GuestConfig, Stage, StageState};
 use serde_json::json;
 use std::path::Path;
@@ -255,32 +255,14 @@ fn bring_up(boot: &BootConfig, config: &GuestConfig, guest: &Guest) {
         StageState::Started,
         json!({ "hostname": config.hostname }),
     );
-    let tailnet = match tailscale::Tailscale::start(&config.tailscale) {
-        Ok(ts) => {
-            let ts = Arc::new(ts);
-            guest.services().tailscale = Some(Arc::clone(&ts));
-            match ts.join(
-                &config.tailscale,
-                &config.hostname,
-                Duration::from_secs(150),
-            ) {
-                Ok(info) => {
-                    reporter.stage(
-                        Stage::Tailscale,
-                        StageState::Ready,
-                        json!({ "name": info.name, "ips": info.ips }),
-                    );
-                    Some(info)
-                }
-                Err(e) => {
-                    reporter.stage(
-                        Stage::Tailscale,
-                        StageState::Failed,
-                        json!({ "error": e.to_string() }),
-                    );
-                    None
-                }
-            }
+    let tailnet = match join_tailnet(config, guest) {
+        Ok(info) => {
+            reporter.stage(
+                Stage::Tailscale,
+                StageState::Ready,
+                json!({ "name": info.name, "ips": info.ips }),
+            );
+            Some(info)
         }
         Err(e) => {
             reporter.stage(
@@ -319,6 +301,21 @@ fn bring_up(boot: &BootConfig, config: &GuestConfig, guest: &Guest) {
 }
 
 /// Reports `ready` (or why not) from the other stages' states.
+/// Starts tailscaled under supervision (kept in `guest` even when the join fails, so
+/// shutdown stops it) and joins the tailnet.
+fn join_tailnet(
+    config: &GuestConfig,
+    guest: &Guest,
+) -> Result<TailnetInfo, tailscale::TailscaleError> {
+    let ts = Arc::new(tailscale::Tailscale::start(&config.tailscale)?);
+    guest.services().tailscale = Some(Arc::clone(&ts));
+    ts.join(
+        &config.tailscale,
+        &config.hostname,
+        Duration::from_secs(150),
+    )
+}
+
 fn report_ready(reporter: &Reporter) {
     let before_ready = [
         Stage::Devices,
