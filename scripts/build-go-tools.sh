@@ -10,7 +10,9 @@ source "$(dirname "$0")/lib.sh"
 arch=${1:?usage: build-go-tools.sh x86_64|arm64 [--bench]}
 bench=${2:-}
 goarch=$(go_arch "$arch")
-command -v go >/dev/null || die "Go is required to build gvproxy, tailscale and headscale"
+command -v go >/dev/null || die "Go is required to build gvproxy, tailscale and headscale (scripts/ci-deps.sh installs it)"
+# The build modules say `go 1.26`: an older local Go switches to that toolchain.
+export GOTOOLCHAIN=auto
 
 # install_go_tool GOOS PACKAGE VERSION NAME
 # Builds in a throwaway module that requires the pinned version, which also works for

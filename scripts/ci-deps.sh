@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the build and the tests need on a Debian 12 machine, idempotently:
-# Debian packages (QEMU 10 and linux-source 6.12 from bookworm-backports), the Rust
-# musl targets, a nightly toolchain for cargo-fuzz, and vhost-device-vsock.
+# Debian packages (QEMU 10 and linux-source 6.12 from bookworm-backports), Go when the
+# machine has none, the Rust musl targets, a nightly toolchain for cargo-fuzz, and
+# vhost-device-vsock.
 # Re-running it is cheap: each step checks first.
 source "$(dirname "$0")/lib.sh"
 
@@ -35,6 +36,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends -t bookworm-backports \
     "${backports_pkgs[@]}" >/dev/null
   apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+
+# --- Go: any Go >= 1.21 will do; the builds ask for go 1.26 and Go fetches that
+# toolchain through the module proxy (GOTOOLCHAIN=auto in build-go-tools.sh) ------------
+if ! command -v go >/dev/null; then
+  log "installing Go from bookworm-backports (it fetches the pinned toolchain itself)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    -t bookworm-backports golang-go >/dev/null
 fi
 
 # --- Rust ------------------------------------------------------------------------------
