@@ -85,13 +85,19 @@ fn main() {
         "PostgreSQL is up in the VM and reachable only over the tailnet. From the second node:"
     );
     println!();
+    // The commands need root: say `sudo` when the demo itself was started through it.
+    let sudo = if std::env::var_os("SUDO_USER").is_some() {
+        "sudo "
+    } else {
+        ""
+    };
     println!(
-        "  sudo ip netns exec sov-demo env PGPASSWORD=\"$(sudo cat {})\" psql \"host=sql-vm user=postgres dbname=postgres\"",
+        "  {sudo}ip netns exec sov-demo env PGPASSWORD=\"$({sudo}cat {})\" psql \"host=sql-vm user=postgres dbname=postgres\"",
         password_file.display()
     );
     println!();
     println!(
-        "Status: sudo SOVEREIGN_HOME={} {} status --spec {}",
+        "Status: {sudo}env SOVEREIGN_HOME={} {} status --spec {}",
         vm.home.path().display(),
         a.sovereign.display(),
         vm.spec.display()
