@@ -387,27 +387,15 @@ async fn serve_client(
         }
         Request::Query { sql } => {
             let msg = HostMessage::Query { id: 0, sql };
-            guest_result(&cmd, msg, Expect::Query(0), |m| match m {
-                GuestMessage::QueryResult(r) => Ok(Reply::QueryResult(r)),
-                other => Err(format!("{other:?}")),
-            })
-            .await
+            guest_result(&cmd, msg, Expect::Query(0)).await
         }
         Request::Probe { probe } => {
             let msg = HostMessage::Probe { id: 0, probe };
-            guest_result(&cmd, msg, Expect::Probe(0), |m| match m {
-                GuestMessage::ProbeResult(r) => Ok(Reply::ProbeResult(r)),
-                other => Err(format!("{other:?}")),
-            })
-            .await
+            guest_result(&cmd, msg, Expect::Probe(0)).await
         }
         Request::ReadLog { log } => {
             let msg = HostMessage::ReadLog { id: 0, log };
-            guest_result(&cmd, msg, Expect::Log(0), |m| match m {
-                GuestMessage::LogContents(r) => Ok(Reply::LogContents(r)),
-                other => Err(format!("{other:?}")),
-            })
-            .await
+            guest_result(&cmd, msg, Expect::Log(0)).await
         }
         Request::Stop { deadline_secs } => {
             let (tx, rx) = oneshot::channel();
@@ -434,16 +422,15 @@ async fn serve_client(
 
 /// Sends a query-like request (SQL, probe, log read) to the guest and turns the
 /// expected answer into a [`Reply`] with `pick`; anything else becomes an error reply.
-async fn guest_result(
-    cmd: &mpsc::Sender<Command>,
-    msg: HostMessage,
-    expect: Expect,
-    pick: impl FnOnce(GuestMessage) -> Result<Reply, String>,
-) -> Reply {
+/// Relays a query, probe or log request to the guest and turns its answer into the reply.
+async fn guest_result(cmd: &mpsc::Sender<Command>, msg: HostMessage, expect: Expect) -> Reply {
     match guest(cmd, msg, expect, GUEST_QUERY).await {
-        Ok(answer) => pick(answer).unwrap_or_else(|other| Reply::Error {
-            message: format!("unexpected answer {other}"),
-        }),
+        Ok(GuestMessage::QueryResult(r)) => Reply::QueryResult(r),
+        Ok(GuestMessage::ProbeResult(r)) => Reply::ProbeResult(r),
+        Ok(GuestMessage::LogContents(r)) => Reply::LogContents(r),
+        Ok(other) => Reply::Error {
+            message: format!("unexpected answer {other:?}"),
+        },
         Err(message) => Reply::Error { message },
     }
 }
