@@ -166,6 +166,7 @@ fn devices_stage(boot: &BootConfig, reporter: &Reporter) {
         "waited_ms": report.waited_ms,
         "problems": report.problems,
         "missing_kernel_options": report.missing_kernel_options,
+        "init_rss_kib": report.init_rss_kib,
     });
     reporter.set_devices(report);
     reporter.stage(Stage::Devices, state, summary);

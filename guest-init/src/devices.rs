@@ -99,5 +99,37 @@ pub fn run(wait: Duration, extra_modules: &[String]) -> DeviceReport {
         }
         Err(why) => report.kernel_config = why,
     }
+    report.init_rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| vm_rss_kib(&status));
     report
+}
+
+/// The `VmRSS:` value (KiB) of a /proc/<pid>/status text.
+fn vm_rss_kib(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vm_rss_kib;
+
+    #[test]
+    fn vm_rss_is_read_from_proc_status() {
+        let status =
+            "Name:\tsovereign-init\nVmPeak:\t   9000 kB\nVmRSS:\t    2312 kB\nThreads:\t3\n";
+        assert_eq!(vm_rss_kib(status), Some(2312));
+        assert_eq!(vm_rss_kib("Name:\tkthreadd\nThreads:\t1\n"), None);
+        assert_eq!(vm_rss_kib("VmRSS:\tlots kB\n"), None);
+    }
+
+    #[test]
+    fn this_process_has_a_resident_size() {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(vm_rss_kib(&status).is_some_and(|k| k > 0), "{status}");
+    }
 }

@@ -91,7 +91,7 @@ pub enum Progress {
     /// A stage was accepted.
     Accepted(StageLine),
     /// The boot failed; nothing more will be accepted.
-    Failed(Failure),
+    Failed(Box<Failure>),
     /// The spec's `wait_for` stage was accepted: the VM is up.
     Up,
 }
@@ -441,7 +441,7 @@ impl Readiness {
             problems,
         };
         self.finished = Some(Err(failure.clone()));
-        vec![Progress::Failed(failure)]
+        vec![Progress::Failed(Box::new(failure))]
     }
 
     fn evidence(&self, stage: Stage) -> bool {
@@ -640,7 +640,7 @@ pub(crate) mod tests {
 
     fn failed(p: &[Progress]) -> Option<&Failure> {
         p.iter().find_map(|p| match p {
-            Progress::Failed(f) => Some(f),
+            Progress::Failed(f) => Some(&**f),
             _ => None,
         })
     }

@@ -77,6 +77,9 @@ pub fn device_table(r: &DeviceReport) -> String {
         "    kernel config: {}; waited {} ms",
         r.kernel_config, r.waited_ms
     );
+    if let Some(kib) = r.init_rss_kib {
+        let _ = writeln!(out, "    sovereign-init resident memory: {kib} KiB");
+    }
     out
 }
 

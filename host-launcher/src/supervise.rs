@@ -592,7 +592,7 @@ impl Supervisor {
                             supervisor_pid: std::process::id(),
                         }));
                     }
-                    Progress::Failed(f) => return Flow::Exit(self.fail(f).await),
+                    Progress::Failed(f) => return Flow::Exit(self.fail(*f).await),
                 }
             }
             match self.send_config_if_due().await {

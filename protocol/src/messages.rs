@@ -184,6 +184,10 @@ pub struct DeviceReport {
     pub waited_ms: u64,
     /// One line per unbound device saying why, as far as the kernel can tell.
     pub problems: Vec<String>,
+    /// PID 1's resident memory when the census was taken (VmRSS, KiB), so the init's
+    /// own footprint is visible on every boot; `None` when /proc could not tell.
+    #[serde(default)]
+    pub init_rss_kib: Option<u64>,
 }
 
 impl DeviceReport {

@@ -281,6 +281,13 @@ pub fn assert_boot_devices(status: &serde_json::Value) {
         3,
         "no other (unbound) virtio device: {devices:#?}"
     );
+    // PID 1 reports its own resident memory; a static init should stay small.
+    let rss = status["devices"]["init_rss_kib"].as_u64();
+    assert!(
+        rss.is_some_and(|kib| kib > 0 && kib < 16 * 1024),
+        "sovereign-init resident memory {rss:?} KiB: {status:#}"
+    );
+    println!("sovereign-init resident memory at the census: {rss:?} KiB");
 }
 
 /// Asks gvproxy, over its services socket, to forward host `local` to guest `remote`.
