@@ -4,7 +4,8 @@
 #   2. cargo fmt --check, clippy -D warnings, unit and CLI tests
 #   3. kernel option check for arm64 (olddefconfig + checker) and the aarch64 launcher
 #      (static, right machine, --help and a spec validation under qemu-aarch64)
-#   4. builds the x86_64 artifact set and boots it: boot chain, vsock-missing
+#   4. builds the x86_64 artifact set, proves from their ELF headers that both musl
+#      builds of both binaries are static, and boots it: boot chain, vsock-missing
 #      diagnosis, networking through gvproxy, PostgreSQL durability, and the
 #      end-to-end psql-over-Tailscale witness (root; never skipped here)
 #   5. fuzzes the wire codecs for a bounded time
@@ -36,9 +37,9 @@ step "x86_64 artifacts"
 artifacts=$(scripts/build-images.sh --arch x86_64 | tail -n1)
 cloud=$(scripts/fetch-cloud-kernel.sh | tail -n1)
 
-step "VM tests (QEMU TCG, real gvproxy, headscale, tailscale, PostgreSQL)"
+step "static musl builds, then VM tests (QEMU TCG, real gvproxy, headscale, tailscale, PostgreSQL)"
 SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_CLOUD_KERNEL=$cloud/vmlinuz SOVEREIGN_REQUIRE_VM_TESTS=1 \
-  cargo test -p sovereign-tests --locked \
+  cargo test -p sovereign-tests --locked --test static_builds \
     --test boot --test forwarder --test network --test postgres --test e2e -- --test-threads=1
 
 step "fuzzing the codecs (${SOVEREIGN_FUZZ_SECONDS:-60}s per target)"

@@ -110,12 +110,21 @@ impl Artifacts {
 }
 
 /// ELF `e_machine` of this host's architecture.
-fn host_elf_machine() -> u16 {
+fn host_elf_machine() -> object::elf::Machine {
     if cfg!(target_arch = "aarch64") {
-        183
+        object::elf::EM_AARCH64
     } else {
-        62 // x86_64
+        object::elf::EM_X86_64
     }
+}
+
+/// Cargo's target directory of this workspace (`$CARGO_TARGET_DIR` or `target/`), where
+/// the scripts' musl builds land.
+pub fn workspace_target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
 /// A `sovereign` binary that runs on this host, for tests that boot a foreign guest:
@@ -132,8 +141,7 @@ pub fn host_launcher() -> Result<PathBuf, String> {
     } else if let Some(dir) = env_path("SOVEREIGN_ARTIFACTS") {
         vec![dir.join("sovereign")]
     } else {
-        let target = env_path("CARGO_TARGET_DIR")
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        let target = workspace_target_dir();
         let host_musl = format!(
             "{}-unknown-linux-musl",
             if cfg!(target_arch = "aarch64") {
@@ -152,11 +160,10 @@ pub fn host_launcher() -> Result<PathBuf, String> {
         found.into_iter().rev().map(|(_, p)| p).collect()
     };
     for p in &candidates {
-        let Ok(bytes) = std::fs::read(p) else {
+        if !p.exists() {
             continue;
-        };
-        let machine = bytes.get(18..20).map(|b| u16::from_le_bytes([b[0], b[1]]));
-        if bytes.starts_with(b"\x7fELF") && machine == Some(host_elf_machine()) {
+        }
+        if crate::elf::inspect(p).is_ok_and(|f| f.machine == host_elf_machine()) {
             return Ok(p.clone());
         }
         return Err(format!(
@@ -187,7 +194,7 @@ pub fn vm_test_arm64(name: &str) -> Option<Artifacts> {
 
 /// `Some` when `result` holds what test `name` needs; otherwise prints why the test is
 /// skipped, or fails it under `SOVEREIGN_REQUIRE_VM_TESTS=1`.
-fn require_or_skip<T>(name: &str, result: Result<T, String>) -> Option<T> {
+pub fn require_or_skip<T>(name: &str, result: Result<T, String>) -> Option<T> {
     match result {
         Ok(a) => Some(a),
         Err(why) if std::env::var("SOVEREIGN_REQUIRE_VM_TESTS").as_deref() == Ok("1") => {
