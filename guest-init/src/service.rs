@@ -61,6 +61,19 @@ impl Service {
         self.shared.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Waits up to `left` for the supervising thread to change the state.
+    fn wait_change<'a>(
+        &'a self,
+        st: std::sync::MutexGuard<'a, State>,
+        left: Duration,
+    ) -> std::sync::MutexGuard<'a, State> {
+        self.shared
+            .1
+            .wait_timeout(st, left)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|p| p.into_inner().0)
+    }
+
     fn supervise(&self, make: CommandFactory) {
         let mut quick_failures = 0u32;
         loop {
@@ -132,12 +145,7 @@ impl Service {
         let mut st = self.lock();
         while st.pid.is_none() && !st.finished {
             let left = deadline.checked_duration_since(Instant::now())?;
-            st = self
-                .shared
-                .1
-                .wait_timeout(st, left)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            st = self.wait_change(st, left);
         }
         st.pid
     }
@@ -166,12 +174,7 @@ impl Service {
                 self.signal(Signal::SIGKILL);
                 return;
             };
-            st = self
-                .shared
-                .1
-                .wait_timeout(st, left)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            st = self.wait_change(st, left);
         }
     }
 
@@ -200,12 +203,7 @@ impl Service {
                 st = self.lock();
                 continue;
             };
-            st = self
-                .shared
-                .1
-                .wait_timeout(st, left)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
+            st = self.wait_change(st, left);
         }
         st.last_exit
     }

@@ -124,6 +124,23 @@ impl Events {
         h.push(ev.clone());
         let _ = self.live.send(ev);
     }
+
+    /// Sends `ev` to a watcher. `false` ends the watch: the client left, or `ev` was
+    /// the final event (then counted as delivered, which lets the supervisor know the
+    /// starting CLI has heard the outcome).
+    async fn deliver(&self, stream: &mut tokio::net::UnixStream, ev: Event) -> bool {
+        let fin = is_final(&ev);
+        if crate::control::write_frame(stream, &Reply::Event(ev))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        if fin {
+            self.finals_delivered.fetch_add(1, Ordering::SeqCst);
+        }
+        !fin
+    }
 }
 
 fn is_final(ev: &Event) -> bool {
@@ -324,24 +341,14 @@ async fn serve_client(
                 (h.clone(), events.live.subscribe())
             };
             for ev in past {
-                let fin = is_final(&ev);
-                if write_frame(&mut stream, &Reply::Event(ev)).await.is_err() {
-                    return;
-                }
-                if fin {
-                    events.finals_delivered.fetch_add(1, Ordering::SeqCst);
+                if !events.deliver(&mut stream, ev).await {
                     return;
                 }
             }
             loop {
                 match rx.recv().await {
                     Ok(ev) => {
-                        let fin = is_final(&ev);
-                        if write_frame(&mut stream, &Reply::Event(ev)).await.is_err() {
-                            return;
-                        }
-                        if fin {
-                            events.finals_delivered.fetch_add(1, Ordering::SeqCst);
+                        if !events.deliver(&mut stream, ev).await {
                             return;
                         }
                     }
