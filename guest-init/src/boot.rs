@@ -1,23 +1,42 @@
-//! The boot sequence PID 1 runs after the system filesystems are up: one stage after
-//! another (devices, control, network, tailscale, postgres, ready), each reported.
+//! The boot sequence PID 1 runs after the system filesystems are up, one stage after
+//! another, each worked through [`Reporter::run`]:
 //!
-//! Two threads share the work: this one serves the host (status, queries, probes,
-//! shutdown) from the moment the control channel exists, while a bring-up thread runs
-//! the slow stages and then keeps postgres listening on the tailnet. So the host can
-//! always ask for status or stop the guest, even in the middle of a stage.
+//! | stage       | work                                                    |
+//! |-------------|---------------------------------------------------------|
+//! | `init`      | the mounts `main` made, and the kernel command line     |
+//! | `devices`   | modules, the census, the running kernel's options       |
+//! | `control`   | dial the host, say Hello, wait for the configuration    |
+//! | `network`   | tap0 ↔ vsock to gvproxy, until the gateway answers      |
+//! | `tailscale` | the data disk, then tailscaled and the join             |
+//! | `postgres`  | initdb or reuse, start, provision, listen on the tailnet |
+//! | `ready`     | every stage above holds                                 |
+//!
+//! Two threads share the work: this one serves the host ([`crate::host_requests`])
+//! from the moment the control channel exists, while a bring-up thread runs the slow
+//! stages and then keeps postgres listening on the tailnet. So the host can always ask
+//! for status or stop the guest, even in the middle of a stage.
 
 use crate::cmdline::BootConfig;
 use crate::control::ControlLink;
+use crate::mounts::MountError;
+use crate::net::{NetError, Network};
+use crate::postgres::{PgError, Postgres};
 use crate::report::Reporter;
-use crate::services::Services;
-use crate::{datadisk, devices, net, postgres, shutdown, tailscale};
-use protocol::messages::{GuestMessage, GuestStatus, Hello, HostMessage, QueryResult, TailnetInfo};
-use protocol::{GuestConfig, Stage, StageState};
-use serde_json::json;
+use crate::running::Running;
+use crate::tailscale::{Tailscale, TailscaleError};
+use crate::{datadisk, devices, host_requests, shutdown};
+use protocol::evidence::{
+    ControlEvidence, DevicesEvidence, InitEvidence, NetworkEvidence, ReadyEvidence,
+};
+use protocol::messages::{
+    GuestMessage, GuestStatus, Hello, HostMessage, PostgresInfo, TailnetInfo,
+};
+use protocol::{GuestConfig, Stage, StageReport, StageState};
 use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
+use thiserror::Error;
 
 /// What the serving thread reacts to.
 #[derive(Debug)]
@@ -31,9 +50,6 @@ pub enum Event {
 /// Where the data disk is mounted.
 pub const DATA_DIR: &str = "/data";
 
-/// How long services get to stop when a signal (not the host) asks for power-off.
-const SIGNAL_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
-
 /// Milliseconds since the kernel booted (from /proc/uptime).
 pub fn uptime_ms() -> u64 {
     std::fs::read_to_string("/proc/uptime")
@@ -46,22 +62,45 @@ pub fn uptime_ms() -> u64 {
         .map_or(0, |secs| (secs * 1000.0) as u64)
 }
 
+/// Why a stage after `control` does not hold.
+#[derive(Debug, Error)]
+pub enum StageError {
+    #[error(transparent)]
+    Network(#[from] NetError),
+    #[error("data disk: {0}")]
+    DataDisk(String),
+    #[error(transparent)]
+    Tailscale(#[from] TailscaleError),
+    #[error(transparent)]
+    Postgres(#[from] PgError),
+    #[error("running on localhost only: no tailnet address to listen on")]
+    NoTailnet,
+    #[error("not every stage holds: {0}")]
+    NotReady(String),
+}
+
 /// State shared by the serving and bring-up threads.
 #[derive(Debug)]
-struct Guest {
-    reporter: Arc<Reporter>,
-    services: Mutex<Services>,
-    link: ControlLink,
-    config: OnceLock<GuestConfig>,
+pub struct Guest {
+    /// Stage reports, for the host and the console.
+    pub reporter: Arc<Reporter>,
+    /// What was started, for status and shutdown.
+    running: Mutex<Running>,
+    /// The control channel.
+    pub link: ControlLink,
+    /// The host's configuration, once accepted.
+    pub config: OnceLock<GuestConfig>,
 }
 
 impl Guest {
-    fn services(&self) -> MutexGuard<'_, Services> {
-        self.services.lock().unwrap_or_else(|p| p.into_inner())
+    /// What was started so far (a brief lock; clone the `Arc`s out).
+    pub fn running(&self) -> MutexGuard<'_, Running> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn status(&self) -> GuestStatus {
-        let s = self.services();
+    /// The guest's status for the host.
+    pub fn status(&self) -> GuestStatus {
+        let s = self.running();
         GuestStatus {
             uptime_ms: uptime_ms(),
             stages: self.reporter.summary(),
@@ -72,62 +111,35 @@ impl Guest {
         }
     }
 
-    fn shutdown(&self, reason: &str, deadline: Duration) -> ! {
+    /// Tells the host, then stops everything in order and powers off.
+    pub fn shutdown(&self, reason: &str, deadline: Duration) -> ! {
         self.link.send(&GuestMessage::ShuttingDown {
             reason: reason.to_string(),
         });
-        shutdown::run(reason, deadline, &mut self.services())
+        shutdown::run(reason, deadline, &mut self.running())
     }
 }
 
 /// Runs the early stages, then serves the host until shutdown; never returns.
 pub fn run(
     boot: BootConfig,
-    init_detail: serde_json::Value,
+    init: Result<InitEvidence, MountError>,
     events: Receiver<Event>,
     event_tx: Sender<Event>,
 ) -> ! {
     let reporter = Arc::new(Reporter::new());
-    let init_ok = init_detail
-        .get("mount_error")
-        .is_none_or(serde_json::Value::is_null);
-    reporter.stage(
-        Stage::Init,
-        if init_ok {
-            StageState::Ready
-        } else {
-            StageState::Failed
-        },
-        init_detail,
-    );
-
-    devices_stage(&boot, &reporter);
-
-    let hello = Hello {
-        version: protocol::PROTOCOL_VERSION,
-        cid: vsock::get_local_cid().unwrap_or(0),
-        kernel_release: devices::kernel_release(),
-        boot_time_ms: uptime_ms(),
-    };
-    reporter.set_hello(hello.clone());
-    let (host_tx, host_rx) = std::sync::mpsc::channel::<HostMessage>();
-    let greeting_reporter = Arc::clone(&reporter);
-    let link = ControlLink::start(
-        boot.control_port,
-        Box::new(move || greeting_reporter.greeting()),
-        host_tx,
-    );
-    reporter.attach(link.clone());
-    forward_host_messages(host_rx, event_tx);
-    reporter.stage(
-        Stage::Control,
-        StageState::Started,
-        json!({ "cid": hello.cid, "port": boot.control_port }),
-    );
-
+    reporter.run(Stage::Init, || init);
+    reporter.run(Stage::Devices, || {
+        let census = devices::take_census(boot.device_wait, &boot.extra_modules);
+        let verdict = devices::verdict(&census);
+        let evidence = DevicesEvidence::from(&census);
+        reporter.set_devices(census);
+        verdict.map(|()| evidence)
+    });
+    let link = dial_host(&boot, &reporter, event_tx);
     let guest = Arc::new(Guest {
         reporter,
-        services: Mutex::default(),
+        running: Mutex::default(),
         link,
         config: OnceLock::new(),
     });
@@ -140,36 +152,70 @@ pub fn run(
                 bring_up(&boot, &config, &bringer);
                 loop {
                     std::thread::sleep(Duration::from_secs(5));
-                    reconcile(&bringer);
+                    follow_tailnet(&bringer);
                 }
             }
         });
     if let Err(e) = spawned {
         log::error!("cannot start the bring-up thread: {e}");
     }
-    serve(&guest, &events, &config_tx)
+    host_requests::serve(&guest, &events, &config_tx)
 }
 
-/// The `devices` stage: modules, census, kernel options; reported with the census.
-fn devices_stage(boot: &BootConfig, reporter: &Reporter) {
-    reporter.stage(Stage::Devices, StageState::Started, json!(null));
-    let report = devices::run(boot.device_wait, &boot.extra_modules);
-    let sockets_ok = report.of_kind("socket").any(|d| d.is_bound());
-    let state = if sockets_ok && report.all_bound() {
-        StageState::Ready
-    } else {
-        StageState::Failed
+/// Starts the control channel (`control` begins; it holds once the configuration is
+/// applied) and relays the host's messages into the event queue.
+fn dial_host(boot: &BootConfig, reporter: &Arc<Reporter>, event_tx: Sender<Event>) -> ControlLink {
+    let hello = Hello {
+        version: protocol::PROTOCOL_VERSION,
+        cid: vsock::get_local_cid().unwrap_or(0),
+        kernel_release: devices::kernel::release(),
+        boot_time_ms: uptime_ms(),
     };
-    let summary = json!({
-        "devices": report.devices.len(),
-        "unbound": report.problems.len(),
-        "waited_ms": report.waited_ms,
-        "problems": report.problems,
-        "missing_kernel_options": report.missing_kernel_options,
-        "init_rss_kib": report.init_rss_kib,
+    let cid = hello.cid;
+    reporter.set_hello(hello);
+    let (host_tx, host_rx) = std::sync::mpsc::channel::<HostMessage>();
+    let greeting_reporter = Arc::clone(reporter);
+    let link = ControlLink::start(
+        boot.control_port,
+        Box::new(move || greeting_reporter.greeting()),
+        host_tx,
+    );
+    reporter.attach(link.clone());
+    host_requests::relay(host_rx, event_tx);
+    reporter.started(
+        Stage::Control,
+        ControlEvidence {
+            cid,
+            port: Some(boot.control_port),
+            hostname: None,
+        },
+    );
+    link
+}
+
+/// The stages that need the host's configuration, in order.
+fn bring_up(boot: &BootConfig, config: &GuestConfig, guest: &Guest) {
+    let r = &guest.reporter;
+    apply_identity(config);
+    r.report(StageReport::ready(
+        Stage::Control,
+        ControlEvidence {
+            cid: r.hello_cid(),
+            port: None,
+            hostname: Some(config.hostname.clone()),
+        },
+    ));
+    r.run(Stage::Network, || start_network(boot, config, guest));
+    let disk = mount_data_disk(boot, guest);
+    let tailnet = r.run(Stage::Tailscale, || {
+        disk.clone().map_err(StageError::DataDisk)?;
+        join_tailnet(config, guest)
     });
-    reporter.set_devices(report);
-    reporter.stage(Stage::Devices, state, summary);
+    r.run(Stage::Postgres, || {
+        disk.clone().map_err(StageError::DataDisk)?;
+        start_postgres(config, tailnet.as_ref(), guest)
+    });
+    report_ready(r);
 }
 
 /// Sets the clock and host name from the host's configuration.
@@ -191,261 +237,100 @@ fn apply_identity(config: &GuestConfig) {
     let _ = std::fs::write("/etc/hostname", format!("{}\n", config.hostname));
 }
 
-/// Network, data disk, tailscale, postgres, in that order; each reports its own stage.
-fn bring_up(boot: &BootConfig, config: &GuestConfig, guest: &Guest) {
-    let reporter = &guest.reporter;
-    apply_identity(config);
-    reporter.stage(
-        Stage::Control,
-        StageState::Ready,
-        json!({ "cid": reporter.hello_cid(), "hostname": config.hostname }),
-    );
-
-    // network
-    reporter.stage(
-        Stage::Network,
-        StageState::Started,
-        json!({ "address": config.network.address.to_string() }),
-    );
-    match net::Network::start(&config.network, boot.network_port, Arc::clone(reporter)) {
-        Ok(network) => {
-            let network = Arc::new(network);
-            guest.services().network = Some(Arc::clone(&network));
-            match network.wait_gateway(Duration::from_secs(60)) {
-                Ok(rtt) => reporter.stage(
-                    Stage::Network,
-                    StageState::Ready,
-                    json!({
-                        "address": format!("{}/{}", config.network.address, config.network.prefix_len),
-                        "gateway": config.network.gateway.to_string(),
-                        "gateway_answered_ms": rtt.as_millis(),
-                        "mtu": config.network.mtu,
-                    }),
-                ),
-                Err(e) => reporter.stage(
-                    Stage::Network,
-                    StageState::Failed,
-                    json!({ "error": e.to_string(), "counters": network.counters() }),
-                ),
-            }
-        }
-        Err(e) => reporter.stage(
-            Stage::Network,
-            StageState::Failed,
-            json!({ "error": e.to_string() }),
-        ),
-    }
-
-    // data disk: holds both tailscaled's state and the database
-    match datadisk::prepare(&boot.data_disk, Path::new(DATA_DIR)) {
-        Ok(info) => {
-            log::info!("data disk: {info}");
-            guest.services().data_mounted = true;
-        }
-        Err(e) => {
-            let detail = json!({ "error": format!("data disk: {e}") });
-            reporter.stage(Stage::Tailscale, StageState::Failed, detail.clone());
-            reporter.stage(Stage::Postgres, StageState::Failed, detail);
-            return;
-        }
-    }
-
-    // tailscale
-    reporter.stage(
-        Stage::Tailscale,
-        StageState::Started,
-        json!({ "hostname": config.hostname }),
-    );
-    let tailnet = match join_tailnet(config, guest) {
-        Ok(info) => {
-            reporter.stage(
-                Stage::Tailscale,
-                StageState::Ready,
-                json!({ "name": info.name, "ips": info.ips }),
-            );
-            Some(info)
-        }
-        Err(e) => {
-            reporter.stage(
-                Stage::Tailscale,
-                StageState::Failed,
-                json!({ "error": e.to_string() }),
-            );
-            None
-        }
-    };
-
-    // postgres
-    reporter.stage(Stage::Postgres, StageState::Started, json!(null));
-    let listen = tailnet.as_ref().map(|t| t.ips.clone()).unwrap_or_default();
-    match postgres::Postgres::start(&config.postgres, &listen) {
-        Ok(pg) => {
-            let pg = Arc::new(pg);
-            guest.services().postgres = Some(Arc::clone(&pg));
-            match (pg.bring_up(&config.postgres), tailnet.is_some()) {
-                (Ok(()), true) => reporter.stage(Stage::Postgres, StageState::Ready, json!(pg.info())),
-                (Ok(()), false) => reporter.stage(
-                    Stage::Postgres,
-                    StageState::Failed,
-                    json!({ "error": "running on localhost only: no tailnet address to listen on", "info": pg.info() }),
-                ),
-                (Err(e), _) => reporter.stage(Stage::Postgres, StageState::Failed, json!({ "error": e.to_string() })),
-            }
-        }
-        Err(e) => reporter.stage(
-            Stage::Postgres,
-            StageState::Failed,
-            json!({ "error": e.to_string() }),
-        ),
-    }
-    report_ready(reporter);
-}
-
-/// Reports `ready` (or why not) from the other stages' states.
-/// Starts tailscaled under supervision (kept in `guest` even when the join fails, so
-/// shutdown stops it) and joins the tailnet.
-fn join_tailnet(
+/// `network`: tap0 and the forwarder, kept in `guest` once started, until the gateway
+/// answers.
+fn start_network(
+    boot: &BootConfig,
     config: &GuestConfig,
     guest: &Guest,
-) -> Result<TailnetInfo, tailscale::TailscaleError> {
-    let ts = Arc::new(tailscale::Tailscale::start(&config.tailscale)?);
-    guest.services().tailscale = Some(Arc::clone(&ts));
-    ts.join(
+) -> Result<NetworkEvidence, StageError> {
+    let net = &config.network;
+    let network = Arc::new(Network::start(
+        net,
+        boot.network_port,
+        Arc::clone(&guest.reporter),
+    )?);
+    guest.running().network = Some(Arc::clone(&network));
+    let rtt = network.wait_gateway(Duration::from_secs(60))?;
+    Ok(NetworkEvidence {
+        address: format!("{}/{}", net.address, net.prefix_len),
+        gateway: net.gateway,
+        mtu: net.mtu,
+        gateway_answered_ms: Some(u64::try_from(rtt.as_millis()).unwrap_or(u64::MAX)),
+        recovered: false,
+    })
+}
+
+/// The data disk holds both tailscaled's state and the database; its failure (the
+/// returned text) fails both stages.
+fn mount_data_disk(boot: &BootConfig, guest: &Guest) -> Result<(), String> {
+    let info =
+        datadisk::prepare(&boot.data_disk, Path::new(DATA_DIR)).map_err(|e| e.to_string())?;
+    log::info!("data disk: {info}");
+    guest.running().data_mounted = true;
+    Ok(())
+}
+
+/// `tailscale`: tailscaled under supervision (kept in `guest` even when the join
+/// fails, so shutdown stops it), then the join.
+fn join_tailnet(config: &GuestConfig, guest: &Guest) -> Result<TailnetInfo, StageError> {
+    let ts = Arc::new(Tailscale::start(&config.tailscale)?);
+    guest.running().tailscale = Some(Arc::clone(&ts));
+    Ok(ts.join(
         &config.tailscale,
         &config.hostname,
         Duration::from_secs(150),
-    )
+    )?)
 }
 
-fn report_ready(reporter: &Reporter) {
-    let before_ready = [
-        Stage::Devices,
-        Stage::Control,
-        Stage::Network,
-        Stage::Tailscale,
-        Stage::Postgres,
-    ];
-    if before_ready
-        .iter()
-        .all(|s| reporter.state(*s) == Some(StageState::Ready))
-    {
-        reporter.stage(
-            Stage::Ready,
-            StageState::Ready,
-            json!({ "uptime_ms": uptime_ms() }),
-        );
-    } else if reporter.state(Stage::Ready).is_none() {
-        reporter.stage(
-            Stage::Ready,
-            StageState::Failed,
-            json!({ "stages": reporter.summary() }),
-        );
+/// `postgres`: the server starts even without a tailnet (on localhost, owned by
+/// `guest`), but the stage holds only when it answers on the tailnet addresses.
+fn start_postgres(
+    config: &GuestConfig,
+    tailnet: Option<&TailnetInfo>,
+    guest: &Guest,
+) -> Result<PostgresInfo, StageError> {
+    let listen = tailnet.map(|t| t.ips.clone()).unwrap_or_default();
+    let pg = Arc::new(Postgres::start(&config.postgres, &listen)?);
+    guest.running().postgres = Some(Arc::clone(&pg));
+    pg.bring_up(&config.postgres)?;
+    if tailnet.is_none() {
+        return Err(StageError::NoTailnet);
     }
+    Ok(pg.info())
 }
 
-/// Relays host messages into the serving thread's event queue.
-fn forward_host_messages(rx: Receiver<HostMessage>, tx: Sender<Event>) {
-    std::thread::spawn(move || {
-        for msg in rx {
-            if tx.send(Event::Host(msg)).is_err() {
-                return;
-            }
-        }
-    });
-}
-
-/// Runs `work` on its own thread and sends its result, so slow psql runs or probes
-/// never hold up the serving thread.
-fn answer_later(link: &ControlLink, work: impl FnOnce() -> GuestMessage + Send + 'static) {
-    let link = link.clone();
-    std::thread::spawn(move || {
-        link.send(&work());
-    });
-}
-
-/// Serves the host for ever: configuration, status, queries, probes, shutdown.
-fn serve(guest: &Guest, events: &Receiver<Event>, config_tx: &Sender<GuestConfig>) -> ! {
-    let link = &guest.link;
-    loop {
-        let msg = match events.recv() {
-            Ok(Event::Host(msg)) => msg,
-            Ok(Event::PowerOff(reason)) => guest.shutdown(&reason, SIGNAL_SHUTDOWN_DEADLINE),
-            Err(_) => guest.shutdown("event channel closed", Duration::from_secs(5)),
-        };
-        match msg {
-            HostMessage::Config(config) => {
-                if guest.config.get().is_some() {
-                    log::info!("control: configuration already applied; ignoring the new one");
-                } else if let Err(e) = config.validate() {
-                    guest.reporter.stage(
-                        Stage::Control,
-                        StageState::Failed,
-                        json!({ "error": format!("configuration rejected: {e}") }),
-                    );
-                } else if guest.config.set(config.clone()).is_ok() {
-                    let _ = config_tx.send(config);
-                }
-            }
-            HostMessage::Ping => {
-                link.send(&GuestMessage::Pong);
-            }
-            HostMessage::StatusRequest => {
-                link.send(&GuestMessage::Status(guest.status()));
-            }
-            HostMessage::Shutdown { deadline_secs } => guest.shutdown(
-                "requested by the host",
-                Duration::from_secs(u64::from(deadline_secs)),
-            ),
-            HostMessage::Query { id, sql } => match guest.config.get() {
-                Some(config) => {
-                    let port = config.postgres.port;
-                    answer_later(link, move || {
-                        GuestMessage::QueryResult(postgres::query(id, &sql, port))
-                    });
-                }
-                None => {
-                    link.send(&GuestMessage::QueryResult(QueryResult {
-                        id,
-                        ok: false,
-                        output: "the guest is not configured yet".into(),
-                    }));
-                }
+/// Reports `ready` when every earlier stage holds, or why not (once).
+fn report_ready(reporter: &Reporter) {
+    let pending: Vec<String> = Stage::ALL
+        .into_iter()
+        .filter(|s| !matches!(s, Stage::Init | Stage::Ready))
+        .filter_map(|s| match reporter.state(s) {
+            Some(StageState::Ready) => None,
+            Some(state) => Some(format!("{s} {state}")),
+            None => Some(format!("{s} not reached")),
+        })
+        .collect();
+    if pending.is_empty() {
+        reporter.report(StageReport::ready(
+            Stage::Ready,
+            ReadyEvidence {
+                uptime_ms: uptime_ms(),
             },
-            HostMessage::ReadLog { id, log } => answer_later(link, move || {
-                let (ok, output) = match crate::logs::read_tail(log) {
-                    Ok(text) => (true, text),
-                    Err(e) => (false, e),
-                };
-                GuestMessage::LogContents(QueryResult { id, ok, output })
-            }),
-            HostMessage::Probe { id, probe } => match guest.config.get() {
-                Some(config) => {
-                    let (address, dns) = (config.network.address, config.network.dns);
-                    answer_later(link, move || {
-                        let (ok, output) = match net::probe::run(&probe, address, dns) {
-                            Ok(o) => (true, o),
-                            Err(e) => (false, e),
-                        };
-                        GuestMessage::ProbeResult(QueryResult { id, ok, output })
-                    });
-                }
-                None => {
-                    link.send(&GuestMessage::ProbeResult(QueryResult {
-                        id,
-                        ok: false,
-                        output: "the network is not configured yet".into(),
-                    }));
-                }
-            },
-        }
+        ));
+    } else if reporter.state(Stage::Ready).is_none() {
+        reporter.report(StageReport::failed(
+            Stage::Ready,
+            StageError::NotReady(pending.join(", ")).to_string(),
+        ));
     }
 }
 
 /// Follows the tailnet address: when it appears or changes, postgres is reconfigured to
 /// listen there (localhost stays), and the stages are reported again.
-fn reconcile(guest: &Guest) {
+fn follow_tailnet(guest: &Guest) {
     let (ts, pg) = {
-        let s = guest.services();
+        let s = guest.running();
         (s.tailscale.clone(), s.postgres.clone())
     };
     let (Some(ts), Some(pg)) = (ts, pg) else {
@@ -461,21 +346,10 @@ fn reconcile(guest: &Guest) {
         info.ips
     );
     if reporter.state(Stage::Tailscale) != Some(StageState::Ready) {
-        reporter.stage(
-            Stage::Tailscale,
-            StageState::Ready,
-            json!({ "name": info.name, "ips": info.ips }),
-        );
+        reporter.report(StageReport::ready(Stage::Tailscale, info.clone()));
     }
-    match pg.relisten(&info.ips) {
-        Ok(()) => {
-            reporter.stage(Stage::Postgres, StageState::Ready, json!(pg.info()));
-            report_ready(reporter);
-        }
-        Err(e) => reporter.stage(
-            Stage::Postgres,
-            StageState::Failed,
-            json!({ "error": e.to_string() }),
-        ),
+    let relistened = pg.relisten(&info.ips).map(|()| pg.info());
+    if reporter.settle(Stage::Postgres, relistened).is_some() {
+        report_ready(reporter);
     }
 }

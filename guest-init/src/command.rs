@@ -2,8 +2,12 @@
 //! its output captured, through the reaper (never std's `wait`).
 
 use crate::reaper::{self, Exit};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::fs::File;
 use std::io::Read;
-use std::process::{Command, Stdio};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{ChildStderr, ChildStdout, Command, Stdio};
 use thiserror::Error;
 
 /// A helper program that could not be run or did not succeed.
@@ -52,6 +56,56 @@ fn tail(s: &str, max: usize) -> String {
     format!("...{}", &t[cut..])
 }
 
+/// Reads both pipes to their end at once (a child filling one while we block on the
+/// other would hang), on this thread: poll(2), no helper thread the kernel could refuse.
+fn drain(stdout: Option<ChildStdout>, stderr: Option<ChildStderr>) -> (String, String) {
+    let mut pipes: [Option<File>; 2] = [
+        stdout.map(|p| File::from(OwnedFd::from(p))),
+        stderr.map(|p| File::from(OwnedFd::from(p))),
+    ];
+    let mut bufs: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    let mut chunk = [0u8; 8192];
+    loop {
+        let open: Vec<usize> = (0..2).filter(|i| pipes[*i].is_some()).collect();
+        if open.is_empty() {
+            break;
+        }
+        let mut fds: Vec<PollFd> = open
+            .iter()
+            .filter_map(|i| pipes[*i].as_ref())
+            .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
+            .collect();
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(_) => break,
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        for (i, is_ready) in open.into_iter().zip(ready) {
+            if !is_ready {
+                continue;
+            }
+            let Some(pipe) = pipes[i].as_mut() else {
+                continue;
+            };
+            match pipe.read(&mut chunk) {
+                Ok(0) => pipes[i] = None,
+                Ok(n) => bufs[i].extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => pipes[i] = None,
+            }
+        }
+    }
+    let [out, err] = bufs;
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
 /// Runs `cmd`, capturing stdout and stderr; any exit status is returned.
 pub fn output(cmd: &mut Command) -> Result<Output, CommandError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
@@ -59,19 +113,7 @@ pub fn output(cmd: &mut Command) -> Result<Output, CommandError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = reaper::spawn(cmd).map_err(|source| CommandError::Spawn { program, source })?;
-    let err_pipe = child.child.stderr.take();
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(mut p) = err_pipe {
-            let _ = p.read_to_string(&mut s);
-        }
-        s
-    });
-    let mut stdout = String::new();
-    if let Some(mut p) = child.child.stdout.take() {
-        let _ = p.read_to_string(&mut stdout);
-    }
-    let stderr = err_reader.join().unwrap_or_default();
+    let (stdout, stderr) = drain(child.child.stdout.take(), child.child.stderr.take());
     let exit = child.wait();
     Ok(Output {
         exit,
@@ -98,6 +140,27 @@ pub fn run(cmd: &mut Command, ok_codes: &[i32]) -> Result<Output, CommandError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_pipes_are_read_whole() {
+        // More than a pipe buffer (64 KiB) on each stream, interleaved.
+        let script = "for i in $(seq 1 20000); do echo out$i; echo err$i >&2; done";
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        let spawned = reaper::spawn(
+            c.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .unwrap();
+        let mut child = spawned;
+        let (out, err) = drain(child.child.stdout.take(), child.child.stderr.take());
+        assert_eq!(out.lines().count(), 20000);
+        assert_eq!(err.lines().count(), 20000);
+        assert!(out.ends_with("out20000\n") && err.ends_with("err20000\n"));
+        // The reaper is not running in this test: kill and forget the child's exit.
+        child.signal(nix::sys::signal::Signal::SIGKILL);
+    }
 
     #[test]
     fn tails_keep_the_end() {

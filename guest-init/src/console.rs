@@ -4,8 +4,7 @@
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 use nix::unistd::dup2_stdin;
-use protocol::Stage;
-use serde::Serialize;
+use protocol::marker::Marker;
 use std::io::Write;
 use std::sync::{Mutex, MutexGuard};
 
@@ -40,8 +39,8 @@ pub fn lock() -> MutexGuard<'static, ()> {
 
 /// Prints one marker line on the console with a single write, and waits until the
 /// tty has transmitted it, so nothing we log can interleave with it.
-pub fn marker<T: Serialize>(stage: Stage, payload: &T) {
-    let mut line = protocol::marker::format_marker(stage, payload);
+pub fn marker(marker: &Marker) {
+    let mut line = marker.to_line();
     line.insert(0, '\n');
     line.push('\n');
     let _console = lock();

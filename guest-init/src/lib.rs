@@ -8,24 +8,23 @@
 //! sysfs, the forwarder on a host TAP) is, so most of it is tested outside a VM.
 
 pub mod boot;
-pub mod census;
 pub mod cmdline;
 pub mod command;
 pub mod console;
 pub mod control;
 pub mod datadisk;
 pub mod devices;
-pub mod logger;
-pub mod logs;
-pub mod modules;
+pub mod host_requests;
+pub mod kmsg;
+pub mod log_files;
 pub mod mounts;
 pub mod net;
 pub mod postgres;
 pub mod reaper;
 pub mod report;
+pub mod running;
 pub mod scram;
-pub mod service;
-pub mod services;
 pub mod shutdown;
 pub mod signals;
+pub mod supervised;
 pub mod tailscale;

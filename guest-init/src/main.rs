@@ -2,7 +2,9 @@
 //! that make sense outside a VM (census, command-line parsing, the forwarder), which is
 //! how they are tested and benchmarked on a host.
 
-use sovereign_init::{boot, cmdline, console, logger, mounts, net, reaper, signals};
+use protocol::evidence::InitEvidence;
+use sovereign_init::devices::{census, kernel};
+use sovereign_init::{boot, cmdline, console, kmsg, mounts, net, reaper, signals};
 use std::time::Duration;
 
 fn main() {
@@ -22,7 +24,7 @@ fn pid1() -> ! {
         "PATH",
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     );
-    logger::install(log::LevelFilter::Info);
+    kmsg::install(log::LevelFilter::Info);
     let mounted = mounts::mount_system();
     // Our log lines go through /dev/kmsg, which rate-limits userspace to 10 lines per
     // 5 s by default and silently drops the rest.
@@ -30,7 +32,7 @@ fn pid1() -> ! {
         log::warn!("cannot lift the /dev/kmsg rate limit: {e}");
     }
     console::reopen_stdio();
-    logger::use_kmsg();
+    kmsg::use_kmsg();
     let cmdline_text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let (boot_config, warnings) = cmdline::parse(&cmdline_text);
     log::set_max_level(boot_config.log_level);
@@ -41,17 +43,16 @@ fn pid1() -> ! {
     for w in &warnings {
         log::warn!("{w}");
     }
-    let init_detail = serde_json::json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "kernel": sovereign_init::devices::kernel_release(),
-        "mount_error": mounted.as_ref().err().map(ToString::to_string),
-        "cmdline_warnings": warnings,
+    let init = mounted.map(|()| InitEvidence {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        kernel: kernel::release(),
+        cmdline_warnings: warnings,
     });
     let (tx, rx) = std::sync::mpsc::channel();
     let boot_tx = tx.clone();
     let spawned = std::thread::Builder::new()
         .name("boot".into())
-        .spawn(move || boot::run(boot_config, init_detail, rx, boot_tx));
+        .spawn(move || boot::run(boot_config, init, rx, boot_tx));
     if let Err(e) = spawned {
         log::error!("cannot start the boot thread: {e}");
     }
@@ -99,10 +100,10 @@ Run as PID 1 it boots the VM. Run as an ordinary process it offers:
 
 /// Tool mode; returns the exit code.
 fn tool(args: Vec<String>) -> i32 {
-    logger::install(log::LevelFilter::Info);
+    kmsg::install(log::LevelFilter::Info);
     let mut it = args.iter().map(String::as_str);
     match it.next() {
-        Some("census") => census(it.collect()),
+        Some("census") => run_census(it.collect()),
         Some("cmdline") => {
             let text = match it.next() {
                 Some(t) => t.to_string(),
@@ -160,20 +161,24 @@ fn flag<'a>(args: &[&'a str], name: &str) -> Option<&'a str> {
         .and_then(|i| args.get(i + 1).copied())
 }
 
-fn census(args: Vec<&str>) -> i32 {
+fn run_census(args: Vec<&str>) -> i32 {
     let root = flag(&args, "--root").unwrap_or("/");
-    let wait = flag(&args, "--wait")
-        .and_then(|w| w.parse().ok())
-        .unwrap_or(0);
-    let facts = sovereign_init::census::KernelFacts {
-        release: sovereign_init::devices::kernel_release(),
+    let wait = match flag(&args, "--wait").map(str::parse::<u64>) {
+        None => 0,
+        Some(Ok(secs)) => secs,
+        Some(Err(_)) => {
+            eprintln!(
+                "census: --wait {:?} is not a whole number of seconds",
+                flag(&args, "--wait").unwrap_or_default()
+            );
+            return 2;
+        }
+    };
+    let facts = census::KernelFacts {
+        release: kernel::release(),
         ..Default::default()
     };
-    let report = sovereign_init::census::census(
-        &sovereign_init::census::Sysfs::new(root),
-        Duration::from_secs(wait),
-        &facts,
-    );
+    let report = census::census(&census::Sysfs::new(root), Duration::from_secs(wait), &facts);
     match serde_json::to_string_pretty(&report) {
         Ok(s) => {
             println!("{s}");

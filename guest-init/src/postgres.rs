@@ -5,11 +5,11 @@
 
 use crate::command::{self, CommandError};
 use crate::scram;
-use crate::service::{CommandFactory, Service};
+use crate::supervised::{CommandFactory, Supervised};
 use nix::sys::signal::Signal;
 use nix::unistd::{chown, Gid, Uid, User};
 use protocol::config::PostgresConfig;
-use protocol::messages::{PostgresInfo, QueryResult};
+use protocol::messages::{PostgresInfo, QueryResult, ServerState};
 use std::fs;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -227,7 +227,7 @@ impl Account {
 /// The running server.
 #[derive(Debug)]
 pub struct Postgres {
-    service: Service,
+    service: Supervised,
     bin: PathBuf,
     account: Account,
     port: u16,
@@ -388,11 +388,10 @@ impl Postgres {
         listen.extend(self.listen());
         PostgresInfo {
             state: if self.service.pid().is_some() {
-                "ready"
+                ServerState::Ready
             } else {
-                "restarting"
-            }
-            .into(),
+                ServerState::Restarting
+            },
             version: self.version.clone(),
             data_dir: DATA_DIR.into(),
             listen,
@@ -405,7 +404,7 @@ impl Postgres {
     }
 
     /// The supervised process, for status.
-    pub fn service(&self) -> &Service {
+    pub fn service(&self) -> &Supervised {
         &self.service
     }
 }
@@ -430,7 +429,7 @@ fn write_config(account: Account, port: u16, listen: &[String], jit: bool) -> Re
     )
 }
 
-fn start_server(bin: &Path, account: Account) -> Service {
+fn start_server(bin: &Path, account: Account) -> Supervised {
     let postgres = bin.join("postgres");
     let make: CommandFactory = Box::new(move || {
         let mut c = account.command(&postgres);
@@ -447,7 +446,7 @@ fn start_server(bin: &Path, account: Account) -> Service {
         }
         c
     });
-    Service::start("postgres", Signal::SIGINT, make)
+    Supervised::start("postgres", Signal::SIGINT, make)
 }
 
 fn initdb(bin: &Path, account: Account, cfg: &PostgresConfig) -> Result<(), PgError> {

@@ -1,11 +1,14 @@
 //! Stage reporting: every stage transition is logged, printed as a console marker and
 //! sent on the control channel, and remembered so a reconnecting host gets the stages
-//! so far in the greeting.
+//! so far in the greeting. [`Reporter::run`] is the one way a stage is worked: started,
+//! then ready with its evidence or failed with its error.
 
 use crate::control::ControlLink;
+use protocol::marker::Marker;
 use protocol::messages::{DeviceReport, GuestMessage, Hello, StageReportSummary};
-use protocol::{Stage, StageReport, StageState};
+use protocol::{Stage, StageDetail, StageReport, StageState};
 use std::collections::BTreeMap;
+use std::fmt::Display;
 use std::sync::{Mutex, OnceLock};
 
 /// The stages reached so far and the way to tell the host about them.
@@ -29,21 +32,15 @@ impl Reporter {
     }
 
     /// Records a stage transition and tells the console, the log and the host.
-    pub fn stage(&self, stage: Stage, state: StageState, detail: serde_json::Value) {
+    pub fn report(&self, report: StageReport) {
+        let (stage, state) = (report.stage, report.state);
+        let summary = report.detail.summary();
         match state {
-            StageState::Failed => log::error!("stage {stage}: {state} {detail}"),
-            StageState::Degraded => log::warn!("stage {stage}: {state} {detail}"),
-            _ => log::info!("stage {stage}: {state} {detail}"),
+            StageState::Failed => log::error!("stage {stage}: {state} {summary}"),
+            StageState::Degraded => log::warn!("stage {stage}: {state} {summary}"),
+            _ => log::info!("stage {stage}: {state} {summary}"),
         }
-        let report = StageReport {
-            stage,
-            state,
-            detail,
-        };
-        crate::console::marker(
-            stage,
-            &serde_json::json!({ "state": state, "detail": &report.detail }),
-        );
+        crate::console::marker(&Marker::from_report(&report));
         if let Some(link) = self.link.get() {
             link.send(&GuestMessage::Stage(report.clone()));
         }
@@ -52,9 +49,47 @@ impl Reporter {
         }
     }
 
+    /// Reports `stage` as started with `detail`.
+    pub fn started(&self, stage: Stage, detail: impl Into<StageDetail>) {
+        self.report(StageReport::started(stage, detail));
+    }
+
+    /// Works one stage: reports it started (unless it already is), runs `work`, and
+    /// reports it ready with the evidence `work` returned, or failed with its error.
+    /// Returns the evidence for the stages that build on it.
+    pub fn run<T, E>(&self, stage: Stage, work: impl FnOnce() -> Result<T, E>) -> Option<T>
+    where
+        T: Clone + Into<StageDetail>,
+        E: Display,
+    {
+        if self.state(stage) != Some(StageState::Started) {
+            self.started(stage, StageDetail::None);
+        }
+        self.settle(stage, work())
+    }
+
+    /// Reports `stage` ready with the evidence in `outcome`, or failed with its error;
+    /// returns the evidence.
+    pub fn settle<T, E>(&self, stage: Stage, outcome: Result<T, E>) -> Option<T>
+    where
+        T: Clone + Into<StageDetail>,
+        E: Display,
+    {
+        match outcome {
+            Ok(evidence) => {
+                self.report(StageReport::ready(stage, evidence.clone()));
+                Some(evidence)
+            }
+            Err(e) => {
+                self.report(StageReport::failed(stage, e.to_string()));
+                None
+            }
+        }
+    }
+
     /// Records the device census (printed and sent by the caller's stage report too).
     pub fn set_devices(&self, report: DeviceReport) {
-        crate::console::marker(Stage::Devices, &report);
+        crate::console::marker(&Marker::device_report(&report));
         if let Ok(mut d) = self.devices.lock() {
             *d = Some(report);
         }

@@ -2,7 +2,7 @@
 //! unmount /data, remount / read-only, power off. Runs within a deadline; PID 1 never
 //! returns from here.
 
-use crate::services::Services;
+use crate::running::Running;
 use crate::{boot, datadisk, reaper};
 use nix::mount::{mount, MsFlags};
 use nix::sys::reboot::{reboot, RebootMode};
@@ -39,7 +39,7 @@ fn user_processes_left() -> bool {
 }
 
 /// Stops everything in order and powers off.
-pub fn run(reason: &str, deadline: Duration, services: &mut Services) -> ! {
+pub fn run(reason: &str, deadline: Duration, services: &mut Running) -> ! {
     log::info!("shutting down: {reason} (deadline {deadline:?})");
     let start = Instant::now();
     let left = |share: u32| {

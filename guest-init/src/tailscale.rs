@@ -3,7 +3,7 @@
 //! 0600 file that is removed right after, and `--login-server` when one is configured.
 
 use crate::command::{self, CommandError};
-use crate::service::{CommandFactory, Service};
+use crate::supervised::{CommandFactory, Supervised};
 use nix::sys::signal::Signal;
 use protocol::config::TailscaleConfig;
 use protocol::messages::TailnetInfo;
@@ -57,7 +57,7 @@ pub enum TailscaleError {
 /// The running tailscaled and how to query it.
 #[derive(Debug)]
 pub struct Tailscale {
-    service: Service,
+    service: Supervised,
 }
 
 /// The fields of `tailscale status --json` we use.
@@ -163,7 +163,7 @@ impl Tailscale {
             }
             c
         });
-        let service = Service::start("tailscaled", Signal::SIGTERM, make);
+        let service = Supervised::start("tailscaled", Signal::SIGTERM, make);
         Ok(Tailscale { service })
     }
 
@@ -284,7 +284,7 @@ impl Tailscale {
     }
 
     /// The supervised process, for status.
-    pub fn service(&self) -> &Service {
+    pub fn service(&self) -> &Supervised {
         &self.service
     }
 }

@@ -119,8 +119,8 @@ pub fn rotate(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::marker::parse_marker;
-    use protocol::Stage;
+    use protocol::marker::Marker;
+    use protocol::{Stage, StageReport};
     use std::io::Write;
 
     #[test]
@@ -138,7 +138,9 @@ mod tests {
             .append(true)
             .open(&path)
             .unwrap();
-        f.write_all(b"[    0.000000] Linux version 6.12\r\n[    1.0] SOVEREIGN init {\"pid\"")
+        let marker = Marker::from_report(&StageReport::started(Stage::Init, ())).to_line();
+        let (first, rest) = marker.split_at(marker.len() / 2);
+        f.write_all(format!("[    0.000000] Linux version 6.12\r\n[    1.0] {first}").as_bytes())
             .unwrap();
         f.flush().unwrap();
         let lines = tail.poll().unwrap();
@@ -149,13 +151,14 @@ mod tests {
             "the partial line counts as evidence"
         );
 
-        f.write_all(b":1}\r\nplain\n\x1b[31mred\n").unwrap();
+        f.write_all(format!("{rest}\r\nplain\n\x1b[31mred\n").as_bytes())
+            .unwrap();
         f.flush().unwrap();
         let lines = tail.poll().unwrap();
         assert_eq!(lines.len(), 3);
-        let m = parse_marker(&lines[0]).unwrap();
+        let m = Marker::parse(&lines[0]).unwrap();
         assert_eq!(m.stage, Stage::Init);
-        assert_eq!(m.payload["pid"], 1);
+        assert!(m.stage_report().is_some());
         assert_eq!(lines[2], "[31mred", "escape bytes are dropped");
         assert_eq!(
             tail.last_lines(),

@@ -16,8 +16,8 @@
 //! previous stage's acceptance (init: from the VMM's start).
 
 use crate::spec::Timeouts;
-use protocol::marker::Marker;
-use protocol::messages::{DeviceReport, Hello, TailnetInfo};
+use protocol::marker::{Marker, MarkerBody};
+use protocol::messages::{DeviceKind, DeviceReport, Hello, TailnetInfo};
 use protocol::{Stage, StageReport, StageState, PROTOCOL_VERSION};
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
@@ -96,14 +96,6 @@ pub enum Progress {
     Up,
 }
 
-/// A stage marker's payload as the guest prints it.
-#[derive(Debug, Deserialize)]
-struct MarkerPayload {
-    state: StageState,
-    #[serde(default)]
-    detail: serde_json::Value,
-}
-
 /// The acceptance state machine of one boot.
 #[derive(Debug)]
 pub struct Readiness {
@@ -159,6 +151,20 @@ impl Readiness {
         &self.lines
     }
 
+    /// The line of `stage`.
+    pub fn line(&self, stage: Stage) -> &StageLine {
+        &self.lines[stage_index(stage)]
+    }
+
+    fn line_mut(&mut self, stage: Stage) -> &mut StageLine {
+        &mut self.lines[stage_index(stage)]
+    }
+
+    /// Where `stage` stands.
+    pub fn status_of(&self, stage: Stage) -> StageStatus {
+        self.line(stage).status
+    }
+
     /// True once `wait_for` was accepted.
     pub fn is_up(&self) -> bool {
         matches!(self.finished, Some(Ok(())))
@@ -207,30 +213,12 @@ impl Readiness {
     /// A console marker.
     pub fn on_marker(&mut self, m: &Marker, now: Instant) -> Vec<Progress> {
         self.init_seen = true;
-        // The guest prints `{"state": .., "detail": ..}` (the stage is the marker's own);
-        // a full StageReport with a `stage` field is accepted too.
-        let report = serde_json::from_value::<MarkerPayload>(m.payload.clone())
-            .ok()
-            .map(|p| StageReport {
-                stage: m.stage,
-                state: p.state,
-                detail: p.detail,
-            });
-        if m.stage == Stage::Devices {
-            let dr = serde_json::from_value::<DeviceReport>(m.payload.clone())
-                .ok()
-                .or_else(|| {
-                    report
-                        .as_ref()
-                        .and_then(|r| serde_json::from_value(r.detail.clone()).ok())
-                });
-            if let Some(dr) = dr {
-                return self.on_device_report(dr, now);
-            }
-        }
-        match report {
-            Some(r) => self.on_report(&r, now, "console"),
-            None => self.advance(now),
+        match &m.body {
+            MarkerBody::DeviceReport(dr) => self.on_device_report(dr.clone(), now),
+            MarkerBody::Stage { .. } => match m.stage_report() {
+                Some(r) => self.on_report(&r, now, Source::Console),
+                None => self.advance(now),
+            },
         }
     }
 
@@ -271,10 +259,12 @@ impl Readiness {
         match verdict {
             Ok(summary) => {
                 self.devices_ok = true;
-                self.lines[1].summary = summary;
+                self.line_mut(Stage::Devices).summary = summary;
                 self.advance(now)
             }
-            Err(reasons) if self.is_up() || self.lines[1].status == StageStatus::Accepted => {
+            Err(reasons)
+                if self.is_up() || self.status_of(Stage::Devices) == StageStatus::Accepted =>
+            {
                 log::warn!("a later device report has problems: {}", reasons.join("; "));
                 vec![]
             }
@@ -290,16 +280,14 @@ impl Readiness {
 
     /// A `Stage` message on the control channel.
     pub fn on_stage_report(&mut self, r: &StageReport, now: Instant) -> Vec<Progress> {
-        self.on_report(r, now, "control")
+        self.on_report(r, now, Source::Control)
     }
 
-    fn on_report(&mut self, r: &StageReport, now: Instant, source: &str) -> Vec<Progress> {
+    fn on_report(&mut self, r: &StageReport, now: Instant, source: Source) -> Vec<Progress> {
         let idx = stage_index(r.stage);
-        let summary = summarize(&r.detail);
-        if r.stage == Stage::Tailscale {
-            if let Ok(t) = serde_json::from_value::<TailnetInfo>(r.detail.clone()) {
-                self.tailnet = Some(t);
-            }
+        let summary = r.detail.summary();
+        if let Some(t) = r.detail.tailnet() {
+            self.tailnet = Some(t.clone());
         }
         match r.state {
             StageState::Failed => {
@@ -336,12 +324,10 @@ impl Readiness {
                 self.advance(now)
             }
             StageState::Ready => {
-                if let (Stage::Init, Some(k)) =
-                    (r.stage, r.detail.get("kernel").and_then(|k| k.as_str()))
-                {
-                    self.lines[idx].summary = format!("PID 1 up, kernel {k}");
+                if r.stage == Stage::Init && !summary.is_empty() {
+                    self.lines[idx].summary = summary.clone();
                 }
-                if source == "control" && idx >= stage_index(Stage::Network) {
+                if source == Source::Control && idx >= stage_index(Stage::Network) {
                     if !self.guest_ready.contains(&r.stage) {
                         self.guest_ready.push(r.stage);
                     }
@@ -393,7 +379,7 @@ impl Readiness {
             ),
             Stage::Control => {
                 let vsock = match &self.devices {
-                    Some(d) if d.of_kind("socket").any(|s| s.is_bound()) => {
+                    Some(d) if d.of_kind(DeviceKind::Socket).any(|s| s.is_bound()) => {
                         " although its vsock device is bound (check the host listener: under QEMU, vhost-device-vsock's log)"
                     }
                     Some(_) => " and its vsock device is not bound",
@@ -405,7 +391,7 @@ impl Readiness {
                 )
             }
             _ => {
-                let line = &self.lines[stage_index(stage)];
+                let line = self.line(stage);
                 let last = match line.status {
                     StageStatus::Started if line.summary.is_empty() => " (it reported started)".to_string(),
                     StageStatus::Started => format!(" (it reported started: {})", line.summary),
@@ -495,11 +481,28 @@ fn stage_index(s: Stage) -> usize {
     Stage::ALL.iter().position(|&x| x == s).unwrap_or(0)
 }
 
+/// Where a stage report came from: the console proves less than the control channel
+/// (only `init`, `devices` and failures count from the console).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Console,
+    Control,
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Source::Console => "console",
+            Source::Control => "control",
+        })
+    }
+}
+
 /// Applies the `devices` rule; `Ok` carries the progress summary, `Err` every reason.
 pub fn assess_devices(r: &DeviceReport) -> Result<String, Vec<String>> {
     let mut reasons = Vec::new();
-    let sockets: Vec<_> = r.of_kind("socket").collect();
-    let blocks: Vec<_> = r.of_kind("block").collect();
+    let sockets: Vec<_> = r.of_kind(DeviceKind::Socket).collect();
+    let blocks: Vec<_> = r.of_kind(DeviceKind::Block).collect();
     if sockets.is_empty() {
         reasons.push("no virtio socket (vsock) device found: the VMM attached none".to_string());
     }
@@ -510,17 +513,13 @@ pub fn assess_devices(r: &DeviceReport) -> Result<String, Vec<String>> {
         ));
     }
     for d in r.devices.iter().filter(|d| !d.is_bound()) {
-        let what = if d.kind == "socket" {
-            "vsock".to_string()
-        } else {
-            d.kind.clone()
-        };
         reasons.push(format!(
-            "{what} device {} (virtio id {}) has driver {}, expected {}",
+            "{} device {} (virtio id {}) has driver {}, expected {}",
+            d.kind.label(),
             d.address,
             d.device_id,
             d.driver.as_deref().unwrap_or("none"),
-            d.expected_driver.as_deref().unwrap_or("any")
+            d.expected_driver().unwrap_or("any")
         ));
     }
     if !reasons.is_empty() {
@@ -541,71 +540,41 @@ pub fn assess_devices(r: &DeviceReport) -> Result<String, Vec<String>> {
     for d in r
         .devices
         .iter()
-        .filter(|d| d.kind != "socket" && d.kind != "block")
+        .filter(|d| !matches!(d.kind, DeviceKind::Socket | DeviceKind::Block))
     {
         parts.push(format!("{}→{}", d.kind, d.driver.as_deref().unwrap_or("?")));
     }
     Ok(parts.join(", "))
 }
 
-/// A one-line rendering of a stage report's detail.
-pub fn summarize(detail: &serde_json::Value) -> String {
-    use serde_json::Value;
-    fn flat(v: &Value) -> String {
-        match v {
-            Value::Null => String::new(),
-            Value::String(s) => s.clone(),
-            Value::Array(a) => a.iter().map(flat).collect::<Vec<_>>().join(","),
-            other => other.to_string(),
-        }
-    }
-    let s = match detail {
-        Value::Object(m) => m
-            .iter()
-            .filter(|(_, v)| !v.is_null())
-            .map(|(k, v)| format!("{k}={}", flat(v)))
-            .collect::<Vec<_>>()
-            .join(" "),
-        other => flat(other),
-    };
-    if s.chars().count() > 160 {
-        let cut: String = s.chars().take(157).collect();
-        format!("{cut}...")
-    } else {
-        s
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use protocol::marker::parse_marker;
-    use protocol::messages::VirtioDevice;
+    use protocol::evidence::{InitEvidence, NetworkEvidence, StageDetail};
+    use protocol::messages::{Transport, VirtioDevice};
 
-    pub(crate) fn dev(kind: &str, id: u32, driver: Option<&str>, expected: &str) -> VirtioDevice {
+    fn parse_marker(line: &str) -> Option<Marker> {
+        Marker::parse(line)
+    }
+
+    pub(crate) fn dev(kind: DeviceKind, id: u32, driver: Option<&str>) -> VirtioDevice {
         VirtioDevice {
-            transport: "pci".into(),
+            transport: Transport::Pci,
             address: format!("0000:00:0{id}.0"),
             virtio_name: Some(format!("virtio{id}")),
             pci_id: None,
             device_id: id,
-            kind: kind.into(),
+            kind,
             driver: driver.map(Into::into),
-            expected_driver: Some(expected.into()),
         }
     }
 
     pub(crate) fn good_report() -> DeviceReport {
         DeviceReport {
             devices: vec![
-                dev(
-                    "socket",
-                    19,
-                    Some("vmw_vsock_virtio_transport"),
-                    "vmw_vsock_virtio_transport",
-                ),
-                dev("block", 2, Some("virtio_blk"), "virtio_blk"),
-                dev("block", 3, Some("virtio_blk"), "virtio_blk"),
+                dev(DeviceKind::Socket, 19, Some("vmw_vsock_virtio_transport")),
+                dev(DeviceKind::Block, 2, Some("virtio_blk")),
+                dev(DeviceKind::Block, 3, Some("virtio_blk")),
             ],
             kernel_config: "/proc/config.gz".into(),
             ..Default::default()
@@ -621,12 +590,12 @@ pub(crate) mod tests {
         }
     }
 
-    fn ready(stage: Stage, detail: serde_json::Value) -> StageReport {
-        StageReport {
-            stage,
-            state: StageState::Ready,
-            detail,
-        }
+    fn ready(stage: Stage, detail: impl Into<StageDetail>) -> StageReport {
+        StageReport::ready(stage, detail)
+    }
+
+    fn marker(report: &StageReport) -> Marker {
+        Marker::from_report(report)
     }
 
     fn accepted(p: &[Progress]) -> Vec<Stage> {
@@ -650,13 +619,21 @@ pub(crate) mod tests {
         let t0 = Instant::now();
         let mut r = Readiness::new(10, Stage::Ready, Timeouts::default(), t0);
         let at = |ms| t0 + Duration::from_millis(ms);
-        let init = parse_marker(r#"SOVEREIGN init {"pid":1}"#).unwrap();
-        assert_eq!(accepted(&r.on_marker(&init, at(2600))), [Stage::Init]);
-        let devices = parse_marker(&protocol::marker::format_marker(
-            Stage::Devices,
-            &good_report(),
-        ))
-        .unwrap();
+        let init = marker(&ready(
+            Stage::Init,
+            InitEvidence {
+                version: "0.1.0".into(),
+                kernel: "6.12.48-sovereign".into(),
+                cmdline_warnings: vec![],
+            },
+        ));
+        let p = r.on_marker(&init, at(2600));
+        assert_eq!(accepted(&p), [Stage::Init]);
+        assert_eq!(
+            r.line(Stage::Init).summary,
+            "PID 1 up, kernel 6.12.48-sovereign"
+        );
+        let devices = Marker::device_report(&good_report());
         let p = r.on_marker(&devices, at(3200));
         assert_eq!(accepted(&p), [Stage::Devices]);
         let Progress::Accepted(line) = &p[0] else {
@@ -672,31 +649,40 @@ pub(crate) mod tests {
         assert!(r.config_due());
         assert_eq!(accepted(&r.on_config_sent(at(3310))), [Stage::Control]);
         // Ready reports on the console alone do not count for the later stages.
-        let net = parse_marker(r#"SOVEREIGN network {"state":"ready","detail":null}"#).unwrap();
+        let net = parse_marker(
+            r#"SOVEREIGN network {"marker":"stage","state":"ready","detail":{"kind":"none"}}"#,
+        )
+        .unwrap();
         assert!(r.on_marker(&net, at(4000)).is_empty());
+        let network = NetworkEvidence {
+            address: "192.168.127.2/24".into(),
+            gateway: std::net::Ipv4Addr::new(192, 168, 127, 1),
+            mtu: 1500,
+            gateway_answered_ms: Some(12),
+            recovered: false,
+        };
         assert_eq!(
-            accepted(&r.on_stage_report(
-                &ready(
-                    Stage::Network,
-                    serde_json::json!({"gateway":"192.168.127.1"})
-                ),
-                at(4100)
-            )),
+            accepted(&r.on_stage_report(&ready(Stage::Network, network), at(4100))),
             [Stage::Network]
         );
-        let ts = serde_json::json!({"name": "sql-vm.tail.example.", "ips": ["100.64.0.2", "fd7a:115c:a1e0::2"]});
+        assert_eq!(
+            r.line(Stage::Network).summary,
+            "192.168.127.2/24 via 192.168.127.1, mtu 1500, gateway answered in 12 ms"
+        );
+        let ts = TailnetInfo {
+            name: "sql-vm.tail.example".into(),
+            ips: vec!["100.64.0.2".into(), "fd7a:115c:a1e0::2".into()],
+        };
         assert_eq!(
             accepted(&r.on_stage_report(&ready(Stage::Tailscale, ts), at(9000))),
             [Stage::Tailscale]
         );
         assert_eq!(r.tailnet().unwrap().ips.len(), 2);
         assert_eq!(
-            accepted(
-                &r.on_stage_report(&ready(Stage::Postgres, serde_json::Value::Null), at(12000))
-            ),
+            accepted(&r.on_stage_report(&ready(Stage::Postgres, ()), at(12000))),
             [Stage::Postgres]
         );
-        let p = r.on_stage_report(&ready(Stage::Ready, serde_json::Value::Null), at(12100));
+        let p = r.on_stage_report(&ready(Stage::Ready, ()), at(12100));
         assert_eq!(accepted(&p), [Stage::Ready]);
         assert_eq!(p.last(), Some(&Progress::Up));
         assert!(r.is_up());
@@ -727,7 +713,7 @@ pub(crate) mod tests {
         report.missing_kernel_options = vec!["CONFIG_VIRTIO_VSOCKETS".into()];
         report.problems =
             vec!["socket device 0000:00:019.0: CONFIG_VIRTIO_VSOCKETS is not set".into()];
-        let line = protocol::marker::format_marker(Stage::Devices, &report);
+        let line = Marker::device_report(&report).to_line();
         let p = r.on_marker(&parse_marker(&line).unwrap(), t0 + Duration::from_secs(3));
         let f = failed(&p).expect("failed");
         assert_eq!(f.at, FailurePoint::Stage(Stage::Devices));
@@ -740,7 +726,7 @@ pub(crate) mod tests {
         assert_eq!(f.missing_kernel_options, ["CONFIG_VIRTIO_VSOCKETS"]);
         assert_eq!(f.problems.len(), 1);
         assert!(f.devices.is_some());
-        assert_eq!(r.lines()[1].status, StageStatus::Failed);
+        assert_eq!(r.status_of(Stage::Devices), StageStatus::Failed);
         assert!(
             r.on_hello(hello(10), None, t0).is_empty(),
             "nothing after a failure"
@@ -759,7 +745,7 @@ pub(crate) mod tests {
         assert!(e[1].contains("1 virtio block device(s) found, 2 needed"));
         let mut r = good_report();
         r.devices
-            .push(dev("console", 3, Some("virtio_console"), "virtio_console"));
+            .push(dev(DeviceKind::Console, 3, Some("virtio_console")));
         assert_eq!(
             assess_devices(&r).unwrap(),
             "vsock→vmw_vsock_virtio_transport, 2×virtio_blk, console→virtio_console"
@@ -797,7 +783,7 @@ pub(crate) mod tests {
         };
         let mut r = Readiness::new(10, Stage::Ready, timeouts, t0);
         assert!(r.tick(t0 + Duration::from_secs(5)).is_empty());
-        let init = parse_marker(r#"SOVEREIGN init {}"#).unwrap();
+        let init = marker(&ready(Stage::Init, ()));
         r.on_marker(&init, t0 + Duration::from_secs(4));
         r.on_device_report(good_report(), t0 + Duration::from_secs(6));
         assert!(r.tick(t0 + Duration::from_secs(13)).is_empty());
@@ -818,7 +804,7 @@ pub(crate) mod tests {
         let t0 = Instant::now();
         let mut r = Readiness::new(10, Stage::Ready, Timeouts::default(), t0);
         let m = parse_marker(
-            r#"SOVEREIGN control {"state":"failed","detail":"connect 2:1025: ENODEV"}"#,
+            r#"SOVEREIGN control {"marker":"stage","state":"failed","detail":{"kind":"problem","message":"connect 2:1025: ENODEV"}}"#,
         )
         .unwrap();
         let p = r.on_marker(&m, t0);
@@ -829,15 +815,5 @@ pub(crate) mod tests {
         let mut r = Readiness::new(10, Stage::Ready, Timeouts::default(), t0);
         let p = r.on_process_exit("vmm", "exit status: 1", t0);
         assert_eq!(failed(&p).unwrap().at, FailurePoint::Stage(Stage::Init));
-    }
-
-    #[test]
-    fn summaries_are_short() {
-        assert_eq!(
-            summarize(&serde_json::json!({"a": "b", "ips": ["1", "2"], "n": 3})),
-            "a=b ips=1,2 n=3"
-        );
-        assert_eq!(summarize(&serde_json::json!("text")), "text");
-        assert!(summarize(&serde_json::json!("x".repeat(500))).ends_with("..."));
     }
 }

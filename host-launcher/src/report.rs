@@ -57,7 +57,7 @@ pub fn device_table(r: &DeviceReport) -> String {
             d.kind,
             d.device_id,
             d.driver.as_deref().unwrap_or("-"),
-            d.expected_driver.as_deref().unwrap_or("-"),
+            d.expected_driver().unwrap_or("-"),
             if d.is_bound() { "" } else { "   ✗ unbound" }
         );
     }

@@ -236,7 +236,6 @@ pub struct Spec {
     /// Short name used in file names (`sql`).
     pub name: String,
     /// Guest architecture; the kernel must be of it.
-    #[serde(with = "arch_serde")]
     pub arch: Arch,
     /// The guest's vsock CID.
     pub cid: u32,
@@ -276,20 +275,6 @@ pub struct Spec {
     pub vmm: VmmSpec,
     /// Stage deadlines.
     pub timeouts: Timeouts,
-}
-
-mod arch_serde {
-    use kernel_config::Arch;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(a: &Arch, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(a.as_str())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arch, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 /// The TOML file as written: every field optional, unknown fields refused.
@@ -464,7 +449,7 @@ fn resolve_file(
         None => Arch::host().unwrap_or(Arch::X86_64),
         Some(s) => s
             .parse()
-            .map_err(|e: kernel_config::ConfigError| SpecError::Invalid {
+            .map_err(|e: protocol::arch::UnknownArch| SpecError::Invalid {
                 source_name: source_name.to_string(),
                 problems: vec![Problem::new("arch", &s, e.to_string())],
             })?,

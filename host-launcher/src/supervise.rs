@@ -613,10 +613,8 @@ impl Supervisor {
     /// the progress that caused.
     async fn send_config_if_due(&mut self) -> Option<Vec<Progress>> {
         let r = self.readiness.as_ref()?;
-        let devices_accepted = r
-            .lines()
-            .get(1)
-            .is_some_and(|l| l.status == crate::readiness::StageStatus::Accepted);
+        let devices_accepted =
+            r.status_of(Stage::Devices) == crate::readiness::StageStatus::Accepted;
         if !(r.config_due() && devices_accepted) {
             return None;
         }
@@ -730,7 +728,7 @@ impl Supervisor {
                     "guest stage {} {}: {}",
                     s.stage,
                     s.state,
-                    crate::readiness::summarize(&s.detail)
+                    s.detail.summary()
                 );
                 let p = self
                     .readiness
@@ -847,7 +845,7 @@ impl Supervisor {
         let mut progress = Vec::new();
         if let Some(r) = self.readiness.as_mut() {
             for line in &lines {
-                if let Some(m) = protocol::marker::parse_marker(line) {
+                if let Some(m) = protocol::marker::Marker::parse(line) {
                     log::debug!("console marker {}", m.stage);
                     progress.extend(r.on_marker(&m, now));
                 }

@@ -6,10 +6,6 @@ use thiserror::Error;
 /// Why a kernel configuration could not be read, or an argument was not understood.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    /// An architecture name nobody supports.
-    #[error("unknown architecture '{0}' (expected x86_64/amd64 or arm64/aarch64)")]
-    UnknownArch(String),
-
     /// The gzip stream (`/proc/config.gz`, or the IKCONFIG blob of an image) is corrupt.
     #[error("cannot inflate the gzip'ed kernel config ({len} bytes): {source}")]
     Gzip {

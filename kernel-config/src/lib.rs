@@ -12,8 +12,8 @@
 //! - `sovereign-init` reads the running kernel's `/proc/config.gz`
 //!   ([`KernelConfig::from_gzip`]) and names every required option it lacks.
 //!
-//! The library uses std, flate2 and thiserror only and never panics on its input: it
-//! runs inside PID 1.
+//! The library uses std, flate2, thiserror and the shared `protocol` vocabulary only,
+//! and never panics on its input: it runs inside PID 1.
 
 mod config;
 mod error;
@@ -26,70 +26,9 @@ pub use fragments::{fragments, merged_fragment, requirements, Requirement};
 pub use image::{detect_image_arch, KernelImageArch};
 
 use std::fmt;
-use std::str::FromStr;
 
-/// A guest architecture: selects the arch fragment, the kernel image format and the
-/// `ARCH=` of the kernel build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Arch {
-    /// x86_64 (QEMU q35); the kernel is a bzImage.
-    X86_64,
-    /// arm64 (crosvm on pKVM, qemu -M virt); the kernel is an uncompressed Image.
-    Arm64,
-}
-
-impl Arch {
-    /// Every supported architecture, for callers that iterate (tests, help texts).
-    pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::Arm64];
-
-    /// The architecture this program was compiled for, if it is one the guest supports:
-    /// the default guest architecture for the launcher, and the running kernel's for PID 1.
-    pub fn host() -> Option<Arch> {
-        if cfg!(target_arch = "x86_64") {
-            Some(Arch::X86_64)
-        } else if cfg!(target_arch = "aarch64") {
-            Some(Arch::Arm64)
-        } else {
-            None
-        }
-    }
-
-    /// The canonical name, also the arch fragment's name and the kernel's `ARCH=`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86_64",
-            Arch::Arm64 => "arm64",
-        }
-    }
-
-    /// The file name of the bootable kernel image the build produces for this arch.
-    pub fn image_name(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "bzImage",
-            Arch::Arm64 => "Image",
-        }
-    }
-}
-
-impl fmt::Display for Arch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Arch {
-    type Err = ConfigError;
-
-    /// Accepts the kernel's and Debian's spellings ("x86_64"/"amd64", "arm64") and
-    /// Rust's ("aarch64"), case-insensitively.
-    fn from_str(s: &str) -> Result<Arch, ConfigError> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "x86_64" | "amd64" | "x86-64" => Ok(Arch::X86_64),
-            "arm64" | "aarch64" => Ok(Arch::Arm64),
-            _ => Err(ConfigError::UnknownArch(s.to_string())),
-        }
-    }
-}
+/// The guest architectures, defined with the other shared vocabulary in `protocol`.
+pub use protocol::Arch;
 
 /// One option that holds or does not: the unit of a check's result, printed one per
 /// line by the build script, the launcher and PID 1.
@@ -171,7 +110,7 @@ mod tests {
         let err = "riscv64".parse::<Arch>().err().map(|e| e.to_string());
         assert_eq!(
             err.as_deref(),
-            Some("unknown architecture 'riscv64' (expected x86_64/amd64 or arm64/aarch64)")
+            Some("unknown architecture \"riscv64\" (expected x86_64 or arm64)")
         );
         assert_eq!(Arch::X86_64.to_string(), "x86_64");
         assert_eq!(Arch::Arm64.to_string(), "arm64");

@@ -6,19 +6,27 @@
 //! - [`messages`]: the messages carried on it, in both directions.
 //! - [`config`]: the configuration the host hands the guest (including secrets).
 //! - [`stage`]: the boot stages whose names are part of the interface.
+//! - [`evidence`]: what each stage report proves, one type per stage.
 //! - [`marker`]: the `SOVEREIGN <stage> <json>` console lines.
+//! - [`manifest`]: `manifest.json` of a built artifact set.
+//! - [`arch`]: the guest architectures.
 //! - [`hyperkit`]: gvproxy's Ethernet frame framing (u16 little-endian length).
 //! - [`ports`]: well-known vsock CIDs and ports.
 
+pub mod arch;
 pub mod config;
 pub mod control;
+pub mod evidence;
 pub mod hyperkit;
+pub mod manifest;
 pub mod marker;
 pub mod messages;
 pub mod ports;
 pub mod stage;
 
+pub use arch::Arch;
 pub use config::GuestConfig;
 pub use control::{decode_frame, encode_frame, CodecError, FrameReader, MAX_CONTROL_FRAME};
+pub use evidence::StageDetail;
 pub use messages::{GuestMessage, HostMessage, PROTOCOL_VERSION};
 pub use stage::{Stage, StageReport, StageState};

@@ -5,9 +5,12 @@
 use crate::config::GuestConfig;
 use crate::stage::StageReport;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 /// Version of this message set, carried in [`Hello`]. Bump on incompatible changes.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: stage evidence is typed ([`crate::evidence::StageDetail`]), device kinds and
+/// transports are enums.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Guest → host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,11 +138,143 @@ pub struct Hello {
     pub boot_time_ms: u64,
 }
 
+/// How a virtio device is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// virtio-pci (QEMU, crosvm on x86 and arm64).
+    Pci,
+    /// virtio-mmio (platform devices).
+    Mmio,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Pci => "pci",
+            Transport::Mmio => "mmio",
+        })
+    }
+}
+
+/// The kind of a virtio device, by its virtio device id (the guest maps it from
+/// `virtio-drivers`' `DeviceType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// virtio-net (id 1).
+    Network,
+    /// virtio-blk (id 2).
+    Block,
+    /// virtio-console (id 3).
+    Console,
+    /// virtio-rng (id 4).
+    Entropy,
+    /// virtio-balloon (ids 5 and 13).
+    Balloon,
+    /// virtio-scsi (id 8).
+    Scsi,
+    /// virtio-9p (id 9).
+    #[serde(rename = "9p")]
+    NineP,
+    /// virtio-gpu (id 16).
+    Gpu,
+    /// virtio-input (id 18).
+    Input,
+    /// virtio-vsock (id 19).
+    Socket,
+    /// virtio-crypto (id 20).
+    Crypto,
+    /// virtio-iommu (id 23).
+    Iommu,
+    /// virtio-mem (id 24).
+    Memory,
+    /// virtio-sound (id 25).
+    Sound,
+    /// A known id this project has no name for.
+    Other,
+    /// An id the guest could not read or map.
+    Unknown,
+}
+
+impl DeviceKind {
+    /// Our name for the kind, as in reports (`block`, `socket`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Network => "network",
+            DeviceKind::Block => "block",
+            DeviceKind::Console => "console",
+            DeviceKind::Entropy => "entropy",
+            DeviceKind::Balloon => "balloon",
+            DeviceKind::Scsi => "scsi",
+            DeviceKind::NineP => "9p",
+            DeviceKind::Gpu => "gpu",
+            DeviceKind::Input => "input",
+            DeviceKind::Socket => "socket",
+            DeviceKind::Crypto => "crypto",
+            DeviceKind::Iommu => "iommu",
+            DeviceKind::Memory => "memory",
+            DeviceKind::Sound => "sound",
+            DeviceKind::Other => "other",
+            DeviceKind::Unknown => "unknown",
+        }
+    }
+
+    /// The Linux driver that binds a device of this kind. There is no driver called
+    /// `virtio_vsock`: vsock's is `vmw_vsock_virtio_transport`.
+    pub fn linux_driver(self) -> Option<&'static str> {
+        Some(match self {
+            DeviceKind::Block => "virtio_blk",
+            DeviceKind::Socket => "vmw_vsock_virtio_transport",
+            DeviceKind::Console => "virtio_console",
+            DeviceKind::Entropy => "virtio_rng",
+            DeviceKind::Balloon => "virtio_balloon",
+            DeviceKind::Network => "virtio_net",
+            DeviceKind::Scsi => "virtio_scsi",
+            DeviceKind::NineP => "9pnet_virtio",
+            DeviceKind::Gpu => "virtio_gpu",
+            DeviceKind::Input => "virtio_input",
+            DeviceKind::Iommu => "virtio_iommu",
+            DeviceKind::Memory => "virtio_mem",
+            DeviceKind::Sound => "virtio_snd",
+            DeviceKind::Crypto => "virtio_crypto",
+            DeviceKind::Other | DeviceKind::Unknown => return None,
+        })
+    }
+
+    /// The kernel option that provides the driver, for diagnosis.
+    pub fn kernel_option(self) -> Option<&'static str> {
+        Some(match self {
+            DeviceKind::Block => "CONFIG_VIRTIO_BLK",
+            DeviceKind::Socket => "CONFIG_VIRTIO_VSOCKETS",
+            DeviceKind::Console => "CONFIG_VIRTIO_CONSOLE",
+            DeviceKind::Entropy => "CONFIG_HW_RANDOM_VIRTIO",
+            DeviceKind::Balloon => "CONFIG_VIRTIO_BALLOON",
+            DeviceKind::Network => "CONFIG_VIRTIO_NET",
+            _ => return None,
+        })
+    }
+
+    /// How people call it in messages (`vsock` rather than `socket`).
+    pub fn label(self) -> &'static str {
+        match self {
+            DeviceKind::Socket => "vsock",
+            other => other.name(),
+        }
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// One virtio device found in sysfs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VirtioDevice {
-    /// Transport: `pci` or `mmio`.
-    pub transport: String,
+    /// How it is attached.
+    pub transport: Transport,
     /// Where it sits: PCI address (`0000:00:04.0`) or the platform device name.
     pub address: String,
     /// The virtio bus name (`virtio0`), when the transport created one.
@@ -148,18 +283,21 @@ pub struct VirtioDevice {
     pub pci_id: Option<String>,
     /// Virtio device id (2 = block, 19 = socket, ...).
     pub device_id: u32,
-    /// Kind of device, e.g. `block`, `socket`, `console`, `unknown`.
-    pub kind: String,
+    /// Kind of device.
+    pub kind: DeviceKind,
     /// The Linux driver bound to it, if any.
     pub driver: Option<String>,
-    /// The driver Linux uses for this kind (`vmw_vsock_virtio_transport` for socket).
-    pub expected_driver: Option<String>,
 }
 
 impl VirtioDevice {
+    /// The driver Linux uses for this kind (`vmw_vsock_virtio_transport` for socket).
+    pub fn expected_driver(&self) -> Option<&'static str> {
+        self.kind.linux_driver()
+    }
+
     /// True when the device has a driver (the expected one, if we know it).
     pub fn is_bound(&self) -> bool {
-        match (&self.driver, &self.expected_driver) {
+        match (&self.driver, self.expected_driver()) {
             (Some(d), Some(e)) => d == e,
             (Some(_), None) => true,
             (None, _) => false,
@@ -191,8 +329,8 @@ pub struct DeviceReport {
 }
 
 impl DeviceReport {
-    /// Devices of `kind` (e.g. `socket`).
-    pub fn of_kind<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a VirtioDevice> + 'a {
+    /// Devices of `kind`.
+    pub fn of_kind(&self, kind: DeviceKind) -> impl Iterator<Item = &VirtioDevice> + '_ {
         self.devices.iter().filter(move |d| d.kind == kind)
     }
 
@@ -230,11 +368,31 @@ pub struct TailnetInfo {
     pub ips: Vec<String>,
 }
 
+/// Whether the supervised server process runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerState {
+    /// The server process runs.
+    Ready,
+    /// It died and PID 1 is bringing it back.
+    #[default]
+    Restarting,
+}
+
+impl fmt::Display for ServerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServerState::Ready => "ready",
+            ServerState::Restarting => "restarting",
+        })
+    }
+}
+
 /// PostgreSQL as the guest sees it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PostgresInfo {
-    /// `ready` while the server runs, `restarting` while PID 1 brings it back.
-    pub state: String,
+    /// Whether the server process runs.
+    pub state: ServerState,
     /// Server version string.
     pub version: String,
     /// Data directory.
@@ -309,15 +467,18 @@ mod tests {
     #[test]
     fn binding_rules() {
         let mut d = VirtioDevice {
-            transport: "pci".into(),
+            transport: Transport::Pci,
             address: "0000:00:04.0".into(),
             virtio_name: Some("virtio2".into()),
             pci_id: Some("1af4:1053".into()),
             device_id: 19,
-            kind: "socket".into(),
+            kind: DeviceKind::Socket,
             driver: None,
-            expected_driver: Some("vmw_vsock_virtio_transport".into()),
         };
+        assert_eq!(
+            serde_json::to_value(&d).unwrap()["kind"],
+            serde_json::json!("socket")
+        );
         assert!(!d.is_bound());
         d.driver = Some("virtio_vsock".into());
         assert!(
@@ -326,5 +487,10 @@ mod tests {
         );
         d.driver = Some("vmw_vsock_virtio_transport".into());
         assert!(d.is_bound());
+        assert_eq!(
+            serde_json::from_value::<DeviceKind>(serde_json::json!("9p")).unwrap(),
+            DeviceKind::NineP
+        );
+        assert_eq!(DeviceKind::Socket.label(), "vsock");
     }
 }

@@ -1,6 +1,7 @@
 //! Boot stages. Their names appear on the console, on the control channel and in the
 //! launcher's output, so they are part of the interface: do not rename them.
 
+use crate::evidence::StageDetail;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -95,9 +96,47 @@ pub struct StageReport {
     pub stage: Stage,
     /// Its new state.
     pub state: StageState,
-    /// Stage-specific evidence (addresses, versions, error text); `null` when none.
+    /// Stage-specific evidence, or the problem when failed or degraded.
     #[serde(default)]
-    pub detail: serde_json::Value,
+    pub detail: StageDetail,
+}
+
+impl StageReport {
+    /// `stage` has started; `detail` says with what (often nothing).
+    pub fn started(stage: Stage, detail: impl Into<StageDetail>) -> StageReport {
+        StageReport {
+            stage,
+            state: StageState::Started,
+            detail: detail.into(),
+        }
+    }
+
+    /// `stage` holds, proven by `detail`.
+    pub fn ready(stage: Stage, detail: impl Into<StageDetail>) -> StageReport {
+        StageReport {
+            stage,
+            state: StageState::Ready,
+            detail: detail.into(),
+        }
+    }
+
+    /// `stage` cannot be reached, because of `why`.
+    pub fn failed(stage: Stage, why: impl Into<String>) -> StageReport {
+        StageReport {
+            stage,
+            state: StageState::Failed,
+            detail: StageDetail::problem(why),
+        }
+    }
+
+    /// `stage` held and is impaired now, because of `why`.
+    pub fn degraded(stage: Stage, why: impl Into<String>) -> StageReport {
+        StageReport {
+            stage,
+            state: StageState::Degraded,
+            detail: StageDetail::problem(why),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -260,7 +260,7 @@ impl Vm {
 /// device bound to `vmw_vsock_virtio_transport`, two disks bound to `virtio_blk`.
 pub fn assert_boot_devices(status: &serde_json::Value) {
     assert_eq!(status["hello"]["cid"], 10, "{status:#}");
-    assert_eq!(status["hello"]["version"], 1, "{status:#}");
+    assert_eq!(status["hello"]["version"], 2, "{status:#}");
     let devices = status["devices"]["devices"]
         .as_array()
         .expect("device census in status");

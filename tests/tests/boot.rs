@@ -100,7 +100,7 @@ fn kernel_without_vsock_fails_at_devices_and_says_why() {
     let report = console
         .lines()
         .find_map(|l| {
-            l.find("SOVEREIGN devices {\"devices\"")
+            l.find("SOVEREIGN devices {\"marker\":\"device_report\"")
                 .map(|i| &l[i + "SOVEREIGN devices ".len()..])
         })
         .unwrap_or_else(|| panic!("no device report on the console:\n{console}"));

@@ -10,9 +10,10 @@ pub mod tap;
 use crate::report::Reporter;
 use forwarder::{Dialer, Forwarder, LinkEvent};
 use protocol::config::NetworkConfig;
+use protocol::evidence::NetworkEvidence;
 use protocol::hyperkit::CONNECT_REQUEST;
 use protocol::messages::NetworkCounters;
-use protocol::{Stage, StageState};
+use protocol::{Stage, StageReport, StageState};
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -161,23 +162,23 @@ impl Network {
             cfg.mtu,
             cfg.mac
         );
-        let detail = format!("{}/{}", cfg.address, cfg.prefix_len);
+        let recovered = NetworkEvidence {
+            address: format!("{}/{}", cfg.address, cfg.prefix_len),
+            gateway: cfg.gateway,
+            mtu: cfg.mtu,
+            gateway_answered_ms: None,
+            recovered: true,
+        };
         let on_event = Box::new(move |ev: LinkEvent| {
             let Some(r) = reporter.as_ref() else { return };
             match ev {
-                LinkEvent::Up { reconnect: true } => r.stage(
-                    Stage::Network,
-                    StageState::Ready,
-                    serde_json::json!({ "address": detail, "recovered": true }),
-                ),
+                LinkEvent::Up { reconnect: true } => {
+                    r.report(StageReport::ready(Stage::Network, recovered.clone()));
+                }
                 LinkEvent::Up { reconnect: false } => {}
                 LinkEvent::Down(why) => {
                     if r.state(Stage::Network) == Some(StageState::Ready) {
-                        r.stage(
-                            Stage::Network,
-                            StageState::Degraded,
-                            serde_json::json!({ "error": why }),
-                        );
+                        r.report(StageReport::degraded(Stage::Network, why));
                     }
                 }
             }
@@ -200,7 +201,7 @@ impl Network {
                 match probe::resolve_via(self.cfg.dns, probe::GATEWAY_NAME, Duration::from_secs(1))
                 {
                     Ok(_) => return Ok(start.elapsed()),
-                    Err(e) => last = e,
+                    Err(e) => last = e.to_string(),
                 }
             } else {
                 last = "not connected to gvproxy".into();

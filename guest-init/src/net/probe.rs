@@ -6,6 +6,7 @@ use protocol::messages::Probe;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
+use thiserror::Error;
 
 /// A name gvproxy's own DNS zone answers without asking any upstream resolver.
 pub const GATEWAY_NAME: &str = "gateway.containers.internal";
@@ -13,44 +14,90 @@ pub const GATEWAY_NAME: &str = "gateway.containers.internal";
 /// Largest response a TCP probe returns.
 const MAX_PROBE_OUTPUT: usize = 16 * 1024;
 
+/// Why a probe or a resolution failed, with the address involved.
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error("{dns} returned no address for {name}")]
+    NoAddress { dns: Ipv4Addr, name: String },
+    #[error("resolving {name} via {dns}: {source}")]
+    Resolve {
+        dns: Ipv4Addr,
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("resolving {name} via {dns}: no answer within {timeout:?}")]
+    ResolveTimeout {
+        dns: Ipv4Addr,
+        name: String,
+        timeout: Duration,
+    },
+    #[error("cannot start the resolver thread: {0}")]
+    Thread(std::io::Error),
+    #[error("{op} {address}: {source}")]
+    Io {
+        op: &'static str,
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("{0} resolved to nothing")]
+    Unresolved(String),
+    #[error("no connection to {bind}:{port} within {timeout:?}")]
+    NoClient {
+        bind: Ipv4Addr,
+        port: u16,
+        timeout: Duration,
+    },
+}
+
+fn io(op: &'static str, address: impl ToString) -> impl FnOnce(std::io::Error) -> ProbeError {
+    let address = address.to_string();
+    move |source| ProbeError::Io {
+        op,
+        address,
+        source,
+    }
+}
+
 /// Resolves `name` with the system resolver (/etc/resolv.conf points at `dns`, which
-/// is named only for the error text). `timeout` bounds the wait.
+/// is named only for the error text). `timeout` bounds the wait: the lookup runs on a
+/// thread of its own, since getaddrinfo has no deadline.
 pub fn resolve_via(
     dns: Ipv4Addr,
     name: &str,
     timeout: Duration,
-) -> Result<Vec<SocketAddr>, String> {
+) -> Result<Vec<SocketAddr>, ProbeError> {
     let (tx, rx) = std::sync::mpsc::channel();
     let owned = name.to_string();
-    std::thread::spawn(move || {
-        let _ = tx.send(
-            (owned.as_str(), 0u16)
-                .to_socket_addrs()
-                .map(Iterator::collect::<Vec<_>>),
-        );
-    });
+    std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let _ = tx.send(
+                (owned.as_str(), 0u16)
+                    .to_socket_addrs()
+                    .map(Iterator::collect::<Vec<_>>),
+            );
+        })
+        .map_err(ProbeError::Thread)?;
+    let name = name.to_string();
     match rx.recv_timeout(timeout) {
         Ok(Ok(addrs)) if !addrs.is_empty() => Ok(addrs),
-        Ok(Ok(_)) => Err(format!("{dns} returned no address for {name}")),
-        Ok(Err(e)) => Err(format!("resolving {name} via {dns}: {e}")),
-        Err(_) => Err(format!(
-            "resolving {name} via {dns}: no answer within {timeout:?}"
-        )),
+        Ok(Ok(_)) => Err(ProbeError::NoAddress { dns, name }),
+        Ok(Err(source)) => Err(ProbeError::Resolve { dns, name, source }),
+        Err(_) => Err(ProbeError::ResolveTimeout { dns, name, timeout }),
     }
 }
 
-fn tcp_exchange(address: &str, send: &str, timeout: Duration) -> Result<String, String> {
+fn tcp_exchange(address: &str, send: &str, timeout: Duration) -> Result<String, ProbeError> {
     let start = Instant::now();
     let addr = address
         .to_socket_addrs()
-        .map_err(|e| format!("resolving {address}: {e}"))?
+        .map_err(io("resolving", address))?
         .next()
-        .ok_or_else(|| format!("{address} resolved to nothing"))?;
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+        .ok_or_else(|| ProbeError::Unresolved(address.to_string()))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io("connect", addr))?;
     stream
         .write_all(send.as_bytes())
-        .map_err(|e| format!("send to {addr}: {e}"))?;
+        .map_err(io("send to", addr))?;
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     while out.len() < MAX_PROBE_OUTPUT {
@@ -62,7 +109,7 @@ fn tcp_exchange(address: &str, send: &str, timeout: Duration) -> Result<String, 
         match stream.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if out.is_empty() => return Err(format!("read from {addr}: {e}")),
+            Err(e) if out.is_empty() => return Err(io("read from", addr)(e)),
             Err(_) => break,
         }
     }
@@ -70,10 +117,17 @@ fn tcp_exchange(address: &str, send: &str, timeout: Duration) -> Result<String, 
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
-fn serve_once(bind: Ipv4Addr, port: u16, reply: &str, timeout: Duration) -> Result<String, String> {
-    let listener =
-        TcpListener::bind((bind, port)).map_err(|e| format!("listen on {bind}:{port}: {e}"))?;
-    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+fn serve_once(
+    bind: Ipv4Addr,
+    port: u16,
+    reply: &str,
+    timeout: Duration,
+) -> Result<String, ProbeError> {
+    let here = format!("{bind}:{port}");
+    let listener = TcpListener::bind((bind, port)).map_err(io("listen on", &here))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(io("listen on", &here))?;
     let start = Instant::now();
     loop {
         match listener.accept() {
@@ -81,23 +135,27 @@ fn serve_once(bind: Ipv4Addr, port: u16, reply: &str, timeout: Duration) -> Resu
                 let _ = stream.set_nonblocking(false);
                 stream
                     .write_all(reply.as_bytes())
-                    .map_err(|e| format!("reply to {peer}: {e}"))?;
+                    .map_err(io("reply to", peer))?;
                 return Ok(format!("served {peer}"));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if start.elapsed() >= timeout {
-                    return Err(format!("no connection to {bind}:{port} within {timeout:?}"));
+                    return Err(ProbeError::NoClient {
+                        bind,
+                        port,
+                        timeout,
+                    });
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(e) => return Err(format!("accept on {bind}:{port}: {e}")),
+            Err(e) => return Err(io("accept on", &here)(e)),
         }
     }
 }
 
 /// Runs a host-requested probe; `guest` is the guest's own address (inbound probes
 /// listen only there, never on the tailnet).
-pub fn run(probe: &Probe, guest: Ipv4Addr, dns: Ipv4Addr) -> Result<String, String> {
+pub fn run(probe: &Probe, guest: Ipv4Addr, dns: Ipv4Addr) -> Result<String, ProbeError> {
     let cap = |ms: u64| Duration::from_millis(ms.clamp(100, 120_000));
     match probe {
         Probe::Dns { name } => resolve_via(dns, name, Duration::from_secs(5)).map(|addrs| {
@@ -130,7 +188,7 @@ mod tests {
         let server = std::thread::spawn(move || {
             serve_once(Ipv4Addr::LOCALHOST, port, "hello\n", Duration::from_secs(5))
         });
-        let mut got = Err(String::new());
+        let mut got = Err(ProbeError::Unresolved(String::new()));
         for _ in 0..50 {
             got = tcp_exchange(&format!("127.0.0.1:{port}"), "", Duration::from_secs(2));
             if got.is_ok() {
@@ -145,12 +203,14 @@ mod tests {
             .unwrap()
             .starts_with("served 127.0.0.1:"));
         let refused = tcp_exchange(&format!("127.0.0.1:{port}"), "", Duration::from_millis(500));
-        assert!(refused.unwrap_err().contains("connect"));
+        assert!(refused.unwrap_err().to_string().contains("connect"));
     }
 
     #[test]
     fn serve_times_out() {
-        let err = serve_once(Ipv4Addr::LOCALHOST, 0, "x", Duration::from_millis(100)).unwrap_err();
+        let err = serve_once(Ipv4Addr::LOCALHOST, 0, "x", Duration::from_millis(100))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("no connection"), "{err}");
     }
 }

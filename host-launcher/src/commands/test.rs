@@ -84,8 +84,12 @@ pub async fn run(spec: &Spec) -> anyhow::Result<i32> {
         );
     }
     if spec.wait_for >= Stage::Postgres {
-        let state = g.postgres.as_ref().map_or("absent", |p| p.state.as_str());
-        c.check(state == "ready", "postgres state", state);
+        let state = g.postgres.as_ref().map(|p| p.state);
+        c.check(
+            state == Some(protocol::messages::ServerState::Ready),
+            "postgres state",
+            state.map_or("absent".to_string(), |s| s.to_string()),
+        );
         let mut witnesses: Vec<(String, String, String)> = vec![
             ("select 1".into(), "select 1".into(), "1".into()),
             ("scram passwords".into(), "show password_encryption".into(), "scram-sha-256".into()),

@@ -1,6 +1,6 @@
-//! A supervised process: started, restarted with backoff when it dies, restarted on
+//! One supervised process: started, restarted with backoff when it dies, restarted on
 //! request (a configuration change), and stopped with a signal and a deadline. Used for
-//! postgres and tailscaled.
+//! postgres and tailscaled; [`crate::running`] holds the set of them.
 
 use crate::reaper::{self, Exit};
 use nix::sys::signal::{kill, Signal};
@@ -28,7 +28,7 @@ struct State {
 
 /// Handle to a supervised process.
 #[derive(Debug, Clone)]
-pub struct Service {
+pub struct Supervised {
     name: String,
     stop_signal: Signal,
     shared: Arc<(Mutex<State>, Condvar)>,
@@ -39,10 +39,10 @@ pub fn restart_delay(consecutive: u32) -> Duration {
     Duration::from_secs(1u64 << consecutive.min(5)).min(Duration::from_secs(30))
 }
 
-impl Service {
-    /// Starts `make()` now and keeps it running until [`Service::stop`].
-    pub fn start(name: &str, stop_signal: Signal, make: CommandFactory) -> Service {
-        let svc = Service {
+impl Supervised {
+    /// Starts `make()` now and keeps it running until [`Supervised::stop`].
+    pub fn start(name: &str, stop_signal: Signal, make: CommandFactory) -> Supervised {
+        let svc = Supervised {
             name: name.to_string(),
             stop_signal,
             shared: Arc::new((Mutex::new(State::default()), Condvar::new())),

@@ -1,7 +1,10 @@
-//! The init's `log` backend. As PID 1 it writes to /dev/kmsg once /dev exists, so
-//! messages carry kernel timestamps, show on the serial console and survive in `dmesg`;
-//! before that, and as an ordinary process (tests, tools), it writes to stderr.
+//! The kernel log, both ways: the init's `log` backend, and reading the ring buffer.
+//! As PID 1 the backend writes to /dev/kmsg once /dev exists, so messages carry kernel
+//! timestamps, show on the serial console and survive in `dmesg`; before that, and as
+//! an ordinary process (tests, tools), it writes to stderr.
 
+use nix::fcntl::{open, OFlag};
+use nix::sys::stat::Mode;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::sync::{Mutex, OnceLock};
@@ -103,6 +106,37 @@ impl log::Log for Logger {
     }
 
     fn flush(&self) {}
+}
+
+/// Reads the kernel log records currently in the ring buffer (message text only, the
+/// newest 400), for explaining a failed probe and for `sovereign logs kernel`.
+pub fn read_ring() -> Vec<String> {
+    let Ok(fd) = open(
+        "/dev/kmsg",
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match nix::unistd::read(&fd, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let rec = String::from_utf8_lossy(&buf[..n]);
+                // "prio,seq,usec,flags;message\n[ continuation lines ]"
+                if let Some((_, msg)) = rec.split_once(';') {
+                    lines.push(msg.lines().next().unwrap_or("").to_string());
+                }
+            }
+            // A record was overwritten while we read: keep going from the next one.
+            Err(nix::errno::Errno::EPIPE) => continue,
+            Err(_) => break,
+        }
+    }
+    let keep = lines.len().saturating_sub(400);
+    lines.split_off(keep)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! earlier attempt's vsock device enumerated but never bound: the report names every
 //! device and, for an unbound one, says why as far as the kernel can tell.
 
-use protocol::messages::{DeviceReport, VirtioDevice};
+use protocol::messages::{DeviceKind, DeviceReport, Transport, VirtioDevice};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,60 +17,25 @@ const VIRTIO_PCI_VENDOR: u16 = 0x1af4;
 /// Name of the PCI driver that creates virtio devices from PCI functions.
 pub const VIRTIO_PCI_DRIVER: &str = "virtio-pci";
 
-/// Our name for a virtio device type, as used in reports (`block`, `socket`, ...).
-pub fn kind_name(t: DeviceType) -> &'static str {
+/// The kind of a virtio device type, as reports name it.
+pub fn kind_of(t: DeviceType) -> DeviceKind {
     match t {
-        DeviceType::Network => "network",
-        DeviceType::Block => "block",
-        DeviceType::Console => "console",
-        DeviceType::EntropySource => "entropy",
-        DeviceType::MemoryBalloon | DeviceType::MemoryBallooning => "balloon",
-        DeviceType::ScsiHost => "scsi",
-        DeviceType::_9P => "9p",
-        DeviceType::GPU => "gpu",
-        DeviceType::Input => "input",
-        DeviceType::Socket => "socket",
-        DeviceType::Crypto => "crypto",
-        DeviceType::IOMMU => "iommu",
-        DeviceType::Memory => "memory",
-        DeviceType::Sound => "sound",
-        _ => "other",
+        DeviceType::Network => DeviceKind::Network,
+        DeviceType::Block => DeviceKind::Block,
+        DeviceType::Console => DeviceKind::Console,
+        DeviceType::EntropySource => DeviceKind::Entropy,
+        DeviceType::MemoryBalloon | DeviceType::MemoryBallooning => DeviceKind::Balloon,
+        DeviceType::ScsiHost => DeviceKind::Scsi,
+        DeviceType::_9P => DeviceKind::NineP,
+        DeviceType::GPU => DeviceKind::Gpu,
+        DeviceType::Input => DeviceKind::Input,
+        DeviceType::Socket => DeviceKind::Socket,
+        DeviceType::Crypto => DeviceKind::Crypto,
+        DeviceType::IOMMU => DeviceKind::Iommu,
+        DeviceType::Memory => DeviceKind::Memory,
+        DeviceType::Sound => DeviceKind::Sound,
+        _ => DeviceKind::Other,
     }
-}
-
-/// The Linux driver that binds a virtio device of this type.
-pub fn expected_driver(t: DeviceType) -> Option<&'static str> {
-    Some(match t {
-        DeviceType::Block => "virtio_blk",
-        // There is no driver called "virtio_vsock".
-        DeviceType::Socket => "vmw_vsock_virtio_transport",
-        DeviceType::Console => "virtio_console",
-        DeviceType::EntropySource => "virtio_rng",
-        DeviceType::MemoryBalloon | DeviceType::MemoryBallooning => "virtio_balloon",
-        DeviceType::Network => "virtio_net",
-        DeviceType::ScsiHost => "virtio_scsi",
-        DeviceType::_9P => "9pnet_virtio",
-        DeviceType::GPU => "virtio_gpu",
-        DeviceType::Input => "virtio_input",
-        DeviceType::IOMMU => "virtio_iommu",
-        DeviceType::Memory => "virtio_mem",
-        DeviceType::Sound => "virtio_snd",
-        DeviceType::Crypto => "virtio_crypto",
-        _ => return None,
-    })
-}
-
-/// The kernel option that provides the driver for a device kind, for diagnosis.
-pub fn driver_option(kind: &str) -> Option<&'static str> {
-    Some(match kind {
-        "block" => "CONFIG_VIRTIO_BLK",
-        "socket" => "CONFIG_VIRTIO_VSOCKETS",
-        "console" => "CONFIG_VIRTIO_CONSOLE",
-        "entropy" => "CONFIG_HW_RANDOM_VIRTIO",
-        "balloon" => "CONFIG_VIRTIO_BALLOON",
-        "network" => "CONFIG_VIRTIO_NET",
-        _ => return None,
-    })
 }
 
 /// A sysfs tree to read: `/` in the guest, a fixture directory in tests.
@@ -124,7 +89,9 @@ impl Sysfs {
         for dev in Self::list(&self.path("sys/bus/virtio/devices")) {
             let name = dev.file_name().map(|n| n.to_string_lossy().into_owned());
             let device_id = Self::read_hex(&dev.join("device")).unwrap_or(0);
-            let kind = DeviceType::try_from(device_id).ok();
+            let kind = DeviceType::try_from(device_id)
+                .ok()
+                .map_or(DeviceKind::Unknown, kind_of);
             // The symlink points into /sys/devices/...; its parent is the transport.
             let parent = fs::canonicalize(&dev)
                 .ok()
@@ -144,14 +111,17 @@ impl Sysfs {
                 pci_with_virtio.push(parent.clone());
             }
             devices.push(VirtioDevice {
-                transport: if is_pci { "pci" } else { "mmio" }.into(),
+                transport: if is_pci {
+                    Transport::Pci
+                } else {
+                    Transport::Mmio
+                },
                 address: parent,
                 virtio_name: name,
                 pci_id,
                 device_id,
-                kind: kind.map_or("unknown", kind_name).into(),
+                kind,
                 driver: Self::driver_of(&dev),
-                expected_driver: kind.and_then(expected_driver).map(str::to_string),
             });
         }
         // PCI functions of virtio type that no transport has claimed (virtio-pci absent).
@@ -184,15 +154,14 @@ impl Sysfs {
                 continue;
             };
             devices.push(VirtioDevice {
-                transport: "pci".into(),
+                transport: Transport::Pci,
                 address: addr,
                 virtio_name: None,
                 pci_id: Some(format!("{vendor_id:04x}:{device_id16:04x}")),
                 device_id: kind as u32,
-                kind: kind_name(kind).into(),
+                kind: kind_of(kind),
                 // The PCI-level driver, if any; the virtio driver cannot bind yet.
                 driver: None,
-                expected_driver: expected_driver(kind).map(str::to_string),
             });
         }
         devices
@@ -232,7 +201,7 @@ pub fn explain_unbound(
             .unwrap_or_default()
     );
     let mut why = Vec::new();
-    if dev.virtio_name.is_none() && dev.transport == "pci" {
+    if dev.virtio_name.is_none() && dev.transport == Transport::Pci {
         if pci_drivers.iter().any(|d| d == VIRTIO_PCI_DRIVER) {
             why.push("the virtio-pci transport did not claim it".to_string());
         } else {
@@ -241,10 +210,7 @@ pub fn explain_unbound(
             );
         }
     }
-    let expected = dev
-        .expected_driver
-        .as_deref()
-        .unwrap_or("an unknown driver");
+    let expected = dev.expected_driver().unwrap_or("an unknown driver");
     match (&dev.driver, registered.iter().any(|d| d == expected)) {
         (Some(wrong), _) => why.push(format!("bound to {wrong} instead of {expected}")),
         (None, true) => why.push(format!(
@@ -254,7 +220,7 @@ pub fn explain_unbound(
             why.push(format!(
                 "no driver: {expected} is not registered on the virtio bus"
             ));
-            let option = driver_option(&dev.kind);
+            let option = dev.kind.kernel_option();
             match (&facts.config, option) {
                 (Some(cfg), Some(opt)) => {
                     let v = cfg.get(opt);
@@ -318,9 +284,8 @@ pub fn census(sys: &Sysfs, wait: Duration, facts: &KernelFacts) -> DeviceReport 
         let can_still_bind = pending.clone().any(|d| {
             d.driver.is_none()
                 && (d.virtio_name.is_none()
-                    || d.expected_driver
-                        .as_ref()
-                        .is_some_and(|e| registered.contains(e)))
+                    || d.expected_driver()
+                        .is_some_and(|e| registered.iter().any(|r| r == e)))
         });
         if pending.count() == 0 || !can_still_bind || start.elapsed() >= wait {
             break;
@@ -439,8 +404,8 @@ mod tests {
         let r = quick(&f, &KernelFacts::default());
         assert!(r.all_bound(), "{r:#?}");
         assert!(r.problems.is_empty());
-        assert_eq!(r.of_kind("block").count(), 2);
-        let vsock = r.of_kind("socket").next().unwrap();
+        assert_eq!(r.of_kind(DeviceKind::Block).count(), 2);
+        let vsock = r.of_kind(DeviceKind::Socket).next().unwrap();
         assert_eq!(vsock.driver.as_deref(), Some("vmw_vsock_virtio_transport"));
         assert_eq!(vsock.pci_id.as_deref(), Some("1af4:1053"));
         assert_eq!(vsock.address, "0000:00:04.0");
@@ -500,7 +465,7 @@ mod tests {
         };
         let r = quick(&f, &facts);
         assert_eq!(r.devices.len(), 2);
-        let kinds: Vec<&str> = r.devices.iter().map(|d| d.kind.as_str()).collect();
+        let kinds: Vec<&str> = r.devices.iter().map(|d| d.kind.name()).collect();
         assert_eq!(
             kinds,
             ["block", "socket"],

@@ -1,4 +1,5 @@
-//! What the boot sequence started and shutdown must stop, in one place.
+//! What the boot sequence started and shutdown must stop, in one place: the network,
+//! the supervised processes ([`crate::supervised`]) and the data disk mount.
 
 use crate::{net, postgres, tailscale};
 use protocol::messages::ServiceStatus;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 /// thread serving the host (status, shutdown), so each is an `Arc` cloned out under a
 /// brief lock.
 #[derive(Debug, Default)]
-pub struct Services {
+pub struct Running {
     /// tap0 and its forwarder.
     pub network: Option<Arc<net::Network>>,
     /// tailscaled.
@@ -19,7 +20,7 @@ pub struct Services {
     pub data_mounted: bool,
 }
 
-impl Services {
+impl Running {
     /// Status of every supervised process.
     pub fn statuses(&self) -> Vec<ServiceStatus> {
         let mut out = Vec::new();

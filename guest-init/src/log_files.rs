@@ -3,6 +3,17 @@
 
 use protocol::messages::GuestLog;
 use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// A log that could not be read.
+#[derive(Debug, Error)]
+#[error("{path}: {source}")]
+pub struct LogReadError {
+    /// The file.
+    pub path: String,
+    /// Why.
+    pub source: std::io::Error,
+}
 
 /// Most bytes of a log sent in one answer (JSON escaping may grow it; the frame cap is
 /// 64 KiB).
@@ -34,12 +45,15 @@ fn newest(dir: &Path) -> Option<PathBuf> {
         .map(|e| e.path())
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+fn read(path: &Path) -> Result<Vec<u8>, LogReadError> {
+    std::fs::read(path).map_err(|source| LogReadError {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// The end of `log`.
-pub fn read_tail(log: GuestLog) -> Result<String, String> {
+pub fn read_tail(log: GuestLog) -> Result<String, LogReadError> {
     let bytes = match log {
         GuestLog::Postgres => {
             let mut all = read(Path::new("/data/postgres/startup.log")).unwrap_or_default();
@@ -49,7 +63,7 @@ pub fn read_tail(log: GuestLog) -> Result<String, String> {
             all
         }
         GuestLog::Tailscaled => read(Path::new("/data/tailscale/tailscaled.log"))?,
-        GuestLog::Kernel => crate::devices::kernel_log().join("\n").into_bytes(),
+        GuestLog::Kernel => crate::kmsg::read_ring().join("\n").into_bytes(),
     };
     Ok(tail_text(&bytes, MAX_TAIL))
 }

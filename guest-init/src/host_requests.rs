@@ -1,0 +1,148 @@
+//! Serving the host: the configuration, status, queries, probes, log reads and
+//! shutdown requests that arrive on the control channel (and power-off signals), for
+//! as long as PID 1 runs. Slow answers (psql, probes, log reads) run on their own
+//! threads so the serving thread is never held up.
+
+use crate::boot::{Event, Guest};
+use crate::{log_files, net, postgres};
+use protocol::messages::{GuestMessage, HostMessage, QueryResult};
+use protocol::{GuestConfig, Stage, StageReport};
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::Duration;
+
+/// How long services get to stop when a signal (not the host) asks for power-off.
+const SIGNAL_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Relays host messages into the serving thread's event queue. If the kernel refuses
+/// the thread, the host's messages cannot be served: said once, and PID 1 goes on.
+pub fn relay(rx: Receiver<HostMessage>, tx: Sender<Event>) {
+    let spawned = std::thread::Builder::new()
+        .name("host-relay".into())
+        .spawn(move || {
+            for msg in rx {
+                if tx.send(Event::Host(msg)).is_err() {
+                    return;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start the host message relay: {e}");
+    }
+}
+
+/// Runs `work` on its own thread and sends its result. When the kernel refuses a
+/// thread (`RLIMIT_NPROC`, memory), the host gets `refused(reason)` at once instead.
+fn answer_later(
+    guest: &Guest,
+    work: impl FnOnce() -> GuestMessage + Send + 'static,
+    refused: impl FnOnce(String) -> GuestMessage,
+) {
+    let link = guest.link.clone();
+    let spawned = std::thread::Builder::new()
+        .name("answer".into())
+        .spawn(move || {
+            link.send(&work());
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start a thread to answer the host: {e}");
+        guest.link.send(&refused(format!(
+            "the guest cannot start a thread now: {e}"
+        )));
+    }
+}
+
+fn failed(id: u64, output: String) -> QueryResult {
+    QueryResult {
+        id,
+        ok: false,
+        output,
+    }
+}
+
+/// Serves the host for ever: configuration, status, queries, probes, shutdown.
+pub fn serve(guest: &Guest, events: &Receiver<Event>, config_tx: &Sender<GuestConfig>) -> ! {
+    loop {
+        let msg = match events.recv() {
+            Ok(Event::Host(msg)) => msg,
+            Ok(Event::PowerOff(reason)) => guest.shutdown(&reason, SIGNAL_SHUTDOWN_DEADLINE),
+            Err(_) => guest.shutdown("event channel closed", Duration::from_secs(5)),
+        };
+        match msg {
+            HostMessage::Config(config) => accept_config(guest, config, config_tx),
+            HostMessage::Ping => {
+                guest.link.send(&GuestMessage::Pong);
+            }
+            HostMessage::StatusRequest => {
+                guest.link.send(&GuestMessage::Status(guest.status()));
+            }
+            HostMessage::Shutdown { deadline_secs } => guest.shutdown(
+                "requested by the host",
+                Duration::from_secs(u64::from(deadline_secs)),
+            ),
+            HostMessage::Query { id, sql } => match guest.config.get() {
+                Some(config) => {
+                    let port = config.postgres.port;
+                    answer_later(
+                        guest,
+                        move || GuestMessage::QueryResult(postgres::query(id, &sql, port)),
+                        |why| GuestMessage::QueryResult(failed(id, why)),
+                    );
+                }
+                None => {
+                    guest.link.send(&GuestMessage::QueryResult(failed(
+                        id,
+                        "the guest is not configured yet".into(),
+                    )));
+                }
+            },
+            HostMessage::ReadLog { id, log } => answer_later(
+                guest,
+                move || {
+                    let (ok, output) = match log_files::read_tail(log) {
+                        Ok(text) => (true, text),
+                        Err(e) => (false, e.to_string()),
+                    };
+                    GuestMessage::LogContents(QueryResult { id, ok, output })
+                },
+                |why| GuestMessage::LogContents(failed(id, why)),
+            ),
+            HostMessage::Probe { id, probe } => match guest.config.get() {
+                Some(config) => {
+                    let (address, dns) = (config.network.address, config.network.dns);
+                    answer_later(
+                        guest,
+                        move || {
+                            let (ok, output) = match net::probe::run(&probe, address, dns) {
+                                Ok(o) => (true, o),
+                                Err(e) => (false, e.to_string()),
+                            };
+                            GuestMessage::ProbeResult(QueryResult { id, ok, output })
+                        },
+                        |why| GuestMessage::ProbeResult(failed(id, why)),
+                    );
+                }
+                None => {
+                    guest.link.send(&GuestMessage::ProbeResult(failed(
+                        id,
+                        "the network is not configured yet".into(),
+                    )));
+                }
+            },
+        }
+    }
+}
+
+/// Takes the first valid configuration and hands it to the bring-up thread; a second
+/// one is ignored (the guest is configured once per boot).
+fn accept_config(guest: &Guest, config: GuestConfig, config_tx: &Sender<GuestConfig>) {
+    if guest.config.get().is_some() {
+        log::info!("control: configuration already applied; ignoring the new one");
+    } else if let Err(e) = config.validate() {
+        guest.reporter.report(StageReport::failed(
+            Stage::Control,
+            format!("configuration rejected: {e}"),
+        ));
+    } else if guest.config.set(config.clone()).is_ok() {
+        let _ = config_tx.send(config);
+    }
+}
