@@ -2,6 +2,14 @@
 //! reaps them all (`waitpid(-1, WNOHANG)` until none is left) and hands the exit of each
 //! child we started to whoever is waiting for it. Nothing else may call `wait`: std's
 //! `Child::wait`/`output` would race this reaper, so children are spawned here.
+//!
+//! One lock (the registry's) orders the two: [`spawn`] holds it from fork until the
+//! child is registered, which covers std's own `waitpid` on a child whose exec failed
+//! (std forks and execs itself when `uid`/`gid` are set, and panics if that wait
+//! fails); [`reap_all`] holds it around every `waitpid(-1)`. So the reaper can never
+//! take a child out from under a spawner, and every exit of a child we spawned finds
+//! its waiter registered. An exit nobody waits for (an orphan) is logged and dropped:
+//! keeping it would hand it to a later child that reuses the pid.
 
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
@@ -11,7 +19,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::process::{Child, Command};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 /// How a child ended.
@@ -42,17 +50,37 @@ impl fmt::Display for Exit {
     }
 }
 
-#[derive(Default)]
+/// Who waits for which pid.
+#[derive(Debug, Default)]
 struct Registry {
     waiting: HashMap<i32, Sender<Exit>>,
-    /// Exits reaped before anyone registered for them (cannot happen for children we
-    /// spawn, since spawning holds the lock; kept for robustness).
-    unclaimed: HashMap<i32, Exit>,
+}
+
+impl Registry {
+    /// Registers the waiter of a child just spawned.
+    fn register(&mut self, pid: i32, tx: Sender<Exit>) {
+        self.waiting.insert(pid, tx);
+    }
+
+    /// Hands `exit` to the waiter of `pid`; false (and nothing kept) when nobody waits.
+    fn deliver(&mut self, pid: i32, exit: Exit) -> bool {
+        match self.waiting.remove(&pid) {
+            Some(tx) => {
+                let _ = tx.send(exit);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 fn registry() -> &'static Mutex<Registry> {
     static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
     REGISTRY.get_or_init(Mutex::default)
+}
+
+fn lock() -> MutexGuard<'static, Registry> {
+    registry().lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A child we started, whose exit arrives through the reaper.
@@ -108,17 +136,15 @@ impl ChildHandle {
     }
 }
 
-/// Starts `cmd` and registers it with the reaper before any SIGCHLD can be handled.
+/// Starts `cmd` and registers it with the reaper, all under the registry's lock (see
+/// the module's documentation).
 pub fn spawn(cmd: &mut Command) -> std::io::Result<ChildHandle> {
     let (tx, rx) = channel();
-    let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
+    let mut reg = lock();
     let child = cmd.spawn()?;
     let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-    if let Some(exit) = reg.unclaimed.remove(&pid) {
-        let _ = tx.send(exit);
-    } else {
-        reg.waiting.insert(pid, tx);
-    }
+    reg.register(pid, tx);
+    drop(reg);
     Ok(ChildHandle {
         pid,
         exit: rx,
@@ -131,6 +157,7 @@ pub fn spawn(cmd: &mut Command) -> std::io::Result<ChildHandle> {
 /// started. Returns how many were reaped (orphans included).
 pub fn reap_all() -> usize {
     let mut reaped = 0;
+    let mut reg = lock();
     loop {
         let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
@@ -147,17 +174,8 @@ pub fn reap_all() -> usize {
             _ => continue,
         };
         reaped += 1;
-        let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
-        match reg.waiting.remove(&pid.as_raw()) {
-            Some(tx) => {
-                let _ = tx.send(exit);
-            }
-            None => {
-                log::debug!("reaped orphan {pid} ({exit})");
-                if reg.unclaimed.len() < 64 {
-                    reg.unclaimed.insert(pid.as_raw(), exit);
-                }
-            }
+        if !reg.deliver(pid.as_raw(), exit) {
+            log::debug!("reaped orphan {pid} ({exit})");
         }
     }
     reaped
@@ -193,5 +211,83 @@ mod tests {
         );
         assert_eq!(Exit::Signal(15).to_string(), "killed by SIGTERM");
         assert!(Exit::Code(0).success());
+    }
+
+    #[test]
+    fn an_exit_nobody_waited_for_is_never_handed_to_a_later_child() {
+        // An orphan with pid 4242 is reaped; later a child of ours gets pid 4242 (pids
+        // wrap). It must not be told that it exited.
+        let mut reg = Registry::default();
+        assert!(!reg.deliver(4242, Exit::Code(0)));
+        let (tx, rx) = channel();
+        reg.register(4242, tx);
+        assert!(rx.try_recv().is_err(), "a stale exit reached the new child");
+        assert!(reg.deliver(4242, Exit::Code(7)));
+        assert_eq!(rx.try_recv(), Ok(Exit::Code(7)));
+        assert!(reg.waiting.is_empty());
+    }
+
+    /// Runs `body` in a fresh copy of this test binary (so its `waitpid(-1)` reaps no
+    /// other test's children) and asserts it passed.
+    pub(crate) fn in_child_process(test: &str, env: &str) {
+        let exe = std::env::current_exe().unwrap();
+        let out = Command::new(exe)
+            .args(["--exact", test, "--include-ignored", "--nocapture"])
+            .env(env, "1")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{test} in a child process: {}\n{text}",
+            out.status
+        );
+    }
+
+    #[test]
+    fn a_failed_exec_never_races_the_reaper() {
+        in_child_process(
+            "reaper::tests::failed_exec_race_body",
+            "SOVEREIGN_REAPER_RACE",
+        );
+    }
+
+    /// A reaper spinning on `waitpid(-1)` while uid-switched spawns fail to exec: std
+    /// waits for such a child itself and panics when the reaper took it first.
+    #[test]
+    #[ignore = "runs only inside a_failed_exec_never_races_the_reaper's child process"]
+    fn failed_exec_race_body() {
+        if std::env::var_os("SOVEREIGN_REAPER_RACE").is_none() {
+            return;
+        }
+        use std::os::unix::process::CommandExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let stop = Arc::new(AtomicBool::new(false));
+        let spinner = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    reap_all();
+                }
+            })
+        };
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        for _ in 0..200 {
+            let err = spawn(
+                Command::new("/nonexistent/sovereign-test-program")
+                    .uid(uid)
+                    .gid(gid),
+            )
+            .unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+        }
+        stop.store(true, Ordering::Relaxed);
+        spinner.join().unwrap();
     }
 }
