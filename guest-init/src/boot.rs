@@ -18,13 +18,14 @@
 
 use crate::cmdline::BootConfig;
 use crate::control::ControlLink;
+use crate::datadisk::DataDisk;
 use crate::mounts::MountError;
 use crate::net::{NetError, Network};
 use crate::postgres::{PgError, Postgres};
 use crate::report::Reporter;
 use crate::running::Running;
 use crate::tailscale::{Tailscale, TailscaleError};
-use crate::{datadisk, devices, host_requests, shutdown};
+use crate::{devices, host_requests, log_files, shutdown};
 use protocol::evidence::{
     ControlEvidence, DevicesEvidence, InitEvidence, NetworkEvidence, ReadyEvidence,
 };
@@ -86,6 +87,8 @@ pub struct Guest {
     pub reporter: Arc<Reporter>,
     /// What was started, for status and shutdown.
     running: Mutex<Running>,
+    /// The data disk's mount.
+    disk: DataDisk,
     /// The control channel.
     pub link: ControlLink,
     /// The host's configuration, once accepted.
@@ -116,7 +119,7 @@ impl Guest {
         self.link.send(&GuestMessage::ShuttingDown {
             reason: reason.to_string(),
         });
-        shutdown::run(reason, deadline, &mut self.running())
+        shutdown::run(reason, deadline, &mut self.running(), &self.disk)
     }
 }
 
@@ -140,6 +143,7 @@ pub fn run(
     let guest = Arc::new(Guest {
         reporter,
         running: Mutex::default(),
+        disk: DataDisk::new(DATA_DIR),
         link,
         config: OnceLock::new(),
     });
@@ -264,10 +268,11 @@ fn start_network(
 /// The data disk holds both tailscaled's state and the database; its failure (the
 /// returned text) fails both stages.
 fn mount_data_disk(boot: &BootConfig, guest: &Guest) -> Result<(), String> {
-    let info =
-        datadisk::prepare(&boot.data_disk, Path::new(DATA_DIR)).map_err(|e| e.to_string())?;
+    let info = guest
+        .disk
+        .mount(&boot.data_disk)
+        .map_err(|e| e.to_string())?;
     log::info!("data disk: {info}");
-    guest.running().data_mounted = true;
     Ok(())
 }
 
@@ -336,6 +341,11 @@ fn follow_tailnet(guest: &Guest) {
     let (Some(ts), Some(pg)) = (ts, pg) else {
         return;
     };
+    for log in [log_files::TAILSCALED_LOG, crate::postgres::STARTUP_LOG] {
+        if let Err(e) = log_files::rotate_if_large(Path::new(log), log_files::ROTATE_AT) {
+            log::warn!("cannot rotate {e}");
+        }
+    }
     let Some(info) = ts.current() else { return };
     if info.ips.is_empty() || pg.listening_on(&info.ips) {
         return;

@@ -5,9 +5,9 @@ use crate::reaper::{self, Exit};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::process::{ChildStderr, ChildStdout, Command, Stdio};
+use std::process::{ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
 use thiserror::Error;
 
 /// A helper program that could not be run or did not succeed.
@@ -42,6 +42,8 @@ pub struct Output {
     pub stdout: String,
     /// Standard error.
     pub stderr: String,
+    /// True when output beyond the cap was read and dropped.
+    pub truncated: bool,
 }
 
 fn tail(s: &str, max: usize) -> String {
@@ -56,76 +58,152 @@ fn tail(s: &str, max: usize) -> String {
     format!("...{}", &t[cut..])
 }
 
-/// Reads both pipes to their end at once (a child filling one while we block on the
-/// other would hang), on this thread: poll(2), no helper thread the kernel could refuse.
-fn drain(stdout: Option<ChildStdout>, stderr: Option<ChildStderr>) -> (String, String) {
-    let mut pipes: [Option<File>; 2] = [
+/// Most bytes of each output stream kept by [`output`]; the rest is read and dropped,
+/// so a child that prints without end cannot fill PID 1's memory.
+pub const DEFAULT_OUTPUT_CAP: usize = 1 << 20;
+
+/// Feeds `input` to the child's stdin and reads its stdout and stderr to their end, all
+/// at once (a child filling one pipe while we block on another would hang), on this
+/// thread: poll(2), no helper thread the kernel could refuse. Keeps at most `cap` bytes
+/// of each output; returns them and whether anything was dropped.
+fn exchange(
+    stdin: Option<ChildStdin>,
+    input: &[u8],
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    cap: usize,
+) -> ([Vec<u8>; 2], bool) {
+    let mut writer = stdin.map(|p| File::from(OwnedFd::from(p)));
+    let mut pending = input;
+    if pending.is_empty() {
+        writer = None;
+    }
+    let mut readers: [Option<File>; 2] = [
         stdout.map(|p| File::from(OwnedFd::from(p))),
         stderr.map(|p| File::from(OwnedFd::from(p))),
     ];
     let mut bufs: [Vec<u8>; 2] = [Vec::new(), Vec::new()];
+    let mut dropped = false;
     let mut chunk = [0u8; 8192];
     loop {
-        let open: Vec<usize> = (0..2).filter(|i| pipes[*i].is_some()).collect();
-        if open.is_empty() {
+        // Slot 0: stdin (while input is left), slots 1 and 2: the outputs.
+        let mut slots: Vec<usize> = Vec::with_capacity(3);
+        let mut polled: Vec<PollFd> = Vec::with_capacity(3);
+        if let Some(w) = writer.as_ref() {
+            slots.push(0);
+            polled.push(PollFd::new(w.as_fd(), PollFlags::POLLOUT));
+        }
+        for (i, r) in readers.iter().enumerate() {
+            if let Some(r) = r.as_ref() {
+                slots.push(i + 1);
+                polled.push(PollFd::new(r.as_fd(), PollFlags::POLLIN));
+            }
+        }
+        if slots.is_empty() {
             break;
         }
-        let mut fds: Vec<PollFd> = open
-            .iter()
-            .filter_map(|i| pipes[*i].as_ref())
-            .map(|f| PollFd::new(f.as_fd(), PollFlags::POLLIN))
-            .collect();
-        match poll(&mut fds, PollTimeout::NONE) {
+        match poll(&mut polled, PollTimeout::NONE) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => break,
         }
-        let ready: Vec<bool> = fds
+        let ready: Vec<(usize, bool)> = slots
             .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .zip(&polled)
+            .map(|(slot, f)| (*slot, f.revents().is_some_and(|r| !r.is_empty())))
             .collect();
-        drop(fds);
-        for (i, is_ready) in open.into_iter().zip(ready) {
+        drop(polled);
+        for (slot, is_ready) in ready {
             if !is_ready {
                 continue;
             }
-            let Some(pipe) = pipes[i].as_mut() else {
+            if slot == 0 {
+                let Some(w) = writer.as_mut() else { continue };
+                let n = pending.len().min(PIPE_CHUNK);
+                match w.write(&pending[..n]) {
+                    Ok(written) => pending = &pending[written..],
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    // The child closed its stdin: it will not read the rest.
+                    Err(_) => pending = &[],
+                }
+                if pending.is_empty() {
+                    writer = None;
+                }
+                continue;
+            }
+            let i = slot - 1;
+            let Some(r) = readers[i].as_mut() else {
                 continue;
             };
-            match pipe.read(&mut chunk) {
-                Ok(0) => pipes[i] = None,
-                Ok(n) => bufs[i].extend_from_slice(&chunk[..n]),
+            match r.read(&mut chunk) {
+                Ok(0) => readers[i] = None,
+                Ok(n) => {
+                    let room = cap.saturating_sub(bufs[i].len());
+                    bufs[i].extend_from_slice(&chunk[..n.min(room)]);
+                    dropped |= n > room;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => pipes[i] = None,
+                Err(_) => readers[i] = None,
             }
         }
     }
-    let [out, err] = bufs;
-    (
-        String::from_utf8_lossy(&out).into_owned(),
-        String::from_utf8_lossy(&err).into_owned(),
-    )
+    (bufs, dropped)
 }
 
-/// Runs `cmd`, capturing stdout and stderr; any exit status is returned.
+/// Bytes written to a child's stdin per write: at most one pipe buffer, so a write
+/// after POLLOUT does not block for long.
+const PIPE_CHUNK: usize = 4096;
+
+/// Runs `cmd`, capturing stdout and stderr (up to [`DEFAULT_OUTPUT_CAP`] each); any
+/// exit status is returned.
 pub fn output(cmd: &mut Command) -> Result<Output, CommandError> {
+    output_with_input(cmd, &[], DEFAULT_OUTPUT_CAP)
+}
+
+/// Runs `cmd` with `input` on its stdin (how secrets and SQL reach a helper: never in
+/// its argv, never in a file), keeping up to `cap` bytes of each output.
+pub fn output_with_input(
+    cmd: &mut Command,
+    input: &[u8],
+    cap: usize,
+) -> Result<Output, CommandError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if input.is_empty() {
+        Stdio::null()
+    } else {
+        Stdio::piped()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = reaper::spawn(cmd).map_err(|source| CommandError::Spawn { program, source })?;
-    let (stdout, stderr) = drain(child.child.stdout.take(), child.child.stderr.take());
+    let ([out, err], truncated) = exchange(
+        child.child.stdin.take(),
+        input,
+        child.child.stdout.take(),
+        child.child.stderr.take(),
+        cap,
+    );
     let exit = child.wait();
     Ok(Output {
         exit,
-        stdout,
-        stderr,
+        stdout: String::from_utf8_lossy(&out).into_owned(),
+        stderr: String::from_utf8_lossy(&err).into_owned(),
+        truncated,
     })
 }
 
 /// Runs `cmd` and requires exit code 0 (or one of `ok_codes`).
 pub fn run(cmd: &mut Command, ok_codes: &[i32]) -> Result<Output, CommandError> {
+    run_with_input(cmd, &[], ok_codes)
+}
+
+/// [`run`] with `input` on the child's stdin.
+pub fn run_with_input(
+    cmd: &mut Command,
+    input: &[u8],
+    ok_codes: &[i32],
+) -> Result<Output, CommandError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
-    let out = output(cmd)?;
+    let out = output_with_input(cmd, input, DEFAULT_OUTPUT_CAP)?;
     match out.exit {
         Exit::Code(0) => Ok(out),
         Exit::Code(c) if ok_codes.contains(&c) => Ok(out),
@@ -141,24 +219,55 @@ pub fn run(cmd: &mut Command, ok_codes: &[i32]) -> Result<Output, CommandError> 
 mod tests {
     use super::*;
 
-    #[test]
-    fn both_pipes_are_read_whole() {
-        // More than a pipe buffer (64 KiB) on each stream, interleaved.
-        let script = "for i in $(seq 1 20000); do echo out$i; echo err$i >&2; done";
-        let mut c = Command::new("sh");
-        c.args(["-c", script]);
-        let spawned = reaper::spawn(
-            c.stdin(Stdio::null())
+    fn piped(c: &mut Command) -> reaper::ChildHandle {
+        reaper::spawn(
+            c.stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped()),
         )
-        .unwrap();
-        let mut child = spawned;
-        let (out, err) = drain(child.child.stdout.take(), child.child.stderr.take());
+        .unwrap()
+    }
+
+    fn text(b: &[u8]) -> String {
+        String::from_utf8_lossy(b).into_owned()
+    }
+
+    #[test]
+    fn input_goes_in_and_both_outputs_come_out_whole() {
+        // More than a pipe buffer (64 KiB) in and on each output, interleaved: any
+        // blocking order would hang here.
+        let input: String = (1..=20000).map(|i| format!("in{i}\n")).collect();
+        let script = "while read l; do echo out-$l; echo err-$l >&2; done";
+        let mut child = piped(Command::new("sh").args(["-c", script]));
+        let ([out, err], truncated) = exchange(
+            child.child.stdin.take(),
+            input.as_bytes(),
+            child.child.stdout.take(),
+            child.child.stderr.take(),
+            DEFAULT_OUTPUT_CAP,
+        );
+        let (out, err) = (text(&out), text(&err));
+        assert!(!truncated);
         assert_eq!(out.lines().count(), 20000);
         assert_eq!(err.lines().count(), 20000);
-        assert!(out.ends_with("out20000\n") && err.ends_with("err20000\n"));
+        assert!(out.ends_with("out-in20000\n") && err.ends_with("err-in20000\n"));
         // The reaper is not running in this test: kill and forget the child's exit.
+        child.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+
+    #[test]
+    fn endless_output_is_capped_not_buffered() {
+        let mut child = piped(Command::new("sh").args(["-c", "head -c 5000000 /dev/zero"]));
+        let ([out, err], truncated) = exchange(
+            child.child.stdin.take(),
+            b"",
+            child.child.stdout.take(),
+            child.child.stderr.take(),
+            64 * 1024,
+        );
+        assert!(truncated);
+        assert_eq!(out.len(), 64 * 1024);
+        assert!(err.is_empty());
         child.signal(nix::sys::signal::Signal::SIGKILL);
     }
 

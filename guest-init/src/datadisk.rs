@@ -7,8 +7,9 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::fmt;
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -45,6 +46,9 @@ pub enum DiskError {
     /// mkfs or e2fsck failed.
     #[error(transparent)]
     Tool(#[from] CommandError),
+    /// The guest is shutting down: no new mount.
+    #[error("not mounted: the guest is shutting down")]
+    ShuttingDown,
     /// mount failed.
     #[error("mounting {dev} on {target} failed: {source}")]
     Mount {
@@ -190,6 +194,67 @@ pub fn prepare(dev: &Path, target: &Path) -> Result<DiskInfo, DiskError> {
         formatted,
         fsck: verdict,
     })
+}
+
+/// The data disk's mount, guarded so that shutdown and bring-up cannot cross: a mount
+/// in progress finishes before shutdown unmounts, and none starts after.
+#[derive(Debug)]
+pub struct DataDisk {
+    target: PathBuf,
+    state: Mutex<GateState>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    mounted: bool,
+    closed: bool,
+}
+
+impl DataDisk {
+    /// The gate of the disk that mounts at `target`.
+    pub fn new(target: impl Into<PathBuf>) -> DataDisk {
+        DataDisk {
+            target: target.into(),
+            state: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`prepare`]s `dev` at the target, unless shutdown has begun.
+    pub fn mount(&self, dev: &Path) -> Result<DiskInfo, DiskError> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(DiskError::ShuttingDown);
+        }
+        let info = prepare(dev, &self.target)?;
+        st.mounted = true;
+        Ok(info)
+    }
+
+    /// Refuses later mounts and unmounts the disk if it is mounted (by us, or found in
+    /// the mount table).
+    pub fn close_and_unmount(&self) {
+        let mut st = self.lock();
+        st.closed = true;
+        if st.mounted || is_mount_point(&self.target) {
+            unmount(&self.target);
+            st.mounted = false;
+        }
+    }
+}
+
+/// True when `target` is a mount point now (from /proc/self/mountinfo).
+fn is_mount_point(target: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = target.to_string_lossy();
+    // Field 5 is the mount point (spaces escaped as \040, which /data does not have).
+    info.lines()
+        .any(|l| l.split(' ').nth(4).is_some_and(|m| m == want))
 }
 
 /// Unmounts the data disk at shutdown (lazily if something still holds it).

@@ -56,6 +56,22 @@ fn failed(id: u64, output: String) -> QueryResult {
         id,
         ok: false,
         output,
+        truncated: false,
+    }
+}
+
+/// A finished answer, cut to fit one control frame (an answer too big to send would
+/// leave the host waiting for its deadline).
+fn result(id: u64, outcome: Result<String, String>) -> QueryResult {
+    let (ok, output) = match outcome {
+        Ok(o) => (true, o),
+        Err(e) => (false, e),
+    };
+    QueryResult {
+        id,
+        ok,
+        output,
+        truncated: false,
     }
 }
 
@@ -84,7 +100,10 @@ pub fn serve(guest: &Guest, events: &Receiver<Event>, config_tx: &Sender<GuestCo
                     let port = config.postgres.port;
                     answer_later(
                         guest,
-                        move || GuestMessage::QueryResult(postgres::query(id, &sql, port)),
+                        move || {
+                            postgres::query::run(id, &sql, port)
+                                .fit_to_frame(GuestMessage::QueryResult)
+                        },
                         |why| GuestMessage::QueryResult(failed(id, why)),
                     );
                 }
@@ -98,11 +117,8 @@ pub fn serve(guest: &Guest, events: &Receiver<Event>, config_tx: &Sender<GuestCo
             HostMessage::ReadLog { id, log } => answer_later(
                 guest,
                 move || {
-                    let (ok, output) = match log_files::read_tail(log) {
-                        Ok(text) => (true, text),
-                        Err(e) => (false, e.to_string()),
-                    };
-                    GuestMessage::LogContents(QueryResult { id, ok, output })
+                    let text = log_files::read_tail(log).map_err(|e| e.to_string());
+                    result(id, text).fit_to_frame(GuestMessage::LogContents)
                 },
                 |why| GuestMessage::LogContents(failed(id, why)),
             ),
@@ -112,11 +128,9 @@ pub fn serve(guest: &Guest, events: &Receiver<Event>, config_tx: &Sender<GuestCo
                     answer_later(
                         guest,
                         move || {
-                            let (ok, output) = match net::probe::run(&probe, address, dns) {
-                                Ok(o) => (true, o),
-                                Err(e) => (false, e.to_string()),
-                            };
-                            GuestMessage::ProbeResult(QueryResult { id, ok, output })
+                            let outcome =
+                                net::probe::run(&probe, address, dns).map_err(|e| e.to_string());
+                            result(id, outcome).fit_to_frame(GuestMessage::ProbeResult)
                         },
                         |why| GuestMessage::ProbeResult(failed(id, why)),
                     );

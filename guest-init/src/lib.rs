@@ -19,6 +19,7 @@ pub mod kmsg;
 pub mod log_files;
 pub mod mounts;
 pub mod net;
+pub mod owned_files;
 pub mod postgres;
 pub mod reaper;
 pub mod report;

@@ -182,7 +182,7 @@ pub fn reap_all() -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]

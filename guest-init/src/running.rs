@@ -1,5 +1,6 @@
-//! What the boot sequence started and shutdown must stop, in one place: the network,
-//! the supervised processes ([`crate::supervised`]) and the data disk mount.
+//! What the boot sequence started and shutdown must stop, in one place: the network
+//! and the supervised processes ([`crate::supervised`]). The data disk has its own gate,
+//! [`crate::datadisk::DataDisk`].
 
 use crate::{net, postgres, tailscale};
 use protocol::messages::ServiceStatus;
@@ -16,8 +17,6 @@ pub struct Running {
     pub tailscale: Option<Arc<tailscale::Tailscale>>,
     /// PostgreSQL.
     pub postgres: Option<Arc<postgres::Postgres>>,
-    /// True once /data is mounted.
-    pub data_mounted: bool,
 }
 
 impl Running {

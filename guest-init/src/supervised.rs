@@ -3,6 +3,7 @@
 //! postgres and tailscaled; [`crate::running`] holds the set of them.
 
 use crate::reaper::{self, Exit};
+use crate::shutdown::StopBudget;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use protocol::messages::ServiceStatus;
@@ -86,7 +87,7 @@ impl Supervised {
                 Err(e) => {
                     log::error!("{}: cannot start: {e}", self.name);
                     quick_failures += 1;
-                    std::thread::sleep(restart_delay(quick_failures));
+                    self.pause(restart_delay(quick_failures));
                     continue;
                 }
             };
@@ -128,10 +129,23 @@ impl Supervised {
                 self.name
             );
             self.lock().restarts += 1;
-            std::thread::sleep(delay);
+            self.pause(delay);
         }
         self.lock().finished = true;
         self.shared.1.notify_all();
+    }
+
+    /// Waits `delay` before a restart, or less if [`Supervised::stop`] is called: a
+    /// shutdown never waits out a backoff.
+    fn pause(&self, delay: Duration) {
+        let until = Instant::now() + delay;
+        let mut st = self.lock();
+        while !st.stopping {
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                return;
+            };
+            st = self.wait_change(st, left);
+        }
     }
 
     /// The current pid, if running.
@@ -178,10 +192,12 @@ impl Supervised {
         }
     }
 
-    /// Stops the process for good: the stop signal, then SIGKILL after `deadline`.
-    /// Returns how it exited, if it was running.
-    pub fn stop(&self, deadline: Duration) -> Option<Exit> {
+    /// Stops the process for good: the stop signal, SIGKILL after `budget.grace`, and at
+    /// most `budget.after_kill` more. Returns how it exited, if it was running.
+    pub fn stop(&self, budget: StopBudget) -> Option<Exit> {
+        let deadline = budget.grace;
         self.lock().stopping = true;
+        self.shared.1.notify_all();
         self.signal(self.stop_signal);
         let mut until = Instant::now() + deadline;
         let mut killed = false;
@@ -199,7 +215,7 @@ impl Supervised {
                 );
                 self.signal(Signal::SIGKILL);
                 killed = true;
-                until = Instant::now() + Duration::from_secs(5);
+                until = Instant::now() + budget.after_kill;
                 st = self.lock();
                 continue;
             };
@@ -222,6 +238,40 @@ impl Supervised {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stop_cuts_a_restart_backoff_short() {
+        crate::reaper::tests::in_child_process(
+            "supervised::tests::backoff_body",
+            "SOVEREIGN_BACKOFF_TEST",
+        );
+    }
+
+    /// A service that cannot start backs off (2 s, 4 s, ...); `stop` must not wait that
+    /// out. Needs the reaper, so it runs in a child process.
+    #[test]
+    #[ignore = "runs only inside stop_cuts_a_restart_backoff_short's child process"]
+    fn backoff_body() {
+        if std::env::var_os("SOVEREIGN_BACKOFF_TEST").is_none() {
+            return;
+        }
+        let svc = Supervised::start(
+            "missing",
+            Signal::SIGTERM,
+            Box::new(|| Command::new("/nonexistent/sovereign-service")),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        svc.stop(StopBudget {
+            grace: Duration::from_secs(20),
+            after_kill: Duration::from_secs(1),
+        });
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "stop waited {:?} for a backoff",
+            t.elapsed()
+        );
+    }
 
     #[test]
     fn delays_grow_and_cap() {

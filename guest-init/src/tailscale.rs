@@ -154,7 +154,7 @@ impl Tailscale {
             if let Ok(log) = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(format!("{STATE_DIR}/tailscaled.log"))
+                .open(crate::log_files::TAILSCALED_LOG)
             {
                 c.stderr(log);
             }
@@ -278,9 +278,9 @@ impl Tailscale {
         })
     }
 
-    /// Stops tailscaled (SIGTERM, then SIGKILL after `deadline`).
-    pub fn stop(&self, deadline: Duration) {
-        self.service.stop(deadline);
+    /// Stops tailscaled (SIGTERM, then SIGKILL when the budget's grace is spent).
+    pub fn stop(&self, budget: crate::shutdown::StopBudget) {
+        self.service.stop(budget);
     }
 
     /// The supervised process, for status.

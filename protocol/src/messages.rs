@@ -447,6 +447,31 @@ pub struct QueryResult {
     pub ok: bool,
     /// psql's output (unaligned, tuples only), the probe's result, or the error text.
     pub output: String,
+    /// True when `output` was cut: the guest caps what it reads and what fits in one
+    /// control frame.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+impl QueryResult {
+    /// Cuts `output` (at a character boundary, keeping its start) until the result,
+    /// wrapped as `wrap` makes it, encodes within one control frame; marks it truncated
+    /// when anything was cut. JSON escaping can make a text up to six times longer, so
+    /// the cut is measured on the encoded frame, not guessed.
+    pub fn fit_to_frame(mut self, wrap: fn(QueryResult) -> GuestMessage) -> GuestMessage {
+        loop {
+            let msg = wrap(self.clone());
+            if crate::control::encode_frame(&msg).is_ok() {
+                return msg;
+            }
+            let mut cut = self.output.len() / 2;
+            while cut > 0 && !self.output.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.output.truncate(cut);
+            self.truncated = true;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -462,6 +487,33 @@ mod tests {
         );
         let v = serde_json::to_value(GuestMessage::Pong).unwrap();
         assert_eq!(v, serde_json::json!({"type": "pong"}));
+    }
+
+    #[test]
+    fn oversize_results_are_cut_to_fit_one_frame() {
+        let big = QueryResult {
+            id: 7,
+            ok: true,
+            output: "\u{1}".repeat(200 * 1024),
+            truncated: false,
+        };
+        let msg = big.fit_to_frame(GuestMessage::QueryResult);
+        let frame = crate::control::encode_frame(&msg).unwrap();
+        assert!(frame.len() <= crate::control::MAX_CONTROL_FRAME + 4);
+        let GuestMessage::QueryResult(r) = msg else {
+            panic!("{msg:?}")
+        };
+        assert!(r.truncated && r.id == 7 && !r.output.is_empty());
+        let small = QueryResult {
+            id: 1,
+            ok: true,
+            output: "é1".into(),
+            truncated: false,
+        };
+        assert_eq!(
+            small.clone().fit_to_frame(GuestMessage::LogContents),
+            GuestMessage::LogContents(small)
+        );
     }
 
     #[test]

@@ -207,6 +207,34 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_thread_is_an_error_not_a_panic() {
+        crate::reaper::tests::in_child_process(
+            "net::probe::tests::refused_thread_body",
+            "SOVEREIGN_NPROC_TEST",
+        );
+    }
+
+    /// With RLIMIT_NPROC at 0 the kernel refuses every new thread (EAGAIN). As root the
+    /// limit does not apply, so the child drops to `nobody` first.
+    #[test]
+    #[ignore = "runs only inside a_refused_thread_is_an_error_not_a_panic's child process"]
+    fn refused_thread_body() {
+        use nix::sys::resource::{setrlimit, Resource};
+        if std::env::var_os("SOVEREIGN_NPROC_TEST").is_none() {
+            return;
+        }
+        if nix::unistd::geteuid().is_root() {
+            nix::unistd::setgid(nix::unistd::Gid::from_raw(65534)).unwrap();
+            nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).unwrap();
+        }
+        setrlimit(Resource::RLIMIT_NPROC, 0, 0).unwrap();
+        let e = resolve_via(Ipv4Addr::LOCALHOST, "localhost", Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(e, ProbeError::Thread(_)), "{e}");
+        let e = crate::command::output(&mut std::process::Command::new("true")).unwrap_err();
+        assert!(e.to_string().starts_with("cannot start true"), "{e}");
+    }
+
+    #[test]
     fn serve_times_out() {
         let err = serve_once(Ipv4Addr::LOCALHOST, 0, "x", Duration::from_millis(100))
             .unwrap_err()

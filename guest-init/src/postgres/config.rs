@@ -1,0 +1,178 @@
+//! What PostgreSQL is told: the server binaries to use, postgresql.conf (sized for a
+//! 1 GiB VM, listening on localhost and the tailnet only), pg_hba.conf (scram-sha-256
+//! from the tailnet ranges and nothing else) and the provisioning SQL (passwords as
+//! SCRAM verifiers, never plaintext). Pure functions, tested on their text.
+
+use crate::scram;
+use protocol::config::PostgresConfig;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Where the server puts its unix socket.
+pub const SOCKET_DIR: &str = "/run/postgresql";
+/// Address ranges allowed to connect over TCP: the tailnet's, and nothing else.
+pub const ALLOWED_NETWORKS: [&str; 2] = ["100.64.0.0/10", "fd7a:115c:a1e0::/48"];
+
+/// Locates `/usr/lib/postgresql/<major>/bin`, preferring the highest major.
+pub fn find_bin_dir(root: &Path) -> Option<PathBuf> {
+    let mut majors: Vec<(u32, PathBuf)> = fs::read_dir(root.join("usr/lib/postgresql"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let major = e.file_name().to_string_lossy().parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("postgres").exists().then_some((major, bin))
+        })
+        .collect();
+    majors.sort();
+    majors.pop().map(|(_, bin)| bin)
+}
+
+/// postgresql.conf, sized for a 1 GiB VM; `listen` adds to localhost.
+pub fn render_postgresql_conf(port: u16, listen: &[String], jit: bool) -> String {
+    let mut addrs = vec!["localhost".to_string()];
+    addrs.extend(listen.iter().cloned());
+    format!(
+        "# Written by sovereign-init on every boot; edits here are overwritten.\n\
+         listen_addresses = '{listen}'\n\
+         port = {port}\n\
+         unix_socket_directories = '{SOCKET_DIR}'\n\
+         max_connections = 50\n\
+         password_encryption = scram-sha-256\n\
+         # Memory for a 1 GiB VM\n\
+         shared_buffers = 128MB\n\
+         effective_cache_size = 512MB\n\
+         work_mem = 4MB\n\
+         maintenance_work_mem = 64MB\n\
+         dynamic_shared_memory_type = posix\n\
+         # Durability: every commit reaches the disk\n\
+         fsync = on\n\
+         synchronous_commit = on\n\
+         full_page_writes = on\n\
+         wal_level = replica\n\
+         min_wal_size = 80MB\n\
+         max_wal_size = 512MB\n\
+         checkpoint_completion_target = 0.9\n\
+         jit = {jit}\n\
+         # Logging, on the data disk\n\
+         logging_collector = on\n\
+         log_directory = 'log'\n\
+         log_filename = 'postgresql-%a.log'\n\
+         log_truncate_on_rotation = on\n\
+         log_rotation_age = 1d\n\
+         log_connections = on\n\
+         log_disconnections = on\n\
+         log_line_prefix = '%m [%p] %q%u@%d from %h '\n\
+         log_timezone = 'UTC'\n\
+         timezone = 'UTC'\n\
+         datestyle = 'iso, mdy'\n\
+         lc_messages = 'C'\n\
+         lc_monetary = 'C'\n\
+         lc_numeric = 'C'\n\
+         lc_time = 'C'\n\
+         default_text_search_config = 'pg_catalog.english'\n",
+        listen = addrs.join(","),
+        jit = if jit { "on" } else { "off" },
+    )
+}
+
+/// pg_hba.conf: peer over the unix socket, scram-sha-256 from the tailnet, nothing else.
+pub fn render_pg_hba() -> String {
+    let mut s = String::from(
+        "# Written by sovereign-init on every boot; edits here are overwritten.\n\
+         # TYPE  DATABASE  USER  ADDRESS  METHOD\n\
+         local   all       all            peer\n",
+    );
+    for net in ALLOWED_NETWORKS {
+        s.push_str(&format!("host    all       all   {net}  scram-sha-256\n"));
+    }
+    s
+}
+
+/// SQL that sets the superuser's password and creates each app's role and database.
+/// Passwords go in as SCRAM verifiers, never as plaintext.
+pub fn render_provisioning(cfg: &PostgresConfig, salt: impl Fn() -> [u8; 16]) -> String {
+    let mut sql = format!(
+        "ALTER ROLE postgres PASSWORD '{}';\n",
+        scram::verifier(cfg.superuser_password.expose(), &salt())
+    );
+    for app in &cfg.apps {
+        // Names are validated SQL identifiers (see GuestConfig::validate).
+        let n = &app.name;
+        sql.push_str(&format!(
+            "SELECT 'CREATE ROLE {n} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{n}')\\gexec\n\
+             ALTER ROLE {n} PASSWORD '{}';\n\
+             SELECT 'CREATE DATABASE {n} OWNER {n}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{n}')\\gexec\n\
+             REVOKE ALL ON DATABASE {n} FROM PUBLIC;\n",
+            scram::verifier(app.password.expose(), &salt())
+        ));
+    }
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::config::{AppDatabase, Secret};
+
+    #[test]
+    fn hba_allows_only_the_tailnet() {
+        let hba = render_pg_hba();
+        let rules: Vec<&str> = hba.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(rules.len(), 3);
+        assert!(rules[0].starts_with("local") && rules[0].ends_with("peer"));
+        assert!(rules[1].contains("100.64.0.0/10") && rules[1].ends_with("scram-sha-256"));
+        assert!(rules[2].contains("fd7a:115c:a1e0::/48") && rules[2].ends_with("scram-sha-256"));
+        assert!(!hba.contains("trust") && !hba.contains("0.0.0.0") && !hba.contains("md5"));
+    }
+
+    #[test]
+    fn conf_listens_on_localhost_and_the_tailnet_only() {
+        let conf = render_postgresql_conf(
+            5432,
+            &["100.64.0.7".into(), "fd7a:115c:a1e0::7".into()],
+            false,
+        );
+        assert!(conf.contains("listen_addresses = 'localhost,100.64.0.7,fd7a:115c:a1e0::7'\n"));
+        assert!(conf.contains("jit = off\n"));
+        assert!(conf.contains("log_connections = on\n"));
+        let local = render_postgresql_conf(5432, &[], true);
+        assert!(local.contains("listen_addresses = 'localhost'\n"));
+        assert!(!local.contains('*'));
+    }
+
+    #[test]
+    fn provisioning_never_contains_plaintext() {
+        let cfg = PostgresConfig {
+            superuser_password: Secret::new("super-secret-pw"),
+            port: 5432,
+            apps: vec![AppDatabase {
+                name: "forgejo".into(),
+                password: Secret::new("forgejo-secret-pw"),
+            }],
+        };
+        let sql = render_provisioning(&cfg, || [1; 16]);
+        assert!(!sql.contains("super-secret-pw") && !sql.contains("forgejo-secret-pw"));
+        assert_eq!(sql.matches("SCRAM-SHA-256$4096:").count(), 2);
+        assert!(sql.contains("CREATE DATABASE forgejo OWNER forgejo"));
+    }
+
+    #[test]
+    fn finds_the_highest_major() {
+        let root = tempfile::tempdir().unwrap();
+        for major in ["15", "17", "notanumber"] {
+            let bin = root
+                .path()
+                .join("usr/lib/postgresql")
+                .join(major)
+                .join("bin");
+            fs::create_dir_all(&bin).unwrap();
+            fs::write(bin.join("postgres"), "").unwrap();
+        }
+        assert_eq!(
+            find_bin_dir(root.path()).unwrap(),
+            root.path().join("usr/lib/postgresql/17/bin")
+        );
+        assert!(find_bin_dir(&root.path().join("none")).is_none());
+    }
+}

@@ -1,0 +1,328 @@
+//! PostgreSQL on the data disk, run and supervised by PID 1: `initdb` on first boot
+//! (the superuser password on its stdin), configuration written on every boot
+//! ([`config`]), started as `postgres`, restarted with backoff, fast shutdown on stop;
+//! SQL for the host runs through [`query`].
+//!
+//! Root prepares files in directories the postgres user can write, so every such write
+//! goes through [`crate::owned_files`] (no symlink is ever followed).
+
+pub mod config;
+pub mod query;
+
+use crate::command::{self, CommandError};
+use crate::owned_files::{self, OwnedFileError, Owner};
+use crate::scram;
+use crate::supervised::{CommandFactory, Supervised};
+use config::SOCKET_DIR;
+use nix::sys::signal::Signal;
+use nix::unistd::User;
+use protocol::config::PostgresConfig;
+use protocol::messages::{PostgresInfo, ServerState};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+
+pub use config::find_bin_dir;
+
+/// The cluster's data directory, on the data disk.
+pub const DATA_DIR: &str = "/data/postgres";
+
+/// The server's own output before its logging collector takes over.
+pub const STARTUP_LOG: &str = "/data/postgres/startup.log";
+
+/// What can stop PostgreSQL from serving.
+#[derive(Debug, Error)]
+pub enum PgError {
+    #[error("no PostgreSQL server under /usr/lib/postgresql/*/bin in the root image")]
+    NotInstalled,
+    #[error("user 'postgres' not found in /etc/passwd")]
+    NoUser,
+    #[error("preparing the server's files: {0}")]
+    Prepare(#[from] OwnedFileError),
+    #[error(transparent)]
+    Tool(#[from] CommandError),
+    #[error("postgres did not accept connections within {waited:?}; last log lines: {log}")]
+    NotReady { waited: Duration, log: String },
+    #[error("postgres is not reachable on {0}")]
+    NotListening(String),
+}
+
+/// Which `postgres` account to run as.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Account {
+    owner: Owner,
+}
+
+impl Account {
+    pub(crate) fn lookup() -> Result<Account, PgError> {
+        let user = User::from_name("postgres")
+            .ok()
+            .flatten()
+            .ok_or(PgError::NoUser)?;
+        Ok(Account {
+            owner: Owner {
+                uid: user.uid.as_raw(),
+                gid: user.gid.as_raw(),
+            },
+        })
+    }
+
+    /// A command that runs as postgres, with a clean environment.
+    pub(crate) fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.uid(self.owner.uid)
+            .gid(self.owner.gid)
+            .current_dir("/")
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", "/var/lib/postgresql")
+            .env("LANG", "C.UTF-8");
+        c
+    }
+
+    /// psql as the superuser over the unix socket, stopping at the first error.
+    pub(crate) fn psql(&self, bin: &Path, port: u16, extra: &[&str]) -> Command {
+        let mut c = self.command(bin.join("psql"));
+        c.args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            SOCKET_DIR,
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ]);
+        c.args(extra);
+        c
+    }
+}
+
+/// The running server.
+#[derive(Debug)]
+pub struct Postgres {
+    service: Supervised,
+    bin: PathBuf,
+    account: Account,
+    port: u16,
+    /// Tailnet addresses in postgresql.conf (behind a lock: status reads it while a
+    /// reconfiguration may be under way).
+    listen: std::sync::Mutex<Vec<String>>,
+    version: String,
+    jit: bool,
+}
+
+impl Postgres {
+    /// Initialises (first boot), configures and starts the server under supervision.
+    /// Readiness and provisioning are [`Postgres::bring_up`], so a server that fails
+    /// them is still owned by the caller (and stopped at shutdown).
+    pub fn start(cfg: &PostgresConfig, listen: &[String]) -> Result<Postgres, PgError> {
+        let bin = find_bin_dir(Path::new("/")).ok_or(PgError::NotInstalled)?;
+        let account = Account::lookup()?;
+        let data = Path::new(DATA_DIR);
+        owned_files::prepare_dir(data, 0o700, account.owner)?;
+        owned_files::prepare_dir(Path::new(SOCKET_DIR), 0o2775, account.owner)?;
+        if !data.join("PG_VERSION").exists() {
+            initdb(&bin, account, cfg)?;
+        } else {
+            log::info!("postgres: reusing the cluster in {DATA_DIR}");
+        }
+        // Debian ships JIT as a separate LLVM-backed module; without it, jit must be off.
+        let jit = bin
+            .parent()
+            .is_some_and(|major| major.join("lib/llvmjit.so").exists());
+        let version = command::output(Command::new(bin.join("postgres")).arg("--version"))
+            .map(|o| o.stdout.trim().to_string())
+            .unwrap_or_default();
+        write_config(account, cfg.port, listen, jit)?;
+        Ok(Postgres {
+            service: start_server(&bin, account),
+            bin,
+            account,
+            port: cfg.port,
+            listen: std::sync::Mutex::new(listen.to_vec()),
+            version,
+            jit,
+        })
+    }
+
+    /// Waits until the server accepts connections, sets passwords and app databases,
+    /// and proves it answers on every tailnet address.
+    pub fn bring_up(&self, cfg: &PostgresConfig) -> Result<(), PgError> {
+        self.wait_ready(Duration::from_secs(120))?;
+        self.provision(cfg)?;
+        self.check_listening()
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> Result<(), PgError> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            let ready = command::output(Command::new(self.bin.join("pg_isready")).args([
+                "-q",
+                "-t",
+                "2",
+                "-h",
+                SOCKET_DIR,
+                "-p",
+                &self.port.to_string(),
+            ]));
+            if matches!(ready, Ok(o) if o.exit.success()) {
+                log::info!(
+                    "postgres: accepting connections after {:?}",
+                    start.elapsed()
+                );
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        Err(PgError::NotReady {
+            waited: timeout,
+            log: crate::log_files::postgres_last_lines(8),
+        })
+    }
+
+    /// Sets the passwords and creates the app roles and databases; the SQL (with the
+    /// SCRAM verifiers) goes to psql's stdin, never into a file or an argument.
+    fn provision(&self, cfg: &PostgresConfig) -> Result<(), PgError> {
+        let sql = config::render_provisioning(cfg, || scram::random_salt().unwrap_or([7; 16]));
+        command::run_with_input(
+            &mut self.account.psql(&self.bin, self.port, &["-q", "-f", "-"]),
+            sql.as_bytes(),
+            &[],
+        )?;
+        log::info!(
+            "postgres: superuser password set; {} app database(s) provisioned",
+            cfg.apps.len()
+        );
+        Ok(())
+    }
+
+    /// Proves the server answers TCP on every tailnet address it should listen on.
+    fn check_listening(&self) -> Result<(), PgError> {
+        for ip in &self.listen() {
+            let Ok(addr) = ip.parse::<IpAddr>() else {
+                continue;
+            };
+            let sa = SocketAddr::new(addr, self.port);
+            TcpStream::connect_timeout(&sa, Duration::from_secs(3))
+                .map_err(|e| PgError::NotListening(format!("{sa}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// True when the server already listens on exactly these tailnet addresses.
+    pub fn listening_on(&self, ips: &[String]) -> bool {
+        self.listen() == ips
+    }
+
+    fn listen(&self) -> Vec<String> {
+        self.listen.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Rewrites the configuration for new tailnet addresses and restarts the server
+    /// (listen_addresses needs a restart); the data is untouched.
+    pub fn relisten(&self, ips: &[String]) -> Result<(), PgError> {
+        if let Ok(mut l) = self.listen.lock() {
+            *l = ips.to_vec();
+        }
+        write_config(self.account, self.port, ips, self.jit)?;
+        self.service.restart(Duration::from_secs(60));
+        self.wait_ready(Duration::from_secs(120))?;
+        self.check_listening()
+    }
+
+    /// What the host's status shows.
+    pub fn info(&self) -> PostgresInfo {
+        let mut listen = vec!["localhost".to_string()];
+        listen.extend(self.listen());
+        PostgresInfo {
+            state: if self.service.pid().is_some() {
+                ServerState::Ready
+            } else {
+                ServerState::Restarting
+            },
+            version: self.version.clone(),
+            data_dir: DATA_DIR.into(),
+            listen,
+        }
+    }
+
+    /// Fast shutdown (SIGINT), SIGKILL when the budget's grace is spent.
+    pub fn stop(&self, budget: crate::shutdown::StopBudget) {
+        self.service.stop(budget);
+    }
+
+    /// The supervised process, for status.
+    pub fn service(&self) -> &Supervised {
+        &self.service
+    }
+}
+
+/// Writes postgresql.conf and pg_hba.conf into the data directory.
+fn write_config(account: Account, port: u16, listen: &[String], jit: bool) -> Result<(), PgError> {
+    let data = Path::new(DATA_DIR);
+    let conf = config::render_postgresql_conf(port, listen, jit);
+    owned_files::write_file(
+        &data.join("postgresql.conf"),
+        conf.as_bytes(),
+        0o600,
+        account.owner,
+    )?;
+    owned_files::write_file(
+        &data.join("pg_hba.conf"),
+        config::render_pg_hba().as_bytes(),
+        0o600,
+        account.owner,
+    )?;
+    Ok(())
+}
+
+fn start_server(bin: &Path, account: Account) -> Supervised {
+    let postgres = bin.join("postgres");
+    let make: CommandFactory = Box::new(move || {
+        let mut c = account.command(&postgres);
+        c.args(["-D", DATA_DIR]);
+        match owned_files::open_log(Path::new(STARTUP_LOG)) {
+            Ok(log) => {
+                if let Ok(second) = log.try_clone() {
+                    c.stdout(second);
+                }
+                c.stderr(log);
+            }
+            Err(e) => log::warn!("postgres: its early output is lost: {e}"),
+        }
+        c
+    });
+    Supervised::start("postgres", Signal::SIGINT, make)
+}
+
+/// `initdb` on a blank data directory; the superuser password reaches it on stdin.
+fn initdb(bin: &Path, account: Account, cfg: &PostgresConfig) -> Result<(), PgError> {
+    log::info!("postgres: first boot, running initdb in {DATA_DIR}");
+    command::run_with_input(
+        account.command(bin.join("initdb")).args([
+            "-D",
+            DATA_DIR,
+            "-U",
+            "postgres",
+            "--pwfile=/dev/stdin",
+            "--auth-local=peer",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--locale-provider=builtin",
+            "--builtin-locale=C.UTF-8",
+            "--data-checksums",
+        ]),
+        format!("{}\n", cfg.superuser_password.expose()).as_bytes(),
+        &[],
+    )?;
+    Ok(())
+}
