@@ -24,7 +24,7 @@ fi
 backports_pkgs=(qemu-system-x86 qemu-system-arm qemu-user-static qemu-utils linux-source-6.12)
 pkgs=(bc flex bison libelf-dev libssl-dev dwarves gcc-aarch64-linux-gnu make cpio xz-utils
       zstd rsync mmdebstrap e2fsprogs iproute2 postgresql-client jq curl ca-certificates
-      binfmt-support dpkg-dev busybox-static kmod file arch-test)
+      binfmt-support dpkg-dev busybox-static kmod file arch-test nftables)
 missing=()
 for p in "${pkgs[@]}" "${backports_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -6,7 +6,7 @@
 //! | `init`      | the mounts `main` made, and the kernel command line     |
 //! | `devices`   | modules, the census, the running kernel's options       |
 //! | `control`   | dial the host, say Hello, wait for the configuration    |
-//! | `network`   | tap0 ↔ vsock to gvproxy, until the gateway answers      |
+//! | `network`   | input policy; tap0 ↔ vsock to gvproxy, gateway answers  |
 //! | `tailscale` | the data disk, then tailscaled and the join             |
 //! | `postgres`  | initdb or reuse, start, provision, listen on the tailnet |
 //! | `ready`     | every stage above holds                                 |
@@ -66,6 +66,8 @@ pub fn uptime_ms() -> u64 {
 /// Why a stage after `control` does not hold.
 #[derive(Debug, Error)]
 pub enum StageError {
+    #[error(transparent)]
+    Firewall(#[from] crate::net::firewall::FirewallError),
     #[error(transparent)]
     Network(#[from] NetError),
     #[error("data disk: {0}")]
@@ -241,13 +243,14 @@ fn apply_identity(config: &GuestConfig) {
     let _ = std::fs::write("/etc/hostname", format!("{}\n", config.hostname));
 }
 
-/// `network`: tap0 and the forwarder, kept in `guest` once started, until the gateway
-/// answers.
+/// `network`: the input policy first, then tap0 and the forwarder (kept in `guest`
+/// once started), until the gateway answers.
 fn start_network(
     boot: &BootConfig,
     config: &GuestConfig,
     guest: &Guest,
 ) -> Result<NetworkEvidence, StageError> {
+    crate::net::firewall::apply(config.postgres.port, crate::tailscale::TAILSCALE_PORT)?;
     let net = &config.network;
     let network = Arc::new(Network::start(
         net,

@@ -173,10 +173,19 @@ pub struct PostgresConfig {
     /// Application roles, each with a database of its own (created if missing).
     #[serde(default)]
     pub apps: Vec<AppDatabase>,
+    /// Whether `postgres` may log in over the tailnet (the witness `psql -U postgres`
+    /// needs it; turn it off once the apps use their own roles: a superuser can run
+    /// programs in the guest). The unix socket always admits it.
+    #[serde(default = "default_true")]
+    pub superuser_from_tailnet: bool,
 }
 
 fn default_pg_port() -> u16 {
     5432
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// One application's role and database (e.g. Vaultwarden's, Forgejo's).
@@ -342,6 +351,7 @@ mod tests {
             postgres: PostgresConfig {
                 superuser_password: Secret::new("correct horse battery"),
                 port: 5432,
+                superuser_from_tailnet: true,
                 apps: vec![AppDatabase {
                     name: "vaultwarden".into(),
                     password: Secret::new("vaultwarden-pass"),

@@ -2,6 +2,7 @@
 //! does, in-process): tap0 configured from the host's network config, frames pumped to
 //! gvproxy on host port 1024, and readiness proven by the gateway answering.
 
+pub mod firewall;
 pub mod forwarder;
 pub mod netlink;
 pub mod probe;

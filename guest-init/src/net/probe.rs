@@ -41,6 +41,8 @@ pub enum ProbeError {
     },
     #[error("{0} resolved to nothing")]
     Unresolved(String),
+    #[error(transparent)]
+    Firewall(#[from] super::firewall::FirewallError),
     #[error("no connection to {bind}:{port} within {timeout:?}")]
     NoClient {
         bind: Ipv4Addr,
@@ -171,7 +173,10 @@ pub fn run(probe: &Probe, guest: Ipv4Addr, dns: Ipv4Addr) -> Result<String, Prob
             port,
             reply,
             timeout_ms,
-        } => serve_once(guest, *port, reply, cap(*timeout_ms)),
+        } => {
+            let _open = super::firewall::open_probe_port(*port)?;
+            serve_once(guest, *port, reply, cap(*timeout_ms))
+        }
     }
 }
 

@@ -77,12 +77,19 @@ pub fn render_postgresql_conf(port: u16, listen: &[String], jit: bool) -> String
 }
 
 /// pg_hba.conf: peer over the unix socket, scram-sha-256 from the tailnet, nothing else.
-pub fn render_pg_hba() -> String {
+/// Without `superuser_from_tailnet`, `postgres` is rejected over TCP (the first matching
+/// line decides) and keeps only the unix socket.
+pub fn render_pg_hba(superuser_from_tailnet: bool) -> String {
     let mut s = String::from(
         "# Written by sovereign-init on every boot; edits here are overwritten.\n\
          # TYPE  DATABASE  USER  ADDRESS  METHOD\n\
          local   all       all            peer\n",
     );
+    if !superuser_from_tailnet {
+        for net in ALLOWED_NETWORKS {
+            s.push_str(&format!("host    all       postgres   {net}  reject\n"));
+        }
+    }
     for net in ALLOWED_NETWORKS {
         s.push_str(&format!("host    all       all   {net}  scram-sha-256\n"));
     }
@@ -117,7 +124,13 @@ mod tests {
 
     #[test]
     fn hba_allows_only_the_tailnet() {
-        let hba = render_pg_hba();
+        let closed = render_pg_hba(false);
+        let rules: Vec<&str> = closed.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(rules.len(), 5);
+        assert!(rules[1].contains(" postgres ") && rules[1].ends_with("reject"));
+        assert!(rules[2].contains(" postgres ") && rules[2].ends_with("reject"));
+        let hba = render_pg_hba(true);
+        assert!(!hba.contains("reject"));
         let rules: Vec<&str> = hba.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(rules.len(), 3);
         assert!(rules[0].starts_with("local") && rules[0].ends_with("peer"));
@@ -146,6 +159,7 @@ mod tests {
         let cfg = PostgresConfig {
             superuser_password: Secret::new("super-secret-pw"),
             port: 5432,
+            superuser_from_tailnet: true,
             apps: vec![AppDatabase {
                 name: "forgejo".into(),
                 password: Secret::new("forgejo-secret-pw"),

@@ -111,10 +111,18 @@ pub struct Postgres {
     bin: PathBuf,
     account: Account,
     port: u16,
+    settings: Settings,
     /// Tailnet addresses in postgresql.conf (behind a lock: status reads it while a
     /// reconfiguration may be under way).
     listen: std::sync::Mutex<Vec<String>>,
     version: String,
+}
+
+/// What the configuration files are rendered from, besides the listen addresses.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    port: u16,
+    superuser_from_tailnet: bool,
     jit: bool,
 }
 
@@ -140,15 +148,20 @@ impl Postgres {
         let version = command::output(Command::new(bin.join("postgres")).arg("--version"))
             .map(|o| o.stdout.trim().to_string())
             .unwrap_or_default();
-        write_config(account, cfg.port, listen, jit)?;
+        let settings = Settings {
+            port: cfg.port,
+            superuser_from_tailnet: cfg.superuser_from_tailnet,
+            jit,
+        };
+        write_config(account, settings, listen)?;
         Ok(Postgres {
             service: start_server(&bin, account),
             bin,
             account,
             port: cfg.port,
+            settings,
             listen: std::sync::Mutex::new(listen.to_vec()),
             version,
-            jit,
         })
     }
 
@@ -231,7 +244,7 @@ impl Postgres {
         if let Ok(mut l) = self.listen.lock() {
             *l = ips.to_vec();
         }
-        write_config(self.account, self.port, ips, self.jit)?;
+        write_config(self.account, self.settings, ips)?;
         self.service.restart(Duration::from_secs(60));
         self.wait_ready(Duration::from_secs(120))?;
         self.check_listening()
@@ -265,9 +278,9 @@ impl Postgres {
 }
 
 /// Writes postgresql.conf and pg_hba.conf into the data directory.
-fn write_config(account: Account, port: u16, listen: &[String], jit: bool) -> Result<(), PgError> {
+fn write_config(account: Account, settings: Settings, listen: &[String]) -> Result<(), PgError> {
     let data = Path::new(DATA_DIR);
-    let conf = config::render_postgresql_conf(port, listen, jit);
+    let conf = config::render_postgresql_conf(settings.port, listen, settings.jit);
     owned_files::write_file(
         &data.join("postgresql.conf"),
         conf.as_bytes(),
@@ -276,7 +289,7 @@ fn write_config(account: Account, port: u16, listen: &[String], jit: bool) -> Re
     )?;
     owned_files::write_file(
         &data.join("pg_hba.conf"),
-        config::render_pg_hba().as_bytes(),
+        config::render_pg_hba(settings.superuser_from_tailnet).as_bytes(),
         0o600,
         account.owner,
     )?;

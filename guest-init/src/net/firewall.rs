@@ -1,0 +1,148 @@
+//! The guest's input policy, loaded with `nft` (Debian's nftables) from a ruleset on
+//! its stdin: replies to the guest's own connections, tailscaled's WireGuard port,
+//! PostgreSQL on the tailnet interface, and nothing else. tailscaled runs with
+//! `--netfilter-mode=off`, so this table is the whole policy. Inbound probes the host
+//! asks for (to prove gvproxy's forwarding) open their port only while they listen.
+
+use crate::command::{self, CommandError};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use thiserror::Error;
+
+/// The nftables table this module owns (replaced whole on every load).
+pub const TABLE: &str = "sovereign";
+
+/// Why the policy could not be loaded or changed.
+#[derive(Debug, Error)]
+pub enum FirewallError {
+    #[error("loading the input policy with nft: {0}")]
+    Nft(#[from] CommandError),
+}
+
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+/// The ruleset for a server on `pg_port`, with tailscaled on `wireguard_port`.
+pub fn ruleset(pg_port: u16, wireguard_port: u16) -> String {
+    format!(
+        "# Written by sovereign-init: the guest's whole input policy.\n\
+         table inet {TABLE}\n\
+         delete table inet {TABLE}\n\
+         table inet {TABLE} {{\n\
+         \tset probe_ports {{ type inet_service; }}\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority filter; policy drop;\n\
+         \t\tct state established,related accept\n\
+         \t\tct state invalid drop\n\
+         \t\tiifname \"lo\" accept\n\
+         \t\tmeta l4proto {{ icmp, ipv6-icmp }} accept\n\
+         \t\tudp dport {wireguard_port} accept comment \"tailscaled (WireGuard)\"\n\
+         \t\tiifname \"tailscale0\" tcp dport {pg_port} accept comment \"PostgreSQL on the tailnet\"\n\
+         \t\tiifname \"{tap}\" tcp dport @probe_ports accept comment \"inbound probes the host asked for\"\n\
+         \t}}\n\
+         }}\n",
+        tap = super::TAP_NAME,
+    )
+}
+
+/// Loads the policy (atomically: nft applies the whole script or nothing).
+pub fn apply(pg_port: u16, wireguard_port: u16) -> Result<(), FirewallError> {
+    let rules = ruleset(pg_port, wireguard_port);
+    command::run_with_input(Command::new("nft").args(["-f", "-"]), rules.as_bytes(), &[])?;
+    ACTIVE.store(true, Ordering::SeqCst);
+    log::info!("input policy loaded: tailnet postgres on {pg_port}, tailscaled on udp {wireguard_port}, nothing else");
+    Ok(())
+}
+
+/// A probe port opened on tap0 for as long as this value lives.
+#[derive(Debug)]
+pub struct ProbeOpening {
+    port: Option<u16>,
+}
+
+fn element(verb: &str, port: u16) -> Result<(), FirewallError> {
+    let script = format!("{verb} element inet {TABLE} probe_ports {{ {port} }}\n");
+    command::run_with_input(
+        Command::new("nft").args(["-f", "-"]),
+        script.as_bytes(),
+        &[],
+    )?;
+    Ok(())
+}
+
+/// Opens `port` on tap0 while a host-requested inbound probe listens there (nothing to
+/// do when no policy is loaded, e.g. in tool mode).
+pub fn open_probe_port(port: u16) -> Result<ProbeOpening, FirewallError> {
+    if !ACTIVE.load(Ordering::SeqCst) {
+        return Ok(ProbeOpening { port: None });
+    }
+    element("add", port)?;
+    Ok(ProbeOpening { port: Some(port) })
+}
+
+impl Drop for ProbeOpening {
+    fn drop(&mut self) {
+        if let Some(port) = self.port {
+            if let Err(e) = element("delete", port) {
+                log::warn!("closing probe port {port}: {e}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_drops_everything_it_does_not_name() {
+        let r = ruleset(5432, 41641);
+        assert!(r.contains("policy drop;"), "{r}");
+        let accepts: Vec<&str> = r.lines().filter(|l| l.contains("accept")).collect();
+        assert_eq!(accepts.len(), 6, "{accepts:#?}");
+        assert!(r.contains("iifname \"tailscale0\" tcp dport 5432 accept"));
+        assert!(r.contains("udp dport 41641 accept"));
+        assert!(
+            !r.contains("iifname \"tap0\" tcp dport 5432"),
+            "postgres is never open on the gvproxy side"
+        );
+        // Loaded as one script: the old table goes with the new one, atomically.
+        assert!(r.find("delete table").unwrap() < r.find("policy drop").unwrap());
+    }
+
+    /// Loads the ruleset into a throwaway network namespace when `nft` and root are
+    /// available here, proving the script is one nft accepts.
+    #[test]
+    fn nft_accepts_the_ruleset() {
+        if !nix::unistd::geteuid().is_root() || !std::path::Path::new("/usr/sbin/nft").exists() {
+            println!("skipped: needs root and /usr/sbin/nft");
+            return;
+        }
+        let out = std::process::Command::new("unshare")
+            .args(["--net", "nft", "-c", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                let mut stdin = c.stdin.take().unwrap();
+                // `delete table` of a table that does not exist fails a check: test
+                // the table itself.
+                let r = ruleset(5432, 41641);
+                let body: String = r
+                    .lines()
+                    .filter(|l| !l.starts_with("delete") && *l != format!("table inet {TABLE}"))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                stdin.write_all(body.as_bytes())?;
+                drop(stdin);
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
