@@ -40,7 +40,7 @@ cloud=$(scripts/fetch-cloud-kernel.sh | tail -n1)
 step "static musl builds, then VM tests (QEMU TCG, real gvproxy, headscale, tailscale, PostgreSQL)"
 SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_CLOUD_KERNEL=$cloud/vmlinuz SOVEREIGN_REQUIRE_VM_TESTS=1 \
   cargo test -p sovereign-tests --locked --test static_builds \
-    --test boot --test forwarder --test network --test postgres --test e2e -- --test-threads=1
+    --test boot --test forwarder --test network --test postgres --test e2e -- --include-ignored --test-threads=1
 
 step "fuzzing the codecs (${SOVEREIGN_FUZZ_SECONDS:-60}s per target)"
 for target in hyperkit_frames control_frames; do
@@ -64,6 +64,6 @@ if [ "$arm64_boot" = 1 ]; then
   step "arm64 boot test (qemu-system-aarch64, TCG)"
   arm64=$(scripts/build-images.sh --arch arm64 --boot-only | tail -n1)
   SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_ARM64_ARTIFACTS=$arm64 SOVEREIGN_REQUIRE_VM_TESTS=1 \
-    cargo test -p sovereign-tests --locked --test arm64 -- --test-threads=1
+    cargo test -p sovereign-tests --locked --test arm64 -- --include-ignored --test-threads=1
 fi
 step "all tests passed"

@@ -215,8 +215,7 @@ fn on_path(program: &str) -> bool {
 
 /// Why a VM test cannot run here, if it cannot.
 pub fn missing_prerequisite() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and touches no memory.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         return Some("needs root (network namespaces, TUN devices, mkfs of the root image)".into());
     }
     if !cfg!(target_arch = "x86_64") {

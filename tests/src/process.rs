@@ -1,5 +1,6 @@
 //! Small helpers for running and waiting on programs in tests.
 
+use nix::sys::signal::Signal;
 use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
@@ -9,6 +10,13 @@ pub fn run(cmd: &mut Command) -> Output {
     match cmd.output() {
         Ok(o) => o,
         Err(e) => panic!("cannot run {cmd:?}: {e}"),
+    }
+}
+
+/// Sends `sig` to `pid`; a process that is already gone is not an error here.
+pub fn kill(pid: u32, sig: Signal) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), sig);
     }
 }
 
@@ -82,10 +90,7 @@ impl Daemon {
         if !self.alive() {
             return;
         }
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        unsafe {
-            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
-        }
+        kill(self.child.id(), Signal::SIGTERM);
         if wait_for(Duration::from_secs(5), Duration::from_millis(50), || {
             (!self.alive()).then_some(())
         })

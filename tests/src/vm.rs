@@ -5,6 +5,7 @@
 
 use crate::artifacts::Artifacts;
 use crate::process::{pids_matching, run, text};
+use nix::sys::signal::Signal;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -316,10 +317,7 @@ impl Drop for Vm {
             let _ = self.cli("stop", &["--timeout", "10"]);
         }
         for pid in self.leftover_processes() {
-            // SAFETY: kill(2) with a pid read from /proc; touches no memory.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGKILL);
-            }
+            crate::process::kill(pid, Signal::SIGKILL);
         }
     }
 }

@@ -33,6 +33,7 @@ fn psql(peer: &TailNode, password: &str, sql: &str) -> Output {
 }
 
 #[test]
+#[ignore = "VM test: needs root, QEMU and the artifact set; scripts/test.sh runs it"]
 fn psql_from_a_second_tailnet_node_reaches_sql_vm_by_name() {
     let Some(a) = vm_test("e2e") else { return };
     let mut lab = Lab::start(&a.tools, "e2e").expect("lab");

@@ -45,6 +45,7 @@ fn serve_page(listener: TcpListener, body: &'static str) {
 }
 
 #[test]
+#[ignore = "VM test: needs root, QEMU and the artifact set; scripts/test.sh runs it"]
 fn forwarder_configures_tap0_and_recovers_in_a_network_namespace() {
     let Some(a) = vm_test("forwarder") else {
         return;

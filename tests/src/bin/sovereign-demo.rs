@@ -18,16 +18,12 @@ fn fail(msg: &str) -> ! {
 
 /// Blocks SIGINT and SIGTERM and waits for one of them.
 fn wait_for_interrupt() {
-    // SAFETY: plain libc signal-mask calls on a zero-initialised sigset_t that lives on
-    // this stack frame for the duration of the calls.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        let mut sig = 0;
-        libc::sigwait(&set, &mut sig);
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    if set.thread_block().is_ok() {
+        let _ = set.wait();
     }
 }
 
