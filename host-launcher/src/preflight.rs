@@ -12,7 +12,8 @@ use crate::rundir::{running_vms, Role, RunDir};
 use crate::spec::{Backend, Spec};
 use nix::unistd::{access, AccessFlags};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
 
 /// Outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,21 +146,34 @@ pub fn run(spec: &Spec, env: &HostEnv) -> Report {
     }
 }
 
-fn rw(path: &Path) -> Result<(), String> {
-    open_rw(path).map_err(|e| e.to_string())
+/// A device node the VMM needs that cannot be opened for reading and writing.
+#[derive(Debug, Error)]
+#[error("{}: {source}", path.display())]
+pub struct DeviceOpenError {
+    /// The device node (`/dev/kvm`, `/dev/vhost-vsock`).
+    pub path: PathBuf,
+    /// Why the open failed.
+    #[source]
+    pub source: std::io::Error,
 }
 
-fn open_rw(path: &Path) -> std::io::Result<()> {
+/// Opens `path` read-write and closes it again: can the VMM use this device?
+fn open_rw(path: &Path) -> Result<(), DeviceOpenError> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map(drop)
+        .map_err(|source| DeviceOpenError {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
-/// What to do when crosvm's `device` cannot be opened, by why.
-fn crosvm_device_hint(device: &Path, e: &std::io::Error, missing: &str) -> String {
-    match e.kind() {
+/// What to do when a device crosvm needs cannot be opened, by why.
+fn crosvm_device_hint(e: &DeviceOpenError, missing: &str) -> String {
+    let device = &e.path;
+    match e.source.kind() {
         std::io::ErrorKind::NotFound => format!("{} does not exist: {missing}", device.display()),
         std::io::ErrorKind::PermissionDenied => format!(
             "only root may open {}: run the launcher through su, e.g. `su -c '/data/sovereign/sovereign start --sql'`",
@@ -195,7 +209,8 @@ fn privileges(spec: &Spec, env: &HostEnv) -> Option<Check> {
             ),
         ),
         Backend::Crosvm => {
-            let devices_ok = rw(&env.kvm_device).is_ok() && rw(&env.vhost_vsock_device).is_ok();
+            let devices_ok =
+                open_rw(&env.kvm_device).is_ok() && open_rw(&env.vhost_vsock_device).is_ok();
             if devices_ok {
                 Check::pass(
                     NAME,
@@ -271,10 +286,9 @@ fn kvm(spec: &Spec, env: &HostEnv) -> Option<Check> {
         Ok(()) => Check::pass(NAME, format!("{} usable", env.kvm_device.display())),
         Err(e) => Check::fail(
             NAME,
-            format!("{}: {e}", env.kvm_device.display()),
+            e.to_string(),
             match spec.vmm.backend {
                 Backend::Crosvm => crosvm_device_hint(
-                    &env.kvm_device,
                     &e,
                     "this phone's kernel offers no KVM; it needs pKVM (Android Virtualization Framework, e.g. Pixel 7 or later on Android 14+)",
                 ),
@@ -291,9 +305,8 @@ fn vsock_device(spec: &Spec, env: &HostEnv) -> Option<Check> {
             Ok(()) => Check::pass(NAME, format!("{} usable", env.vhost_vsock_device.display())),
             Err(e) => Check::fail(
                 NAME,
-                format!("{}: {e}", env.vhost_vsock_device.display()),
+                e.to_string(),
                 crosvm_device_hint(
-                    &env.vhost_vsock_device,
                     &e,
                     "crosvm's --vsock needs the host kernel's vhost_vsock (present wherever AVF is; on other kernels load vhost_vsock.ko)",
                 ),
@@ -710,6 +723,17 @@ mod tests {
         let kvm = check(&r, "kvm");
         assert_eq!(kvm.status, Status::Fail);
         assert!(!kvm.hint.as_deref().unwrap().contains("pKVM"), "{kvm:?}");
+    }
+
+    #[test]
+    fn an_unopenable_device_is_named_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dev-kvm");
+        let e = open_rw(&path).unwrap_err();
+        assert_eq!(e.source.kind(), std::io::ErrorKind::NotFound);
+        let text = e.to_string();
+        assert!(text.starts_with(&format!("{}: ", path.display())), "{text}");
+        assert!(crosvm_device_hint(&e, "no KVM").ends_with("does not exist: no KVM"));
     }
 
     #[test]

@@ -76,6 +76,35 @@ pub fn result_file(run: &RunDir) -> PathBuf {
     run.root().join("failure.json")
 }
 
+/// Why a request relayed to the guest (status, ping, query, probe, log) got no answer.
+#[derive(Debug, Error)]
+pub enum GuestRequestError {
+    /// No guest is connected on the control channel.
+    #[error("the control channel is not connected")]
+    NotConnected,
+    /// The guest did not answer before the request's deadline.
+    #[error("the guest did not answer in time")]
+    Timeout,
+    /// The control connection ended with the request unanswered.
+    #[error("the control connection closed: {0}")]
+    ConnectionClosed(String),
+    /// The VM is being stopped; pending requests are dropped.
+    #[error("the VM is stopping")]
+    Stopping,
+    /// The supervisor's main loop is gone.
+    #[error("the supervisor is shutting down")]
+    SupervisorGone,
+    /// The request could not be written to the control connection.
+    #[error(transparent)]
+    Send(#[from] crate::control::ControlError),
+    /// The guest answered with a message that does not answer this request.
+    #[error("unexpected answer {0:?}")]
+    UnexpectedAnswer(Box<GuestMessage>),
+}
+
+/// The guest's answer to a relayed request, or why there is none.
+type GuestAnswer = Result<GuestMessage, GuestRequestError>;
+
 /// What the supervisor expects back from the guest for a forwarded request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
@@ -94,7 +123,7 @@ enum Command {
         msg: HostMessage,
         expect: Expect,
         timeout: Duration,
-        reply: oneshot::Sender<Result<GuestMessage, String>>,
+        reply: oneshot::Sender<GuestAnswer>,
     },
     Stop {
         deadline_secs: Option<u32>,
@@ -106,7 +135,7 @@ enum Command {
 struct Pending {
     expect: Expect,
     deadline: Instant,
-    reply: oneshot::Sender<Result<GuestMessage, String>>,
+    reply: oneshot::Sender<GuestAnswer>,
 }
 
 /// Event history shared with client tasks: `watch` replays it, then follows live.
@@ -375,11 +404,14 @@ async fn serve_client(
                 .await
                 {
                     Ok(GuestMessage::Status(s)) => status.guest = Some(s),
-                    Ok(other) => status.guest_error = Some(format!("unexpected answer {other:?}")),
-                    Err(e) => status.guest_error = Some(e),
+                    Ok(other) => {
+                        status.guest_error =
+                            Some(GuestRequestError::UnexpectedAnswer(Box::new(other)).to_string())
+                    }
+                    Err(e) => status.guest_error = Some(e.to_string()),
                 }
             } else {
-                status.guest_error = Some("the control channel is not connected".into());
+                status.guest_error = Some(GuestRequestError::NotConnected.to_string());
             }
             Reply::Status(Box::new(status))
         }
@@ -389,7 +421,9 @@ async fn serve_client(
                 Ok(_) => Reply::Pong {
                     rtt_ms: t.elapsed().as_millis() as u64,
                 },
-                Err(message) => Reply::Error { message },
+                Err(e) => Reply::Error {
+                    message: e.to_string(),
+                },
             }
         }
         Request::Query { sql } => {
@@ -427,8 +461,6 @@ async fn serve_client(
     }
 }
 
-/// Sends a query-like request (SQL, probe, log read) to the guest and turns the
-/// expected answer into a [`Reply`] with `pick`; anything else becomes an error reply.
 /// Relays a query, probe or log request to the guest and turns its answer into the reply.
 async fn guest_result(cmd: &mpsc::Sender<Command>, msg: HostMessage, expect: Expect) -> Reply {
     match guest(cmd, msg, expect, GUEST_QUERY).await {
@@ -436,9 +468,11 @@ async fn guest_result(cmd: &mpsc::Sender<Command>, msg: HostMessage, expect: Exp
         Ok(GuestMessage::ProbeResult(r)) => Reply::ProbeResult(r),
         Ok(GuestMessage::LogContents(r)) => Reply::LogContents(r),
         Ok(other) => Reply::Error {
-            message: format!("unexpected answer {other:?}"),
+            message: GuestRequestError::UnexpectedAnswer(Box::new(other)).to_string(),
         },
-        Err(message) => Reply::Error { message },
+        Err(e) => Reply::Error {
+            message: e.to_string(),
+        },
     }
 }
 
@@ -447,7 +481,7 @@ async fn guest(
     msg: HostMessage,
     expect: Expect,
     timeout: Duration,
-) -> Result<GuestMessage, String> {
+) -> GuestAnswer {
     let (tx, rx) = oneshot::channel();
     cmd.send(Command::Guest {
         msg,
@@ -456,9 +490,8 @@ async fn guest(
         reply: tx,
     })
     .await
-    .map_err(|_| "the supervisor is shutting down".to_string())?;
-    rx.await
-        .map_err(|_| "the supervisor is shutting down".to_string())?
+    .map_err(|_| GuestRequestError::SupervisorGone)?;
+    rx.await.map_err(|_| GuestRequestError::SupervisorGone)?
 }
 
 #[derive(Debug)]
@@ -665,7 +698,7 @@ impl Supervisor {
                     for p in self.pending.drain(..) {
                         let _ = p
                             .reply
-                            .send(Err(format!("the control connection closed: {reason}")));
+                            .send(Err(GuestRequestError::ConnectionClosed(reason.clone())));
                     }
                 }
                 Flow::Continue
@@ -776,7 +809,7 @@ impl Supervisor {
                 reply,
             } => {
                 let Some(conn) = self.control.clone() else {
-                    let _ = reply.send(Err("the control channel is not connected".into()));
+                    let _ = reply.send(Err(GuestRequestError::NotConnected));
                     return Flow::Continue;
                 };
                 match &mut msg {
@@ -804,7 +837,7 @@ impl Supervisor {
                         reply,
                     }),
                     Err(e) => {
-                        let _ = reply.send(Err(e.to_string()));
+                        let _ = reply.send(Err(e.into()));
                     }
                 }
                 Flow::Continue
@@ -833,7 +866,7 @@ impl Supervisor {
             .collect();
         for i in expired.into_iter().rev() {
             let p = self.pending.remove(i);
-            let _ = p.reply.send(Err("the guest did not answer in time".into()));
+            let _ = p.reply.send(Err(GuestRequestError::Timeout));
         }
         let lines = match self.console.poll() {
             Ok(l) => l,
@@ -1030,7 +1063,7 @@ impl Supervisor {
         let mut steps = Vec::new();
         let mut clean = true;
         for p in self.pending.drain(..) {
-            let _ = p.reply.send(Err("the VM is stopping".into()));
+            let _ = p.reply.send(Err(GuestRequestError::Stopping));
         }
         if self.pids.contains_key(&Role::Vmm) {
             let mut exited = None;
