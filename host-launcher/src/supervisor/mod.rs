@@ -62,6 +62,9 @@ pub enum SuperviseError {
         /// Why.
         message: String,
     },
+    /// The supervisor's pid file could not be written.
+    #[error(transparent)]
+    PidFile(#[from] process::ProcessError),
     /// A socket could not be bound.
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
@@ -88,9 +91,7 @@ pub async fn run(run: RunDir) -> Result<i32, SuperviseError> {
     let spec = read_run_spec(&run)?;
     let env = HostEnv::detect();
     let plan = vmm::plan(&spec, &env);
-    process::write_pid_file(&run, Role::Supervisor, std::process::id()).map_err(|e| {
-        SuperviseError::Control(crate::control::ControlError::Io(std::io::Error::other(e)))
-    })?;
+    process::write_pid_file(&run, Role::Supervisor, std::process::id())?;
     let _ = std::fs::remove_file(result_file(&run));
 
     let events = Arc::new(Events::new());
