@@ -166,7 +166,8 @@ pub enum ControlEvent {
     },
 }
 
-type Outgoing = (HostMessage, oneshot::Sender<Result<(), String>>);
+/// A message for the writer task and where to report whether it was written.
+type Outgoing = (HostMessage, oneshot::Sender<Result<(), ControlError>>);
 
 /// The supervisor's handle on one guest connection.
 #[derive(Debug, Clone)]
@@ -186,11 +187,7 @@ impl Connection {
             .send((msg, ack))
             .await
             .map_err(|_| ControlError::Closed)?;
-        match done.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ControlError::Io(std::io::Error::other(e))),
-            Err(_) => Err(ControlError::Closed),
-        }
+        done.await.map_err(|_| ControlError::Closed)?
     }
 }
 
@@ -205,7 +202,7 @@ pub fn spawn_connection(
     let (tx, mut rx) = mpsc::channel::<Outgoing>(16);
     tokio::spawn(async move {
         while let Some((msg, ack)) = rx.recv().await {
-            let r = write_frame(&mut wr, &msg).await.map_err(|e| e.to_string());
+            let r = write_frame(&mut wr, &msg).await;
             let failed = r.is_err();
             let _ = ack.send(r);
             if failed {

@@ -3,7 +3,7 @@
 //! stage; when a stage fails it names it, shows the evidence and stops the VM.
 //!
 //! One module per duty: [`spec`] and [`validate`] (the VM spec), [`preflight`] (is the
-//! host fit), [`vmm`] (command lines), [`supervise`] with [`control`], [`console`] and
+//! host fit), [`vmm`] (command lines), [`supervisor`] with [`control`], [`console`] and
 //! [`readiness`] (the detached supervisor), [`ipc`] (its socket), [`commands`] (the CLI
 //! verbs).
 
@@ -22,6 +22,6 @@ pub mod report;
 pub mod rundir;
 pub mod secrets;
 pub mod spec;
-pub mod supervise;
+pub mod supervisor;
 pub mod validate;
 pub mod vmm;

@@ -82,7 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     std::process::id(),
                     run_dir.display()
                 );
-                let code = sovereign::supervise::run(RunDir::new(run_dir)).await?;
+                let code = sovereign::supervisor::run(RunDir::new(run_dir)).await?;
                 log::info!("supervisor exits with {code}");
                 Ok(code)
             }

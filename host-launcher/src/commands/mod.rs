@@ -18,7 +18,7 @@ use anyhow::Context as _;
 /// The spec a running VM was started with (its run dir's spec.json), else `spec`.
 pub fn running_spec(spec: &Spec) -> Spec {
     let run = RunDir::new(&spec.run_dir);
-    crate::supervise::read_run_spec(&run).unwrap_or_else(|_| spec.clone())
+    crate::supervisor::read_run_spec(&run).unwrap_or_else(|_| spec.clone())
 }
 
 /// Connects to the supervisor of `spec`'s VM, if one listens.

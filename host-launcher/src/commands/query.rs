@@ -6,10 +6,26 @@ use super::call;
 use crate::ipc::{Reply, Request};
 use crate::spec::Spec;
 use protocol::messages::{GuestLog, Probe};
+use thiserror::Error;
 
-/// Runs one query; `Ok(Ok(output))` when psql succeeded, `Ok(Err(text))` when it or the
-/// channel failed.
-pub async fn query(spec: &Spec, sql: &str) -> anyhow::Result<Result<String, String>> {
+/// Why a query the supervisor took produced no output. Each text is what the user sees
+/// after `query failed: ` (psql's own message, or the supervisor's).
+#[derive(Debug, Error)]
+pub enum QueryError {
+    /// psql ran in the guest and failed; its output says why.
+    #[error("{0}")]
+    Psql(String),
+    /// The supervisor could not relay the query (no guest connected, no answer in time...).
+    #[error("{0}")]
+    NotRelayed(String),
+    /// The supervisor answered with a reply that does not answer a query.
+    #[error("unexpected answer {0:?}")]
+    UnexpectedAnswer(Box<Reply>),
+}
+
+/// Runs one query; `Ok(Ok(output))` when psql succeeded, `Ok(Err(_))` when it or the
+/// channel failed, `Err` when the supervisor cannot be reached.
+pub async fn query(spec: &Spec, sql: &str) -> anyhow::Result<Result<String, QueryError>> {
     let spec = super::running_spec(spec);
     Ok(
         match call(
@@ -21,9 +37,9 @@ pub async fn query(spec: &Spec, sql: &str) -> anyhow::Result<Result<String, Stri
         .await?
         {
             Reply::QueryResult(r) if r.ok => Ok(r.output),
-            Reply::QueryResult(r) => Err(r.output),
-            Reply::Error { message } => Err(message),
-            other => Err(format!("unexpected answer {other:?}")),
+            Reply::QueryResult(r) => Err(QueryError::Psql(r.output)),
+            Reply::Error { message } => Err(QueryError::NotRelayed(message)),
+            other => Err(QueryError::UnexpectedAnswer(Box::new(other))),
         },
     )
 }

@@ -7,7 +7,7 @@ use crate::paths::HostEnv;
 use crate::report::{failure_block, stage_line, stamp};
 use crate::rundir::{Role, RunDir};
 use crate::spec::{Spec, SpecError};
-use crate::supervise::result_file;
+use crate::supervisor::result_file;
 use crate::{preflight, process, secrets, validate, vmm};
 use anyhow::Context as _;
 use std::os::unix::fs::DirBuilderExt;

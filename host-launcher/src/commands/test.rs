@@ -116,7 +116,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<i32> {
                     &what,
                     format!("{} (want {want})", out.trim()),
                 ),
-                Ok(Err(e)) => c.check(false, &what, e),
+                Ok(Err(e)) => c.check(false, &what, e.to_string()),
                 Err(e) => c.check(false, &what, e.to_string()),
             }
         }

@@ -5,8 +5,11 @@
 //! spec they resolve against the state directory. `run_dir` and `secrets_dir` always
 //! default to `<state>/run/<name>` and `<state>/secrets`, so every VM of this host is
 //! found in one place (the CID check scans `<state>/run/*`).
+//!
+//! This module holds the resolved types; `file` reads a spec file and resolves it.
 
-use crate::paths::{resolve, HostEnv, ANDROID_CROSVM};
+mod file;
+
 use kernel_config::Arch;
 use protocol::Stage;
 use serde::{Deserialize, Serialize};
@@ -277,101 +280,6 @@ pub struct Spec {
     pub timeouts: Timeouts,
 }
 
-/// The TOML file as written: every field optional, unknown fields refused.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SpecFile {
-    name: Option<String>,
-    arch: Option<String>,
-    cid: Option<u32>,
-    memory_mib: Option<u32>,
-    cpus: Option<u32>,
-    hostname: Option<String>,
-    kernel: Option<PathBuf>,
-    initrd: Option<PathBuf>,
-    root_image: Option<PathBuf>,
-    console_log: Option<PathBuf>,
-    run_dir: Option<PathBuf>,
-    secrets_dir: Option<PathBuf>,
-    wait_for: Option<Stage>,
-    #[serde(default)]
-    data_disk: DataDiskFile,
-    #[serde(default)]
-    guest: GuestFile,
-    #[serde(default)]
-    postgres: PostgresFile,
-    #[serde(default)]
-    apps: Vec<AppFile>,
-    #[serde(default)]
-    tailscale: TailscaleFile,
-    #[serde(default)]
-    vmm: VmmFile,
-    #[serde(default)]
-    timeouts: TimeoutsFile,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DataDiskFile {
-    path: Option<PathBuf>,
-    size_gib: Option<u64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct GuestFile {
-    log_level: Option<String>,
-    device_wait_secs: Option<u32>,
-    cmdline_extra: Option<Vec<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PostgresFile {
-    port: Option<u16>,
-    superuser_password_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AppFile {
-    name: String,
-    password_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TailscaleFile {
-    login_server: Option<String>,
-    auth_key_file: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VmmFile {
-    backend: Option<Backend>,
-    crosvm: Option<String>,
-    qemu: Option<String>,
-    qemu_accel: Option<String>,
-    vhost_device_vsock: Option<String>,
-    gvproxy: Option<String>,
-    protected_vm_without_firmware: Option<bool>,
-    swiotlb_mib: Option<u32>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TimeoutsFile {
-    init: Option<u32>,
-    devices: Option<u32>,
-    control: Option<u32>,
-    network: Option<u32>,
-    tailscale: Option<u32>,
-    postgres: Option<u32>,
-    ready: Option<u32>,
-    shutdown: Option<u32>,
-}
-
 /// The qemu-system binary name for a guest architecture.
 pub fn qemu_binary(arch: Arch) -> &'static str {
     match arch {
@@ -381,39 +289,6 @@ pub fn qemu_binary(arch: Arch) -> &'static str {
 }
 
 impl Spec {
-    /// The built-in `sql` VM (`--sql`), with paths under the state directory.
-    pub fn builtin_sql(env: &HostEnv) -> Result<Spec, SpecError> {
-        resolve_file(SpecFile::default(), &env.base_dir, env, "built-in sql")
-    }
-
-    /// Reads a spec file; relative paths resolve against its directory.
-    pub fn load(path: &Path, env: &HostEnv) -> Result<Spec, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        let dir = abs
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("/"));
-        Spec::parse(&text, &dir, env, &abs.display().to_string())
-    }
-
-    /// Parses spec text as if it were a file in `dir` (tests, and [`Spec::load`]).
-    pub fn parse(
-        text: &str,
-        dir: &Path,
-        env: &HostEnv,
-        source_name: &str,
-    ) -> Result<Spec, SpecError> {
-        let file: SpecFile = toml::from_str(text).map_err(|e| SpecError::Parse {
-            path: PathBuf::from(source_name),
-            message: e.to_string().trim().replace('\n', " "),
-        })?;
-        resolve_file(file, dir, env, source_name)
-    }
-
     /// Renders the spec as TOML (the `spec` subcommand; a valid spec file).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render spec: {e}\n"))
@@ -438,121 +313,10 @@ impl Spec {
     }
 }
 
-fn resolve_file(
-    f: SpecFile,
-    dir: &Path,
-    env: &HostEnv,
-    source_name: &str,
-) -> Result<Spec, SpecError> {
-    let name = f.name.unwrap_or_else(|| DEFAULT_NAME.to_string());
-    let arch = match f.arch {
-        None => Arch::host().unwrap_or(Arch::X86_64),
-        Some(s) => s
-            .parse()
-            .map_err(|e: protocol::arch::UnknownArch| SpecError::Invalid {
-                source_name: source_name.to_string(),
-                problems: vec![Problem::new("arch", &s, e.to_string())],
-            })?,
-    };
-    let base = env.base_dir.as_path();
-    let secrets_dir = resolve(
-        base,
-        f.secrets_dir.unwrap_or_else(|| PathBuf::from("secrets")),
-    );
-    let in_dir = |p: PathBuf| resolve(dir, p);
-    let backend = f.vmm.backend.unwrap_or(if env.android {
-        Backend::Crosvm
-    } else {
-        Backend::Qemu
-    });
-    let apps = f
-        .apps
-        .into_iter()
-        .map(|a| AppSpec {
-            password_file: a
-                .password_file
-                .map(&in_dir)
-                .unwrap_or_else(|| secrets_dir.join(format!("{name}-app-{}.password", a.name))),
-            name: a.name,
-        })
-        .collect();
-    let t = Timeouts::default();
-    Ok(Spec {
-        arch,
-        cid: f.cid.unwrap_or(protocol::ports::DEFAULT_GUEST_CID),
-        memory_mib: f.memory_mib.unwrap_or(1024),
-        cpus: f.cpus.unwrap_or(2),
-        hostname: f.hostname.unwrap_or_else(|| "sql-vm".to_string()),
-        kernel: in_dir(f.kernel.unwrap_or_else(|| PathBuf::from(arch.image_name()))),
-        initrd: f.initrd.map(&in_dir),
-        root_image: in_dir(f.root_image.unwrap_or_else(|| PathBuf::from("root.img"))),
-        console_log: in_dir(
-            f.console_log
-                .unwrap_or_else(|| PathBuf::from(format!("{name}-console.log"))),
-        ),
-        run_dir: resolve(
-            base,
-            f.run_dir
-                .unwrap_or_else(|| PathBuf::from("run").join(&name)),
-        ),
-        wait_for: f.wait_for.unwrap_or(Stage::Ready),
-        data_disk: DataDisk {
-            path: in_dir(
-                f.data_disk
-                    .path
-                    .unwrap_or_else(|| PathBuf::from("postgres.img")),
-            ),
-            size_gib: f.data_disk.size_gib.unwrap_or(4),
-        },
-        guest: GuestSpec {
-            log_level: f.guest.log_level.unwrap_or_else(|| "info".to_string()),
-            device_wait_secs: f.guest.device_wait_secs.unwrap_or(10),
-            cmdline_extra: f.guest.cmdline_extra.unwrap_or_default(),
-        },
-        postgres: PostgresSpec {
-            port: f.postgres.port.unwrap_or(5432),
-            superuser_password_file: f
-                .postgres
-                .superuser_password_file
-                .map(&in_dir)
-                .unwrap_or_else(|| secrets_dir.join(format!("{name}-postgres.password"))),
-        },
-        apps,
-        tailscale: TailscaleSpec {
-            login_server: f.tailscale.login_server,
-            auth_key_file: f.tailscale.auth_key_file.map(&in_dir),
-        },
-        vmm: VmmSpec {
-            backend,
-            crosvm: f.vmm.crosvm.unwrap_or_else(|| ANDROID_CROSVM.to_string()),
-            qemu: f.vmm.qemu.unwrap_or_else(|| qemu_binary(arch).to_string()),
-            qemu_accel: f.vmm.qemu_accel.unwrap_or_else(|| "tcg".to_string()),
-            vhost_device_vsock: f
-                .vmm
-                .vhost_device_vsock
-                .unwrap_or_else(|| "vhost-device-vsock".to_string()),
-            gvproxy: f.vmm.gvproxy.unwrap_or_else(|| "gvproxy".to_string()),
-            protected_vm_without_firmware: f.vmm.protected_vm_without_firmware.unwrap_or(false),
-            swiotlb_mib: f.vmm.swiotlb_mib,
-        },
-        timeouts: Timeouts {
-            init: f.timeouts.init.unwrap_or(t.init),
-            devices: f.timeouts.devices.unwrap_or(t.devices),
-            control: f.timeouts.control.unwrap_or(t.control),
-            network: f.timeouts.network.unwrap_or(t.network),
-            tailscale: f.timeouts.tailscale.unwrap_or(t.tailscale),
-            postgres: f.timeouts.postgres.unwrap_or(t.postgres),
-            ready: f.timeouts.ready.unwrap_or(t.ready),
-            shutdown: f.timeouts.shutdown.unwrap_or(t.shutdown),
-        },
-        secrets_dir,
-        name,
-    })
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::paths::HostEnv;
 
     pub(crate) fn env_in(dir: &Path, android: bool) -> HostEnv {
         HostEnv {
@@ -599,66 +363,5 @@ pub(crate) mod tests {
             linux.log_file("supervisor"),
             PathBuf::from("/var/lib/sovereign/sql-supervisor.log")
         );
-    }
-
-    #[test]
-    fn file_paths_resolve_against_the_spec_dir_and_print_back() {
-        let env = env_in(Path::new("/base"), false);
-        let text = r#"
-            name = "boot"
-            arch = "x86_64"
-            cid = 42
-            kernel = "k/bzImage"
-            initrd = "/abs/initrd.cpio.gz"
-            wait_for = "control"
-            [data_disk]
-            size_gib = 1
-            [[apps]]
-            name = "forgejo"
-            [vmm]
-            qemu_accel = "tcg"
-            [timeouts]
-            control = 20
-        "#;
-        let s = Spec::parse(text, Path::new("/specs"), &env, "t.toml").unwrap();
-        assert_eq!(s.kernel, PathBuf::from("/specs/k/bzImage"));
-        assert_eq!(s.initrd, Some(PathBuf::from("/abs/initrd.cpio.gz")));
-        assert_eq!(s.root_image, PathBuf::from("/specs/root.img"));
-        assert_eq!(s.console_log, PathBuf::from("/specs/boot-console.log"));
-        assert_eq!(s.run_dir, PathBuf::from("/base/run/boot"));
-        assert_eq!(
-            s.apps[0].password_file,
-            PathBuf::from("/base/secrets/boot-app-forgejo.password")
-        );
-        assert_eq!(s.wait_for, Stage::Control);
-        assert_eq!(s.timeouts.control, 20);
-        assert_eq!(s.timeouts.init, 60);
-        let again = Spec::parse(&s.to_toml(), Path::new("/elsewhere"), &env, "again").unwrap();
-        assert_eq!(again, s, "the printed spec reads back as itself");
-    }
-
-    #[test]
-    fn unknown_fields_and_bad_types_name_the_field() {
-        let env = env_in(Path::new("/base"), false);
-        let e = Spec::parse("cidd = 3", Path::new("/"), &env, "t.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("cidd"), "{e}");
-        let e = Spec::parse("cid = \"ten\"", Path::new("/"), &env, "t.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("cid"), "{e}");
-        let e = Spec::parse("[vmm]\nbackend = \"xen\"", Path::new("/"), &env, "t.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("xen"), "{e}");
-        let e = Spec::parse("arch = \"riscv64\"", Path::new("/"), &env, "t.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("arch = \"riscv64\""), "{e}");
-        let e = Spec::parse("wait_for = \"vsock\"", Path::new("/"), &env, "t.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("vsock"), "{e}");
     }
 }

@@ -14,87 +14,25 @@
 //! A device report that fails the rule, a `failed` stage report (console or control) or
 //! a wrong Hello fails at once; otherwise each stage has a deadline counted from the
 //! previous stage's acceptance (init: from the VMM's start).
+//!
+//! This module is the state machine; the device rule is in `devices`, the Hello rule in
+//! `hello`, the words for a missed deadline in `deadlines`, the types it reports in
+//! `outcome`.
+
+mod deadlines;
+mod devices;
+mod hello;
+mod outcome;
+
+pub use devices::assess_devices;
+pub use hello::{assess_hello, HelloRefused};
+pub use outcome::{Failure, FailurePoint, Progress, StageLine, StageStatus};
 
 use crate::spec::Timeouts;
 use protocol::marker::{Marker, MarkerBody};
-use protocol::messages::{DeviceKind, DeviceReport, Hello, TailnetInfo};
-use protocol::{Stage, StageReport, StageState, PROTOCOL_VERSION};
-use serde::{Deserialize, Serialize};
-use std::time::{Duration, Instant};
-
-/// Where a boot failed: a stage, or launching a host process before the guest ran.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailurePoint {
-    /// A guest stage.
-    Stage(Stage),
-    /// Starting a host process (named).
-    Launch(String),
-}
-
-impl std::fmt::Display for FailurePoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            FailurePoint::Stage(s) => write!(f, "{s}"),
-            FailurePoint::Launch(p) => write!(f, "launch {p}"),
-        }
-    }
-}
-
-/// A failed boot with its evidence (the supervisor adds console lines and cleanup).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failure {
-    /// Where it failed.
-    pub at: FailurePoint,
-    /// What went wrong, one sentence.
-    pub reason: String,
-    /// The guest's device report, if one arrived.
-    pub devices: Option<DeviceReport>,
-    /// Required kernel options the guest's kernel lacks (from its report).
-    pub missing_kernel_options: Vec<String>,
-    /// The guest's per-device problems (from its report).
-    pub problems: Vec<String>,
-}
-
-/// State of one stage as shown by `start` and `status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StageStatus {
-    /// No evidence yet.
-    Pending,
-    /// The guest said it started working on it.
-    Started,
-    /// Accepted by the host.
-    Accepted,
-    /// Accepted earlier, reported impaired since.
-    Degraded,
-    /// Failed.
-    Failed,
-}
-
-/// One stage's line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StageLine {
-    /// The stage.
-    pub stage: Stage,
-    /// Where it stands.
-    pub status: StageStatus,
-    /// Milliseconds from the VMM's start to its acceptance (or failure).
-    pub elapsed_ms: Option<u64>,
-    /// Short evidence (`vsock→vmw_vsock_virtio_transport, 2×virtio_blk`).
-    pub summary: String,
-}
-
-/// What an input changed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Progress {
-    /// A stage was accepted.
-    Accepted(StageLine),
-    /// The boot failed; nothing more will be accepted.
-    Failed(Box<Failure>),
-    /// The spec's `wait_for` stage was accepted: the VM is up.
-    Up,
-}
+use protocol::messages::{DeviceReport, Hello, TailnetInfo};
+use protocol::{Stage, StageReport, StageState};
+use std::time::Instant;
 
 /// The acceptance state machine of one boot.
 #[derive(Debug)]
@@ -225,27 +163,8 @@ impl Readiness {
     /// The guest's Hello; `peer_cid` is the connection's source CID on AF_VSOCK.
     pub fn on_hello(&mut self, hello: Hello, peer_cid: Option<u32>, now: Instant) -> Vec<Progress> {
         self.init_seen = true;
-        let wrong = if hello.version != PROTOCOL_VERSION {
-            Some(format!(
-                "the guest speaks control protocol version {}, this launcher {PROTOCOL_VERSION}: rebuild the image and the launcher from one tree",
-                hello.version
-            ))
-        } else if hello.cid != self.cid {
-            Some(format!(
-                "the guest says its CID is {}, the spec gives {}",
-                hello.cid, self.cid
-            ))
-        } else {
-            match peer_cid {
-                Some(p) if p != self.cid => Some(format!(
-                    "a connection from CID {p} claimed to be the guest (spec CID {}): refused",
-                    self.cid
-                )),
-                _ => None,
-            }
-        };
-        if let Some(reason) = wrong {
-            return self.fail(Stage::Control, reason, now);
+        if let Err(refused) = hello::assess_hello(&hello, self.cid, peer_cid) {
+            return self.fail(Stage::Control, refused.to_string(), now);
         }
         self.hello = Some(hello);
         self.advance(now)
@@ -284,7 +203,6 @@ impl Readiness {
     }
 
     fn on_report(&mut self, r: &StageReport, now: Instant, source: Source) -> Vec<Progress> {
-        let idx = stage_index(r.stage);
         let summary = r.detail.summary();
         if let Some(t) = r.detail.tailnet() {
             self.tailnet = Some(t.clone());
@@ -292,8 +210,9 @@ impl Readiness {
         match r.state {
             StageState::Failed => {
                 if self.finished.is_some() {
-                    self.lines[idx].status = StageStatus::Failed;
-                    self.lines[idx].summary = summary;
+                    let line = self.line_mut(r.stage);
+                    line.status = StageStatus::Failed;
+                    line.summary = summary;
                     return vec![];
                 }
                 let why = if summary.is_empty() {
@@ -308,34 +227,39 @@ impl Readiness {
                 )
             }
             StageState::Started => {
-                if self.lines[idx].status == StageStatus::Pending {
-                    self.lines[idx].status = StageStatus::Started;
+                let line = self.line_mut(r.stage);
+                if line.status == StageStatus::Pending {
+                    line.status = StageStatus::Started;
                     if !summary.is_empty() {
-                        self.lines[idx].summary = summary;
+                        line.summary = summary;
                     }
                 }
                 self.advance(now)
             }
             StageState::Degraded => {
-                if self.lines[idx].status == StageStatus::Accepted {
-                    self.lines[idx].status = StageStatus::Degraded;
+                let line = self.line_mut(r.stage);
+                if line.status == StageStatus::Accepted {
+                    line.status = StageStatus::Degraded;
                 }
-                self.lines[idx].summary = summary;
+                line.summary = summary;
                 self.advance(now)
             }
             StageState::Ready => {
-                if r.stage == Stage::Init && !summary.is_empty() {
-                    self.lines[idx].summary = summary.clone();
+                // The stages the guest judges itself count only from the control channel.
+                let guest_judged = source == Source::Control && r.stage >= Stage::Network;
+                if guest_judged && !self.guest_ready.contains(&r.stage) {
+                    self.guest_ready.push(r.stage);
                 }
-                if source == Source::Control && idx >= stage_index(Stage::Network) {
-                    if !self.guest_ready.contains(&r.stage) {
-                        self.guest_ready.push(r.stage);
-                    }
+                let line = self.line_mut(r.stage);
+                if r.stage == Stage::Init && !summary.is_empty() {
+                    line.summary = summary.clone();
+                }
+                if guest_judged {
                     if !summary.is_empty() {
-                        self.lines[idx].summary = summary;
+                        line.summary = summary;
                     }
-                    if self.lines[idx].status == StageStatus::Degraded {
-                        self.lines[idx].status = StageStatus::Accepted;
+                    if line.status == StageStatus::Degraded {
+                        line.status = StageStatus::Accepted;
                     }
                 }
                 self.advance(now)
@@ -364,42 +288,8 @@ impl Readiness {
         if now.saturating_duration_since(self.stage_clock) <= limit {
             return vec![];
         }
-        let reason = self.timeout_reason(stage, limit);
+        let reason = deadlines::missed(stage, limit, self.devices.as_ref(), self.line(stage));
         self.fail(stage, reason, now)
-    }
-
-    fn timeout_reason(&self, stage: Stage, limit: Duration) -> String {
-        let secs = limit.as_secs();
-        match stage {
-            Stage::Init => format!(
-                "no `SOVEREIGN init` marker on the console within {secs}s: the kernel did not reach the init (see the console lines)"
-            ),
-            Stage::Devices => format!(
-                "no device report within {secs}s (neither the `SOVEREIGN devices` console marker nor the control channel)"
-            ),
-            Stage::Control => {
-                let vsock = match &self.devices {
-                    Some(d) if d.of_kind(DeviceKind::Socket).any(|s| s.is_bound()) => {
-                        " although its vsock device is bound (check the host listener: under QEMU, vhost-device-vsock's log)"
-                    }
-                    Some(_) => " and its vsock device is not bound",
-                    None => "",
-                };
-                format!(
-                    "the guest did not say Hello on vsock port {} within {secs}s{vsock}",
-                    protocol::ports::CONTROL_PORT
-                )
-            }
-            _ => {
-                let line = self.line(stage);
-                let last = match line.status {
-                    StageStatus::Started if line.summary.is_empty() => " (it reported started)".to_string(),
-                    StageStatus::Started => format!(" (it reported started: {})", line.summary),
-                    _ => String::new(),
-                };
-                format!("no `ready` report for {stage} from the guest within {secs}s{last}")
-            }
-        }
     }
 
     /// Fails `stage` for a reason found outside the guest's reports (e.g. the host
@@ -412,9 +302,10 @@ impl Readiness {
         if self.finished.is_some() {
             return vec![];
         }
-        let idx = stage_index(stage);
-        self.lines[idx].status = StageStatus::Failed;
-        self.lines[idx].elapsed_ms = Some(self.elapsed_ms(now));
+        let elapsed = self.elapsed_ms(now);
+        let line = self.line_mut(stage);
+        line.status = StageStatus::Failed;
+        line.elapsed_ms = Some(elapsed);
         let (missing, problems) = match &self.devices {
             Some(d) => (d.missing_kernel_options.clone(), d.problems.clone()),
             None => (vec![], vec![]),
@@ -449,21 +340,23 @@ impl Readiness {
                 break;
             }
             let elapsed = self.elapsed_ms(now);
-            let line = &mut self.lines[self.next];
+            // The host's own evidence for the stages it judges itself.
+            let host_summary = match (stage, &self.hello) {
+                (Stage::Control, Some(h)) => Some(format!(
+                    "hello from CID {} (kernel {}), config sent",
+                    h.cid, h.kernel_release
+                )),
+                _ => None,
+            };
+            let line = self.line_mut(stage);
             line.status = StageStatus::Accepted;
             line.elapsed_ms = Some(elapsed);
-            // The host's own evidence for the stages it judges itself.
-            match (stage, &self.hello) {
-                (Stage::Control, Some(h)) => {
-                    line.summary = format!(
-                        "hello from CID {} (kernel {}), config sent",
-                        h.cid, h.kernel_release
-                    );
-                }
-                (Stage::Init, _) if line.summary.is_empty() => {
+            match host_summary {
+                Some(summary) => line.summary = summary,
+                None if stage == Stage::Init && line.summary.is_empty() => {
                     line.summary = "init running".to_string();
                 }
-                _ => {}
+                None => {}
             }
             out.push(Progress::Accepted(line.clone()));
             self.next += 1;
@@ -498,60 +391,13 @@ impl std::fmt::Display for Source {
     }
 }
 
-/// Applies the `devices` rule; `Ok` carries the progress summary, `Err` every reason.
-pub fn assess_devices(r: &DeviceReport) -> Result<String, Vec<String>> {
-    let mut reasons = Vec::new();
-    let sockets: Vec<_> = r.of_kind(DeviceKind::Socket).collect();
-    let blocks: Vec<_> = r.of_kind(DeviceKind::Block).collect();
-    if sockets.is_empty() {
-        reasons.push("no virtio socket (vsock) device found: the VMM attached none".to_string());
-    }
-    if blocks.len() < 2 {
-        reasons.push(format!(
-            "{} virtio block device(s) found, 2 needed (root and data)",
-            blocks.len()
-        ));
-    }
-    for d in r.devices.iter().filter(|d| !d.is_bound()) {
-        reasons.push(format!(
-            "{} device {} (virtio id {}) has driver {}, expected {}",
-            d.kind.label(),
-            d.address,
-            d.device_id,
-            d.driver.as_deref().unwrap_or("none"),
-            d.expected_driver().unwrap_or("any")
-        ));
-    }
-    if !reasons.is_empty() {
-        return Err(reasons);
-    }
-    let mut parts = Vec::new();
-    for s in &sockets {
-        parts.push(format!("vsock→{}", s.driver.as_deref().unwrap_or("?")));
-    }
-    parts.push(format!(
-        "{}×{}",
-        blocks.len(),
-        blocks
-            .first()
-            .and_then(|b| b.driver.as_deref())
-            .unwrap_or("?")
-    ));
-    for d in r
-        .devices
-        .iter()
-        .filter(|d| !matches!(d.kind, DeviceKind::Socket | DeviceKind::Block))
-    {
-        parts.push(format!("{}→{}", d.kind, d.driver.as_deref().unwrap_or("?")));
-    }
-    Ok(parts.join(", "))
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use protocol::evidence::{InitEvidence, NetworkEvidence, StageDetail};
-    use protocol::messages::{Transport, VirtioDevice};
+    use protocol::messages::{DeviceKind, Transport, VirtioDevice};
+    use protocol::PROTOCOL_VERSION;
+    use std::time::Duration;
 
     fn parse_marker(line: &str) -> Option<Marker> {
         Marker::parse(line)
@@ -732,24 +578,6 @@ pub(crate) mod tests {
             "nothing after a failure"
         );
         assert!(!r.config_due(), "no secrets to a failed boot");
-    }
-
-    #[test]
-    fn device_rule_counts_disks_and_sockets() {
-        let mut r = good_report();
-        r.devices.remove(2);
-        r.devices.remove(0);
-        let e = assess_devices(&r).unwrap_err();
-        assert_eq!(e.len(), 2, "{e:?}");
-        assert!(e[0].contains("no virtio socket"));
-        assert!(e[1].contains("1 virtio block device(s) found, 2 needed"));
-        let mut r = good_report();
-        r.devices
-            .push(dev(DeviceKind::Console, 3, Some("virtio_console")));
-        assert_eq!(
-            assess_devices(&r).unwrap(),
-            "vsock→vmw_vsock_virtio_transport, 2×virtio_blk, console→virtio_console"
-        );
     }
 
     #[test]

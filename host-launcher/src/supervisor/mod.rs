@@ -1,0 +1,278 @@
+//! The detached supervisor (`sovereign supervise --run-dir DIR`, started by `start`).
+//! It owns everything of one VM: it listens on the control channel before anything
+//! starts, launches vhost-device-vsock (QEMU), gvproxy and the VMM, follows the stages
+//! (control messages + console markers, see [`crate::readiness`]), serves
+//! `<run>/supervisor.sock` ([`crate::ipc`]), and on failure or `stop` shuts the guest
+//! down and stops every process it started.
+//!
+//! This module is the entry point [`run`] and the main loop, which owns the VM's state
+//! and routes each input to the module of its duty: `clients` (the supervisor socket),
+//! `events` (history and broadcast), `requests` (guest requests in flight), `guest` (the
+//! control channel), `progress` (stages and the GuestConfig), `launch` (processes and
+//! their exits), `teardown` (stopping), `failure` (the failure report) and `snapshot`
+//! (the status).
+
+mod clients;
+mod events;
+mod failure;
+mod guest;
+mod launch;
+mod progress;
+mod requests;
+mod snapshot;
+mod teardown;
+
+pub use failure::result_file;
+pub use requests::GuestRequestError;
+
+use self::clients::{serve_clients, Command};
+use self::events::Events;
+use self::requests::PendingRequests;
+use crate::console::{rotate, ConsoleTail};
+use crate::control::{Connection, ControlEvent, ControlListener};
+use crate::ipc::Phase;
+use crate::paths::HostEnv;
+use crate::process;
+use crate::readiness::Readiness;
+use crate::rundir::{Role, RunDir};
+use crate::spec::{Backend, Spec};
+use crate::vmm::{self, LaunchPlan};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+/// Lines of console kept as evidence.
+const CONSOLE_TAIL: usize = 30;
+/// Guest shutdown deadline when a boot failed with the control channel up.
+const FAILED_BOOT_SHUTDOWN: u32 = 10;
+
+/// Why the supervisor could not run at all (failures of the VM are reported as events).
+#[derive(Debug, Error)]
+pub enum SuperviseError {
+    /// spec.json is missing or unreadable.
+    #[error("cannot read the run spec {path}: {message}")]
+    Spec {
+        /// spec.json.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+    /// The supervisor's pid file could not be written.
+    #[error(transparent)]
+    PidFile(#[from] process::ProcessError),
+    /// A socket could not be bound.
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Reads the resolved spec `start` wrote into the run directory.
+pub fn read_run_spec(run: &RunDir) -> Result<Spec, SuperviseError> {
+    let path = run.spec_json();
+    let bytes = std::fs::read(&path).map_err(|e| SuperviseError::Spec {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| SuperviseError::Spec {
+        path,
+        message: e.to_string(),
+    })
+}
+
+/// Runs the supervisor of the VM whose run directory is `run`; returns the exit code.
+pub async fn run(run: RunDir) -> Result<i32, SuperviseError> {
+    let spec = read_run_spec(&run)?;
+    let env = HostEnv::detect();
+    let plan = vmm::plan(&spec, &env);
+    process::write_pid_file(&run, Role::Supervisor, std::process::id())?;
+    let _ = std::fs::remove_file(result_file(&run));
+
+    let events = Arc::new(Events::new());
+    let (cmd_tx, cmd_rx) = mpsc::channel(16);
+    let _ = std::fs::remove_file(run.supervisor_socket());
+    let ipc = UnixListener::bind(run.supervisor_socket()).map_err(|source| {
+        crate::control::ControlError::Bind {
+            what: run.supervisor_socket().display().to_string(),
+            source,
+        }
+    })?;
+    tokio::spawn(serve_clients(ipc, events.clone(), cmd_tx));
+
+    // The control listener exists before any process that could connect to it.
+    let control = match spec.vmm.backend {
+        Backend::Crosvm => ControlListener::vsock(protocol::ports::CONTROL_PORT),
+        Backend::Qemu => {
+            ControlListener::unix(&run.vsock_port_socket(protocol::ports::CONTROL_PORT))
+        }
+    };
+    let control = match control {
+        Ok(c) => c,
+        Err(e) => {
+            // Nothing was started yet: report and leave.
+            let report = failure::report(
+                &spec,
+                failure::at_launch("control listener", e.to_string()),
+                failure::Evidence::default(),
+                failure::nothing_started(),
+            );
+            log::error!("{e}");
+            failure::publish(&run, &events, report).await;
+            teardown::remove_own_files(&run);
+            return Ok(1);
+        }
+    };
+    let (ctl_tx, ctl_rx) = mpsc::channel(64);
+    tokio::spawn(guest::accept_guests(control, ctl_tx.clone()));
+
+    let (exit_tx, exit_rx) = mpsc::channel(8);
+    let mut sup = Supervisor {
+        console: ConsoleTail::new(&spec.console_log, CONSOLE_TAIL),
+        spec,
+        run,
+        plan,
+        started: Instant::now(),
+        events,
+        readiness: None,
+        phase: Phase::Booting,
+        pids: HashMap::new(),
+        exit_tx,
+        exit_rx,
+        ctl_rx,
+        cmd_rx,
+        control: None,
+        pending: PendingRequests::default(),
+        guest_shutting_down: false,
+        gvproxy_restarts: 0,
+    };
+    sup.main().await
+}
+
+/// Everything the supervisor knows about its VM; only the main loop touches it.
+#[derive(Debug)]
+struct Supervisor {
+    spec: Spec,
+    run: RunDir,
+    plan: LaunchPlan,
+    started: Instant,
+    events: Arc<Events>,
+    readiness: Option<Readiness>,
+    phase: Phase,
+    pids: HashMap<Role, i32>,
+    exit_tx: mpsc::Sender<(Role, std::process::ExitStatus)>,
+    exit_rx: mpsc::Receiver<(Role, std::process::ExitStatus)>,
+    ctl_rx: mpsc::Receiver<ControlEvent>,
+    cmd_rx: mpsc::Receiver<Command>,
+    control: Option<Connection>,
+    pending: PendingRequests,
+    guest_shutting_down: bool,
+    gvproxy_restarts: u32,
+    console: ConsoleTail,
+}
+
+/// Whether the main loop goes on after an input.
+enum Flow {
+    Continue,
+    Exit(i32),
+}
+
+impl Supervisor {
+    fn elapsed_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Launches the VM, then routes inputs until it stops; returns the exit code.
+    async fn main(&mut self) -> Result<i32, SuperviseError> {
+        let mut term = signal(SignalKind::terminate()).map_err(SuperviseError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(SuperviseError::Signals)?;
+        let mut hup = signal(SignalKind::hangup()).map_err(SuperviseError::Signals)?;
+
+        if let Err(e) = rotate(&self.spec.console_log) {
+            log::warn!("cannot move the old console log aside: {e}");
+        }
+        if let Err(failure) = self.launch().await {
+            let code = self.fail(failure).await;
+            self.finish().await;
+            return Ok(code);
+        }
+
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            let flow = tokio::select! {
+                Some(ev) = self.ctl_rx.recv() => self.on_control(ev).await,
+                Some((role, status)) = self.exit_rx.recv() => self.on_exit(role, status).await,
+                Some(cmd) = self.cmd_rx.recv() => self.on_command(cmd).await,
+                _ = tick.tick() => self.on_tick().await,
+                _ = term.recv() => self.on_signal("SIGTERM").await,
+                _ = int.recv() => self.on_signal("SIGINT").await,
+                _ = hup.recv() => { log::info!("SIGHUP ignored"); Flow::Continue }
+            };
+            if let Flow::Exit(code) = flow {
+                self.finish().await;
+                return Ok(code);
+            }
+        }
+    }
+
+    /// A client's command: a snapshot, a request relayed to the guest, or a stop.
+    async fn on_command(&mut self, cmd: Command) -> Flow {
+        match cmd {
+            Command::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
+                Flow::Continue
+            }
+            Command::Guest {
+                mut msg,
+                expect,
+                timeout,
+                reply,
+            } => {
+                let Some(conn) = self.control.clone() else {
+                    let _ = reply.send(Err(GuestRequestError::NotConnected));
+                    return Flow::Continue;
+                };
+                let expect = self.pending.assign_id(&mut msg, expect);
+                match conn.send(msg).await {
+                    Ok(()) => self.pending.wait(expect, Instant::now() + timeout, reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+                Flow::Continue
+            }
+            Command::Stop {
+                deadline_secs,
+                reply,
+            } => {
+                let deadline = deadline_secs.unwrap_or(self.spec.timeouts.shutdown);
+                let report = self.stop_all(deadline, "stop requested").await;
+                let code = if report.nothing_left { 0 } else { 1 };
+                let _ = reply.send(report);
+                Flow::Exit(code)
+            }
+        }
+    }
+
+    /// Every 200 ms: expired guest requests, new console lines, stage deadlines.
+    async fn on_tick(&mut self) -> Flow {
+        let now = Instant::now();
+        self.pending.expire(now);
+        let progress = self.console_progress(now);
+        self.apply(progress).await
+    }
+
+    /// SIGTERM or SIGINT: stop the VM and exit.
+    async fn on_signal(&mut self, name: &str) -> Flow {
+        log::info!("{name}: stopping");
+        let report = self
+            .stop_all(self.spec.timeouts.shutdown, &format!("{name} received"))
+            .await;
+        Flow::Exit(if report.nothing_left { 0 } else { 1 })
+    }
+}
