@@ -8,7 +8,7 @@
 #      builds of both binaries are static, and boots it: boot chain, vsock-missing
 #      diagnosis, networking through gvproxy, PostgreSQL durability, and the
 #      end-to-end psql-over-Tailscale witness (root; never skipped here)
-#   5. fuzzes the wire codecs for a bounded time
+#   5. fuzzes the wire codecs and the kernel command-line parser for a bounded time
 #   6. boots the arm64 guest under qemu-system-aarch64 to the control stage. With a
 #      cold cache its kernel takes ~10 min to build: by default (SOVEREIGN_ARM64_BOOT=auto)
 #      it runs when that kernel is cached or the run is early enough to afford it
@@ -43,7 +43,7 @@ SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_CLOUD_KERNEL=$cloud/vmlinuz SOVEREIGN_R
     --test boot --test forwarder --test network --test postgres --test e2e -- --include-ignored --test-threads=1
 
 step "fuzzing the codecs (${SOVEREIGN_FUZZ_SECONDS:-60}s per target)"
-for target in hyperkit_frames control_frames; do
+for target in hyperkit_frames control_frames kernel_cmdline; do
   (cd fuzz && cargo +nightly fuzz run "$target" -- -max_total_time="${SOVEREIGN_FUZZ_SECONDS:-60}" >/dev/null 2>"$SOVEREIGN_CACHE/fuzz-$target.log") \
     || { tail -n 40 "$SOVEREIGN_CACHE/fuzz-$target.log"; die "fuzz target $target failed"; }
   grep -E '^Done [0-9]+ runs' "$SOVEREIGN_CACHE/fuzz-$target.log" | sed "s/^/$target: /" >&2 || true

@@ -24,5 +24,12 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    let _ = sovereign_protocol::marker::parse_marker(&String::from_utf8_lossy(data));
+    if let Some(m) = sovereign_protocol::marker::Marker::parse(&String::from_utf8_lossy(data)) {
+        let line = m.to_line();
+        assert_eq!(
+            sovereign_protocol::marker::Marker::parse(&line),
+            Some(m),
+            "a parsed marker prints back to the same marker"
+        );
+    }
 });

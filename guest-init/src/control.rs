@@ -2,16 +2,28 @@
 //! port 1025 by default), dialled with backoff and re-dialled whenever it drops. Every
 //! (re)connection starts with the greeting (Hello, the device report, the stages so
 //! far), so a restarted host supervisor catches up without asking.
+//!
+//! Liveness does not rely on the transport delivering a close: the guest sends a
+//! heartbeat every [`HEARTBEAT_INTERVAL`] and drops a connection on which no complete
+//! message arrived for [`PEER_SILENCE_LIMIT`] (a host that vanished, or one that sends
+//! half a frame and stops). Garbage, oversize or unknown frames drop it at once. Writes
+//! have a deadline too, so a host that stops reading cannot stall PID 1's threads.
 
-use protocol::control::{encode_frame, payload_len, HEADER_LEN};
+use protocol::control::{encode_frame, FrameReader, HEARTBEAT_INTERVAL, PEER_SILENCE_LIMIT};
 use protocol::messages::{GuestMessage, HostMessage};
 use protocol::ports::HOST_CID;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use vsock::VsockStream;
+
+/// How long one read waits before the loop checks its timers.
+const READ_TICK: Duration = Duration::from_millis(500);
+
+/// How long one frame may take to write before the connection counts as stuck.
+const WRITE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Backoff between connection attempts: starts small (the host listens before the VM
 /// starts, so the first attempt usually works) and caps at a few seconds.
@@ -58,22 +70,50 @@ impl std::fmt::Debug for ControlLink {
     }
 }
 
-/// Why reading a host message failed.
+/// Why a connection to the host was dropped.
 #[derive(Debug, thiserror::Error)]
-enum ReadError {
+enum LinkError {
     #[error("control channel closed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the host closed the control channel")]
+    Closed,
     #[error("bad control frame from host: {0}")]
     Codec(#[from] protocol::CodecError),
+    #[error(
+        "no message from the host for {0:?} ({1} bytes of a frame pending): treating it as gone"
+    )]
+    Silent(Duration, usize),
+    #[error("the host end is gone: a heartbeat could not be sent")]
+    HeartbeatFailed,
 }
 
-fn read_message(stream: &mut VsockStream) -> Result<HostMessage, ReadError> {
-    let mut header = [0u8; HEADER_LEN];
-    stream.read_exact(&mut header)?;
-    let len = payload_len(header)?;
-    let mut payload = vec![0u8; len];
-    stream.read_exact(&mut payload)?;
-    Ok(serde_json::from_slice(&payload).map_err(protocol::CodecError::from)?)
+/// The result of waiting for the next message on a connection.
+#[derive(Debug)]
+enum Next {
+    Message(HostMessage),
+    Idle,
+}
+
+/// Reads from `stream` for at most one [`READ_TICK`], returning a whole message when one
+/// is buffered.
+fn next_message(stream: &mut VsockStream, reader: &mut FrameReader) -> Result<Next, LinkError> {
+    if let Some(msg) = reader.next_message()? {
+        return Ok(Next::Message(msg));
+    }
+    let mut buf = [0u8; 8192];
+    match stream.read(&mut buf) {
+        Ok(0) => Err(LinkError::Closed),
+        Ok(n) => {
+            reader.push(&buf[..n]);
+            Ok(match reader.next_message()? {
+                Some(msg) => Next::Message(msg),
+                None => Next::Idle,
+            })
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Ok(Next::Idle),
+        Err(e) if e.kind() == ErrorKind::Interrupted => Ok(Next::Idle),
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl ControlLink {
@@ -126,6 +166,13 @@ impl ControlLink {
                     continue;
                 }
             };
+            if let Err(e) = stream
+                .set_read_timeout(Some(READ_TICK))
+                .and_then(|()| writer.set_write_timeout(Some(WRITE_DEADLINE)))
+            {
+                log::warn!("control: cannot set socket timeouts: {e}");
+                continue;
+            }
             if let Ok(mut slot) = self.stream.lock() {
                 *slot = Some(writer);
             }
@@ -136,18 +183,9 @@ impl ControlLink {
             }
             if greeted {
                 log::info!("control: greeting sent");
-                loop {
-                    match read_message(&mut stream) {
-                        Ok(msg) => {
-                            if incoming.send(msg).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            log::warn!("control: {e}; reconnecting");
-                            break;
-                        }
-                    }
+                match self.serve_connection(&mut stream, &incoming) {
+                    Ok(()) => return,
+                    Err(e) => log::warn!("control: {e}; reconnecting"),
                 }
             }
             self.connected.store(false, Ordering::SeqCst);
@@ -156,6 +194,39 @@ impl ControlLink {
             }
             let _ = stream.shutdown(std::net::Shutdown::Both);
             std::thread::sleep(backoff.next_delay());
+        }
+    }
+
+    /// Passes the host's messages on and keeps the heartbeats going until the connection
+    /// fails (`Err`) or the receiving side of `incoming` is gone (`Ok`: PID 1 is
+    /// shutting down).
+    fn serve_connection(
+        &self,
+        stream: &mut VsockStream,
+        incoming: &Sender<HostMessage>,
+    ) -> Result<(), LinkError> {
+        let mut reader = FrameReader::new();
+        let mut last_heard = Instant::now();
+        let mut last_beat = Instant::now();
+        loop {
+            match next_message(stream, &mut reader)? {
+                Next::Message(msg) => {
+                    last_heard = Instant::now();
+                    if msg != HostMessage::Heartbeat && incoming.send(msg).is_err() {
+                        return Ok(());
+                    }
+                }
+                Next::Idle => {}
+            }
+            if last_heard.elapsed() > PEER_SILENCE_LIMIT {
+                return Err(LinkError::Silent(PEER_SILENCE_LIMIT, reader.buffered()));
+            }
+            if last_beat.elapsed() >= HEARTBEAT_INTERVAL {
+                if !self.send(&GuestMessage::Heartbeat) {
+                    return Err(LinkError::HeartbeatFailed);
+                }
+                last_beat = Instant::now();
+            }
         }
     }
 

@@ -88,6 +88,8 @@ pub fn serve(guest: &Guest, events: &Receiver<Event>, config_tx: &Sender<GuestCo
             HostMessage::Ping => {
                 guest.link.send(&GuestMessage::Pong);
             }
+            // Consumed by the control link's liveness check; nothing to answer.
+            HostMessage::Heartbeat => {}
             HostMessage::StatusRequest => {
                 guest.link.send(&GuestMessage::Status(guest.status()));
             }

@@ -26,6 +26,9 @@ pub enum ControlError {
     /// The connection's writer is gone (peer closed).
     #[error("the control connection is closed")]
     Closed,
+    /// A frame could not be written in time: the peer does not read.
+    #[error("the guest did not take a frame within {0:?}")]
+    WriteTimeout(std::time::Duration),
     /// Binding the listener failed.
     #[error("cannot listen on {what}: {source}")]
     Bind {
@@ -169,6 +172,10 @@ pub enum ControlEvent {
 /// A message for the writer task and where to report whether it was written.
 type Outgoing = (HostMessage, oneshot::Sender<Result<(), ControlError>>);
 
+/// How long one frame may take to write; a guest that stops reading loses its
+/// connection instead of stalling the supervisor.
+pub const WRITE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The supervisor's handle on one guest connection.
 #[derive(Debug, Clone)]
 pub struct Connection {
@@ -177,6 +184,7 @@ pub struct Connection {
     /// Source CID on AF_VSOCK; `None` on the vhost-device-vsock unix socket.
     pub peer_cid: Option<u32>,
     tx: mpsc::Sender<Outgoing>,
+    tasks: std::sync::Arc<[tokio::task::AbortHandle; 2]>,
 }
 
 impl Connection {
@@ -189,6 +197,20 @@ impl Connection {
             .map_err(|_| ControlError::Closed)?;
         done.await.map_err(|_| ControlError::Closed)?
     }
+
+    /// Queues a message without waiting (heartbeats): false when the connection is
+    /// gone or its queue is full, which means the guest is not reading.
+    pub fn post(&self, msg: HostMessage) -> bool {
+        let (ack, _done) = oneshot::channel();
+        self.tx.try_send((msg, ack)).is_ok()
+    }
+
+    /// Closes the connection now: both tasks end and the socket is dropped.
+    pub fn close(&self) {
+        for t in self.tasks.iter() {
+            t.abort();
+        }
+    }
 }
 
 /// Starts the reader and writer tasks of a new connection; events go to `events`.
@@ -200,9 +222,12 @@ pub fn spawn_connection(
 ) -> Connection {
     let (mut rd, mut wr) = tokio::io::split(stream);
     let (tx, mut rx) = mpsc::channel::<Outgoing>(16);
-    tokio::spawn(async move {
+    let writer = tokio::spawn(async move {
         while let Some((msg, ack)) = rx.recv().await {
-            let r = write_frame(&mut wr, &msg).await;
+            let r = match tokio::time::timeout(WRITE_DEADLINE, write_frame(&mut wr, &msg)).await {
+                Ok(r) => r,
+                Err(_) => Err(ControlError::WriteTimeout(WRITE_DEADLINE)),
+            };
             let failed = r.is_err();
             let _ = ack.send(r);
             if failed {
@@ -210,7 +235,7 @@ pub fn spawn_connection(
             }
         }
     });
-    tokio::spawn(async move {
+    let reader = tokio::spawn(async move {
         let mut reader = FrameReader::new();
         let reason = loop {
             match read_frame::<_, GuestMessage>(&mut rd, &mut reader).await {
@@ -232,7 +257,12 @@ pub fn spawn_connection(
         };
         let _ = events.send(ControlEvent::Closed { conn: id, reason }).await;
     });
-    Connection { id, peer_cid, tx }
+    Connection {
+        id,
+        peer_cid,
+        tx,
+        tasks: std::sync::Arc::new([writer.abort_handle(), reader.abort_handle()]),
+    }
 }
 
 #[cfg(test)]
@@ -286,6 +316,51 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_stops_reading_loses_its_connection_in_bounded_time() {
+        let (server, _client) = tokio::net::UnixStream::pair().unwrap();
+        let (ev_tx, _ev_rx) = mpsc::channel(8);
+        let conn = spawn_connection(3, Box::new(server), None, ev_tx);
+        let big = HostMessage::Query {
+            id: 1,
+            sql: "x".repeat(60_000),
+        };
+        let start = std::time::Instant::now();
+        let mut outcome = Ok(());
+        for _ in 0..100 {
+            outcome = conn.send(big.clone()).await;
+            if outcome.is_err() {
+                break;
+            }
+        }
+        assert!(
+            matches!(outcome, Err(ControlError::WriteTimeout(_))),
+            "{outcome:?}"
+        );
+        assert!(start.elapsed() < WRITE_DEADLINE + std::time::Duration::from_secs(2));
+        assert!(!conn.post(HostMessage::Heartbeat), "the writer is gone");
+    }
+
+    #[tokio::test]
+    async fn close_ends_the_connection_for_the_peer() {
+        let (server, mut client) = tokio::net::UnixStream::pair().unwrap();
+        let (ev_tx, _ev_rx) = mpsc::channel(8);
+        let conn = spawn_connection(4, Box::new(server), None, ev_tx);
+        assert!(conn.post(HostMessage::Heartbeat));
+        let mut reader = FrameReader::new();
+        let got: HostMessage = read_frame(&mut client, &mut reader).await.unwrap().unwrap();
+        assert_eq!(got, HostMessage::Heartbeat);
+        conn.close();
+        let end: Option<HostMessage> = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            read_frame(&mut client, &mut reader),
+        )
+        .await
+        .expect("the peer sees the close")
+        .unwrap();
+        assert_eq!(end, None);
     }
 
     #[tokio::test]

@@ -11,6 +11,14 @@ pub const MAX_CONTROL_FRAME: usize = 64 * 1024;
 /// Length of the frame header.
 pub const HEADER_LEN: usize = 4;
 
+/// How often each side sends a heartbeat when it has nothing else to say.
+pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A peer that sent no complete message for this long is gone, whatever the transport
+/// says (a vsock whose other end vanished need not deliver a close): drop the
+/// connection and (guest) dial again. Three heartbeats missed.
+pub const PEER_SILENCE_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Why a control frame could not be encoded or decoded.
 #[derive(Debug, Error)]
 pub enum CodecError {

@@ -32,6 +32,8 @@ pub enum GuestMessage {
     LogContents(QueryResult),
     /// Answer to [`HostMessage::Ping`].
     Pong,
+    /// Sent every [`crate::control::HEARTBEAT_INTERVAL`]: the guest is alive.
+    Heartbeat,
     /// The guest accepted a shutdown request and is stopping its services.
     ShuttingDown {
         /// Why (e.g. "requested by host", "SIGTERM").
@@ -78,8 +80,10 @@ pub enum HostMessage {
         /// Which log.
         log: GuestLog,
     },
-    /// Liveness check.
+    /// Liveness check, answered by [`GuestMessage::Pong`] (measures a round trip).
     Ping,
+    /// Sent every [`crate::control::HEARTBEAT_INTERVAL`]: the host is alive.
+    Heartbeat,
 }
 
 /// The guest logs the host can read.

@@ -233,6 +233,7 @@ mod tests {
                     id,
                     ok: true,
                     output: sql,
+                    truncated: false,
                 })),
                 other => panic!("{other:?}"),
             },
@@ -243,7 +244,8 @@ mod tests {
             Reply::QueryResult(QueryResult {
                 id: 0,
                 ok: true,
-                output: "select 1".into()
+                output: "select 1".into(),
+                truncated: false,
             })
         );
     }

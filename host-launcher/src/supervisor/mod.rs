@@ -29,7 +29,7 @@ use self::clients::{serve_clients, Command};
 use self::events::Events;
 use self::requests::PendingRequests;
 use crate::console::{rotate, ConsoleTail};
-use crate::control::{Connection, ControlEvent, ControlListener};
+use crate::control::{ControlEvent, ControlListener};
 use crate::ipc::Phase;
 use crate::paths::HostEnv;
 use crate::process;
@@ -129,7 +129,7 @@ pub async fn run(run: RunDir) -> Result<i32, SuperviseError> {
         }
     };
     let (ctl_tx, ctl_rx) = mpsc::channel(64);
-    tokio::spawn(guest::accept_guests(control, ctl_tx.clone()));
+    tokio::spawn(guest::accept_guests(control, spec.cid, ctl_tx.clone()));
 
     let (exit_tx, exit_rx) = mpsc::channel(8);
     let mut sup = Supervisor {
@@ -146,7 +146,7 @@ pub async fn run(run: RunDir) -> Result<i32, SuperviseError> {
         exit_rx,
         ctl_rx,
         cmd_rx,
-        control: None,
+        channel: guest::Channel::default(),
         pending: PendingRequests::default(),
         guest_shutting_down: false,
         gvproxy_restarts: 0,
@@ -169,7 +169,7 @@ struct Supervisor {
     exit_rx: mpsc::Receiver<(Role, std::process::ExitStatus)>,
     ctl_rx: mpsc::Receiver<ControlEvent>,
     cmd_rx: mpsc::Receiver<Command>,
-    control: Option<Connection>,
+    channel: guest::Channel,
     pending: PendingRequests,
     guest_shutting_down: bool,
     gvproxy_restarts: u32,
@@ -233,7 +233,7 @@ impl Supervisor {
                 timeout,
                 reply,
             } => {
-                let Some(conn) = self.control.clone() else {
+                let Some(conn) = self.channel.current.clone() else {
                     let _ = reply.send(Err(GuestRequestError::NotConnected));
                     return Flow::Continue;
                 };
@@ -263,6 +263,7 @@ impl Supervisor {
     async fn on_tick(&mut self) -> Flow {
         let now = Instant::now();
         self.pending.expire(now);
+        self.keep_alive(now);
         let progress = self.console_progress(now);
         self.apply(progress).await
     }

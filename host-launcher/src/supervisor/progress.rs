@@ -77,7 +77,7 @@ impl Supervisor {
         if !(r.config_due() && devices_accepted) {
             return None;
         }
-        let conn = self.control.clone()?;
+        let conn = self.channel.current.clone()?;
         let now = Instant::now();
         let config = match secrets::guest_config(&self.spec) {
             Ok(c) => c,

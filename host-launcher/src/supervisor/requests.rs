@@ -168,6 +168,7 @@ mod tests {
             id,
             ok: true,
             output: format!("answer {id}"),
+            truncated: false,
         }
     }
 

@@ -19,7 +19,7 @@ impl Supervisor {
             elapsed_ms: Some(self.elapsed_ms()),
             processes: processes(self.spec.vmm.backend, &self.pids, &self.run),
             stages: readiness.map(|r| r.lines().to_vec()).unwrap_or_default(),
-            control_connected: self.control.is_some(),
+            control_connected: self.channel.current.is_some(),
             hello: readiness.and_then(|r| r.hello().cloned()),
             devices: readiness.and_then(|r| r.device_report().cloned()),
             guest: None,

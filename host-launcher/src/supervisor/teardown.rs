@@ -4,7 +4,7 @@
 
 use super::requests::GuestRequestError;
 use super::Supervisor;
-use crate::control::ControlEvent;
+use crate::control::{Connection, ControlEvent};
 use crate::ipc::{Phase, StopReport};
 use crate::paths::HostEnv;
 use crate::process;
@@ -13,6 +13,15 @@ use crate::spec::Backend;
 use crate::vmm;
 use protocol::{GuestMessage, HostMessage};
 use std::time::{Duration, Instant};
+
+/// How much longer than the guest's shutdown deadline the supervisor waits for the VMM
+/// to exit. The guest fits its whole shutdown, SIGKILL waits included, inside the
+/// deadline (sovereign-init's `ShutdownPlan`); this covers the power-off itself.
+pub const GUEST_SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long a stop waits for a guest that is between two control connections (it dials
+/// again within a few seconds) before it falls back to stopping the VMM by force.
+const RECONNECT_WAIT: Duration = Duration::from_secs(12);
 
 /// Removes the supervisor's own socket and pid file.
 pub fn remove_own_files(run: &RunDir) {
@@ -54,6 +63,28 @@ impl Supervisor {
         }
     }
 
+    /// The current control connection, or the first verified one to arrive within
+    /// `limit` (only a Hello that passes the Hello rule makes one current).
+    async fn await_connection(&mut self, limit: Duration) -> Option<Connection> {
+        let until = Instant::now() + limit;
+        loop {
+            if let Some(c) = self.channel.current.clone() {
+                return Some(c);
+            }
+            if !self.pids.contains_key(&Role::Vmm) {
+                return None;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            tokio::select! {
+                Some(ev) = self.ctl_rx.recv() => self.channel.on_event_while_stopping(ev, self.spec.cid),
+                _ = tokio::time::sleep(left) => return None,
+            }
+        }
+    }
+
     /// Shuts the guest down (control channel, then crosvm stop, then signals) and stops
     /// the helpers. Returns what happened; `nothing_left` only if every process is gone.
     pub(super) async fn stop_all(&mut self, deadline_secs: u32, why: &str) -> StopReport {
@@ -66,14 +97,18 @@ impl Supervisor {
         self.pending.fail_all(|| GuestRequestError::Stopping);
         if self.pids.contains_key(&Role::Vmm) {
             let mut exited = None;
-            if let Some(conn) = self.control.clone() {
+            if let Some(conn) = self.await_connection(RECONNECT_WAIT).await {
                 match conn.send(HostMessage::Shutdown { deadline_secs }).await {
                     Ok(()) => {
                         steps.push(format!(
                             "asked the guest to shut down (deadline {deadline_secs}s)"
                         ));
                         exited = self
-                            .wait_exit(Role::Vmm, Duration::from_secs(u64::from(deadline_secs) + 5))
+                            .wait_exit(
+                                Role::Vmm,
+                                Duration::from_secs(u64::from(deadline_secs))
+                                    + GUEST_SHUTDOWN_MARGIN,
+                            )
                             .await;
                         if self.guest_shutting_down {
                             steps.push("the guest acknowledged the shutdown".into());
@@ -155,7 +190,9 @@ impl Supervisor {
         } else {
             format!("still running: {}", left.join(", "))
         });
-        self.control = None;
+        if let Some(c) = self.channel.current.take() {
+            c.close();
+        }
         StopReport {
             clean: clean && nothing_left,
             nothing_left,
