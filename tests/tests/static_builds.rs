@@ -9,7 +9,7 @@
 
 use object::elf::{EM_AARCH64, EM_X86_64};
 use sovereign_tests::artifacts::{require_or_skip, workspace_target_dir};
-use sovereign_tests::elf::inspect;
+use xtask::elf::inspect;
 
 #[test]
 fn musl_builds_are_static_and_for_their_machine() {
