@@ -16,7 +16,8 @@ pub mod manifest;
 pub mod remote;
 
 use adb::Adb;
-use manifest::{Entry, Manifest, ManifestError, SECRETS_DIR};
+use manifest::{Loaded, ManifestEntry, ManifestError, SECRETS_DIR};
+use protocol::Arch;
 use remote::{install_script, quote, sha256sum, su, Install};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,7 +30,7 @@ pub const DEFAULT_DEST: &str = crate::paths::ANDROID_BASE_DIR;
 /// Where `adb push` leaves files before root moves them (writable by adb's `shell` user).
 pub const STAGING: &str = "/data/local/tmp/sovereign-staging";
 /// The architecture a phone's set must be built for.
-pub const PHONE_ARCH: &str = "arm64";
+pub const PHONE_ARCH: Arch = Arch::Arm64;
 /// What `uname -m` prints on a phone that can run it.
 pub const PHONE_MACHINE: &str = "aarch64";
 
@@ -263,8 +264,14 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// True when `got` (as `sha256sum` prints it) is the manifest's `want`; the manifest's
+/// hex digits may be in either case.
+fn same_sum(got: Option<&String>, want: &str) -> bool {
+    got.is_some_and(|g| g.eq_ignore_ascii_case(want))
+}
+
 /// Checks sizes (cheap) of every deployed file against the manifest.
-fn check_local_sizes(dir: &Path, files: &[&Entry]) -> Result<(), DeployError> {
+fn check_local_sizes(dir: &Path, files: &[&ManifestEntry]) -> Result<(), DeployError> {
     for e in files {
         let path = dir.join(&e.name);
         let meta = std::fs::metadata(&path).map_err(|cause| DeployError::LocalRead {
@@ -282,14 +289,14 @@ fn check_local_sizes(dir: &Path, files: &[&Entry]) -> Result<(), DeployError> {
 }
 
 /// Checks the contents of `files` against the manifest.
-fn check_local_sums(dir: &Path, files: &[&Entry]) -> Result<(), DeployError> {
+fn check_local_sums(dir: &Path, files: &[&ManifestEntry]) -> Result<(), DeployError> {
     for e in files {
         let path = dir.join(&e.name);
         let sum = sha256_file(&path).map_err(|cause| DeployError::LocalRead {
             path: path.clone(),
             cause,
         })?;
-        if sum != e.sha256 {
+        if !same_sum(Some(&sum), &e.sha256) {
             return Err(DeployError::LocalMismatch {
                 path,
                 what: format!("SHA-256 {sum}, manifest says {}", e.sha256),
@@ -322,12 +329,16 @@ fn remote_sums(adb: &Adb, paths: &[String]) -> Result<BTreeMap<String, String>, 
 
 /// Asks the device for the SHA-256 of each `(remote path, entry)` and compares it with
 /// the manifest's; `when` says which check this is (for the message and the hint).
-fn verify(adb: &Adb, files: &[(String, &Entry)], when: Checkpoint) -> Result<(), DeployError> {
+fn verify(
+    adb: &Adb,
+    files: &[(String, &ManifestEntry)],
+    when: Checkpoint,
+) -> Result<(), DeployError> {
     let paths: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
     let sums = remote_sums(adb, &paths)?;
     for (path, e) in files {
         let got = sums.get(path);
-        if got != Some(&e.sha256) {
+        if !same_sum(got, &e.sha256) {
             return Err(DeployError::Corrupted {
                 path: path.clone(),
                 serial: adb.serial.clone().unwrap_or_default(),
@@ -344,18 +355,9 @@ fn verify(adb: &Adb, files: &[(String, &Entry)], when: Checkpoint) -> Result<(),
 pub fn deploy(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, DeployError> {
     check_dest(&o.dest)?;
     let dest = o.dest.trim_end_matches('/').to_string();
-    let m = Manifest::load(&o.artifacts)?;
+    let m = Loaded::load(&o.artifacts)?;
     m.require_arch(PHONE_ARCH)?;
-    let files: Vec<&Entry> = m.deployed().collect();
-    if files.is_empty() {
-        return Err(ManifestError::Field {
-            path: m.path.clone(),
-            field: "files".into(),
-            value: format!("{} entries", m.files.len()),
-            why: "no entry has \"deploy\": true".into(),
-        }
-        .into());
-    }
+    let files = m.to_deploy()?;
     check_local_sizes(&o.artifacts, &files)?;
 
     let mut adb = Adb::new(o.adb.clone());
@@ -388,18 +390,19 @@ pub fn deploy(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
         o.artifacts.display()
     ));
 
-    let targets: Vec<(String, &Entry)> = files.iter().map(|e| (join(&dest, &e.name), *e)).collect();
+    let targets: Vec<(String, &ManifestEntry)> =
+        files.iter().map(|e| (join(&dest, &e.name), *e)).collect();
     let paths: Vec<String> = targets.iter().map(|(p, _)| p.clone()).collect();
     let on_device = remote_sums(&adb, &paths)?;
     let (changed, unchanged): (Vec<_>, Vec<_>) = targets
         .iter()
-        .partition(|(p, e)| on_device.get(p) != Some(&e.sha256));
+        .partition(|(p, e)| !same_sum(on_device.get(p), &e.sha256));
 
-    let mut staged: Vec<(String, &Entry)> = Vec::new();
+    let mut staged: Vec<(String, &ManifestEntry)> = Vec::new();
     if !changed.is_empty() {
         // What is pushed must be what the manifest says, or the staged check below
         // would blame the cable for a stale artifact directory.
-        let to_push: Vec<&Entry> = changed.iter().map(|(_, e)| *e).collect();
+        let to_push: Vec<&ManifestEntry> = changed.iter().map(|(_, e)| *e).collect();
         check_local_sums(&o.artifacts, &to_push)?;
         let staging_dirs: BTreeSet<String> = changed
             .iter()
@@ -448,7 +451,7 @@ pub fn deploy(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
                 .find(|(_, s)| s.name == e.name)
                 .map(|(p, _)| p.clone()),
             target: target.clone(),
-            mode: if e.is_secret() { 0o600 } else { e.mode },
+            mode: if e.is_secret() { 0o600 } else { e.mode.0 },
         })
         .collect();
     let script = install_script(
@@ -524,15 +527,18 @@ mod tests {
             sha256_file(&dir.path().join("a")).unwrap(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        let mut e = Entry {
+        let mut e = ManifestEntry {
             name: "a".into(),
             size: 3,
-            sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into(),
-            mode: 0o644,
+            sha256: "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD".into(),
+            mode: manifest::FileMode(0o644),
             deploy: true,
         };
         assert!(check_local_sizes(dir.path(), &[&e]).is_ok());
-        assert!(check_local_sums(dir.path(), &[&e]).is_ok());
+        assert!(
+            check_local_sums(dir.path(), &[&e]).is_ok(),
+            "hex in any case"
+        );
         e.size = 4;
         let err = check_local_sizes(dir.path(), &[&e])
             .unwrap_err()
