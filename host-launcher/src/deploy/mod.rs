@@ -9,21 +9,23 @@
 //! good file), and every deployed file is checked again in its final place.
 //!
 //! Pieces: [`manifest`] (what to copy), [`adb`] (talking to the device),
-//! [`remote`] (quoting and parsing the device's shell).
+//! [`remote`] (quoting and parsing the device's shell), [`verify`] (the checksum
+//! checks); this module holds the errors and the order of the steps.
 
 pub mod adb;
 pub mod manifest;
 pub mod remote;
+pub mod verify;
 
 use adb::Adb;
 use manifest::{Loaded, ManifestEntry, ManifestError, SECRETS_DIR};
 use protocol::Arch;
-use remote::{install_script, quote, sha256sum, su, Install};
-use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use remote::{install_script, quote, su, Install};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use thiserror::Error;
+use verify::{check_local_sizes, check_local_sums, remote_sums, same_sum, verify_remote};
+pub use verify::{sha256_file, Checkpoint};
 
 /// Where the set goes on the phone: the launcher's state directory on Android.
 pub const DEFAULT_DEST: &str = crate::paths::ANDROID_BASE_DIR;
@@ -172,34 +174,6 @@ pub enum DeployError {
     },
 }
 
-/// Where a deploy compares checksums with the manifest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Checkpoint {
-    /// In the staging directory, before anything is moved into place.
-    Staged,
-    /// In the destination, after the move.
-    Installed,
-}
-
-impl Checkpoint {
-    /// What to do when the check fails here.
-    pub fn hint(self) -> &'static str {
-        match self {
-            Checkpoint::Staged => "the transfer was corrupted and nothing was moved into place; run deploy again (try another cable or port)",
-            Checkpoint::Installed => "run deploy again; if it repeats, check free space on /data (`adb shell df /data`)",
-        }
-    }
-}
-
-impl std::fmt::Display for Checkpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Checkpoint::Staged => "after the push",
-            Checkpoint::Installed => "after moving it into place",
-        })
-    }
-}
-
 /// What to deploy where.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -249,106 +223,12 @@ pub fn check_dest(dest: &str) -> Result<(), DeployError> {
     Ok(())
 }
 
-/// Lower-case hex SHA-256 of a file, read in 1 MiB blocks.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// True when `got` (as `sha256sum` prints it) is the manifest's `want`; the manifest's
-/// hex digits may be in either case.
-fn same_sum(got: Option<&String>, want: &str) -> bool {
-    got.is_some_and(|g| g.eq_ignore_ascii_case(want))
-}
-
-/// Checks sizes (cheap) of every deployed file against the manifest.
-fn check_local_sizes(dir: &Path, files: &[&ManifestEntry]) -> Result<(), DeployError> {
-    for e in files {
-        let path = dir.join(&e.name);
-        let meta = std::fs::metadata(&path).map_err(|cause| DeployError::LocalRead {
-            path: path.clone(),
-            cause,
-        })?;
-        if meta.len() != e.size {
-            return Err(DeployError::LocalMismatch {
-                path,
-                what: format!("size {} bytes, manifest says {}", meta.len(), e.size),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Checks the contents of `files` against the manifest.
-fn check_local_sums(dir: &Path, files: &[&ManifestEntry]) -> Result<(), DeployError> {
-    for e in files {
-        let path = dir.join(&e.name);
-        let sum = sha256_file(&path).map_err(|cause| DeployError::LocalRead {
-            path: path.clone(),
-            cause,
-        })?;
-        if !same_sum(Some(&sum), &e.sha256) {
-            return Err(DeployError::LocalMismatch {
-                path,
-                what: format!("SHA-256 {sum}, manifest says {}", e.sha256),
-            });
-        }
-    }
-    Ok(())
-}
-
 fn join(dir: &str, name: &str) -> String {
     format!("{}/{name}", dir.trim_end_matches('/'))
 }
 
 fn parent(path: &str) -> &str {
     path.rsplit_once('/').map_or(path, |(p, _)| p)
-}
-
-/// Asks the device (as root) for the SHA-256 of `paths`.
-fn remote_sums(adb: &Adb, paths: &[String]) -> Result<BTreeMap<String, String>, DeployError> {
-    let command = sha256sum(paths);
-    let r = adb.shell(&su(&command))?;
-    if r.status == Some(127) {
-        return Err(DeployError::NoSha256sum {
-            serial: adb.serial.clone().unwrap_or_default(),
-            command,
-        });
-    }
-    Ok(remote::parse_sha256sum(&r.stdout))
-}
-
-/// Asks the device for the SHA-256 of each `(remote path, entry)` and compares it with
-/// the manifest's; `when` says which check this is (for the message and the hint).
-fn verify(
-    adb: &Adb,
-    files: &[(String, &ManifestEntry)],
-    when: Checkpoint,
-) -> Result<(), DeployError> {
-    let paths: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
-    let sums = remote_sums(adb, &paths)?;
-    for (path, e) in files {
-        let got = sums.get(path);
-        if !same_sum(got, &e.sha256) {
-            return Err(DeployError::Corrupted {
-                path: path.clone(),
-                serial: adb.serial.clone().unwrap_or_default(),
-                got: got.map_or_else(|| "is missing".to_string(), |g| format!("has SHA-256 {g}")),
-                when,
-                want: e.sha256.clone(),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Runs a deploy; `progress` receives one line per step.
@@ -430,7 +310,7 @@ pub fn deploy(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
             adb.push(&o.artifacts.join(&e.name), &remote)?;
             staged.push((remote, *e));
         }
-        if let Err(err) = verify(&adb, &staged, Checkpoint::Staged) {
+        if let Err(err) = verify_remote(&adb, &staged, Checkpoint::Staged) {
             let _ = adb.shell(&su(&format!("rm -rf {}", quote(STAGING))));
             return Err(err);
         }
@@ -473,7 +353,7 @@ pub fn deploy(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
         });
     }
     progress(&format!("verifying {} file(s) in {dest}", targets.len()));
-    verify(&adb, &targets, Checkpoint::Installed)?;
+    verify_remote(&adb, &targets, Checkpoint::Installed)?;
     Ok(Summary {
         serial,
         bytes_pushed: changed.iter().map(|(_, e)| e.size).sum(),
@@ -517,42 +397,6 @@ mod tests {
             let e = check_dest(bad).unwrap_err().to_string();
             assert!(e.starts_with("--dest "), "{bad:?}: {e}");
         }
-    }
-
-    #[test]
-    fn local_files_are_checked_against_the_manifest() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a"), b"abc").unwrap();
-        assert_eq!(
-            sha256_file(&dir.path().join("a")).unwrap(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        let mut e = ManifestEntry {
-            name: "a".into(),
-            size: 3,
-            sha256: "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD".into(),
-            mode: manifest::FileMode(0o644),
-            deploy: true,
-        };
-        assert!(check_local_sizes(dir.path(), &[&e]).is_ok());
-        assert!(
-            check_local_sums(dir.path(), &[&e]).is_ok(),
-            "hex in any case"
-        );
-        e.size = 4;
-        let err = check_local_sizes(dir.path(), &[&e])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("size 3 bytes, manifest says 4"), "{err}");
-        e.size = 3;
-        e.sha256 = "0".repeat(64);
-        let err = check_local_sums(dir.path(), &[&e]).unwrap_err().to_string();
-        assert!(err.contains("manifest says 0000"), "{err}");
-        e.name = "b".into();
-        let err = check_local_sizes(dir.path(), &[&e])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("cannot read"), "{err}");
     }
 
     #[test]
