@@ -30,9 +30,10 @@ done
 [ -n "$arch" ] || die "--arch x86_64|arm64 is required"
 deb=$(deb_arch "$arch")
 target=$(rust_target "$arch")
+kernel_name=$(xtask image-name "$arch")
 case "$deb" in
-  amd64) arch=x86_64 kernel_name=bzImage gvproxy_os=linux ;;
-  arm64) arch=arm64 kernel_name=Image gvproxy_os=android ;;
+  amd64) arch=x86_64 gvproxy_os=linux ;;
+  arm64) arch=arm64 gvproxy_os=android ;;
 esac
 if [ "$boot_only" = 1 ]; then
   out=${out:-$SOVEREIGN_CACHE/out/$arch-boot}
@@ -40,6 +41,8 @@ else
   out=${out:-$SOVEREIGN_CACHE/out/$arch}
 fi
 mkdir -p "$out"
+# Absolute: everything below runs from the workspace root.
+out=$(cd "$out" && pwd)
 cd "$SOVEREIGN_ROOT"
 
 log "building sovereign-init and sovereign for $target"
@@ -73,25 +76,8 @@ if [ "$boot_only" = 0 ]; then
   files+=(root.img gvproxy sql.toml)
 fi
 
-# manifest.json: what each file is, its size and SHA-256, and how deploy treats it.
-{
-  printf '{\n  "arch": "%s",\n  "files": [\n' "$arch"
-  first=1
-  for f in "${files[@]}"; do
-    size=$(stat -c %s "$out/$f")
-    sum=$(sha256sum "$out/$f" | cut -d' ' -f1)
-    case "$f" in
-      sovereign|gvproxy) mode=0755 deploy=true ;;
-      sovereign-init|boot-initramfs.cpio.gz|kernel.config) mode=0644 deploy=false ;;
-      *) mode=0644 deploy=true ;;
-    esac
-    [ $first -eq 1 ] || printf ',\n'
-    first=0
-    printf '    {"name": "%s", "size": %s, "sha256": "%s", "mode": "%s", "deploy": %s}' \
-      "$f" "$size" "$sum" "$mode" "$deploy"
-  done
-  printf '\n  ]\n}\n'
-} >"$out/manifest.json.tmp"
-mv "$out/manifest.json.tmp" "$out/manifest.json"
+# manifest.json: what each file is, its size and SHA-256, and how deploy treats it
+# (the mode and deploy policy per file name is xtask/src/manifest.rs).
+xtask manifest --arch "$arch" "$out" "${files[@]}" || die "cannot write $out/manifest.json (see above)"
 log "artifacts for $arch in $out"
 echo "$out"

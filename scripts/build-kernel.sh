@@ -45,10 +45,12 @@ done
 [ -n "$arch" ] || { usage; die "ARCH is required"; }
 
 case "$arch" in
-  x86_64|amd64)  arch=x86_64; machine=x86_64;  image=bzImage; image_path=arch/x86/boot/bzImage ;;
-  arm64|aarch64) arch=arm64;  machine=aarch64; image=Image;   image_path=arch/arm64/boot/Image ;;
+  x86_64|amd64)  arch=x86_64; machine=x86_64;  boot_dir=arch/x86/boot ;;
+  arm64|aarch64) arch=arm64;  machine=aarch64; boot_dir=arch/arm64/boot ;;
   *) usage; die "unknown ARCH '$arch' (expected x86_64/amd64 or arm64/aarch64)" ;;
 esac
+image=$(xtask image-name "$arch")
+image_path=$boot_dir/$image
 
 # --- inputs and the cache key -----------------------------------------------------------
 tarball=/usr/src/linux-source-$KERNEL_SERIES.tar.xz

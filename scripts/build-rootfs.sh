@@ -70,26 +70,17 @@ fi
 out_dir=${out_dir:-$SOVEREIGN_CACHE/images/$arch}
 
 [ "$(id -u)" = 0 ] || die "must run as root (mmdebstrap, and mkfs.ext4 -d reads root-only files)"
-for tool in mmdebstrap mkfs.ext4 e2fsck debugfs dpkg-deb tar flock od; do
+for tool in mmdebstrap mkfs.ext4 e2fsck debugfs dpkg-deb tar flock; do
   command -v "$tool" >/dev/null || die "'$tool' not found (Debian packages: mmdebstrap e2fsprogs dpkg tar util-linux coreutils)"
 done
 
 # ---- helpers ---------------------------------------------------------------------
 
-# elf_arch FILE: x86_64, arm64 or "other" from the ELF header (e_machine).
-elf_arch() {
-  local magic machine
-  magic=$(od -An -c -N4 "$1" 2>/dev/null | tr -d ' ')
-  [ "$magic" = '177ELF' ] || { echo other; return; }
-  machine=$(od -An -t x1 -j18 -N2 "$1" | tr -d ' \n')
-  case "$machine" in 3e00) echo x86_64 ;; b700) echo arm64 ;; *) echo other ;; esac
-}
-
-# check_elf FILE WHAT: FILE must be an ELF executable for $arch.
+# check_elf FILE WHAT: FILE must be an ELF executable for $arch (`cargo xtask
+# elf-arch` reads its header and names what it found).
 check_elf() {
-  local got
-  got=$(elf_arch "$1")
-  [ "$got" = "$arch" ] || die "$2 ($1) is not an ELF binary for $arch (found: $got)"
+  xtask elf-arch --expect "$arch" "$(realpath -- "$1")" >/dev/null \
+    || die "$2 ($1) must be an ELF binary for $arch (see above)"
 }
 
 # Mirror arguments for mmdebstrap: the Debian archive this machine's apt already

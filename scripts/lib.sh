@@ -40,21 +40,20 @@ hash_inputs() {
   } | sha256sum | cut -c1-16
 }
 
-# Debian architecture and Rust target for an ARCH argument (x86_64 or arm64).
-deb_arch() {
-  case "$1" in
-    x86_64|amd64) echo amd64 ;;
-    arm64|aarch64) echo arm64 ;;
-    *) die "unknown architecture '$1' (expected x86_64 or arm64)" ;;
-  esac
+# xtask ARGS...: `cargo xtask ARGS` (xtask/: the set's manifest, ELF machines, arch
+# names), run from the workspace root, where the alias and the pinned toolchain are
+# defined. Paths in ARGS must therefore be absolute.
+xtask() {
+  command -v cargo >/dev/null \
+    || die "cargo not found on PATH: the build scripts run \`cargo xtask\` (under sudo, keep your PATH: sudo env \"PATH=\$PATH\" ...)"
+  (cd "$SOVEREIGN_ROOT" && cargo xtask "$@")
 }
-rust_target() {
-  case "$1" in
-    x86_64|amd64) echo x86_64-unknown-linux-musl ;;
-    arm64|aarch64) echo aarch64-unknown-linux-musl ;;
-    *) die "unknown architecture '$1' (expected x86_64 or arm64)" ;;
-  esac
-}
+
+# Debian architecture and Rust target for an ARCH argument (x86_64 or arm64, or the
+# aliases amd64 and aarch64), as protocol::Arch names them; an unknown ARCH fails
+# with xtask's message.
+deb_arch() { xtask debian-arch "$1"; }
+rust_target() { xtask musl-target "$1"; }
 go_arch() { deb_arch "$1"; }
 
 # Puts cargo-installed and Go-built tools on PATH.

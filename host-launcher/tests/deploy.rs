@@ -8,6 +8,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test crate: a failed step is a failed test
 
+use protocol::manifest::{FileMode, Manifest, ManifestEntry, FILE_NAME};
+use protocol::Arch;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -80,13 +82,13 @@ fn write_exe(path: &Path, text: &str) {
 }
 
 /// The files of the test set: (name, content, mode, deploy).
-const FILES: &[(&str, &[u8], &str, bool)] = &[
-    ("Image", b"arm64 kernel", "0644", true),
-    ("root.img", b"root file system", "0644", true),
-    ("sovereign-init", b"init", "0644", false),
-    ("sovereign", b"#!/bin/sh\necho launcher\n", "0755", true),
-    ("gvproxy", b"gvproxy", "0755", true),
-    ("sql.toml", b"name = \"sql\"\n", "0644", true),
+const FILES: &[(&str, &[u8], u32, bool)] = &[
+    ("Image", b"arm64 kernel", 0o644, true),
+    ("root.img", b"root file system", 0o644, true),
+    ("sovereign-init", b"init", 0o644, false),
+    ("sovereign", b"#!/bin/sh\necho launcher\n", 0o755, true),
+    ("gvproxy", b"gvproxy", 0o755, true),
+    ("sql.toml", b"name = \"sql\"\n", 0o644, true),
 ];
 
 impl Bench {
@@ -108,7 +110,7 @@ impl Bench {
         for (name, content, _, _) in FILES {
             std::fs::write(b.artifacts().join(name), content).unwrap();
         }
-        b.write_manifest("arm64", &[]);
+        b.write_manifest(Arch::Arm64, &[]);
         b
     }
 
@@ -125,29 +127,27 @@ impl Bench {
         self.fake().join("root").join(p.trim_start_matches('/'))
     }
 
-    /// Writes manifest.json for FILES plus `extra` (name, mode) files already written.
-    fn write_manifest(&self, arch: &str, extra: &[(&str, &str)]) {
-        let mut entries = Vec::new();
+    /// Writes manifest.json for FILES plus `extra` (name, mode) files already written,
+    /// through the same types `cargo xtask manifest` writes it with.
+    fn write_manifest(&self, arch: Arch, extra: &[(&str, u32)]) {
         let all = FILES
             .iter()
             .map(|(n, _, m, d)| (*n, *m, *d))
             .chain(extra.iter().map(|(n, m)| (*n, *m, true)));
-        for (name, mode, deploy) in all {
-            let path = self.artifacts().join(name);
-            let size = std::fs::metadata(&path).unwrap().len();
-            let sum = sovereign::deploy::sha256_file(&path).unwrap();
-            entries.push(format!(
-                r#"{{"name": "{name}", "size": {size}, "sha256": "{sum}", "mode": "{mode}", "deploy": {deploy}}}"#
-            ));
-        }
-        std::fs::write(
-            self.artifacts().join("manifest.json"),
-            format!(
-                "{{\"arch\": \"{arch}\", \"files\": [\n{}\n]}}\n",
-                entries.join(",\n")
-            ),
-        )
-        .unwrap();
+        let files = all
+            .map(|(name, mode, deploy)| {
+                let path = self.artifacts().join(name);
+                ManifestEntry {
+                    name: name.to_string(),
+                    size: std::fs::metadata(&path).unwrap().len(),
+                    sha256: sovereign::deploy::sha256_file(&path).unwrap(),
+                    mode: FileMode(mode),
+                    deploy,
+                }
+            })
+            .collect();
+        let manifest = Manifest { arch, files };
+        std::fs::write(self.artifacts().join(FILE_NAME), manifest.to_json()).unwrap();
     }
 
     /// Runs `sovereign deploy ARGS` with the fake adb first on PATH.
@@ -266,7 +266,7 @@ fn first_deploy_pushes_the_set_then_a_second_pushes_nothing() {
         let p = b.on_phone(&format!("/data/sovereign/{name}"));
         if *deploy {
             assert_eq!(std::fs::read(&p).unwrap(), *content, "{name}");
-            assert_eq!(mode_of(&p), u32::from_str_radix(mode, 8).unwrap(), "{name}");
+            assert_eq!(mode_of(&p), *mode, "{name}");
         } else {
             assert!(!p.exists(), "{name} must not be deployed");
         }
@@ -296,7 +296,7 @@ fn only_changed_files_are_pushed_and_modes_are_repaired() {
     let b = Bench::new();
     assert_eq!(b.deploy(&[]).status.code(), Some(0));
     std::fs::write(b.artifacts().join("sql.toml"), "name = \"sql\"\ncid = 11\n").unwrap();
-    b.write_manifest("arm64", &[]);
+    b.write_manifest(Arch::Arm64, &[]);
     let gvproxy = b.on_phone("/data/sovereign/gvproxy");
     std::fs::set_permissions(&gvproxy, std::fs::Permissions::from_mode(0o600)).unwrap();
     let o = b.deploy(&[]);
@@ -319,7 +319,7 @@ fn a_corrupted_push_is_caught_and_nothing_is_replaced() {
     let b = Bench::new();
     assert_eq!(b.deploy(&[]).status.code(), Some(0));
     std::fs::write(b.artifacts().join("root.img"), b"a newer root").unwrap();
-    b.write_manifest("arm64", &[]);
+    b.write_manifest(Arch::Arm64, &[]);
     std::fs::write(b.fake().join("corrupt"), "root.img").unwrap();
     let o = b.deploy(&[]);
     let out = text(&o);
@@ -443,7 +443,7 @@ fn su_denied_stops_before_anything_is_pushed() {
 #[test]
 fn manifest_problems_name_the_field_before_adb_is_called() {
     let b = Bench::new();
-    b.write_manifest("x86_64", &[]);
+    b.write_manifest(Arch::X86_64, &[]);
     let out = text(&b.deploy(&[]));
     assert!(
         out.contains(
@@ -453,14 +453,25 @@ fn manifest_problems_name_the_field_before_adb_is_called() {
     );
     assert!(b.calls().is_empty());
 
-    let m = b.artifacts().join("manifest.json");
-    let text_m = std::fs::read_to_string(&m)
-        .unwrap()
-        .replace("\"x86_64\"", "\"arm64\"")
-        .replacen("\"mode\": \"0644\", ", "", 1);
+    // A field the reader cannot use is named, with the manifest's path.
+    let m = b.artifacts().join(FILE_NAME);
+    b.write_manifest(Arch::Arm64, &[]);
+    let text_m = std::fs::read_to_string(&m).unwrap().replacen(
+        "\"mode\": \"0644\"",
+        "\"mode\": \"rw-r--r--\"",
+        1,
+    );
     std::fs::write(&m, text_m).unwrap();
     let out = text(&b.deploy(&[]));
-    assert!(out.contains("field files[0].mode is missing"), "{out}");
+    assert!(
+        out.contains(&format!("{} is not a usable manifest", m.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains("files[0].mode") && out.contains("\"rw-r--r--\" is not octal"),
+        "{out}"
+    );
+    assert!(b.calls().is_empty());
 
     std::fs::remove_file(&m).unwrap();
     let out = text(&b.deploy(&[]));
@@ -472,7 +483,7 @@ fn manifest_problems_name_the_field_before_adb_is_called() {
     );
 
     // A file that no longer matches its entry is caught before anything is pushed.
-    b.write_manifest("arm64", &[]);
+    b.write_manifest(Arch::Arm64, &[]);
     std::fs::write(b.artifacts().join("Image"), b"arm64 kernel, rebuilt").unwrap();
     let out = text(&b.deploy(&[]));
     assert!(
@@ -511,7 +522,7 @@ fn secrets_and_destinations_with_spaces_are_quoted_and_protected() {
         "tskey-auth-test\n",
     )
     .unwrap();
-    b.write_manifest("arm64", &[("secrets/ts-authkey", "0600")]);
+    b.write_manifest(Arch::Arm64, &[("secrets/ts-authkey", 0o600)]);
     let dest = "/data/sov it's";
     let o = b.deploy(&["--dest", dest]);
     let out = text(&o);

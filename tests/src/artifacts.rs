@@ -163,7 +163,7 @@ pub fn host_launcher() -> Result<PathBuf, String> {
         if !p.exists() {
             continue;
         }
-        if crate::elf::inspect(p).is_ok_and(|f| f.machine == host_elf_machine()) {
+        if xtask::elf::inspect(p).is_ok_and(|f| f.machine == host_elf_machine()) {
             return Ok(p.clone());
         }
         return Err(format!(

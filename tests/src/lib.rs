@@ -9,7 +9,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed step is a failed test
 
 pub mod artifacts;
-pub mod elf;
 pub mod headscale;
 pub mod lab;
 pub mod netns;

@@ -9,7 +9,7 @@
 
 use object::elf::{EM_AARCH64, EM_X86_64};
 use sovereign_tests::artifacts::{require_or_skip, workspace_target_dir};
-use sovereign_tests::elf::inspect;
+use xtask::elf::inspect;
 
 #[test]
 #[ignore = "VM test: needs root, QEMU and the artifact set; scripts/test.sh runs it"]

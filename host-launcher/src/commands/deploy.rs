@@ -30,7 +30,7 @@ pub fn run(args: &DeployArgs, env: &HostEnv) -> anyhow::Result<i32> {
     let artifacts = match &args.artifacts {
         Some(d) => d.clone(),
         None => cache_dir()
-            .map(|c| c.join("out").join(deploy::PHONE_ARCH))
+            .map(|c| c.join("out").join(deploy::PHONE_ARCH.as_str()))
             .context("cannot tell where the artifact set is ($SOVEREIGN_CACHE and $HOME are unset): pass --artifacts DIR")?,
     };
     let adb = match &args.adb {

@@ -9,27 +9,30 @@
 //! good file), and every deployed file is checked again in its final place.
 //!
 //! Pieces: [`manifest`] (what to copy), [`adb`] (talking to the device),
-//! [`remote`] (quoting and parsing the device's shell).
+//! [`remote`] (quoting and parsing the device's shell), [`verify`] (the checksum
+//! checks); this module holds the errors and the order of the steps.
 
 pub mod adb;
 pub mod manifest;
 pub mod remote;
+pub mod verify;
 
 use adb::Adb;
-use manifest::{Entry, Manifest, ManifestError, SECRETS_DIR};
-use remote::{install_script, quote, sha256sum, su, Install};
-use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
-use std::path::{Path, PathBuf};
+use manifest::{Loaded, ManifestEntry, ManifestError, SECRETS_DIR};
+use protocol::Arch;
+use remote::{install_script, quote, su, Install};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use thiserror::Error;
+use verify::{check_local_sizes, check_local_sums, remote_sums, same_sum, verify_remote};
+pub use verify::{sha256_file, Checkpoint};
 
 /// Where the set goes on the phone: the launcher's state directory on Android.
 pub const DEFAULT_DEST: &str = crate::paths::ANDROID_BASE_DIR;
 /// Where `adb push` leaves files before root moves them (writable by adb's `shell` user).
 pub const STAGING: &str = "/data/local/tmp/sovereign-staging";
 /// The architecture a phone's set must be built for.
-pub const PHONE_ARCH: &str = "arm64";
+pub const PHONE_ARCH: Arch = Arch::Arm64;
 /// What `uname -m` prints on a phone that can run it.
 pub const PHONE_MACHINE: &str = "aarch64";
 
@@ -171,34 +174,6 @@ pub enum DeployError {
     },
 }
 
-/// Where a deploy compares checksums with the manifest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Checkpoint {
-    /// In the staging directory, before anything is moved into place.
-    Staged,
-    /// In the destination, after the move.
-    Installed,
-}
-
-impl Checkpoint {
-    /// What to do when the check fails here.
-    pub fn hint(self) -> &'static str {
-        match self {
-            Checkpoint::Staged => "the transfer was corrupted and nothing was moved into place; run deploy again (try another cable or port)",
-            Checkpoint::Installed => "run deploy again; if it repeats, check free space on /data (`adb shell df /data`)",
-        }
-    }
-}
-
-impl std::fmt::Display for Checkpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Checkpoint::Staged => "after the push",
-            Checkpoint::Installed => "after moving it into place",
-        })
-    }
-}
-
 /// What to deploy where.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -248,57 +223,6 @@ pub fn check_dest(dest: &str) -> Result<(), DeployError> {
     Ok(())
 }
 
-/// Lower-case hex SHA-256 of a file, read in 1 MiB blocks.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Checks sizes (cheap) of every deployed file against the manifest.
-fn check_local_sizes(dir: &Path, files: &[&Entry]) -> Result<(), DeployError> {
-    for e in files {
-        let path = dir.join(&e.name);
-        let meta = std::fs::metadata(&path).map_err(|cause| DeployError::LocalRead {
-            path: path.clone(),
-            cause,
-        })?;
-        if meta.len() != e.size {
-            return Err(DeployError::LocalMismatch {
-                path,
-                what: format!("size {} bytes, manifest says {}", meta.len(), e.size),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Checks the contents of `files` against the manifest.
-fn check_local_sums(dir: &Path, files: &[&Entry]) -> Result<(), DeployError> {
-    for e in files {
-        let path = dir.join(&e.name);
-        let sum = sha256_file(&path).map_err(|cause| DeployError::LocalRead {
-            path: path.clone(),
-            cause,
-        })?;
-        if sum != e.sha256 {
-            return Err(DeployError::LocalMismatch {
-                path,
-                what: format!("SHA-256 {sum}, manifest says {}", e.sha256),
-            });
-        }
-    }
-    Ok(())
-}
-
 fn join(dir: &str, name: &str) -> String {
     format!("{}/{name}", dir.trim_end_matches('/'))
 }
@@ -307,55 +231,13 @@ fn parent(path: &str) -> &str {
     path.rsplit_once('/').map_or(path, |(p, _)| p)
 }
 
-/// Asks the device (as root) for the SHA-256 of `paths`.
-fn remote_sums(adb: &Adb, paths: &[String]) -> Result<BTreeMap<String, String>, DeployError> {
-    let command = sha256sum(paths);
-    let r = adb.shell(&su(&command))?;
-    if r.status == Some(127) {
-        return Err(DeployError::NoSha256sum {
-            serial: adb.serial.clone().unwrap_or_default(),
-            command,
-        });
-    }
-    Ok(remote::parse_sha256sum(&r.stdout))
-}
-
-/// Asks the device for the SHA-256 of each `(remote path, entry)` and compares it with
-/// the manifest's; `when` says which check this is (for the message and the hint).
-fn verify(adb: &Adb, files: &[(String, &Entry)], when: Checkpoint) -> Result<(), DeployError> {
-    let paths: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
-    let sums = remote_sums(adb, &paths)?;
-    for (path, e) in files {
-        let got = sums.get(path);
-        if got != Some(&e.sha256) {
-            return Err(DeployError::Corrupted {
-                path: path.clone(),
-                serial: adb.serial.clone().unwrap_or_default(),
-                got: got.map_or_else(|| "is missing".to_string(), |g| format!("has SHA-256 {g}")),
-                when,
-                want: e.sha256.clone(),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Runs a deploy; `progress` receives one line per step.
 pub fn deploy(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, DeployError> {
     check_dest(&o.dest)?;
     let dest = o.dest.trim_end_matches('/').to_string();
-    let m = Manifest::load(&o.artifacts)?;
+    let m = Loaded::load(&o.artifacts)?;
     m.require_arch(PHONE_ARCH)?;
-    let files: Vec<&Entry> = m.deployed().collect();
-    if files.is_empty() {
-        return Err(ManifestError::Field {
-            path: m.path.clone(),
-            field: "files".into(),
-            value: format!("{} entries", m.files.len()),
-            why: "no entry has \"deploy\": true".into(),
-        }
-        .into());
-    }
+    let files = m.to_deploy()?;
     check_local_sizes(&o.artifacts, &files)?;
 
     let mut adb = Adb::new(o.adb.clone());
@@ -388,18 +270,19 @@ pub fn deploy(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
         o.artifacts.display()
     ));
 
-    let targets: Vec<(String, &Entry)> = files.iter().map(|e| (join(&dest, &e.name), *e)).collect();
+    let targets: Vec<(String, &ManifestEntry)> =
+        files.iter().map(|e| (join(&dest, &e.name), *e)).collect();
     let paths: Vec<String> = targets.iter().map(|(p, _)| p.clone()).collect();
     let on_device = remote_sums(&adb, &paths)?;
     let (changed, unchanged): (Vec<_>, Vec<_>) = targets
         .iter()
-        .partition(|(p, e)| on_device.get(p) != Some(&e.sha256));
+        .partition(|(p, e)| !same_sum(on_device.get(p), &e.sha256));
 
-    let mut staged: Vec<(String, &Entry)> = Vec::new();
+    let mut staged: Vec<(String, &ManifestEntry)> = Vec::new();
     if !changed.is_empty() {
         // What is pushed must be what the manifest says, or the staged check below
         // would blame the cable for a stale artifact directory.
-        let to_push: Vec<&Entry> = changed.iter().map(|(_, e)| *e).collect();
+        let to_push: Vec<&ManifestEntry> = changed.iter().map(|(_, e)| *e).collect();
         check_local_sums(&o.artifacts, &to_push)?;
         let staging_dirs: BTreeSet<String> = changed
             .iter()
@@ -427,7 +310,7 @@ pub fn deploy(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
             adb.push(&o.artifacts.join(&e.name), &remote)?;
             staged.push((remote, *e));
         }
-        if let Err(err) = verify(&adb, &staged, Checkpoint::Staged) {
+        if let Err(err) = verify_remote(&adb, &staged, Checkpoint::Staged) {
             let _ = adb.shell(&su(&format!("rm -rf {}", quote(STAGING))));
             return Err(err);
         }
@@ -448,7 +331,7 @@ pub fn deploy(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
                 .find(|(_, s)| s.name == e.name)
                 .map(|(p, _)| p.clone()),
             target: target.clone(),
-            mode: if e.is_secret() { 0o600 } else { e.mode },
+            mode: if e.is_secret() { 0o600 } else { e.mode.0 },
         })
         .collect();
     let script = install_script(
@@ -470,7 +353,7 @@ pub fn deploy(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
         });
     }
     progress(&format!("verifying {} file(s) in {dest}", targets.len()));
-    verify(&adb, &targets, Checkpoint::Installed)?;
+    verify_remote(&adb, &targets, Checkpoint::Installed)?;
     Ok(Summary {
         serial,
         bytes_pushed: changed.iter().map(|(_, e)| e.size).sum(),
@@ -514,39 +397,6 @@ mod tests {
             let e = check_dest(bad).unwrap_err().to_string();
             assert!(e.starts_with("--dest "), "{bad:?}: {e}");
         }
-    }
-
-    #[test]
-    fn local_files_are_checked_against_the_manifest() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a"), b"abc").unwrap();
-        assert_eq!(
-            sha256_file(&dir.path().join("a")).unwrap(),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        let mut e = Entry {
-            name: "a".into(),
-            size: 3,
-            sha256: "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad".into(),
-            mode: 0o644,
-            deploy: true,
-        };
-        assert!(check_local_sizes(dir.path(), &[&e]).is_ok());
-        assert!(check_local_sums(dir.path(), &[&e]).is_ok());
-        e.size = 4;
-        let err = check_local_sizes(dir.path(), &[&e])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("size 3 bytes, manifest says 4"), "{err}");
-        e.size = 3;
-        e.sha256 = "0".repeat(64);
-        let err = check_local_sums(dir.path(), &[&e]).unwrap_err().to_string();
-        assert!(err.contains("manifest says 0000"), "{err}");
-        e.name = "b".into();
-        let err = check_local_sizes(dir.path(), &[&e])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("cannot read"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,7 @@
+//! Facts about built artifacts that the build scripts need and used to compute in shell:
+//! the set's `manifest.json` ([`manifest`]), the machine an ELF binary is for
+//! ([`elf`], also used by the static-build test) and the per-architecture names of
+//! [`protocol::Arch`]. The `xtask` binary (`cargo xtask ...`) is the scripts' door to it.
+
+pub mod elf;
+pub mod manifest;

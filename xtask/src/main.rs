@@ -1,0 +1,91 @@
+//! `cargo xtask`: the build scripts' questions about artifacts, answered from the same
+//! Rust types the launcher and the tests use. Each subcommand prints its answer on
+//! stdout; failures go to stderr with a non-zero exit.
+
+use clap::{Parser, Subcommand};
+use protocol::Arch;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use xtask::{elf, manifest};
+
+/// Build helpers for scripts/ (run as `cargo xtask COMMAND` from the workspace).
+#[derive(Debug, Parser)]
+#[command(name = "xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Writes DIR/manifest.json: size, SHA-256, mode and deploy flag of each FILE.
+    Manifest {
+        /// The architecture the set is built for.
+        #[arg(long, value_name = "ARCH")]
+        arch: Arch,
+        /// The artifact directory.
+        dir: PathBuf,
+        /// The files of the set, relative to DIR, in build order.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<String>,
+    },
+    /// Prints x86_64, arm64 or other: the machine FILE's ELF header names.
+    ElfArch {
+        /// The file to inspect.
+        file: PathBuf,
+        /// Fail (exit 1, naming the file and what it is) unless FILE is for ARCH.
+        #[arg(long, value_name = "ARCH")]
+        expect: Option<Arch>,
+    },
+    /// Prints the kernel image file name for ARCH (bzImage, Image).
+    ImageName {
+        /// x86_64 or arm64 (aliases: amd64, aarch64).
+        arch: Arch,
+    },
+    /// Prints the static Rust target for ARCH.
+    MuslTarget {
+        /// x86_64 or arm64 (aliases: amd64, aarch64).
+        arch: Arch,
+    },
+    /// Prints Debian's name for ARCH (amd64, arm64).
+    DebianArch {
+        /// x86_64 or arm64 (aliases: amd64, aarch64).
+        arch: Arch,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Manifest { arch, dir, files } => {
+            let m = manifest::build(arch, &dir, &files)?;
+            let path = manifest::write(&dir, &m)?;
+            eprintln!(
+                "wrote {} ({} files, {} deployed)",
+                path.display(),
+                m.files.len(),
+                m.deployed().count()
+            );
+        }
+        Command::ElfArch { file, expect } => {
+            let found = elf::identify(&file)?;
+            println!("{}", found.word());
+            if let Some(want) = expect {
+                found.require(&file, want)?;
+            }
+        }
+        Command::ImageName { arch } => println!("{}", arch.image_name()),
+        Command::MuslTarget { arch } => println!("{}", arch.musl_target()),
+        Command::DebianArch { arch } => println!("{}", arch.debian_name()),
+    }
+    Ok(())
+}
