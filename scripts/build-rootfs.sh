@@ -307,7 +307,8 @@ staging=""
 e2fsck -fn "$img.partial" >"$tmp/e2fsck.log" 2>&1 || { cat "$tmp/e2fsck.log" >&2; die "e2fsck found errors in the image"; }
 in_image() { debugfs -R "stat $1" "$img.partial" 2>/dev/null | grep -q '^Inode:'; }
 checks=(/usr/lib/postgresql/$PG_MAJOR/bin/postgres /usr/lib/postgresql/$PG_MAJOR/bin/initdb
-  /usr/local/bin/tailscale /usr/local/bin/tailscaled /data /tmp /run /etc/resolv.conf)
+  /usr/local/bin/tailscale /usr/local/bin/tailscaled /usr/sbin/nft /usr/bin/pgbackrest
+  /data /tmp /run /etc/resolv.conf)
 [ "$no_init" = 1 ] || checks+=(/sbin/init)
 for p in "${checks[@]}"; do
   in_image "$p" || die "$p is missing from the image"

@@ -250,7 +250,8 @@ fn start_network(
     config: &GuestConfig,
     guest: &Guest,
 ) -> Result<NetworkEvidence, StageError> {
-    crate::net::firewall::apply(config.postgres.port, crate::tailscale::TAILSCALE_PORT)?;
+    let input_policy =
+        crate::net::firewall::apply(config.postgres.port, crate::tailscale::TAILSCALE_PORT)?;
     let net = &config.network;
     let network = Arc::new(Network::start(
         net,
@@ -265,6 +266,7 @@ fn start_network(
         mtu: net.mtu,
         gateway_answered_ms: Some(u64::try_from(rtt.as_millis()).unwrap_or(u64::MAX)),
         recovered: false,
+        input_policy,
     })
 }
 

@@ -239,22 +239,11 @@ impl DataDisk {
     pub fn close_and_unmount(&self) {
         let mut st = self.lock();
         st.closed = true;
-        if st.mounted || is_mount_point(&self.target) {
+        if st.mounted || crate::mounts::is_mounted(&self.target.to_string_lossy()) {
             unmount(&self.target);
             st.mounted = false;
         }
     }
-}
-
-/// True when `target` is a mount point now (from /proc/self/mountinfo).
-fn is_mount_point(target: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = target.to_string_lossy();
-    // Field 5 is the mount point (spaces escaped as \040, which /data does not have).
-    info.lines()
-        .any(|l| l.split(' ').nth(4).is_some_and(|m| m == want))
 }
 
 /// Unmounts the data disk at shutdown (lazily if something still holds it).

@@ -101,7 +101,7 @@ pub const SYSTEM_MOUNTS: &[SystemMount] = &[
 
 /// True when `target` is already a mount point (per /proc/self/mountinfo, once /proc
 /// exists).
-fn is_mounted(target: &str) -> bool {
+pub fn is_mounted(target: &str) -> bool {
     fs::read_to_string("/proc/self/mountinfo")
         .map(|info| info.lines().any(|l| l.split(' ').nth(4) == Some(target)))
         .unwrap_or(false)
@@ -134,8 +134,29 @@ pub fn mount_system() -> Result<(), MountError> {
             }
         }
     }
+    link_standard_fds();
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// The links devtmpfs does not make and programs expect (udev or systemd would):
+/// `/dev/fd` and `/dev/std{in,out,err}` into /proc/self/fd. initdb reads its password
+/// from `/dev/stdin`.
+const STANDARD_FD_LINKS: [(&str, &str); 4] = [
+    ("/dev/fd", "/proc/self/fd"),
+    ("/dev/stdin", "/proc/self/fd/0"),
+    ("/dev/stdout", "/proc/self/fd/1"),
+    ("/dev/stderr", "/proc/self/fd/2"),
+];
+
+fn link_standard_fds() {
+    for (link, target) in STANDARD_FD_LINKS {
+        match std::os::unix::fs::symlink(target, link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => log::warn!("cannot link {link} to {target}: {e}"),
+        }
     }
 }

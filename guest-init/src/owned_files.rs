@@ -103,9 +103,10 @@ pub fn write_file(
     result
 }
 
-/// Opens `path` for appending (a service's output log), creating it 0600 as root. A
-/// symlink, anything but a regular file, or a file with other hard links is refused.
-pub fn open_log(path: &Path) -> Result<File, OwnedFileError> {
+/// Opens `path` for appending (a service's output log), 0600 and owned by `owner`
+/// (through the descriptor). A symlink, anything but a regular file, or a file with
+/// other hard links is refused.
+pub fn open_log(path: &Path, owner: Owner) -> Result<File, OwnedFileError> {
     let f = OpenOptions::new()
         .append(true)
         .create(true)
@@ -119,6 +120,7 @@ pub fn open_log(path: &Path) -> Result<File, OwnedFileError> {
             "not a plain file with a single link",
         )));
     }
+    std::os::unix::fs::fchown(&f, Some(owner.uid), Some(owner.gid)).map_err(fail("chown", path))?;
     Ok(f)
 }
 
@@ -204,18 +206,22 @@ mod tests {
         std::fs::write(&outside, "root's secret\n").unwrap();
         let log = t.path().join("startup.log");
         std::os::unix::fs::symlink(&outside, &log).unwrap();
-        let e = open_log(&log).unwrap_err();
+        let e = open_log(&log, service()).unwrap_err();
         assert_eq!(e.source.raw_os_error(), Some(libc::ELOOP), "{e}");
         std::fs::remove_file(&log).unwrap();
         std::fs::hard_link(&outside, &log).unwrap();
-        assert!(open_log(&log).is_err(), "a second link to another file");
+        assert!(
+            open_log(&log, service()).is_err(),
+            "a second link to another file"
+        );
         assert_eq!(
             std::fs::read_to_string(&outside).unwrap(),
             "root's secret\n"
         );
         std::fs::remove_file(&log).unwrap();
-        let mut f = open_log(&log).unwrap();
+        let mut f = open_log(&log, service()).unwrap();
         f.write_all(b"starting\n").unwrap();
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "starting\n");
+        assert_eq!(std::fs::metadata(&log).unwrap().uid(), service().uid);
     }
 }

@@ -231,6 +231,21 @@ pub struct NetworkEvidence {
     /// True when the link came back after gvproxy went away.
     #[serde(default)]
     pub recovered: bool,
+    /// Whether the guest's input policy (nftables) is in force.
+    #[serde(default)]
+    pub input_policy: InputPolicy,
+}
+
+/// The guest's nftables input policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputPolicy {
+    /// Loaded: only tailscaled's traffic and postgres on the tailnet get in.
+    Loaded,
+    /// The image has no `nft` (the boot-only test initramfs): no policy, nothing to
+    /// protect either (no postgres, no tailscaled). The full root image always has it.
+    #[default]
+    Absent,
 }
 
 impl fmt::Display for NetworkEvidence {
@@ -241,6 +256,9 @@ impl fmt::Display for NetworkEvidence {
         }
         if self.recovered {
             f.write_str(", link recovered")?;
+        }
+        if self.input_policy == InputPolicy::Absent {
+            f.write_str(", no input policy (nft not in the image)")?;
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! asks for (to prove gvproxy's forwarding) open their port only while they listen.
 
 use crate::command::{self, CommandError};
+use protocol::evidence::InputPolicy;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use thiserror::Error;
@@ -44,13 +45,31 @@ pub fn ruleset(pg_port: u16, wireguard_port: u16) -> String {
     )
 }
 
-/// Loads the policy (atomically: nft applies the whole script or nothing).
-pub fn apply(pg_port: u16, wireguard_port: u16) -> Result<(), FirewallError> {
+/// Where the root image keeps `nft`.
+pub const NFT: &str = "/usr/sbin/nft";
+
+/// Loads the policy (atomically: nft applies the whole script or nothing). An image
+/// without nft (the boot-only test initramfs, which runs neither postgres nor
+/// tailscaled) gets none, and says so; the root image build refuses an image without it.
+pub fn apply(pg_port: u16, wireguard_port: u16) -> Result<InputPolicy, FirewallError> {
+    if !std::path::Path::new(NFT).exists() {
+        log::warn!("{NFT} is not in this image: no input policy");
+        return Ok(InputPolicy::Absent);
+    }
     let rules = ruleset(pg_port, wireguard_port);
-    command::run_with_input(Command::new("nft").args(["-f", "-"]), rules.as_bytes(), &[])?;
+    command::run_with_input(Command::new(NFT).args(["-f", "-"]), rules.as_bytes(), &[])?;
     ACTIVE.store(true, Ordering::SeqCst);
     log::info!("input policy loaded: tailnet postgres on {pg_port}, tailscaled on udp {wireguard_port}, nothing else");
-    Ok(())
+    Ok(InputPolicy::Loaded)
+}
+
+/// Whether a policy was loaded in this boot.
+pub fn current() -> InputPolicy {
+    if ACTIVE.load(Ordering::SeqCst) {
+        InputPolicy::Loaded
+    } else {
+        InputPolicy::Absent
+    }
 }
 
 /// A probe port opened on tap0 for as long as this value lives.
@@ -61,11 +80,7 @@ pub struct ProbeOpening {
 
 fn element(verb: &str, port: u16) -> Result<(), FirewallError> {
     let script = format!("{verb} element inet {TABLE} probe_ports {{ {port} }}\n");
-    command::run_with_input(
-        Command::new("nft").args(["-f", "-"]),
-        script.as_bytes(),
-        &[],
-    )?;
+    command::run_with_input(Command::new(NFT).args(["-f", "-"]), script.as_bytes(), &[])?;
     Ok(())
 }
 

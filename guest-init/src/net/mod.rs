@@ -169,6 +169,7 @@ impl Network {
             mtu: cfg.mtu,
             gateway_answered_ms: None,
             recovered: true,
+            input_policy: firewall::current(),
         };
         let on_event = Box::new(move |ev: LinkEvent| {
             let Some(r) = reporter.as_ref() else { return };

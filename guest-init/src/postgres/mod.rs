@@ -1,5 +1,5 @@
 //! PostgreSQL on the data disk, run and supervised by PID 1: `initdb` on first boot
-//! (the superuser password on its stdin), configuration written on every boot
+//! (no password; provisioning sets it), configuration written on every boot
 //! ([`config`]), started as `postgres`, restarted with backoff, fast shutdown on stop;
 //! SQL for the host runs through [`query`].
 //!
@@ -137,7 +137,7 @@ impl Postgres {
         owned_files::prepare_dir(data, 0o700, account.owner)?;
         owned_files::prepare_dir(Path::new(SOCKET_DIR), 0o2775, account.owner)?;
         if !data.join("PG_VERSION").exists() {
-            initdb(&bin, account, cfg)?;
+            initdb(&bin, account)?;
         } else {
             log::info!("postgres: reusing the cluster in {DATA_DIR}");
         }
@@ -301,7 +301,7 @@ fn start_server(bin: &Path, account: Account) -> Supervised {
     let make: CommandFactory = Box::new(move || {
         let mut c = account.command(&postgres);
         c.args(["-D", DATA_DIR]);
-        match owned_files::open_log(Path::new(STARTUP_LOG)) {
+        match owned_files::open_log(Path::new(STARTUP_LOG), account.owner) {
             Ok(log) => {
                 if let Ok(second) = log.try_clone() {
                     c.stdout(second);
@@ -315,18 +315,20 @@ fn start_server(bin: &Path, account: Account) -> Supervised {
     Supervised::start("postgres", Signal::SIGINT, make)
 }
 
-/// `initdb` on a blank data directory; the superuser password reaches it on stdin.
-fn initdb(bin: &Path, account: Account, cfg: &PostgresConfig) -> Result<(), PgError> {
+/// `initdb` on a blank data directory. It gets no password at all: host connections
+/// are refused in the first pg_hba.conf, which [`write_config`] replaces before the
+/// server starts, and [`Postgres::bring_up`] sets the superuser's password as a SCRAM
+/// verifier. So no password ever sits in a file or reaches another process.
+fn initdb(bin: &Path, account: Account) -> Result<(), PgError> {
     log::info!("postgres: first boot, running initdb in {DATA_DIR}");
-    command::run_with_input(
+    command::run(
         account.command(bin.join("initdb")).args([
             "-D",
             DATA_DIR,
             "-U",
             "postgres",
-            "--pwfile=/dev/stdin",
             "--auth-local=peer",
-            "--auth-host=scram-sha-256",
+            "--auth-host=reject",
             "-E",
             "UTF8",
             "--locale=C",
@@ -334,7 +336,6 @@ fn initdb(bin: &Path, account: Account, cfg: &PostgresConfig) -> Result<(), PgEr
             "--builtin-locale=C.UTF-8",
             "--data-checksums",
         ]),
-        format!("{}\n", cfg.superuser_password.expose()).as_bytes(),
         &[],
     )?;
     Ok(())

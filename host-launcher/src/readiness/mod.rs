@@ -506,6 +506,7 @@ pub(crate) mod tests {
             mtu: 1500,
             gateway_answered_ms: Some(12),
             recovered: false,
+            input_policy: protocol::evidence::InputPolicy::Loaded,
         };
         assert_eq!(
             accepted(&r.on_stage_report(&ready(Stage::Network, network), at(4100))),
