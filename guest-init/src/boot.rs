@@ -60,7 +60,9 @@ pub fn uptime_ms() -> u64 {
                 .next()
                 .and_then(|f| f.parse::<f64>().ok())
         })
-        .map_or(0, |secs| (secs * 1000.0) as u64)
+        .map_or(0, |secs| Duration::from_secs_f64(secs.max(0.0)).as_millis())
+        .try_into()
+        .unwrap_or(u64::MAX)
 }
 
 /// Why a stage after `control` does not hold.

@@ -49,7 +49,7 @@ mod tests {
 
     #[test]
     fn matches_a_reference_computation() {
-        let salt: [u8; 16] = core::array::from_fn(|i| i as u8);
+        let salt: [u8; 16] = core::array::from_fn(|i| u8::try_from(i).unwrap());
         assert_eq!(
             verifier("correct horse battery", &salt),
             "SCRAM-SHA-256$4096:AAECAwQFBgcICQoLDA0ODw==$DSORcG4dNUxAHTEo5BL20ymSoLgt8C8jLZ09S+VUVlM=:9hLrfnf7zvCtDB9drkVXkMgUsd4vpHfg5YQJDrbaZ30="

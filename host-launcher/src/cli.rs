@@ -240,7 +240,7 @@ mod tests {
                 ..
             }
         ));
-        assert!(Cli::try_parse_from(["sovereign", "start", "--sql", "--spec", "x.toml"]).is_err());
+        Cli::try_parse_from(["sovereign", "start", "--sql", "--spec", "x.toml"]).unwrap_err();
         let e = Cli::try_parse_from(["sovereign", "start", "--wait-for", "vsock"])
             .unwrap_err()
             .to_string();

@@ -307,7 +307,7 @@ mod tests {
 
         // An unknown message type closes the connection instead of being guessed at.
         let body = br#"{"type":"launch_missiles"}"#;
-        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        let mut frame = u32::try_from(body.len()).unwrap().to_be_bytes().to_vec();
         frame.extend_from_slice(body);
         client.write_all(&frame).await.unwrap();
         match ev_rx.recv().await.unwrap() {

@@ -147,6 +147,17 @@ pub async fn wait_ready(
     }
 }
 
+/// A child's pid as the signed type kill(2) and pid files use (pids never exceed
+/// `i32::MAX`: the kernel's `pid_max` is at most 2^22).
+pub fn as_pid(id: u32) -> i32 {
+    i32::try_from(id).unwrap_or(i32::MAX)
+}
+
+/// Whole milliseconds of `d`, saturating (for reports and JSON).
+pub fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Sends `sig` to `pid`, ignoring a process that is already gone.
 pub fn signal(pid: i32, sig: Signal) {
     if let Err(e) = kill(Pid::from_raw(pid), sig) {
@@ -259,7 +270,7 @@ mod tests {
         };
         let mut child = spawn(&cmd, &run).unwrap();
         let pid = run.recorded_pid(Role::Gvproxy).unwrap();
-        assert_eq!(Some(pid as u32), child.id());
+        assert_eq!(Some(pid), child.id().map(as_pid));
         wait_ready(&cmd, &mut child, Duration::from_secs(5))
             .await
             .unwrap();

@@ -254,7 +254,7 @@ pub(crate) mod tests {
         let vm_dir = runs.path().join("vm");
         std::fs::create_dir(&vm_dir).unwrap();
         let run = RunDir::new(&vm_dir);
-        let me = std::process::id() as i32;
+        let me = crate::process::as_pid(std::process::id());
         std::fs::write(run.pid_file(Role::Vmm), format!("{me}\n")).unwrap();
         assert_eq!(run.recorded_pid(Role::Vmm), Some(me));
         // This test process's command line does not name the temp dir.
@@ -265,7 +265,7 @@ pub(crate) mod tests {
             .arg(&vm_dir)
             .spawn()
             .unwrap();
-        let pid = child.id() as i32;
+        let pid = crate::process::as_pid(child.id());
         wait_for_exec(child.id());
         std::fs::write(run.pid_file(Role::Vmm), pid.to_string()).unwrap();
         assert_eq!(run.live_pid(Role::Vmm), Some(pid));

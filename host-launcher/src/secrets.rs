@@ -162,7 +162,7 @@ pub fn guest_config(spec: &Spec) -> Result<GuestConfig, SecretError> {
         .collect::<Result<Vec<_>, SecretError>>()?;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(crate::process::millis)
         .ok();
     Ok(GuestConfig {
         hostname: spec.hostname.clone(),

@@ -107,6 +107,6 @@ mod tests {
             matches!(junk, ConfigError::UnknownImage { len: 100 }),
             "{junk:?}"
         );
-        assert!(detect_image_arch(&[]).is_err());
+        detect_image_arch(&[]).unwrap_err();
     }
 }

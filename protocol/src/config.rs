@@ -377,7 +377,7 @@ mod tests {
         assert!(json.contains("\"5a:94:ef:e4:0c:ee\""));
         let back: GuestConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, c);
-        assert!(c.validate().is_ok());
+        c.validate().unwrap();
     }
 
     #[test]

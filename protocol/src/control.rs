@@ -49,8 +49,11 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
             max: MAX_CONTROL_FRAME,
         });
     }
-    // len <= MAX_CONTROL_FRAME < u32::MAX, so the cast is lossless.
-    out[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+    let len = u32::try_from(len).map_err(|_| CodecError::Oversize {
+        len,
+        max: MAX_CONTROL_FRAME,
+    })?;
+    out[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
     Ok(out)
 }
 
@@ -141,7 +144,10 @@ mod tests {
     #[test]
     fn round_trip() {
         let frame = encode_frame(&hello()).unwrap();
-        assert_eq!(&frame[..4], &((frame.len() - 4) as u32).to_be_bytes());
+        assert_eq!(
+            &frame[..4],
+            &u32::try_from(frame.len() - 4).unwrap().to_be_bytes()
+        );
         let (msg, used) = decode_frame::<GuestMessage>(&frame).unwrap().unwrap();
         assert_eq!(used, frame.len());
         assert_eq!(msg, hello());
@@ -162,7 +168,7 @@ mod tests {
 
     #[test]
     fn oversize_is_refused_from_the_header_alone() {
-        let header = ((MAX_CONTROL_FRAME + 1) as u32).to_be_bytes();
+        let header = u32::try_from(MAX_CONTROL_FRAME + 1).unwrap().to_be_bytes();
         let err = decode_frame::<GuestMessage>(&header).unwrap_err();
         assert!(matches!(err, CodecError::Oversize { len, .. } if len == MAX_CONTROL_FRAME + 1));
         assert!(err.to_string().contains("65537"));
@@ -190,9 +196,9 @@ mod tests {
         ));
         let mut unknown = vec![];
         let body = br#"{"type":"launch_missiles"}"#;
-        unknown.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        unknown.extend_from_slice(&u32::try_from(body.len()).unwrap().to_be_bytes());
         unknown.extend_from_slice(body);
-        assert!(decode_frame::<GuestMessage>(&unknown).is_err());
+        decode_frame::<GuestMessage>(&unknown).unwrap_err();
     }
 
     #[test]

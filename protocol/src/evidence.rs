@@ -324,7 +324,7 @@ mod tests {
             serde_json::json!({"kind": "none"})
         );
         let bad = serde_json::json!({"kind": "launch_missiles"});
-        assert!(serde_json::from_value::<StageDetail>(bad).is_err());
+        serde_json::from_value::<StageDetail>(bad).unwrap_err();
     }
 
     #[test]

@@ -57,8 +57,8 @@ pub fn decode_header(header: [u8; HEADER_LEN], max: usize) -> Result<usize, Fram
 pub fn encode_header(len: usize, max: usize) -> Result<[u8; HEADER_LEN], FrameError> {
     let max = max.min(usize::from(u16::MAX));
     let len = check_len(len, max)?;
-    // check_len bounded len by u16::MAX above.
-    Ok((len as u16).to_le_bytes())
+    let len = u16::try_from(len).map_err(|_| FrameError::Oversize { len, max })?;
+    Ok(len.to_le_bytes())
 }
 
 /// Splits the first frame off a buffer: `Ok(None)` when more bytes are needed,
@@ -104,7 +104,7 @@ mod tests {
 
     #[test]
     fn oversize_is_rejected_from_the_header() {
-        let hdr = ((MAX + 1) as u16).to_le_bytes();
+        let hdr = u16::try_from(MAX + 1).unwrap().to_le_bytes();
         assert_eq!(
             split_frame(&hdr, MAX),
             Err(FrameError::Oversize {

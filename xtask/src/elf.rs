@@ -101,7 +101,7 @@ const HEADER_LEN: u64 = 64;
 /// Reads `path`'s ELF header and says which machine it is for. Only an unreadable file
 /// is an error: a file that is not ELF is [`Identity::NotElf`].
 pub fn identify(path: &Path) -> Result<Identity, ElfError> {
-    let mut head = Vec::with_capacity(HEADER_LEN as usize);
+    let mut head = Vec::with_capacity(64);
     std::fs::File::open(path)
         .and_then(|f| f.take(HEADER_LEN).read_to_end(&mut head))
         .map_err(|cause| ElfError::Read {

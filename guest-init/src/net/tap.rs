@@ -6,10 +6,7 @@ use nix::sys::stat::Mode;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-/// `TUNSETIFF` = `_IOW('T', 202, int)`.
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-
-nix::ioctl_write_ptr_bad!(tun_set_iff, TUNSETIFF, libc::ifreq);
+nix::ioctl_write_ptr_bad!(tun_set_iff, libc::TUNSETIFF, libc::ifreq);
 
 /// An open TAP device.
 #[derive(Debug)]
@@ -39,9 +36,10 @@ pub fn open_tap(name: &str) -> Result<Tap, super::NetError> {
     // SAFETY: ifreq is a plain C struct for which all-zero bytes are a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
+        *dst = libc::c_char::from_ne_bytes([src]);
     }
-    req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+    req.ifr_ifru.ifru_flags = libc::c_short::try_from(libc::IFF_TAP | libc::IFF_NO_PI)
+        .map_err(|_| err("flags", nix::Error::EINVAL))?;
     // SAFETY: fd is an open /dev/net/tun descriptor and req a valid, initialised ifreq
     // that outlives the call; TUNSETIFF reads it and writes the final name back into it.
     unsafe { tun_set_iff(fd.as_raw_fd(), &req) }.map_err(|e| err("TUNSETIFF", e))?;
@@ -49,7 +47,7 @@ pub fn open_tap(name: &str) -> Result<Tap, super::NetError> {
         .ifr_name
         .iter()
         .take_while(|c| **c != 0)
-        .map(|c| *c as u8)
+        .map(|c| c.to_ne_bytes()[0])
         .collect();
     Ok(Tap {
         file: File::from(fd),

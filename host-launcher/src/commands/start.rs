@@ -101,8 +101,12 @@ pub async fn run(
                 Event::Failed(report) => {
                     print!("{}", failure_block(&spec.name, &report));
                     // Return only once the supervisor itself is gone too.
-                    if !crate::process::wait_gone(pid as i32, run.root(), Duration::from_secs(15))
-                        .await
+                    if !crate::process::wait_gone(
+                        crate::process::as_pid(pid),
+                        run.root(),
+                        Duration::from_secs(15),
+                    )
+                    .await
                     {
                         println!("✗ the supervisor (pid {pid}) is still running");
                     }

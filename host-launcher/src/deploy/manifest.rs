@@ -153,7 +153,7 @@ mod tests {
             .map(|e| e.name.as_str())
             .collect();
         assert_eq!(names, ["Image", "sovereign"]);
-        assert!(loaded.require_arch(Arch::Arm64).is_ok());
+        loaded.require_arch(Arch::Arm64).unwrap();
         let e = loaded.require_arch(Arch::X86_64).unwrap_err().to_string();
         assert!(
             e.starts_with(&format!("{}: arch = \"arm64\"", loaded.path.display())),

@@ -384,8 +384,8 @@ mod tests {
 
     #[test]
     fn destinations_must_be_plain_absolute_paths() {
-        assert!(check_dest("/data/sovereign").is_ok());
-        assert!(check_dest("/data/sovereign test/").is_ok());
+        check_dest("/data/sovereign").unwrap();
+        check_dest("/data/sovereign test/").unwrap();
         for bad in [
             "data/sovereign",
             "/",

@@ -153,7 +153,7 @@ mod tests {
             mode: FileMode(0o644),
             deploy: true,
         };
-        assert!(check_local_sizes(dir.path(), &[&e]).is_ok());
+        check_local_sizes(dir.path(), &[&e]).unwrap();
         assert!(
             check_local_sums(dir.path(), &[&e]).is_ok(),
             "hex in any case"

@@ -145,7 +145,7 @@ impl Readiness {
     }
 
     fn elapsed_ms(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.origin).as_millis() as u64
+        crate::process::millis(now.saturating_duration_since(self.origin))
     }
 
     /// A console marker.

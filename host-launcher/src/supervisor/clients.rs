@@ -93,7 +93,7 @@ async fn serve_client(mut stream: UnixStream, events: Arc<Events>, cmd: mpsc::Se
             let t = Instant::now();
             match ask_guest(&cmd, HostMessage::Ping, Expect::Pong, GUEST_REQUEST).await {
                 Ok(_) => Reply::Pong {
-                    rtt_ms: t.elapsed().as_millis() as u64,
+                    rtt_ms: crate::process::millis(t.elapsed()),
                 },
                 Err(e) => Reply::Error {
                     message: e.to_string(),

@@ -45,7 +45,7 @@ impl Supervisor {
             log::info!("starting {}: {}", cmd.role, cmd.shell_line());
             let mut child = process::spawn(cmd, &self.run)
                 .map_err(|e| at_launch(cmd.role.to_string(), e.to_string()))?;
-            let pid = child.id().map_or(0, |p| p as i32);
+            let pid = child.id().map_or(0, process::as_pid);
             if let Err(e) = process::wait_ready(cmd, &mut child, HELPER_READY).await {
                 self.pids.insert(cmd.role, pid);
                 self.watch_child(cmd.role, child);
@@ -123,7 +123,7 @@ impl Supervisor {
             Ok(child) => {
                 log::info!("gvproxy restarted (restart {})", self.gvproxy_restarts);
                 self.pids
-                    .insert(Role::Gvproxy, child.id().map_or(0, |p| p as i32));
+                    .insert(Role::Gvproxy, child.id().map_or(0, process::as_pid));
                 self.watch_child(Role::Gvproxy, child);
                 true
             }

@@ -184,7 +184,7 @@ enum Flow {
 
 impl Supervisor {
     fn elapsed_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        process::millis(self.started.elapsed())
     }
 
     /// Launches the VM, then routes inputs until it stops; returns the exit code.

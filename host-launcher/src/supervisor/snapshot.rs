@@ -38,7 +38,7 @@ fn processes(backend: Backend, pids: &HashMap<Role, i32>, run: &RunDir) -> Vec<P
         .filter(|r| **r != Role::VhostDeviceVsock || backend == Backend::Qemu)
         .map(|&role| {
             let pid = if role == Role::Supervisor {
-                Some(std::process::id() as i32)
+                Some(crate::process::as_pid(std::process::id()))
             } else {
                 pids.get(&role).copied()
             };
@@ -75,7 +75,10 @@ mod tests {
                 Role::Vmm
             ]
         );
-        assert_eq!(qemu[0].pid, Some(std::process::id() as i32));
+        assert_eq!(
+            qemu[0].pid,
+            Some(crate::process::as_pid(std::process::id()))
+        );
         assert_eq!(qemu[1].pid, None);
         assert!(!qemu[1].alive, "no pid, not alive");
         assert_eq!(qemu[3].pid, Some(4242));
