@@ -18,7 +18,7 @@
 
 use crate::cmdline::BootConfig;
 use crate::control::ControlLink;
-use crate::datadisk::DataDisk;
+use crate::datadisk::{DataDisk, DiskError};
 use crate::mounts::MountError;
 use crate::net::{NetError, Network};
 use crate::postgres::{PgError, Postgres};
@@ -73,7 +73,7 @@ pub enum StageError {
     #[error(transparent)]
     Network(#[from] NetError),
     #[error("data disk: {0}")]
-    DataDisk(String),
+    DataDisk(Arc<DiskError>),
     #[error(transparent)]
     Tailscale(#[from] TailscaleError),
     #[error(transparent)]
@@ -272,13 +272,10 @@ fn start_network(
     })
 }
 
-/// The data disk holds both tailscaled's state and the database; its failure (the
-/// returned text) fails both stages.
-fn mount_data_disk(boot: &BootConfig, guest: &Guest) -> Result<(), String> {
-    let info = guest
-        .disk
-        .mount(&boot.data_disk)
-        .map_err(|e| e.to_string())?;
+/// The data disk holds both tailscaled's state and the database; its failure fails
+/// both stages (each gets the error).
+fn mount_data_disk(boot: &BootConfig, guest: &Guest) -> Result<(), Arc<DiskError>> {
+    let info = guest.disk.mount(&boot.data_disk).map_err(Arc::new)?;
     log::info!("data disk: {info}");
     Ok(())
 }

@@ -56,34 +56,43 @@ pub fn parse(cmdline: &str) -> (BootConfig, Vec<String>) {
     (config, warnings)
 }
 
-fn apply(config: &mut BootConfig, key: &str, value: &str) -> Result<(), String> {
+/// Why one `sovereign.key=value` word was ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum KeyRefused {
+    #[error("unknown key")]
+    Unknown,
+    #[error("{0}")]
+    Invalid(&'static str),
+}
+
+fn apply(config: &mut BootConfig, key: &str, value: &str) -> Result<(), KeyRefused> {
     match key {
         "log" => {
-            config.log_level = value
-                .parse()
-                .map_err(|_| "expected off, error, warn, info, debug or trace".to_string())?;
+            config.log_level = value.parse().map_err(|_| {
+                KeyRefused::Invalid("expected off, error, warn, info, debug or trace")
+            })?;
         }
         "device_wait" => {
             let secs: u64 = value
                 .parse()
-                .map_err(|_| "expected whole seconds".to_string())?;
+                .map_err(|_| KeyRefused::Invalid("expected whole seconds"))?;
             if !(1..=600).contains(&secs) {
-                return Err("must be 1..=600 seconds".into());
+                return Err(KeyRefused::Invalid("must be 1..=600 seconds"));
             }
             config.device_wait = Duration::from_secs(secs);
         }
         "data_disk" => {
             if !value.starts_with("/dev/") || value.len() <= "/dev/".len() || value.contains("..") {
-                return Err("expected a /dev/ path".into());
+                return Err(KeyRefused::Invalid("expected a /dev/ path"));
             }
             config.data_disk = PathBuf::from(value);
         }
         "control_port" | "net_port" => {
             let port: u32 = value
                 .parse()
-                .map_err(|_| "expected a port number".to_string())?;
+                .map_err(|_| KeyRefused::Invalid("expected a port number"))?;
             if port == 0 || port == u32::MAX {
-                return Err("port 0 and u32::MAX are reserved".into());
+                return Err(KeyRefused::Invalid("port 0 and u32::MAX are reserved"));
             }
             if key == "control_port" {
                 config.control_port = port;
@@ -101,11 +110,11 @@ fn apply(config: &mut BootConfig, key: &str, value: &str) -> Result<(), String> 
                 !n.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
             }) {
-                return Err("expected comma-separated module names".into());
+                return Err(KeyRefused::Invalid("expected comma-separated module names"));
             }
             config.extra_modules = names;
         }
-        _ => return Err("unknown key".into()),
+        _ => return Err(KeyRefused::Unknown),
     }
     Ok(())
 }

@@ -13,7 +13,6 @@ use thiserror::Error;
 /// A helper program that could not be run or did not succeed.
 #[derive(Debug, Error)]
 pub enum CommandError {
-    /// It could not be started.
     #[error("cannot start {program}: {source}")]
     Spawn {
         /// Program name.
@@ -21,7 +20,6 @@ pub enum CommandError {
         /// Why.
         source: std::io::Error,
     },
-    /// It ran and failed.
     #[error("{program} failed ({exit}): {stderr}")]
     Failed {
         /// Program name.

@@ -22,10 +22,8 @@ const SUPERBLOCK: usize = 1024;
 /// What went wrong with the data disk.
 #[derive(Debug, Error)]
 pub enum DiskError {
-    /// The device never appeared.
     #[error("{0} does not exist (is the second disk attached?)")]
     Missing(String),
-    /// Reading it failed.
     #[error("cannot read {dev}: {source}")]
     Read {
         /// Device path.
@@ -33,7 +31,6 @@ pub enum DiskError {
         /// Why.
         source: std::io::Error,
     },
-    /// It holds something that is not our data filesystem.
     #[error(
         "{dev} is not blank and not a {DATA_LABEL} filesystem ({found}); refusing to touch it"
     )]
@@ -43,13 +40,10 @@ pub enum DiskError {
         /// What we found.
         found: String,
     },
-    /// mkfs or e2fsck failed.
     #[error(transparent)]
     Tool(#[from] CommandError),
-    /// The guest is shutting down: no new mount.
     #[error("not mounted: the guest is shutting down")]
     ShuttingDown,
-    /// mount failed.
     #[error("mounting {dev} on {target} failed: {source}")]
     Mount {
         /// Device path.

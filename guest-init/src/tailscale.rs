@@ -24,10 +24,8 @@ pub const TAILSCALE_PORT: u16 = 41641;
 /// What can keep the node off the tailnet.
 #[derive(Debug, Error)]
 pub enum TailscaleError {
-    /// The binaries are not in the image.
     #[error("{0} is missing from the root image")]
     Missing(&'static str),
-    /// Preparing directories or the key file failed.
     #[error("preparing {path}: {source}")]
     Prepare {
         /// What was being prepared.
@@ -35,16 +33,12 @@ pub enum TailscaleError {
         /// Why it failed.
         source: std::io::Error,
     },
-    /// tailscaled never answered on its socket.
     #[error("tailscaled did not come up within {0:?}")]
     DaemonSilent(Duration),
-    /// The node is logged out and no auth key was given.
     #[error("the node is not logged in and no auth key was configured (set one in the VM spec or SOVEREIGN_TS_AUTHKEY)")]
     NeedsAuthKey,
-    /// `tailscale up` failed.
     #[error("tailscale up failed: {0}")]
     Up(CommandError),
-    /// The node did not get its addresses in time.
     #[error("not on the tailnet after {waited:?}: backend state {state}")]
     NotJoined {
         /// How long we waited.

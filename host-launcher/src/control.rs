@@ -17,19 +17,14 @@ use tokio::sync::{mpsc, oneshot};
 /// Why a control (or supervisor socket) exchange failed.
 #[derive(Debug, Error)]
 pub enum ControlError {
-    /// Socket I/O failed.
     #[error("control socket I/O failed: {0}")]
     Io(#[from] std::io::Error),
-    /// A frame could not be encoded or decoded.
     #[error(transparent)]
     Codec(#[from] CodecError),
-    /// The connection's writer is gone (peer closed).
     #[error("the control connection is closed")]
     Closed,
-    /// A frame could not be written in time: the peer does not read.
     #[error("the guest did not take a frame within {0:?}")]
     WriteTimeout(std::time::Duration),
-    /// Binding the listener failed.
     #[error("cannot listen on {what}: {source}")]
     Bind {
         /// The address (socket path or vsock port).

@@ -9,7 +9,6 @@ use thiserror::Error;
 /// Why a kernel image could not be inspected.
 #[derive(Debug, Error)]
 pub enum KernelError {
-    /// The file could not be read.
     #[error("cannot read kernel image {path}: {source}")]
     Read {
         /// The image.
@@ -18,7 +17,6 @@ pub enum KernelError {
         #[source]
         source: std::io::Error,
     },
-    /// The bytes are not a usable boot image, or carry no readable config.
     #[error("{0}")]
     Image(#[from] kernel_config::ConfigError),
 }

@@ -15,7 +15,6 @@ use thiserror::Error;
 /// Why a process could not be started or did not become ready.
 #[derive(Debug, Error)]
 pub enum ProcessError {
-    /// Opening its log file failed.
     #[error("cannot open log file {path}: {source}")]
     Log {
         /// The log file.
@@ -24,7 +23,6 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
-    /// exec failed.
     #[error("cannot start {role} ({program}): {source}")]
     Spawn {
         /// Which process.
@@ -35,7 +33,6 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
-    /// Writing its pid file failed.
     #[error("cannot write pid file {path}: {source}")]
     PidFile {
         /// The pid file.
@@ -44,7 +41,6 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
-    /// It exited before its socket appeared.
     #[error("{role} exited ({status}) before {socket} appeared; its log: {log}")]
     ExitedEarly {
         /// Which process.
@@ -56,7 +52,6 @@ pub enum ProcessError {
         /// Its log file.
         log: PathBuf,
     },
-    /// Its socket did not appear in time.
     #[error("{socket} did not appear within {secs}s after starting {role}; its log: {log}")]
     SocketTimeout {
         /// Which process.

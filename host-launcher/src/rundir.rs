@@ -186,6 +186,13 @@ pub struct RunningVm {
     pub pid: i32,
 }
 
+/// The one field of a run's spec.json that [`running_vms`] needs (the rest of the
+/// spec is not read, so a run started by another version still shows).
+#[derive(Debug, Deserialize)]
+struct SpecCid {
+    cid: u32,
+}
+
 /// Every VM with a live supervisor or VMM under `runs` (normally `<state>/run`).
 pub fn running_vms(runs: &Path) -> Vec<RunningVm> {
     let Ok(entries) = std::fs::read_dir(runs) else {
@@ -202,9 +209,8 @@ pub fn running_vms(runs: &Path) -> Vec<RunningVm> {
         };
         let cid = std::fs::read(dir.spec_json())
             .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .and_then(|v| v.get("cid").and_then(serde_json::Value::as_u64))
-            .and_then(|c| u32::try_from(c).ok());
+            .and_then(|b| serde_json::from_slice::<SpecCid>(&b).ok())
+            .map(|s| s.cid);
         out.push(RunningVm {
             name: e.file_name().to_string_lossy().into_owned(),
             run_dir: e.path(),

@@ -22,7 +22,6 @@ pub const PASSWORD_LEN: usize = 32;
 /// Why a secret could not be created or read (never shows the value).
 #[derive(Debug, Error)]
 pub enum SecretError {
-    /// Creating or writing the file failed.
     #[error("cannot create secret file {path}: {source}")]
     Create {
         /// The file.
@@ -31,7 +30,6 @@ pub enum SecretError {
         #[source]
         source: std::io::Error,
     },
-    /// Reading the file failed.
     #[error("cannot read secret file {path}: {source}")]
     Read {
         /// The file.
@@ -40,13 +38,11 @@ pub enum SecretError {
         #[source]
         source: std::io::Error,
     },
-    /// The file exists but holds nothing usable.
     #[error("secret file {path} is empty or shorter than 8 characters")]
     TooShort {
         /// The file.
         path: PathBuf,
     },
-    /// Others can read the file.
     #[error("secret file {path} has mode {mode:o}: others can read it; run chmod 600 {path}")]
     Exposed {
         /// The file.

@@ -420,22 +420,12 @@ mod tests {
     use super::*;
     use crate::spec::tests::env_in;
 
-    /// A minimal x86 bzImage header: "HdrS" at 0x202, protocol 2.15, XLF_KERNEL_64.
     pub(crate) fn fake_bzimage() -> Vec<u8> {
-        let mut b = vec![0u8; 0x400];
-        b[0x1fe] = 0x55;
-        b[0x1ff] = 0xaa;
-        b[0x202..0x206].copy_from_slice(b"HdrS");
-        b[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
-        b[0x236..0x238].copy_from_slice(&1u16.to_le_bytes());
-        b
+        kernel_config::sample_image(Arch::X86_64)
     }
 
-    /// A minimal arm64 Image header: "ARM\x64" at 0x38.
     pub(crate) fn fake_arm64_image() -> Vec<u8> {
-        let mut b = vec![0u8; 0x100];
-        b[0x38..0x3c].copy_from_slice(b"ARM\x64");
-        b
+        kernel_config::sample_image(Arch::Arm64)
     }
 
     fn good(dir: &Path) -> Spec {

@@ -19,20 +19,10 @@ fn run(home: &Path, path: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use sovereign_tests::process::text;
 
 fn bzimage() -> Vec<u8> {
-    let mut b = vec![0u8; 0x400];
-    b[0x202..0x206].copy_from_slice(b"HdrS");
-    b[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
-    b[0x236..0x238].copy_from_slice(&1u16.to_le_bytes());
-    b
+    kernel_config::sample_image(kernel_config::Arch::X86_64)
 }
 
 #[test]

@@ -6,7 +6,6 @@ use thiserror::Error;
 /// Why a kernel configuration could not be read, or an argument was not understood.
 #[derive(Debug, Error)]
 pub enum ConfigError {
-    /// The gzip stream (`/proc/config.gz`, or the IKCONFIG blob of an image) is corrupt.
     #[error("cannot inflate the gzip'ed kernel config ({len} bytes): {source}")]
     Gzip {
         /// Size of the compressed input.
@@ -16,14 +15,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
 
-    /// The inflated config is implausibly large: refuse rather than exhaust memory.
     #[error("the gzip'ed kernel config inflates to more than {limit} bytes: not a kernel config")]
     TooLarge {
         /// The limit that was exceeded.
         limit: usize,
     },
 
-    /// An `IKCFG_ST` marker was found but what follows it is not a gzip'ed config.
     #[error(
         "the kernel image has an IKCFG_ST marker at offset {offset}{inner} but the config after it does not inflate: {source}"
     )]
@@ -37,7 +34,6 @@ pub enum ConfigError {
         source: Box<ConfigError>,
     },
 
-    /// The image carries no embedded configuration anywhere we can see.
     #[error(
         "no IKCONFIG (IKCFG_ST marker) found in the kernel image ({len} bytes; {members} gzip payload(s) inflated and searched): build with CONFIG_IKCONFIG=y, and for an x86 bzImage also CONFIG_KERNEL_GZIP=y"
     )]
@@ -48,19 +44,16 @@ pub enum ConfigError {
         members: usize,
     },
 
-    /// An ELF `vmlinux` was given where a boot image is expected.
     #[error(
         "the kernel is an ELF file (vmlinux), which is out of scope: pass the boot image (arch/x86/boot/bzImage or arch/arm64/boot/Image)"
     )]
     ElfImage,
 
-    /// A gzip file was given where an uncompressed boot image is expected.
     #[error(
         "the kernel is gzip-compressed (Image.gz?): pass the uncompressed boot image (bzImage or Image)"
     )]
     CompressedImage,
 
-    /// A bzImage whose setup header does not announce a 64-bit entry point.
     #[error(
         "the bzImage is a 32-bit x86 kernel (boot protocol {version:#06x}, xloadflags {xloadflags:#06x} without XLF_KERNEL_64): build with ARCH=x86_64 or CONFIG_64BIT=y"
     )]
@@ -71,7 +64,6 @@ pub enum ConfigError {
         xloadflags: u16,
     },
 
-    /// Neither an x86 bzImage nor an arm64 Image.
     #[error(
         "not a kernel boot image ({len} bytes): no x86 setup header (\"HdrS\" at 0x202) and no arm64 Image magic (\"ARM\\x64\" at 0x38)"
     )]

@@ -23,7 +23,7 @@ mod image;
 pub use config::{KernelConfig, Value};
 pub use error::ConfigError;
 pub use fragments::{fragments, merged_fragment, requirements, Requirement};
-pub use image::{detect_image_arch, KernelImageArch};
+pub use image::{detect_image_arch, sample_image, KernelImageArch};
 
 use std::fmt;
 

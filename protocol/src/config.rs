@@ -200,7 +200,6 @@ pub struct AppDatabase {
 /// A configuration value the guest cannot use.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ConfigError {
-    /// `field` holds `value`, which is not acceptable because of `why`.
     #[error("{field} = {value:?}: {why}")]
     Invalid {
         /// Dotted path of the field, e.g. `network.mtu`.

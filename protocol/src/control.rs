@@ -22,7 +22,6 @@ pub const PEER_SILENCE_LIMIT: std::time::Duration = std::time::Duration::from_se
 /// Why a control frame could not be encoded or decoded.
 #[derive(Debug, Error)]
 pub enum CodecError {
-    /// The peer announced (or we tried to send) a payload above the cap.
     #[error("control frame of {len} bytes exceeds the {max}-byte limit")]
     Oversize {
         /// Announced or attempted payload length.
@@ -30,10 +29,8 @@ pub enum CodecError {
         /// The cap, [`MAX_CONTROL_FRAME`].
         max: usize,
     },
-    /// A zero-length frame: never valid, a JSON message has at least `{}`.
     #[error("empty control frame")]
     Empty,
-    /// The payload is not a message we understand.
     #[error("control frame is not a valid message: {0}")]
     Json(#[from] serde_json::Error),
 }

@@ -25,10 +25,8 @@ pub fn max_frame_len(mtu: u16) -> usize {
 /// Why a frame header or frame is unacceptable.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum FrameError {
-    /// A zero-length frame: gvproxy never sends one; it means the stream is corrupt.
     #[error("zero-length Ethernet frame in the gvproxy stream")]
     Empty,
-    /// The announced or supplied frame is larger than the MTU allows.
     #[error("Ethernet frame of {len} bytes exceeds the {max}-byte limit for this MTU")]
     Oversize {
         /// Frame length.

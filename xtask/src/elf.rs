@@ -15,7 +15,6 @@ use thiserror::Error;
 /// Why a file's ELF facts could not be had, or do not fit.
 #[derive(Debug, Error)]
 pub enum ElfError {
-    /// The file cannot be opened or read.
     #[error("cannot read {path}: {cause}")]
     Read {
         /// The file.
@@ -23,7 +22,6 @@ pub enum ElfError {
         /// The I/O error (in the message already, so not a `source` too).
         cause: std::io::Error,
     },
-    /// The file is not a well-formed 64-bit ELF file.
     #[error("{path}: not a 64-bit ELF file: {why}")]
     NotElf {
         /// The file.
@@ -31,7 +29,6 @@ pub enum ElfError {
         /// `object`'s complaint.
         why: String,
     },
-    /// The file is not a binary for the expected architecture.
     #[error("{path} is not an ELF binary for {want}: found {found}")]
     WrongArch {
         /// The file.

@@ -13,7 +13,6 @@ use thiserror::Error;
 /// Why a manifest could not be written.
 #[derive(Debug, Error)]
 pub enum BuildError {
-    /// A file name cannot go into a manifest.
     #[error("{name:?} cannot be listed in {FILE_NAME}: {why}")]
     BadName {
         /// The name as given.
@@ -21,7 +20,6 @@ pub enum BuildError {
         /// What is wrong with it.
         why: &'static str,
     },
-    /// A listed file cannot be read.
     #[error("cannot read {path}: {cause}")]
     Read {
         /// The file.
@@ -29,7 +27,6 @@ pub enum BuildError {
         /// The I/O error (in the message already, so not a `source` too).
         cause: std::io::Error,
     },
-    /// The manifest would not pass its own validation.
     #[error("the manifest for {dir} would be invalid: {cause}")]
     Invalid {
         /// The artifact directory.
@@ -38,7 +35,6 @@ pub enum BuildError {
         /// `source` too).
         cause: ManifestError,
     },
-    /// Writing or renaming the manifest failed.
     #[error("cannot write {path}: {cause}")]
     Write {
         /// The file being written.

@@ -155,9 +155,18 @@ pub struct LoadReport {
     pub failed: Vec<(String, String)>,
 }
 
+/// Why a module file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    #[error("open {0}: {1}")]
+    Open(String, std::io::Error),
+    #[error("{0}")]
+    Kernel(nix::errno::Errno),
+}
+
 /// Loads one module file (already loaded or built in counts as success).
-fn load_file(path: &Path) -> Result<(), String> {
-    let file = File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+fn load_file(path: &Path) -> Result<(), LoadError> {
+    let file = File::open(path).map_err(|e| LoadError::Open(path.display().to_string(), e))?;
     let compressed = path
         .extension()
         .is_some_and(|e| e == "xz" || e == "zst" || e == "gz");
@@ -168,7 +177,7 @@ fn load_file(path: &Path) -> Result<(), String> {
     };
     match finit_module(&file, &CString::default(), flags) {
         Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(LoadError::Kernel(e)),
     }
 }
 
@@ -217,7 +226,7 @@ pub fn load_needed(release: &str, extra: &[String]) -> Option<LoadReport> {
                 }
                 Err(e) => {
                     log::warn!("module {name} failed to load: {e}");
-                    report.failed.push((name, e));
+                    report.failed.push((name, e.to_string()));
                 }
             }
         }

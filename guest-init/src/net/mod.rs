@@ -32,7 +32,6 @@ pub const HANDSHAKE_PAUSE: Duration = Duration::from_millis(100);
 /// What can go wrong bringing the network up.
 #[derive(Debug, Error)]
 pub enum NetError {
-    /// A TAP device operation failed.
     #[error("tap {name}: {op} failed: {source}")]
     Tap {
         /// Interface name.
@@ -42,7 +41,6 @@ pub enum NetError {
         /// The errno.
         source: nix::Error,
     },
-    /// An rtnetlink request failed.
     #[error("netlink: {op} on {link} failed: {detail}")]
     Netlink {
         /// What was attempted.
@@ -52,13 +50,10 @@ pub enum NetError {
         /// The kernel's answer.
         detail: String,
     },
-    /// Writing /etc/resolv.conf failed.
     #[error("writing /etc/resolv.conf failed: {0}")]
     Resolv(std::io::Error),
-    /// Starting the pump threads failed.
     #[error("starting the forwarder failed: {0}")]
     Threads(std::io::Error),
-    /// The gateway did not answer in time.
     #[error("gateway {gateway} did not answer a DNS query within {waited:?} (gvproxy link {link}): {last}")]
     GatewaySilent {
         /// The gateway/DNS address.

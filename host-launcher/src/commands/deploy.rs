@@ -71,32 +71,32 @@ pub fn run(args: &DeployArgs, env: &HostEnv) -> anyhow::Result<i32> {
         );
     }
     let serial = match &args.serial {
-        Some(s) => format!(" -s {}", quote(s)),
+        Some(s) => format!(" -s {}", quote(s)?),
         None => String::new(),
     };
-    let launcher = quote(&format!("{dest}/sovereign"));
+    let launcher = quote(&format!("{dest}/sovereign"))?;
     let start = if dest == DEFAULT_DEST {
         format!("{launcher} start --sql")
     } else {
         println!("  note: `--sql` and the set's sql.toml name files under {DEFAULT_DEST}; edit the paths in {dest}/sql.toml to point into {dest} first");
         format!(
             "{launcher} start --spec {}",
-            quote(&format!("{dest}/sql.toml"))
+            quote(&format!("{dest}/sql.toml"))?
         )
     };
     println!(
         "next: adb{serial} shell {}",
-        local_word(&deploy::remote::su(&start))
+        local_word(&deploy::remote::su(&start)?)?
     );
     Ok(0)
 }
 
 /// One word for the user's own shell, in double quotes when that reads better (the
 /// remote command already holds single quotes).
-fn local_word(s: &str) -> String {
+fn local_word(s: &str) -> Result<String, deploy::remote::QuoteError> {
     if s.contains(['"', '$', '`', '\\', '!']) {
         quote(s)
     } else {
-        format!("\"{s}\"")
+        Ok(format!("\"{s}\""))
     }
 }

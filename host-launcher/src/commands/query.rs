@@ -12,13 +12,10 @@ use thiserror::Error;
 /// after `query failed: ` (psql's own message, or the supervisor's).
 #[derive(Debug, Error)]
 pub enum QueryError {
-    /// psql ran in the guest and failed; its output says why.
     #[error("{0}")]
     Psql(String),
-    /// The supervisor could not relay the query (no guest connected, no answer in time...).
     #[error("{0}")]
     NotRelayed(String),
-    /// The supervisor answered with a reply that does not answer a query.
     #[error("unexpected answer {0:?}")]
     UnexpectedAnswer(Box<Reply>),
 }

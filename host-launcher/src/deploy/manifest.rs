@@ -12,7 +12,6 @@ use thiserror::Error;
 /// Why a manifest cannot be used. Every message names the manifest's path.
 #[derive(Debug, Error)]
 pub enum ManifestError {
-    /// The file is missing or unreadable.
     #[error("cannot read {path}: {cause} (build the set with scripts/build-images.sh --arch arm64, or pass --artifacts DIR)")]
     Read {
         /// The manifest path.
@@ -20,7 +19,6 @@ pub enum ManifestError {
         /// The I/O error (in the message already, so not a `source` too).
         cause: std::io::Error,
     },
-    /// The file is not a valid manifest; the source names the field and its value.
     #[error("{path} is not a usable manifest (rebuild the set with scripts/build-images.sh)")]
     Invalid {
         /// The manifest path.
@@ -28,7 +26,6 @@ pub enum ManifestError {
         /// What the parser or the validation refused.
         source: protocol::manifest::ManifestError,
     },
-    /// The set is for another architecture.
     #[error("{path}: arch = \"{found}\": a phone needs the {want} set (scripts/build-images.sh --arch {want})")]
     WrongArch {
         /// The manifest path.
@@ -38,7 +35,6 @@ pub enum ManifestError {
         /// The architecture needed.
         want: Arch,
     },
-    /// No file of the set is marked for deploy.
     #[error("{path}: none of its {count} files has \"deploy\": true (rebuild the set with scripts/build-images.sh)")]
     NothingToDeploy {
         /// The manifest path.

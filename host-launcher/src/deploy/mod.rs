@@ -40,16 +40,15 @@ pub const PHONE_MACHINE: &str = "aarch64";
 /// what to do.
 #[derive(Debug, Error)]
 pub enum DeployError {
-    /// The manifest is missing, invalid, or for another architecture.
     #[error(transparent)]
     Manifest(#[from] ManifestError),
-    /// No adb program.
+    #[error(transparent)]
+    Quote(#[from] remote::QuoteError),
     #[error("adb not found ({searched}): install Android SDK platform-tools, or pass --adb PATH")]
     AdbNotFound {
         /// Where it was looked for.
         searched: String,
     },
-    /// adb could not be started.
     #[error("cannot run adb at {program}: {cause} (pass --adb PATH)")]
     AdbSpawn {
         /// The program.
@@ -57,7 +56,6 @@ pub enum DeployError {
         /// The error (in the message already, so not a `source` too).
         cause: std::io::Error,
     },
-    /// An adb call failed.
     #[error("`{command}` failed ({status}): {detail}")]
     AdbFailed {
         /// The call, e.g. `adb -s R58 push ...`.
@@ -67,10 +65,8 @@ pub enum DeployError {
         /// adb's own message.
         detail: String,
     },
-    /// `adb devices` lists nothing.
     #[error("no device attached (`adb devices` lists none): connect the phone by USB with USB debugging enabled (Settings → Developer options)")]
     NoDevice,
-    /// The device is listed but adb cannot use it.
     #[error("device {serial} is {state:?}: {hint}")]
     NotReady {
         /// Its serial.
@@ -80,7 +76,6 @@ pub enum DeployError {
         /// What to do.
         hint: &'static str,
     },
-    /// `--serial` names a device that is not attached.
     #[error("device {serial} is not attached (attached: {attached}): check --serial against `adb devices`")]
     SerialNotFound {
         /// The requested serial.
@@ -88,7 +83,6 @@ pub enum DeployError {
         /// What is attached.
         attached: String,
     },
-    /// More than one device and no `--serial`.
     #[error("{count} devices attached ({list}): choose one with --serial SERIAL")]
     SeveralDevices {
         /// How many are ready.
@@ -96,7 +90,6 @@ pub enum DeployError {
         /// Their serials and states.
         list: String,
     },
-    /// The phone is not 64-bit ARM.
     #[error("device {serial} reports machine {machine:?} (`uname -m`), not aarch64: the arm64 set needs a 64-bit ARM phone")]
     WrongMachine {
         /// The device.
@@ -104,7 +97,6 @@ pub enum DeployError {
         /// What `uname -m` printed.
         machine: String,
     },
-    /// `su -c id` did not run as uid 0.
     #[error("su on device {serial} did not give root (`su -c id` printed {output:?}): grant root to Shell in the KernelSU manager's Superuser list, then retry")]
     SuDenied {
         /// The device.
@@ -112,7 +104,6 @@ pub enum DeployError {
         /// What `su -c id` printed.
         output: String,
     },
-    /// `--dest` is unusable.
     #[error("--dest {dest:?}: {why}")]
     BadDest {
         /// The value given.
@@ -120,7 +111,6 @@ pub enum DeployError {
         /// What is expected.
         why: &'static str,
     },
-    /// A file of the set cannot be read.
     #[error(
         "cannot read {path}: {cause} (rebuild the set with scripts/build-images.sh --arch arm64)"
     )]
@@ -130,7 +120,6 @@ pub enum DeployError {
         /// The error (in the message already, so not a `source` too).
         cause: std::io::Error,
     },
-    /// A file of the set differs from its manifest entry.
     #[error("{path} does not match the manifest: {what} (rebuild the set with scripts/build-images.sh --arch arm64)")]
     LocalMismatch {
         /// The file.
@@ -138,7 +127,6 @@ pub enum DeployError {
         /// Which property differs, with both values.
         what: String,
     },
-    /// The device has no `sha256sum`.
     #[error("sha256sum is not available on device {serial} (`{command}` exited 127): the phone needs Android 8 or later (toybox)")]
     NoSha256sum {
         /// The device.
@@ -146,7 +134,6 @@ pub enum DeployError {
         /// The remote command.
         command: String,
     },
-    /// A file on the device does not have the manifest's checksum.
     #[error("{path} on device {serial} {got} {when}, expected SHA-256 {want}: {hint}", hint = .when.hint())]
     Corrupted {
         /// The remote path.
@@ -160,7 +147,6 @@ pub enum DeployError {
         /// The manifest's checksum.
         want: String,
     },
-    /// The root script that moves files into place failed.
     #[error("installing into {dest} on device {serial} failed ({status}): {detail} (is there space on /data? `adb shell df /data`)")]
     InstallFailed {
         /// The destination.
@@ -257,7 +243,7 @@ pub fn deploy(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
     if machine != PHONE_MACHINE {
         return Err(DeployError::WrongMachine { serial, machine });
     }
-    let id = adb.shell(&su("id"))?;
+    let id = adb.shell(&su("id")?)?;
     if !id.stdout.contains("uid=0(") && !id.stdout.contains("uid=0 ") {
         return Err(DeployError::SuDenied {
             serial,
@@ -293,7 +279,7 @@ pub fn deploy(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
             staging_dirs
                 .iter()
                 .map(|d| quote(d))
-                .collect::<Vec<_>>()
+                .collect::<Result<Vec<_>, _>>()?
                 .join(" ")
         );
         let r = adb.shell(&mkdir)?;
@@ -311,7 +297,9 @@ pub fn deploy(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
             staged.push((remote, *e));
         }
         if let Err(err) = verify_remote(&adb, &staged, Checkpoint::Staged) {
-            let _ = adb.shell(&su(&format!("rm -rf {}", quote(STAGING))));
+            if let Ok(cleanup) = quote(STAGING).and_then(|s| su(&format!("rm -rf {s}"))) {
+                let _ = adb.shell(&cleanup);
+            }
             return Err(err);
         }
     }
@@ -340,8 +328,8 @@ pub fn deploy(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
         has_secrets.then_some(secrets.as_str()),
         &installs,
         STAGING,
-    );
-    let r = adb.shell(&su(&script))?;
+    )?;
+    let r = adb.shell(&su(&script)?)?;
     if r.status != Some(0) {
         return Err(DeployError::InstallFailed {
             dest,

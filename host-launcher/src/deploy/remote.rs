@@ -58,33 +58,31 @@ pub fn state_hint(state: &str) -> &'static str {
     }
 }
 
-/// Quotes `s` as one word for a POSIX shell (toybox/mksh on Android): left bare when
-/// it only holds characters no shell treats specially, else in single quotes with
-/// each `'` written as `'\''`.
-pub fn quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+=:,@%".contains(&b));
-    if plain {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
+/// A word no POSIX shell can carry: it holds a NUL byte.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} cannot be passed to the phone's shell: it contains a NUL byte")]
+pub struct QuoteError(pub String);
+
+/// Quotes `s` as one word for a POSIX shell (toybox/mksh on Android), with `shlex`.
+pub fn quote(s: &str) -> Result<String, QuoteError> {
+    shlex::try_quote(s)
+        .map(std::borrow::Cow::into_owned)
+        .map_err(|_| QuoteError(s.to_string()))
 }
 
 /// The `adb shell` argument that runs `inner` (already quoted for `sh`) as root.
-pub fn su(inner: &str) -> String {
-    format!("su -c {}", quote(inner))
+pub fn su(inner: &str) -> Result<String, QuoteError> {
+    Ok(format!("su -c {}", quote(inner)?))
 }
 
 /// `sha256sum P1 P2 ...`, each path quoted.
-pub fn sha256sum(paths: &[String]) -> String {
+pub fn sha256sum(paths: &[String]) -> Result<String, QuoteError> {
     let mut s = String::from("sha256sum");
     for p in paths {
         s.push(' ');
-        s.push_str(&quote(p));
+        s.push_str(&quote(p)?);
     }
-    s
+    Ok(s)
 }
 
 /// Reads `sha256sum` output (`HASH  PATH` or `HASH *PATH` per line) into path → hash.
@@ -129,26 +127,26 @@ pub fn install_script(
     secrets_dir: Option<&str>,
     files: &[Install],
     staging: &str,
-) -> String {
-    let mut steps = vec![format!("mkdir -p {}", quote(dest))];
+) -> Result<String, QuoteError> {
+    let mut steps = vec![format!("mkdir -p {}", quote(dest)?)];
     for d in dirs {
-        steps.push(format!("mkdir -p {}", quote(d)));
+        steps.push(format!("mkdir -p {}", quote(d)?));
     }
     if let Some(s) = secrets_dir {
-        steps.push(format!("mkdir -p {}", quote(s)));
-        steps.push(format!("chmod 0700 {}", quote(s)));
+        steps.push(format!("mkdir -p {}", quote(s)?));
+        steps.push(format!("chmod 0700 {}", quote(s)?));
     }
     for f in files {
         if let Some(staged) = &f.staged {
-            steps.push(format!("mv -f {} {}", quote(staged), quote(&f.target)));
+            steps.push(format!("mv -f {} {}", quote(staged)?, quote(&f.target)?));
         }
     }
     for f in files {
-        steps.push(format!("chown 0:0 {}", quote(&f.target)));
-        steps.push(format!("chmod {:04o} {}", f.mode, quote(&f.target)));
+        steps.push(format!("chown 0:0 {}", quote(&f.target)?));
+        steps.push(format!("chmod {:04o} {}", f.mode, quote(&f.target)?));
     }
-    steps.push(format!("rm -rf {}", quote(staging)));
-    steps.join(" && ")
+    steps.push(format!("rm -rf {}", quote(staging)?));
+    Ok(steps.join(" && "))
 }
 
 #[cfg(test)]
@@ -196,16 +194,17 @@ mod tests {
             "a;b&c$(x)`y`\"z\\",
             "",
         ] {
-            assert_eq!(sh_words(&quote(s)), [s], "one level: {s:?}");
+            assert_eq!(sh_words(&quote(s).unwrap()), [s], "one level: {s:?}");
         }
         assert_eq!(
-            quote("/data/sovereign/root.img"),
+            quote("/data/sovereign/root.img").unwrap(),
             "/data/sovereign/root.img"
         );
+        assert_eq!(quote("a\0b"), Err(QuoteError("a\0b".into())));
         // What adb hands the remote sh for `su -c CMD`: sh splits it into su, -c, CMD;
         // su then gives CMD to sh, which splits it into the quoted paths.
         let paths = vec!["/d/it's here".to_string(), "/d/b".to_string()];
-        let line = su(&sha256sum(&paths));
+        let line = su(&sha256sum(&paths).unwrap()).unwrap();
         let outer = sh_words(&line);
         assert_eq!(outer[..2], ["su", "-c"]);
         assert_eq!(outer.len(), 3, "{outer:?}");
@@ -246,7 +245,8 @@ mod tests {
                 },
             ],
             "/data/local/tmp/st",
-        );
+        )
+        .unwrap();
         assert_eq!(
             s,
             "mkdir -p /data/sovereign && mkdir -p /data/sovereign/secrets && \

@@ -98,8 +98,8 @@ pub fn check_local_sums(dir: &Path, files: &[&ManifestEntry]) -> Result<(), Depl
 
 /// Asks the device (as root) for the SHA-256 of `paths`; a missing file has no entry.
 pub fn remote_sums(adb: &Adb, paths: &[String]) -> Result<BTreeMap<String, String>, DeployError> {
-    let command = sha256sum(paths);
-    let r = adb.shell(&su(&command))?;
+    let command = sha256sum(paths)?;
+    let r = adb.shell(&su(&command)?)?;
     if r.status == Some(127) {
         return Err(DeployError::NoSha256sum {
             serial: adb.serial.clone().unwrap_or_default(),

@@ -9,13 +9,11 @@ use thiserror::Error;
 /// Why a Hello was refused (the `control` stage fails with this text).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum HelloRefused {
-    /// The image and the launcher were built from different protocol versions.
     #[error("the guest speaks control protocol version {guest}, this launcher {PROTOCOL_VERSION}: rebuild the image and the launcher from one tree")]
     Version {
         /// The guest's protocol version.
         guest: u32,
     },
-    /// The guest believes it has another CID than the spec gives.
     #[error("the guest says its CID is {guest}, the spec gives {spec}")]
     Cid {
         /// The CID in the Hello.
@@ -23,7 +21,6 @@ pub enum HelloRefused {
         /// The spec's CID.
         spec: u32,
     },
-    /// Another VM connected to the control port and claimed to be the guest.
     #[error("a connection from CID {peer} claimed to be the guest (spec CID {spec}): refused")]
     Peer {
         /// The connection's source CID.

@@ -56,7 +56,6 @@ impl fmt::Display for Problem {
 /// Why a spec could not be loaded or is not acceptable.
 #[derive(Debug, Error)]
 pub enum SpecError {
-    /// The spec file could not be read.
     #[error("cannot read VM spec {path}: {source}")]
     Read {
         /// The spec file.
@@ -65,7 +64,6 @@ pub enum SpecError {
         #[source]
         source: std::io::Error,
     },
-    /// The spec file is not valid TOML for a spec (unknown field, wrong type...).
     #[error("VM spec {path} is not valid: {message}")]
     Parse {
         /// The spec file.
@@ -73,7 +71,6 @@ pub enum SpecError {
         /// toml's message, which names the line and the field.
         message: String,
     },
-    /// One or more fields are unacceptable; every one is listed, one per line.
     #[error("VM spec {source_name} has {} problem(s):\n{}", .problems.len(), lines(.problems))]
     Invalid {
         /// `built-in sql` or the spec file's path.

@@ -54,7 +54,6 @@ const FAILED_BOOT_SHUTDOWN: u32 = 10;
 /// Why the supervisor could not run at all (failures of the VM are reported as events).
 #[derive(Debug, Error)]
 pub enum SuperviseError {
-    /// spec.json is missing or unreadable.
     #[error("cannot read the run spec {path}: {message}")]
     Spec {
         /// spec.json.
@@ -62,13 +61,10 @@ pub enum SuperviseError {
         /// Why.
         message: String,
     },
-    /// The supervisor's pid file could not be written.
     #[error(transparent)]
     PidFile(#[from] process::ProcessError),
-    /// A socket could not be bound.
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
-    /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }

@@ -13,25 +13,18 @@ use tokio::sync::oneshot;
 /// Why a request relayed to the guest (status, ping, query, probe, log) got no answer.
 #[derive(Debug, Error)]
 pub enum GuestRequestError {
-    /// No guest is connected on the control channel.
     #[error("the control channel is not connected")]
     NotConnected,
-    /// The guest did not answer before the request's deadline.
     #[error("the guest did not answer in time")]
     Timeout,
-    /// The control connection ended with the request unanswered.
     #[error("the control connection closed: {0}")]
     ConnectionClosed(String),
-    /// The VM is being stopped; pending requests are dropped.
     #[error("the VM is stopping")]
     Stopping,
-    /// The supervisor's main loop is gone.
     #[error("the supervisor is shutting down")]
     SupervisorGone,
-    /// The request could not be written to the control connection.
     #[error(transparent)]
     Send(#[from] ControlError),
-    /// The guest answered with a message that does not answer this request.
     #[error("unexpected answer {0:?}")]
     UnexpectedAnswer(Box<GuestMessage>),
 }
