@@ -4,6 +4,7 @@
 //!
 //! - [`control`]: the control channel framing (u32 big-endian length + one JSON message).
 //! - [`messages`]: the messages carried on it, in both directions.
+//! - [`devices`]: the guest's device census.
 //! - [`config`]: the configuration the host hands the guest (including secrets).
 //! - [`stage`]: the boot stages whose names are part of the interface.
 //! - [`evidence`]: what each stage report proves, one type per stage.
@@ -16,6 +17,7 @@
 pub mod arch;
 pub mod config;
 pub mod control;
+pub mod devices;
 pub mod evidence;
 pub mod hyperkit;
 pub mod manifest;
