@@ -32,6 +32,7 @@ use protocol::evidence::{
 use protocol::messages::{
     GuestMessage, GuestStatus, Hello, HostMessage, PostgresInfo, TailnetInfo,
 };
+use protocol::messages::{GuestService, ServiceSignal};
 use protocol::{GuestConfig, Stage, StageReport, StageState};
 use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender};
@@ -116,6 +117,33 @@ impl Guest {
             postgres: s.postgres.as_ref().map(|p| p.info()),
             services: s.statuses(),
         }
+    }
+
+    /// Sends `signal` to a supervised service; its supervisor restarts it after an
+    /// unexpected exit, as always. Returns what happened, for the host.
+    pub fn signal_service(
+        &self,
+        service: GuestService,
+        signal: ServiceSignal,
+    ) -> Result<String, String> {
+        let sig = match signal {
+            ServiceSignal::Term => nix::sys::signal::Signal::SIGTERM,
+            ServiceSignal::Kill => nix::sys::signal::Signal::SIGKILL,
+            ServiceSignal::Hup => nix::sys::signal::Signal::SIGHUP,
+            ServiceSignal::Int => nix::sys::signal::Signal::SIGINT,
+        };
+        let running = self.running();
+        let supervised = match service {
+            GuestService::Postgres => running.postgres.as_ref().map(|p| p.service().clone()),
+            GuestService::Tailscaled => running.tailscale.as_ref().map(|t| t.service().clone()),
+        };
+        drop(running);
+        let supervised = supervised.ok_or_else(|| format!("{service} is not running"))?;
+        let pid = supervised
+            .send_signal(sig)
+            .ok_or_else(|| format!("{service} has no process right now (restarting)"))?;
+        log::warn!("{service} (pid {pid}): {sig} sent on the host's request");
+        Ok(format!("{sig} sent to {service} (pid {pid})"))
     }
 
     /// Tells the host, then stops everything in order and powers off.

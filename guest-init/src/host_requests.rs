@@ -90,6 +90,16 @@ pub fn serve(guest: &Guest, events: &Receiver<Event>, config_tx: &Sender<GuestCo
             }
             // Consumed by the control link's liveness check; nothing to answer.
             HostMessage::Heartbeat => {}
+            HostMessage::SignalService {
+                id,
+                service,
+                signal,
+            } => {
+                let outcome = guest.signal_service(service, signal);
+                guest
+                    .link
+                    .send(&GuestMessage::SignalResult(result(id, outcome)));
+            }
             HostMessage::StatusRequest => {
                 guest.link.send(&GuestMessage::Status(guest.status()));
             }

@@ -165,9 +165,14 @@ impl Supervised {
     }
 
     fn signal(&self, sig: Signal) {
-        if let Some(pid) = self.pid() {
-            let _ = kill(Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)), sig);
-        }
+        self.send_signal(sig);
+    }
+
+    /// Sends `sig` to the process if it runs; returns its pid.
+    pub fn send_signal(&self, sig: Signal) -> Option<u32> {
+        let pid = self.pid()?;
+        let _ = kill(Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)), sig);
+        Some(pid)
     }
 
     /// Restarts the process now (stop signal, then an immediate start), waiting up to

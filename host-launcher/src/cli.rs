@@ -45,6 +45,52 @@ impl VmArgs {
     }
 }
 
+/// The guest services `signal` can reach.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ServiceArg {
+    /// The postmaster.
+    Postgres,
+    /// tailscaled.
+    Tailscaled,
+}
+
+/// The signals `signal` can send.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum SignalArg {
+    /// SIGTERM.
+    Term,
+    /// SIGKILL.
+    Kill,
+    /// SIGHUP.
+    Hup,
+    /// SIGINT.
+    Int,
+}
+
+impl ServiceArg {
+    /// The wire form.
+    pub fn to_guest(self) -> protocol::messages::GuestService {
+        use protocol::messages::GuestService;
+        match self {
+            ServiceArg::Postgres => GuestService::Postgres,
+            ServiceArg::Tailscaled => GuestService::Tailscaled,
+        }
+    }
+}
+
+impl SignalArg {
+    /// The wire form.
+    pub fn to_guest(self) -> protocol::messages::ServiceSignal {
+        use protocol::messages::ServiceSignal;
+        match self {
+            SignalArg::Term => ServiceSignal::Term,
+            SignalArg::Kill => ServiceSignal::Kill,
+            SignalArg::Hup => ServiceSignal::Hup,
+            SignalArg::Int => ServiceSignal::Int,
+        }
+    }
+}
+
 /// The guest logs `logs` can show.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum LogName {
@@ -175,12 +221,25 @@ pub enum Command {
         no_follow: bool,
     },
     /// Run SQL in the guest as the postgres superuser (over the control channel).
+    /// Without SQL, the statements are read from stdin: use that for anything you
+    /// would not want in the host's process list (passwords).
     Query {
         #[command(flatten)]
         vm: VmArgs,
-        /// The statement(s), e.g. 'select 1'.
+        /// The statement(s), e.g. 'select 1' (omit to read them from stdin).
         #[arg(value_name = "SQL")]
-        statement: String,
+        statement: Option<String>,
+    },
+    /// Send a signal to a service in the guest (postgres, tailscaled); PID 1 restarts
+    /// it as after any unexpected exit. For testing recovery.
+    Signal {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Which service.
+        service: ServiceArg,
+        /// Which signal.
+        #[arg(long, value_enum, default_value = "term")]
+        signal: SignalArg,
     },
     /// Check the network from inside the guest: resolve a name, connect out, or accept
     /// one inbound connection (to prove gvproxy's path in each direction).
@@ -213,6 +272,9 @@ pub enum Command {
         /// The VM's run directory (holds spec.json).
         #[arg(long, value_name = "DIR")]
         run_dir: PathBuf,
+        /// The start lock's descriptor, handed over by `start` (held until exit).
+        #[arg(long, value_name = "FD")]
+        lock_fd: Option<i32>,
     },
 }
 
@@ -246,6 +308,8 @@ mod tests {
             .to_string();
         assert!(e.contains("one of init, devices"), "{e}");
         let c = Cli::try_parse_from(["sovereign", "query", "--sql", "select 1"]).unwrap();
-        assert!(matches!(c.command, Command::Query { statement, .. } if statement == "select 1"));
+        assert!(
+            matches!(c.command, Command::Query { statement, .. } if statement.as_deref() == Some("select 1"))
+        );
     }
 }

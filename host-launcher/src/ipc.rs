@@ -9,7 +9,8 @@ use crate::readiness::{Failure, StageLine};
 use crate::rundir::{Role, RunDir};
 use protocol::control::FrameReader;
 use protocol::messages::{
-    DeviceReport, GuestLog, GuestStatus, Hello, Probe, QueryResult, TailnetInfo,
+    DeviceReport, GuestLog, GuestService, GuestStatus, Hello, Probe, QueryResult, ServiceSignal,
+    TailnetInfo,
 };
 use protocol::Stage;
 use serde::{Deserialize, Serialize};
@@ -41,6 +42,13 @@ pub enum Request {
         /// Which log.
         log: GuestLog,
     },
+    /// Send a signal to a supervised guest service.
+    SignalService {
+        /// Which service.
+        service: GuestService,
+        /// Which signal.
+        signal: ServiceSignal,
+    },
     /// Shut the guest down cleanly and stop everything; the supervisor exits after.
     Stop {
         /// Seconds the guest may take (default: the spec's `timeouts.shutdown`).
@@ -67,6 +75,8 @@ pub enum Reply {
     ProbeResult(QueryResult),
     /// Answers `read_log`.
     LogContents(QueryResult),
+    /// Answers `signal_service`.
+    SignalResult(QueryResult),
     /// Answers `stop`, once everything is stopped.
     Stopped(StopReport),
     /// The request could not be served.

@@ -22,6 +22,8 @@ pub mod report;
 pub mod rundir;
 pub mod secrets;
 pub mod spec;
+pub mod startlock;
 pub mod supervisor;
+pub mod trust;
 pub mod validate;
 pub mod vmm;

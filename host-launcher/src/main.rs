@@ -63,7 +63,23 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 sovereign::commands::console::run(&vm.load(&env)?.0, !no_follow).await
             }
             Command::Query { vm, statement } => {
-                sovereign::commands::query::run(&vm.load(&env)?.0, &statement).await
+                let sql = match statement {
+                    Some(s) => s,
+                    None => sovereign::commands::query::read_stdin()?,
+                };
+                sovereign::commands::query::run(&vm.load(&env)?.0, &sql).await
+            }
+            Command::Signal {
+                vm,
+                service,
+                signal,
+            } => {
+                sovereign::commands::query::signal(
+                    &vm.load(&env)?.0,
+                    service.to_guest(),
+                    signal.to_guest(),
+                )
+                .await
             }
             Command::Probe { vm, check } => {
                 sovereign::commands::query::probe(&vm.load(&env)?.0, &check.to_probe()).await
@@ -76,7 +92,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 print!("{}", vm.load(&env)?.0.to_toml());
                 Ok(0)
             }
-            Command::Supervise { run_dir } => {
+            Command::Supervise { run_dir, lock_fd } => {
+                let _lock = match lock_fd {
+                    Some(fd) => Some(
+                        sovereign::startlock::adopt(fd)
+                            .context("cannot take over the start lock")?,
+                    ),
+                    None => None,
+                };
                 log::info!(
                     "supervisor {} for {}",
                     std::process::id(),

@@ -5,6 +5,7 @@
 //! Everything that reads the environment goes through [`HostEnv`], so preflight and
 //! spec tests can point it at empty temporary directories instead of the real host.
 
+use crate::trust::Untrusted;
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -80,14 +81,33 @@ impl HostEnv {
     /// a bare name is searched for in [`HostEnv::search_dirs`]. `None` when nothing
     /// executable was found.
     pub fn find_tool(&self, tool: &str) -> Option<PathBuf> {
-        if tool.contains('/') {
-            let p = PathBuf::from(tool);
-            return is_executable(&p).then_some(p);
+        self.find_trusted_tool(tool).ok().flatten()
+    }
+
+    /// [`HostEnv::find_tool`], and as root only a program nobody else can replace
+    /// ([`crate::trust::check`]): `Ok(None)` when nothing is found, `Err` when the only
+    /// candidates are untrusted (the first one's reason).
+    pub fn find_trusted_tool(&self, tool: &str) -> Result<Option<PathBuf>, Untrusted> {
+        let candidates: Vec<PathBuf> = if tool.contains('/') {
+            vec![PathBuf::from(tool)]
+        } else {
+            self.search_dirs.iter().map(|d| d.join(tool)).collect()
+        };
+        let mut refused = None;
+        for p in candidates.into_iter().filter(|p| is_executable(p)) {
+            if self.euid != 0 {
+                return Ok(Some(p));
+            }
+            // Our own files count as root's (the tests run preflight as a stand-in root).
+            match crate::trust::check(&p, nix::unistd::geteuid().as_raw()) {
+                Ok(()) => return Ok(Some(p)),
+                Err(e) => {
+                    log::warn!("skipping {}: {e}", p.display());
+                    refused.get_or_insert(e);
+                }
+            }
         }
-        self.search_dirs
-            .iter()
-            .map(|d| d.join(tool))
-            .find(|p| is_executable(p))
+        refused.map_or(Ok(None), Err)
     }
 }
 

@@ -93,6 +93,7 @@ pub fn spawn(cmd: &ProcessCommand, run: &RunDir) -> Result<tokio::process::Child
     })?;
     let child = tokio::process::Command::new(&cmd.program)
         .args(&cmd.args)
+        .env_remove(crate::secrets::AUTHKEY_ENV)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2))
@@ -211,6 +212,7 @@ pub fn spawn_supervisor(
     exe: &Path,
     run: &RunDir,
     log: &Path,
+    lock_fd: std::os::fd::RawFd,
 ) -> Result<std::process::Child, ProcessError> {
     use std::os::unix::process::CommandExt;
     let out = open_log(log)?;
@@ -222,16 +224,25 @@ pub fn spawn_supervisor(
     cmd.arg("supervise")
         .arg("--run-dir")
         .arg(run.root())
+        .arg("--lock-fd")
+        .arg(lock_fd.to_string())
+        .env_remove(crate::secrets::AUTHKEY_ENV)
         .stdin(Stdio::null())
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err));
-    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2),
-    // which is async-signal-safe and touches no memory of the parent.
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2)
+    // and fcntl(2) (clearing close-on-exec on the start lock, so the supervisor inherits
+    // it), both async-signal-safe; it touches no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
-            nix::unistd::setsid()
-                .map(|_| ())
-                .map_err(std::io::Error::from)
+        cmd.pre_exec(move || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            let fd = std::os::fd::BorrowedFd::borrow_raw(lock_fd);
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )
+            .map(|_| ())
+            .map_err(std::io::Error::from)
         });
     }
     cmd.spawn().map_err(|source| ProcessError::Spawn {

@@ -132,6 +132,45 @@ pub fn tailscale_auth_key(spec: &Spec) -> Result<Option<Secret>, SecretError> {
     }
 }
 
+/// Moves an auth key given in `$SOVEREIGN_TS_AUTHKEY` into a 0600 file of the secrets
+/// directory and points the spec at it, so that the detached supervisor (started
+/// without that variable) and every process it starts never carry the key in their
+/// environment. Returns the file when it wrote one.
+pub fn stash_env_auth_key(spec: &mut Spec) -> Result<Option<PathBuf>, SecretError> {
+    let Some(v) = std::env::var_os(AUTHKEY_ENV) else {
+        return Ok(None);
+    };
+    let key = v.to_string_lossy().trim().to_string();
+    if key.is_empty() {
+        return Ok(None);
+    }
+    let path = spec
+        .secrets_dir
+        .join(format!("{}-tailscale.authkey", spec.name));
+    let create = |source| SecretError::Create {
+        path: path.clone(),
+        source,
+    };
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&spec.secrets_dir)
+        .map_err(create)?;
+    let tmp = path.with_extension("authkey.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(create)?;
+    f.write_all(format!("{key}\n").as_bytes()).map_err(create)?;
+    f.sync_all().map_err(create)?;
+    std::fs::rename(&tmp, &path).map_err(create)?;
+    spec.tailscale.auth_key_file = Some(path.clone());
+    Ok(Some(path))
+}
+
 /// Where the auth key will come from, for output (never the key itself).
 pub fn auth_key_source(spec: &Spec) -> String {
     if std::env::var_os(AUTHKEY_ENV).is_some_and(|v| !v.is_empty()) {

@@ -155,3 +155,33 @@ fn status_and_stop_of_a_vm_that_is_not_running() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("VM sql is not running"), "{}", text(&o));
 }
+
+#[test]
+fn a_second_start_while_one_holds_the_lock_is_refused_before_preflight() {
+    if !cfg!(target_arch = "x86_64") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bzImage"), bzimage()).unwrap();
+    std::fs::write(dir.path().join("root.img"), b"").unwrap();
+    let held = sovereign::startlock::StartLock::acquire(&dir.path().join("run/sql"), "sql")
+        .expect("the test takes the lock first");
+    let o = run(dir.path(), "/nonexistent", &["start", "--sql"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("VM sql is being started or is running")
+            && err.contains(&format!("(pid {})", std::process::id())),
+        "{err}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("preflight"),
+        "refused before preflight: {}",
+        text(&o)
+    );
+    assert!(
+        !dir.path().join("postgres.img").exists(),
+        "nothing prepared"
+    );
+    drop(held);
+}

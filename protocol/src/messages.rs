@@ -32,6 +32,8 @@ pub enum GuestMessage {
     ProbeResult(QueryResult),
     /// Answer to [`HostMessage::ReadLog`]: the end of that log.
     LogContents(QueryResult),
+    /// Answer to [`HostMessage::SignalService`].
+    SignalResult(QueryResult),
     /// Answer to [`HostMessage::Ping`].
     Pong,
     /// Sent every [`crate::control::HEARTBEAT_INTERVAL`]: the guest is alive.
@@ -82,10 +84,55 @@ pub enum HostMessage {
         /// Which log.
         log: GuestLog,
     },
+    /// Send a signal to a supervised guest service (an operator's `systemctl kill`;
+    /// how the fault tests kill tailscaled or postgres). Answered by
+    /// [`GuestMessage::SignalResult`] with the same `id`; the service's supervisor
+    /// restarts it as it would after any unexpected exit.
+    SignalService {
+        /// Echoed in the answer.
+        id: u64,
+        /// Which service.
+        service: GuestService,
+        /// Which signal.
+        signal: ServiceSignal,
+    },
     /// Liveness check, answered by [`GuestMessage::Pong`] (measures a round trip).
     Ping,
     /// Sent every [`crate::control::HEARTBEAT_INTERVAL`]: the host is alive.
     Heartbeat,
+}
+
+/// A service PID 1 supervises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestService {
+    /// The postmaster.
+    Postgres,
+    /// tailscaled.
+    Tailscaled,
+}
+
+impl fmt::Display for GuestService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GuestService::Postgres => "postgres",
+            GuestService::Tailscaled => "tailscaled",
+        })
+    }
+}
+
+/// The signals the host may send to a guest service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ServiceSignal {
+    /// SIGTERM.
+    Term,
+    /// SIGKILL.
+    Kill,
+    /// SIGHUP (postgres reloads its configuration).
+    Hup,
+    /// SIGINT (postgres: fast shutdown; PID 1 starts it again).
+    Int,
 }
 
 /// The guest logs the host can read.

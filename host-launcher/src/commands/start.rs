@@ -42,6 +42,22 @@ pub async fn run(
         return Ok(0);
     }
 
+    // Held from here; the supervisor keeps it until it exits.
+    let lock = match crate::startlock::StartLock::acquire(&spec.run_dir, &spec.name) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(2);
+        }
+    };
+    let mut spec = spec;
+    if let Some(f) = secrets::stash_env_auth_key(&mut spec)? {
+        println!(
+            "  + moved ${} into {} (mode 0600): no process the VM runs carries it",
+            secrets::AUTHKEY_ENV,
+            f.display()
+        );
+    }
     println!(
         "preflight for VM {} ({}, CID {}):",
         spec.name, spec.vmm.backend, spec.cid
@@ -54,11 +70,13 @@ pub async fn run(
 
     prepare(&spec)?;
     let run = RunDir::new(&spec.run_dir);
+    let lock_fd = lock.raw_fd();
     let t0 = Instant::now();
     let exe = std::env::current_exe()
         .context("cannot find the sovereign binary to start the supervisor")?;
     let log = spec.log_file("supervisor");
-    let mut supervisor = process::spawn_supervisor(&exe, &run, &log)?;
+    let mut supervisor = process::spawn_supervisor(&exe, &run, &log, lock_fd)?;
+    lock.hand_over();
     let pid = supervisor.id();
     println!(
         "{} supervisor started (pid {pid}, log {})",

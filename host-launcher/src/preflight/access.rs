@@ -138,9 +138,10 @@ pub(super) fn vsock_device(spec: &Spec, env: &HostEnv) -> Option<Check> {
                 ),
             ),
         },
-        Backend::Qemu => match env.find_tool(&spec.vmm.vhost_device_vsock) {
-            Some(p) => Check::pass(NAME, format!("vhost-device-vsock at {}", p.display())),
-            None => Check::fail(
+        Backend::Qemu => match env.find_trusted_tool(&spec.vmm.vhost_device_vsock) {
+            Ok(Some(p)) => Check::pass(NAME, format!("vhost-device-vsock at {}", p.display())),
+            Err(e) => super::software::untrusted(NAME, &e),
+            Ok(None) => Check::fail(
                 NAME,
                 format!("{} not found (searched PATH, beside sovereign, the tool cache)", spec.vmm.vhost_device_vsock),
                 "install it: cargo install --locked vhost-device-vsock --version 0.3.0 (scripts/ci-deps.sh does), or set vmm.vhost_device_vsock",

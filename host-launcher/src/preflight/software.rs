@@ -20,17 +20,28 @@ pub(super) fn vmm_binary(spec: &Spec, env: &HostEnv) -> Option<Check> {
             "install QEMU 10 (qemu-system-x86 / qemu-system-arm from bookworm-backports), or set vmm.qemu",
         ),
     };
-    Some(match env.find_tool(configured) {
-        Some(p) => Check::pass(name, p.display().to_string()),
-        None => Check::fail(name, format!("{configured} not found"), hint),
+    Some(match env.find_trusted_tool(configured) {
+        Ok(Some(p)) => Check::pass(name, p.display().to_string()),
+        Ok(None) => Check::fail(name, format!("{configured} not found"), hint),
+        Err(e) => untrusted(name, &e),
     })
+}
+
+/// The failure for a helper that root must not run.
+pub(super) fn untrusted(name: &'static str, e: &crate::trust::Untrusted) -> Check {
+    Check::fail(
+        name,
+        e.to_string(),
+        "install it where only root can write (e.g. chown root and chmod go-w it and its directories)",
+    )
 }
 
 /// The gvproxy program is found.
 pub(super) fn gvproxy(spec: &Spec, env: &HostEnv) -> Option<Check> {
-    Some(match env.find_tool(&spec.vmm.gvproxy) {
-        Some(p) => Check::pass("gvproxy", p.display().to_string()),
-        None => Check::fail(
+    Some(match env.find_trusted_tool(&spec.vmm.gvproxy) {
+        Ok(Some(p)) => Check::pass("gvproxy", p.display().to_string()),
+        Err(e) => untrusted("gvproxy", &e),
+        Ok(None) => Check::fail(
             "gvproxy",
             format!(
                 "{} not found (searched PATH, beside sovereign, the tool cache)",
@@ -93,6 +104,33 @@ mod tests {
     use crate::preflight::run;
     use crate::preflight::tests::{android_crosvm, check};
     use crate::preflight::Status;
+
+    #[test]
+    fn a_helper_others_can_replace_is_refused_as_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let gv = bin.join("gvproxy");
+        std::fs::write(&gv, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&gv, std::fs::Permissions::from_mode(0o757)).unwrap();
+        let mut env = crate::spec::tests::env_in(dir.path(), false);
+        env.search_dirs = vec![bin.clone()];
+        let spec = crate::spec::Spec::builtin_sql(&env).unwrap();
+        let c = gvproxy(&spec, &env).unwrap();
+        assert_eq!(c.status, crate::preflight::Status::Fail, "{c:?}");
+        assert!(
+            c.detail.contains("writable by group or others (mode 0757)"),
+            "{c:?}"
+        );
+        std::fs::set_permissions(&gv, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            gvproxy(&spec, &env).unwrap().status,
+            crate::preflight::Status::Pass
+        );
+    }
 
     #[test]
     fn selinux_mode_is_reported_never_fatal() {

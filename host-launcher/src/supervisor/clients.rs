@@ -112,6 +112,14 @@ async fn serve_client(mut stream: UnixStream, events: Arc<Events>, cmd: mpsc::Se
             let msg = HostMessage::ReadLog { id: 0, log };
             relay(&cmd, msg, Expect::Log(0)).await
         }
+        Request::SignalService { service, signal } => {
+            let msg = HostMessage::SignalService {
+                id: 0,
+                service,
+                signal,
+            };
+            relay(&cmd, msg, Expect::Signal(0)).await
+        }
         Request::Stop { deadline_secs } => {
             let (tx, rx) = oneshot::channel();
             if cmd
@@ -169,6 +177,7 @@ async fn relay(cmd: &mpsc::Sender<Command>, msg: HostMessage, expect: Expect) ->
         Ok(GuestMessage::QueryResult(r)) => Reply::QueryResult(r),
         Ok(GuestMessage::ProbeResult(r)) => Reply::ProbeResult(r),
         Ok(GuestMessage::LogContents(r)) => Reply::LogContents(r),
+        Ok(GuestMessage::SignalResult(r)) => Reply::SignalResult(r),
         Ok(other) => Reply::Error {
             message: GuestRequestError::UnexpectedAnswer(Box::new(other)).to_string(),
         },

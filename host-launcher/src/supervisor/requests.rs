@@ -45,6 +45,8 @@ pub enum Expect {
     Probe(u64),
     /// The `LogContents` of this id.
     Log(u64),
+    /// The `SignalResult` of this id.
+    Signal(u64),
 }
 
 impl Expect {
@@ -56,6 +58,7 @@ impl Expect {
             GuestMessage::QueryResult(q) => Some(Expect::Query(q.id)),
             GuestMessage::ProbeResult(q) => Some(Expect::Probe(q.id)),
             GuestMessage::LogContents(q) => Some(Expect::Log(q.id)),
+            GuestMessage::SignalResult(q) => Some(Expect::Signal(q.id)),
             _ => None,
         }
     }
@@ -101,6 +104,10 @@ impl PendingRequests {
             HostMessage::ReadLog { id, .. } => {
                 *id = self.next_id;
                 Expect::Log(self.next_id)
+            }
+            HostMessage::SignalService { id, .. } => {
+                *id = self.next_id;
+                Expect::Signal(self.next_id)
             }
             _ => return expect,
         };
