@@ -88,6 +88,12 @@ impl RunDir {
         crate::paths::with_suffix(&self.vsock_uds(), &format!("_{port}"))
     }
 
+    /// Where gvproxy takes frame connections on crosvm, relayed by the supervisor from
+    /// vsock port 1024 after checking the peer's CID.
+    pub fn gvproxy_frames_socket(&self) -> PathBuf {
+        self.root.join("gvproxy-net.sock")
+    }
+
     /// gvproxy's HTTP API (expose/unexpose) socket.
     pub fn gvproxy_api_socket(&self) -> PathBuf {
         self.root.join("gvproxy-api.sock")
@@ -111,6 +117,7 @@ impl RunDir {
             self.vsock_port_socket(protocol::ports::CONTROL_PORT),
             self.vsock_port_socket(protocol::ports::NETWORK_PORT),
             self.gvproxy_api_socket(),
+            self.gvproxy_frames_socket(),
             self.crosvm_socket(),
         ]
     }

@@ -118,6 +118,7 @@ impl Supervisor {
             return false;
         };
         let _ = std::fs::remove_file(self.run.gvproxy_api_socket());
+        let _ = std::fs::remove_file(self.run.gvproxy_frames_socket());
         let _ = std::fs::remove_file(self.run.vsock_port_socket(protocol::ports::NETWORK_PORT));
         match process::spawn(&cmd, &self.run) {
             Ok(child) => {

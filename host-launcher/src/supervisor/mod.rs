@@ -17,6 +17,7 @@ mod events;
 mod failure;
 mod guest;
 mod launch;
+mod netrelay;
 mod progress;
 mod requests;
 mod snapshot;
@@ -124,6 +125,19 @@ pub async fn run(run: RunDir) -> Result<i32, SuperviseError> {
             return Ok(1);
         }
     };
+    if spec.vmm.backend == Backend::Crosvm {
+        let addr =
+            tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, protocol::ports::NETWORK_PORT);
+        match tokio_vsock::VsockListener::bind(addr) {
+            Ok(l) => {
+                tokio::spawn(netrelay::serve(l, spec.cid, run.gvproxy_frames_socket()));
+            }
+            Err(e) => log::error!(
+                "cannot listen on vsock port {}: {e}; the guest will have no network",
+                protocol::ports::NETWORK_PORT
+            ),
+        }
+    }
     let (ctl_tx, ctl_rx) = mpsc::channel(64);
     tokio::spawn(guest::accept_guests(control, spec.cid, ctl_tx.clone()));
 

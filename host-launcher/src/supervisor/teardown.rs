@@ -180,6 +180,7 @@ impl Supervisor {
                 self.run.vsock_uds(),
                 self.run.vsock_port_socket(protocol::ports::NETWORK_PORT),
                 self.run.gvproxy_api_socket(),
+                self.run.gvproxy_frames_socket(),
                 self.run.crosvm_socket(),
             ] {
                 let _ = std::fs::remove_file(f);

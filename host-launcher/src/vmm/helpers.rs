@@ -21,13 +21,14 @@ pub fn vhost_device_vsock_args(spec: &Spec, run: &RunDir) -> Vec<String> {
     ]
 }
 
-/// gvproxy's arguments: the frame endpoint (vsock port 1024 on crosvm, the
-/// vhost-device-vsock `<uds>_1024` socket under QEMU), the services API socket
+/// gvproxy's arguments: the frame endpoint (on crosvm a unix socket the supervisor
+/// relays vsock port 1024 to, after checking the peer's CID; under QEMU the
+/// vhost-device-vsock `<uds>_1024` socket), the services API socket
 /// (`-services`: the HTTP API without the `/connect` endpoint, for port exposes), MTU,
 /// no SSH forward, pid and log files.
 pub fn gvproxy_args(spec: &Spec, run: &RunDir) -> Vec<String> {
     let frames = match spec.vmm.backend {
-        Backend::Crosvm => format!("vsock://:{NETWORK_PORT}"),
+        Backend::Crosvm => format!("unix://{}", run.gvproxy_frames_socket().display()),
         Backend::Qemu => format!("unix://{}", run.vsock_port_socket(NETWORK_PORT).display()),
     };
     vec![
@@ -54,12 +55,12 @@ mod tests {
     use crate::vmm::tests::phone_spec;
 
     #[test]
-    fn gvproxy_listens_on_vsock_under_crosvm() {
+    fn gvproxy_listens_behind_the_supervisors_cid_check_under_crosvm() {
         let s = phone_spec();
         let a = gvproxy_args(&s, &RunDir::new(&s.run_dir)).join(" ");
         assert_eq!(
             a,
-            "-listen vsock://:1024 -services unix:///data/sovereign/run/sql/gvproxy-api.sock -mtu 1500 -ssh-port -1 \
+            "-listen unix:///data/sovereign/run/sql/gvproxy-net.sock -services unix:///data/sovereign/run/sql/gvproxy-api.sock -mtu 1500 -ssh-port -1 \
              -pid-file /data/sovereign/run/sql/gvproxy.pid -log-file /data/sovereign/sql-gvproxy.log"
         );
     }
