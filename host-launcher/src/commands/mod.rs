@@ -4,6 +4,7 @@
 
 pub mod console;
 pub mod deploy;
+pub mod orphan;
 pub mod query;
 pub mod start;
 pub mod status;

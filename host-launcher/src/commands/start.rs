@@ -50,6 +50,23 @@ pub async fn run(
             return Ok(2);
         }
     };
+    let leftovers: Vec<String> = Role::ALL
+        .iter()
+        .filter_map(|r| {
+            RunDir::new(&spec.run_dir)
+                .live_pid(*r)
+                .map(|p| format!("{r} pid {p}"))
+        })
+        .collect();
+    if !leftovers.is_empty() {
+        eprintln!(
+            "VM {} is still running without its supervisor ({}): `sovereign stop {}` shuts the guest down cleanly; then start it again",
+            spec.name,
+            leftovers.join(", "),
+            selector(source_name)
+        );
+        return Ok(2);
+    }
     let mut spec = spec;
     if let Some(f) = secrets::stash_env_auth_key(&mut spec)? {
         println!(
@@ -227,6 +244,18 @@ async fn report_lost(spec: &Spec, run: &RunDir, what: &str) -> i32 {
     1
 }
 
+/// How the user names this VM on the command line (`--sql` or `--spec FILE`).
+fn selector(source_name: &str) -> String {
+    if source_name == BUILTIN {
+        "--sql".to_string()
+    } else {
+        format!(
+            "--spec {}",
+            shlex::try_quote(source_name).unwrap_or_default()
+        )
+    }
+}
+
 fn print_up(spec: &Spec, source_name: &str, info: &UpInfo, elapsed: Duration) {
     let scope = if info.wait_for == protocol::Stage::Ready {
         String::new()
@@ -239,14 +268,7 @@ fn print_up(spec: &Spec, source_name: &str, info: &UpInfo, elapsed: Duration) {
         spec.name,
         spec.cid
     );
-    let sel = if source_name == BUILTIN {
-        "--sql".to_string()
-    } else {
-        format!(
-            "--spec {}",
-            shlex::try_quote(source_name).unwrap_or_default()
-        )
-    };
+    let sel = selector(source_name);
     if let Some(t) = &info.tailnet {
         println!("  tailnet:   {} {}", t.name, t.ips.join(" "));
     }

@@ -75,6 +75,13 @@ pub fn render(s: &VmStatus) -> String {
         "VM {} (CID {}, {}): {phase}{age}",
         s.name, s.cid, s.backend
     );
+    let vmm_alive = s.processes.iter().any(|p| p.role == Role::Vmm && p.alive);
+    if s.phase == Phase::NotRunning && vmm_alive {
+        let _ = writeln!(
+            o,
+            "  ✗ the supervisor is gone but the VM runs: postgres may still serve, but nothing watches it; `sovereign stop` shuts the guest down cleanly"
+        );
+    }
     let _ = writeln!(o, "  processes:");
     for p in &s.processes {
         let pid = p.pid.map_or("-".to_string(), |p| p.to_string());

@@ -50,10 +50,33 @@ pub async fn run(spec: &Spec, deadline_secs: Option<u32>) -> anyhow::Result<i32>
                 cleanup_files(&run);
                 return Ok(0);
             }
-            println!(
-                "VM {}: no supervisor answers; stopping what its pid files name",
-                spec.name
-            );
+            if let Some(vmm) = super::orphan::orphaned_vmm(&run) {
+                let deadline = deadline_secs.unwrap_or(spec.timeouts.shutdown);
+                println!(
+                    "VM {}: its supervisor is gone but the VM runs (vmm pid {vmm}); shutting the guest down through the control channel (waiting up to {}s for it to reconnect)…",
+                    spec.name,
+                    super::orphan::RECONNECT_WAIT.as_secs()
+                );
+                match super::orphan::shutdown(&spec, &run, vmm, deadline).await {
+                    Ok(steps) => {
+                        for s in &steps {
+                            println!("  {s}");
+                        }
+                        println!("  guest shutdown: clean");
+                    }
+                    Err((steps, e)) => {
+                        for s in &steps {
+                            println!("  {s}");
+                        }
+                        println!("  ✗ {e}; stopping what the pid files name");
+                    }
+                }
+            } else {
+                println!(
+                    "VM {}: no supervisor answers; stopping what its pid files name",
+                    spec.name
+                );
+            }
         }
     }
     stop_leftovers(&spec, &run).await;

@@ -25,6 +25,7 @@ mod teardown;
 
 pub use failure::result_file;
 pub use requests::GuestRequestError;
+pub use teardown::GUEST_SHUTDOWN_MARGIN;
 
 use self::clients::{serve_clients, Command};
 use self::events::Events;
