@@ -116,6 +116,7 @@ impl Guest {
             tailnet: s.tailscale.as_ref().and_then(|t| t.current()),
             postgres: s.postgres.as_ref().map(|p| p.info()),
             services: s.statuses(),
+            data_disk: self.disk.usage(),
         }
     }
 
@@ -188,6 +189,7 @@ pub fn run(
                 bring_up(&boot, &config, &bringer);
                 loop {
                     std::thread::sleep(Duration::from_secs(5));
+                    watch_space(&bringer);
                     follow_tailnet(&bringer);
                 }
             }
@@ -360,6 +362,31 @@ fn report_ready(reporter: &Reporter) {
             Stage::Ready,
             StageError::NotReady(pending.join(", ")).to_string(),
         ));
+    }
+}
+
+/// Keeps the data disk's emergency reserve and says when the disk fills up or has room
+/// again (see [`crate::disk_watch`]).
+fn watch_space(guest: &Guest) {
+    use crate::disk_watch::Change;
+    let reporter = &guest.reporter;
+    match guest.disk.check_space() {
+        Change::Full(u) => reporter.report(StageReport::degraded(
+            Stage::Postgres,
+            format!(
+                "data disk full: postgres refuses writes; the {} MiB emergency reserve was released so that data can be deleted ({} MiB of {} MiB left)",
+                crate::disk_watch::RESERVE_BYTES >> 20,
+                u.available_bytes >> 20,
+                u.total_bytes >> 20
+            ),
+        )),
+        Change::Recovered(_) => {
+            let pg = guest.running().postgres.clone();
+            if let Some(pg) = pg {
+                reporter.report(StageReport::ready(Stage::Postgres, pg.info()));
+            }
+        }
+        Change::None => {}
     }
 }
 

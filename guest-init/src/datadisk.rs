@@ -202,6 +202,7 @@ pub struct DataDisk {
 struct GateState {
     mounted: bool,
     closed: bool,
+    watch: Option<crate::disk_watch::DiskWatch>,
 }
 
 impl DataDisk {
@@ -225,7 +226,25 @@ impl DataDisk {
         }
         let info = prepare(dev, &self.target)?;
         st.mounted = true;
+        st.watch = Some(crate::disk_watch::DiskWatch::new(&self.target));
         Ok(info)
+    }
+
+    /// The disk's space, once mounted.
+    pub fn usage(&self) -> Option<protocol::messages::DiskUsage> {
+        self.lock().watch.as_ref().and_then(|w| w.usage())
+    }
+
+    /// Releases or retakes the emergency reserve as the space demands.
+    pub fn check_space(&self) -> crate::disk_watch::Change {
+        let mut st = self.lock();
+        if st.closed {
+            return crate::disk_watch::Change::None;
+        }
+        match st.watch.as_mut() {
+            Some(w) => w.check(),
+            None => crate::disk_watch::Change::None,
+        }
     }
 
     /// Refuses later mounts and unmounts the disk if it is mounted (by us, or found in

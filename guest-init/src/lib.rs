@@ -14,6 +14,7 @@ pub mod console;
 pub mod control;
 pub mod datadisk;
 pub mod devices;
+pub mod disk_watch;
 pub mod host_requests;
 pub mod kmsg;
 pub mod log_files;

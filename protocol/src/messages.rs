@@ -263,6 +263,18 @@ pub struct ServiceStatus {
     pub restarts: u32,
 }
 
+/// The data disk's space as the guest sees it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskUsage {
+    /// Size of the filesystem.
+    pub total_bytes: u64,
+    /// Bytes an unprivileged writer (postgres) can still use.
+    pub available_bytes: u64,
+    /// True while the emergency reserve is released because the disk filled up: the
+    /// server can delete data again, and the disk needs attention.
+    pub reserve_released: bool,
+}
+
 /// Answer to a status request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestStatus {
@@ -278,6 +290,9 @@ pub struct GuestStatus {
     pub postgres: Option<PostgresInfo>,
     /// Supervised services.
     pub services: Vec<ServiceStatus>,
+    /// The data disk, once mounted.
+    #[serde(default)]
+    pub data_disk: Option<DiskUsage>,
 }
 
 /// A stage's latest state, without the bulky detail.

@@ -131,6 +131,19 @@ pub fn render(s: &VmStatus) -> String {
                     p.listen.join(" ")
                 );
             }
+            if let Some(d) = &g.data_disk {
+                let _ = writeln!(
+                    o,
+                    "    data disk: {} MiB free of {} MiB{}",
+                    d.available_bytes >> 20,
+                    d.total_bytes >> 20,
+                    if d.reserve_released {
+                        " ✗ FULL: the emergency reserve is released; delete data or grow the disk"
+                    } else {
+                        ""
+                    }
+                );
+            }
             if let Some(n) = &g.network {
                 let _ = writeln!(
                     o,
