@@ -11,6 +11,7 @@
 pub mod artifacts;
 pub mod headscale;
 pub mod lab;
+pub mod load;
 pub mod netns;
 pub mod process;
 pub mod tailnode;

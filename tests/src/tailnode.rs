@@ -104,6 +104,11 @@ impl TailNode {
             .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
     }
 
+    /// The namespace the node lives in.
+    pub fn ns_name(&self) -> &str {
+        &self.ns_name
+    }
+
     /// A command run inside the node's namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");

@@ -36,6 +36,8 @@ pub struct VmOptions {
     /// Seconds from launch to the `init` marker and from there to the device report
     /// (emulating another architecture under TCG takes longer).
     pub boot_timeout_secs: Option<u32>,
+    /// Size of the data disk.
+    pub data_disk_gib: u32,
 }
 
 impl Default for VmOptions {
@@ -52,6 +54,7 @@ impl Default for VmOptions {
             stage_timeout_secs: 240,
             arch: None,
             boot_timeout_secs: None,
+            data_disk_gib: 4,
         }
     }
 }
@@ -113,8 +116,9 @@ impl Vm {
             spec.push_str(&format!("[[apps]]\nname = \"{app}\"\n"));
         }
         spec.push_str(&format!(
-            "[data_disk]\npath = {}\nsize_gib = 4\n",
-            toml_str(&home.path().join("postgres.img"))
+            "[data_disk]\npath = {}\nsize_gib = {}\n",
+            toml_str(&home.path().join("postgres.img")),
+            opts.data_disk_gib
         ));
         let extra: Vec<String> = opts
             .cmdline_extra
@@ -195,9 +199,21 @@ impl Vm {
             .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", text(&o)))
     }
 
-    /// `sovereign query SQL`: Ok(stdout) or Err(all output).
+    /// `sovereign query` with `sql` on its stdin (never in a process's arguments):
+    /// Ok(stdout) or Err(all output).
     pub fn query(&self, sql: &str) -> Result<String, String> {
-        let o = self.cli("query", &[sql]);
+        use std::io::Write;
+        let mut child = self
+            .command("query", &[])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start sovereign query");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(sql.as_bytes()).expect("write the SQL");
+        }
+        let o = child.wait_with_output().expect("sovereign query");
         if o.status.success() {
             Ok(String::from_utf8_lossy(&o.stdout).into_owned())
         } else {
