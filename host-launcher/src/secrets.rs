@@ -211,7 +211,7 @@ pub fn guest_config(spec: &Spec) -> Result<GuestConfig, SecretError> {
             superuser_password: read_secret(&spec.postgres.superuser_password_file)?,
             port: spec.postgres.port,
             apps,
-            superuser_from_tailnet: true,
+            superuser_from_tailnet: spec.postgres.superuser_from_tailnet,
         },
     })
 }

@@ -132,6 +132,21 @@ impl WriteLoad {
         })
     }
 
+    /// The longest stretch without an acknowledged row between `from` and `to` (the
+    /// outage a fault caused, as a client saw it).
+    pub fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
+        let Ok(l) = self.log.lock() else {
+            return Duration::ZERO;
+        };
+        let mut prev = from;
+        let mut longest = Duration::ZERO;
+        for t in l.acked.iter().filter(|t| **t > from && **t <= to) {
+            longest = longest.max(t.duration_since(prev));
+            prev = *t;
+        }
+        longest.max(to.saturating_duration_since(prev))
+    }
+
     /// Stops the load; returns the rows acknowledged.
     pub fn stop(mut self) -> usize {
         self.stop.store(true, Ordering::Relaxed);

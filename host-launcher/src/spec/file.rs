@@ -64,6 +64,7 @@ struct GuestFile {
 struct PostgresFile {
     port: Option<u16>,
     superuser_password_file: Option<PathBuf>,
+    superuser_from_tailnet: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -220,6 +221,7 @@ fn resolve_file(
                 .superuser_password_file
                 .map(&in_dir)
                 .unwrap_or_else(|| secrets_dir.join(format!("{name}-postgres.password"))),
+            superuser_from_tailnet: f.postgres.superuser_from_tailnet.unwrap_or(true),
         },
         apps,
         tailscale: TailscaleSpec {

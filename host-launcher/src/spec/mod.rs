@@ -134,6 +134,15 @@ pub struct PostgresSpec {
     pub port: u16,
     /// File holding the superuser password (generated, mode 0600, when absent).
     pub superuser_password_file: PathBuf,
+    /// Whether `postgres` may log in over the tailnet (default true: the witness
+    /// `psql -U postgres` needs it). Turn it off once the apps use their own roles: a
+    /// superuser can run programs in the guest.
+    #[serde(default = "default_true")]
+    pub superuser_from_tailnet: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// An application role and database provisioned in the guest.
