@@ -53,6 +53,16 @@ fn psql_from_a_second_tailnet_node_reaches_sql_vm_by_name() {
         out.contains("sql-vm"),
         "start names the tailnet host:\n{out}"
     );
+    let status = vm.status();
+    let network = status["stages"]
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s["stage"] == "network"))
+        .expect("the network stage line");
+    let summary = network["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("192.168.127.2/24") && !summary.contains("no input policy"),
+        "the guest's input policy is loaded: {summary}"
+    );
     let password = vm.superuser_password();
     let checked = vm.cli("test", &[]);
     assert!(

@@ -42,6 +42,23 @@ fn rows_survive_crash_restart_and_power_cut_and_no_secret_is_logged() {
     )
     .expect("create and fill");
     assert_eq!(count(&vm), Ok(100));
+
+    // An answer bigger than a control frame comes back cut and flagged, at once (it
+    // used to be dropped while the host waited its 120 s).
+    let t = std::time::Instant::now();
+    let o = vm.cli("query", &["select repeat('x', 300000)"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        (1000..64 * 1024).contains(&o.stdout.len()),
+        "{} bytes",
+        o.stdout.len()
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("output truncated"),
+        "{}",
+        text(&o)
+    );
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     assert_eq!(
         vm.query("show data_directory").expect("show").trim(),
         "/data/postgres"
@@ -90,6 +107,23 @@ fn rows_survive_crash_restart_and_power_cut_and_no_secret_is_logged() {
         "second boot reuses the cluster"
     );
     assert_eq!(count(&vm), Ok(100));
+
+    // An answer bigger than a control frame comes back cut and flagged, at once (it
+    // used to be dropped while the host waited its 120 s).
+    let t = std::time::Instant::now();
+    let o = vm.cli("query", &["select repeat('x', 300000)"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        (1000..64 * 1024).contains(&o.stdout.len()),
+        "{} bytes",
+        o.stdout.len()
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("output truncated"),
+        "{}",
+        text(&o)
+    );
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
 
     // Power cut: SIGKILL QEMU right after the client saw COMMIT.
     vm.query("insert into durability select g, 'before the cut' from generate_series(101, 150) g")

@@ -104,6 +104,38 @@ impl Channel {
         }
     }
 
+    /// A candidate's first message: a Hello that passes the Hello rule makes it the
+    /// current connection (the old one is closed); anything else closes the candidate
+    /// and leaves the current connection alone. While `booting` (no verified Hello yet)
+    /// a Hello that fails the rule is admitted anyway, so that the `control` stage fails
+    /// with its reason: other VMs were already refused at accept.
+    fn admit(
+        &mut self,
+        candidate: Connection,
+        first: &GuestMessage,
+        cid: u32,
+        booting: bool,
+    ) -> Result<(), String> {
+        let GuestMessage::Hello(hello) = first else {
+            candidate.close();
+            return Err(format!(
+                "control connection {} spoke before its Hello: closed",
+                candidate.id
+            ));
+        };
+        if let Err(why) = assess_hello(hello, cid, candidate.peer_cid) {
+            if !booting {
+                candidate.close();
+                return Err(format!(
+                    "control connection {} refused: {why}",
+                    candidate.id
+                ));
+            }
+        }
+        self.promote(candidate);
+        Ok(())
+    }
+
     /// Makes `conn` the current connection, closing the one it replaces.
     fn promote(&mut self, conn: Connection) {
         if let Some(old) = self.current.replace(conn) {
@@ -158,26 +190,14 @@ impl Supervisor {
         msg: GuestMessage,
         now: Instant,
     ) -> Flow {
-        let GuestMessage::Hello(hello) = msg else {
-            log::warn!(
-                "control connection {} spoke before its Hello: closed",
-                candidate.id
-            );
-            candidate.close();
-            return Flow::Continue;
-        };
         let booting = self.readiness.as_ref().is_some_and(|r| r.hello().is_none());
-        if let Err(why) = assess_hello(&hello, self.spec.cid, candidate.peer_cid) {
-            if !booting {
-                log::warn!("control connection {} refused: {why}", candidate.id);
-                candidate.close();
-                return Flow::Continue;
+        match self.channel.admit(candidate, &msg, self.spec.cid, booting) {
+            Ok(()) => self.on_guest_message(msg, now).await,
+            Err(why) => {
+                log::warn!("{why}");
+                Flow::Continue
             }
-            // During the boot it is our own guest that is wrong (other VMs were refused
-            // at accept): the control stage fails with the reason.
         }
-        self.channel.promote(candidate);
-        self.on_guest_message(GuestMessage::Hello(hello), now).await
     }
 
     /// Forgets the current connection (closed, silent or refused) and fails what waits
@@ -282,5 +302,67 @@ impl Supervisor {
                 log::warn!("cannot resend GuestConfig: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::read_frame;
+    use protocol::control::FrameReader;
+    use tokio::net::UnixStream;
+
+    fn hello(cid: u32) -> GuestMessage {
+        GuestMessage::Hello(Hello {
+            version: protocol::PROTOCOL_VERSION,
+            cid,
+            kernel_release: "6.12".into(),
+            boot_time_ms: 1,
+        })
+    }
+
+    /// A connection as the supervisor holds it, and the peer's end.
+    fn connection(id: u64) -> (Connection, UnixStream) {
+        let (server, client) = UnixStream::pair().unwrap();
+        let (tx, _rx) = mpsc::channel(8);
+        (spawn_connection(id, Box::new(server), None, tx), client)
+    }
+
+    async fn closed(peer: &mut UnixStream) -> bool {
+        let mut reader = FrameReader::new();
+        matches!(
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                read_frame::<_, HostMessage>(peer, &mut reader)
+            )
+            .await,
+            Ok(Ok(None))
+        )
+    }
+
+    #[tokio::test]
+    async fn only_a_verified_hello_takes_over_the_channel() {
+        let mut ch = Channel::default();
+        let (first, mut first_peer) = connection(1);
+        ch.admit(first, &hello(10), 10, true).unwrap();
+        assert_eq!(ch.current.as_ref().map(|c| c.id), Some(1));
+
+        // After the boot: a wrong CID, a message before Hello, an old protocol version.
+        let (liar, mut liar_peer) = connection(2);
+        let e = ch.admit(liar, &hello(11), 10, false).unwrap_err();
+        assert!(e.contains("says its CID is 11"), "{e}");
+        let (chatty, mut chatty_peer) = connection(3);
+        let e = ch
+            .admit(chatty, &GuestMessage::Heartbeat, 10, false)
+            .unwrap_err();
+        assert!(e.contains("spoke before its Hello"), "{e}");
+        assert_eq!(ch.current.as_ref().map(|c| c.id), Some(1), "unchanged");
+        assert!(closed(&mut liar_peer).await && closed(&mut chatty_peer).await);
+
+        // The real guest reconnecting replaces the old connection, which is closed.
+        let (again, _again_peer) = connection(4);
+        ch.admit(again, &hello(10), 10, false).unwrap();
+        assert_eq!(ch.current.as_ref().map(|c| c.id), Some(4));
+        assert!(closed(&mut first_peer).await);
     }
 }
