@@ -14,8 +14,10 @@ use std::path::{Path, PathBuf};
 /// Size of the emergency reserve.
 pub const RESERVE_BYTES: u64 = 64 << 20;
 
-/// Below this much space for postgres, the disk counts as full.
-pub const FULL_BELOW: u64 = 8 << 20;
+/// Below this much space for postgres, the disk counts as full: PostgreSQL needs room
+/// for a whole new WAL segment (16 MiB) to go on writing, so a disk with less than two
+/// segments free is already refusing writes.
+pub const FULL_BELOW: u64 = 32 << 20;
 
 /// What changed at a check, for the stage report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
