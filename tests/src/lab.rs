@@ -9,10 +9,9 @@ use crate::vm::VmOptions;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// Host end of the lab's veth: headscale listens here.
-pub const HOST_IP: &str = "10.77.0.1";
-/// Namespace end of the veth: the second tailnet node lives here.
-pub const PEER_IP: &str = "10.77.0.2";
+/// The labs' addresses come from 10.77.0.0/16, one /30 per lab: headscale on `.1` (the
+/// host end of the veth), the second node on `.2`.
+const SUBNET_PREFIX: &str = "10.77";
 /// headscale's port.
 pub const HEADSCALE_PORT: u16 = 8080;
 
@@ -39,11 +38,15 @@ impl Lab {
             .prefix("sov-lab-")
             .tempdir_in("/tmp")
             .map_err(|e| e.to_string())?;
-        let ns = NetNs::create(&format!("sov-{tag}"), HOST_IP, PEER_IP)?;
+        let name = format!("sov-{tag}");
+        // A same-named leftover of an interrupted run goes first, so its /30 is free.
+        NetNs::remove(&name);
+        let (host_ip, peer_ip) = free_subnet(tag)?;
+        let ns = NetNs::create(&name, &host_ip, &peer_ip)?;
         let headscale = Headscale::start(
             &tools.join("headscale"),
             &dir.path().join("headscale"),
-            HOST_IP,
+            &host_ip,
             HEADSCALE_PORT,
         )?;
         let user = headscale.create_user("sovereign")?;
@@ -87,4 +90,29 @@ impl Lab {
         }
         self.peer.as_ref().ok_or_else(|| "peer missing".to_string())
     }
+}
+
+/// A /30 under [`SUBNET_PREFIX`] that no interface on the host uses, starting from one
+/// derived from `tag`: two labs (or a lab and the leftover of a killed run) on the same
+/// /30 would route the peer's replies into the wrong namespace, and its `tailscale up`
+/// would time out with nothing saying why.
+fn free_subnet(tag: &str) -> Result<(String, String), String> {
+    let out = std::process::Command::new("ip")
+        .args(["-o", "-4", "addr", "show"])
+        .output()
+        .map_err(|e| format!("ip -o -4 addr show: {e}"))?;
+    let used = String::from_utf8_lossy(&out.stdout).into_owned();
+    let start = tag
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    (0..250u32)
+        .map(|i| (start + i) % 250 + 1)
+        .map(|third| {
+            (
+                format!("{SUBNET_PREFIX}.{third}.1"),
+                format!("{SUBNET_PREFIX}.{third}.2"),
+            )
+        })
+        .find(|(host, _)| !used.contains(&format!(" {host}/")))
+        .ok_or_else(|| format!("no free /30 left under {SUBNET_PREFIX}.0.0/16"))
 }

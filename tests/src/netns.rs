@@ -36,8 +36,7 @@ impl NetNs {
     /// (inside, `ns_ip/30`), loopback up, default route via the host end. Any leftover
     /// namespace of the same name (an interrupted run) is removed first.
     pub fn create(name: &str, host_ip: &str, ns_ip: &str) -> Result<NetNs, String> {
-        let _ = ip(&["netns", "del", name]);
-        let _ = ip(&["link", "del", &format!("{name}-h")]);
+        NetNs::remove(name);
         let ns = NetNs {
             name: name.into(),
             host_ip: host_ip.into(),
@@ -70,6 +69,13 @@ impl NetNs {
         })
     }
 
+    /// Removes namespace `name` and the host end of its veth, if they exist: the
+    /// leftovers of an interrupted run.
+    pub fn remove(name: &str) {
+        let _ = ip(&["netns", "del", name]);
+        let _ = ip(&["link", "del", &format!("{name}-h")]);
+    }
+
     /// A command that runs inside the namespace.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
@@ -85,8 +91,7 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.name]);
-        let _ = ip(&["link", "del", &format!("{}-h", self.name)]);
+        NetNs::remove(&self.name);
         let _ = std::fs::remove_dir_all(self.etc_dir());
     }
 }

@@ -77,7 +77,12 @@ impl TailNode {
         ]);
         let _ = std::fs::remove_file(&key_file);
         if !up.status.success() {
-            return Err(format!("tailscale up (peer): {}", text(&up)));
+            return Err(format!(
+                "tailscale up (peer): {}\n--- the peer's tailscaled.log, last lines ---\n{}\n--- tailscale status ---\n{}",
+                text(&up),
+                log_tail(&dir.join("tailscaled.log"), 40),
+                node.status_text()
+            ));
         }
         Ok(node)
     }
@@ -114,5 +119,17 @@ impl TailNode {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns_name, program]);
         c
+    }
+}
+
+/// The last `lines` lines of a log file, or a note that it could not be read: what a
+/// failed join prints so that the next failure says why.
+fn log_tail(path: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(t) => {
+            let all: Vec<&str> = t.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("({}: {e})", path.display()),
     }
 }

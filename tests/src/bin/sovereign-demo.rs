@@ -36,10 +36,9 @@ fn main() {
     }
     let a = Artifacts::in_dir(std::path::Path::new(&dir), "bzImage").unwrap_or_else(|e| fail(&e));
 
-    println!(
-        "==> starting a local tailnet: headscale on 10.77.0.1:8080 (network namespace sov-demo)"
-    );
+    println!("==> starting a local tailnet: headscale in network namespace sov-demo");
     let mut lab = Lab::start(&a.tools, "demo").unwrap_or_else(|e| fail(&e));
+    println!("    headscale listens on {}", lab.headscale.url);
     println!(
         "==> booting the VM (QEMU, TCG) with `sovereign start`; first boot initialises PostgreSQL"
     );
