@@ -8,7 +8,7 @@
 //! | `control`   | dial the host, say Hello, wait for the configuration    |
 //! | `network`   | input policy; tap0 ↔ vsock to gvproxy, gateway answers  |
 //! | `tailscale` | the data disk, then tailscaled and the join             |
-//! | `postgres`  | initdb or reuse, start, provision, listen on the tailnet |
+//! | `postgres`  | backup disk and pgBackRest (if on); initdb or reuse, start, provision, listen on the tailnet |
 //! | `ready`     | every stage above holds                                 |
 //!
 //! Two threads share the work: this one serves the host ([`crate::host_requests`])
@@ -16,6 +16,7 @@
 //! stages and then keeps postgres listening on the tailnet. So the host can always ask
 //! for status or stop the guest, even in the middle of a stage.
 
+use crate::backup::Backups;
 use crate::cmdline::BootConfig;
 use crate::control::ControlLink;
 use crate::datadisk::{DataDisk, DiskError};
@@ -98,6 +99,8 @@ pub struct Guest {
     pub link: ControlLink,
     /// The host's configuration, once accepted.
     pub config: OnceLock<GuestConfig>,
+    /// Backups, once the spec's backup settings were applied.
+    pub backups: OnceLock<Arc<Backups>>,
 }
 
 impl Guest {
@@ -117,6 +120,7 @@ impl Guest {
             postgres: s.postgres.as_ref().map(|p| p.info()),
             services: s.statuses(),
             data_disk: self.disk.usage(),
+            backup: self.backups.get().map(|b| Box::new(b.status())),
         }
     }
 
@@ -152,7 +156,11 @@ impl Guest {
         self.link.send(&GuestMessage::ShuttingDown {
             reason: reason.to_string(),
         });
-        shutdown::run(reason, deadline, &mut self.running(), &self.disk)
+        let mut disks = vec![&self.disk];
+        if let Some(b) = self.backups.get() {
+            disks.push(b.disk());
+        }
+        shutdown::run(reason, deadline, &mut self.running(), &disks)
     }
 }
 
@@ -176,9 +184,10 @@ pub fn run(
     let guest = Arc::new(Guest {
         reporter,
         running: Mutex::default(),
-        disk: DataDisk::new(DATA_DIR),
+        disk: DataDisk::data(DATA_DIR),
         link,
         config: OnceLock::new(),
+        backups: OnceLock::new(),
     });
     let (config_tx, config_rx) = std::sync::mpsc::channel::<GuestConfig>();
     let bringer = Arc::clone(&guest);
@@ -249,11 +258,21 @@ fn bring_up(boot: &BootConfig, config: &GuestConfig, guest: &Guest) {
         disk.clone().map_err(StageError::DataDisk)?;
         join_tailnet(config, guest)
     });
+    if let (Ok(()), Some(b)) = (&disk, &config.backup) {
+        let data_bytes = guest.disk.usage().map_or(0, |u| u.total_bytes);
+        let backups = Backups::prepare(b, config.postgres.port, data_bytes);
+        let _ = guest.backups.set(Arc::new(backups));
+    }
     r.run(Stage::Postgres, || {
         disk.clone().map_err(StageError::DataDisk)?;
         start_postgres(config, tailnet.as_ref(), guest)
     });
     report_ready(r);
+    if r.state(Stage::Postgres) == Some(StageState::Ready) {
+        if let Some(b) = guest.backups.get() {
+            b.start_schedule();
+        }
+    }
 }
 
 /// Sets the clock and host name from the host's configuration.
@@ -330,7 +349,8 @@ fn start_postgres(
     guest: &Guest,
 ) -> Result<PostgresInfo, StageError> {
     let listen = tailnet.map(|t| t.ips.clone()).unwrap_or_default();
-    let pg = Arc::new(Postgres::start(&config.postgres, &listen)?);
+    let archive = guest.backups.get().and_then(|b| b.archive_settings());
+    let pg = Arc::new(Postgres::start(&config.postgres, &listen, archive)?);
     guest.running().postgres = Some(Arc::clone(&pg));
     pg.bring_up(&config.postgres)?;
     if tailnet.is_none() {

@@ -96,7 +96,7 @@ enum LinkError {
 /// The result of waiting for the next message on a connection.
 #[derive(Debug)]
 enum Next {
-    Message(HostMessage),
+    Message(Box<HostMessage>),
     Idle,
 }
 
@@ -104,7 +104,7 @@ enum Next {
 /// is buffered.
 fn next_message(stream: &mut VsockStream, reader: &mut FrameReader) -> Result<Next, LinkError> {
     if let Some(msg) = reader.next_message()? {
-        return Ok(Next::Message(msg));
+        return Ok(Next::Message(Box::new(msg)));
     }
     let mut buf = [0u8; 8192];
     match stream.read(&mut buf) {
@@ -112,7 +112,7 @@ fn next_message(stream: &mut VsockStream, reader: &mut FrameReader) -> Result<Ne
         Ok(n) => {
             reader.push(&buf[..n]);
             Ok(match reader.next_message()? {
-                Some(msg) => Next::Message(msg),
+                Some(msg) => Next::Message(Box::new(msg)),
                 None => Next::Idle,
             })
         }
@@ -218,7 +218,7 @@ impl ControlLink {
             match next_message(stream, &mut reader)? {
                 Next::Message(msg) => {
                     last_heard = Instant::now();
-                    if msg != HostMessage::Heartbeat && incoming.send(msg).is_err() {
+                    if *msg != HostMessage::Heartbeat && incoming.send(*msg).is_err() {
                         return Ok(());
                     }
                 }

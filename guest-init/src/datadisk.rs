@@ -1,6 +1,8 @@
-//! The data disk (`/dev/vdb`, `postgres.img` on the host): formatted ext4 on first boot
-//! if it is blank, checked with `e2fsck -p` on every boot, mounted at /data. A disk that
-//! is neither blank nor ours is never formatted.
+//! The guest's disks of its own: the data disk (`/dev/vdb`, `postgres.img` on the host,
+//! /data) and the backup disk (`/dev/vdc`, `backup.img`, /backup). Each is formatted
+//! ext4 with its own label on first boot if it is blank, checked with `e2fsck -p` on
+//! every boot, and mounted. A disk that is neither blank nor carries the expected label
+//! is never formatted: the backup disk can never be mistaken for the data disk.
 
 use crate::command::{self, CommandError};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -22,7 +24,7 @@ const SUPERBLOCK: usize = 1024;
 /// What went wrong with the data disk.
 #[derive(Debug, Error)]
 pub enum DiskError {
-    #[error("{0} does not exist (is the second disk attached?)")]
+    #[error("{0} does not exist (is the disk attached?)")]
     Missing(String),
     #[error("cannot read {dev}: {source}")]
     Read {
@@ -31,12 +33,12 @@ pub enum DiskError {
         /// Why.
         source: std::io::Error,
     },
-    #[error(
-        "{dev} is not blank and not a {DATA_LABEL} filesystem ({found}); refusing to touch it"
-    )]
+    #[error("{dev} is not blank and not a {label} filesystem ({found}); refusing to touch it")]
     Foreign {
         /// Device path.
         dev: String,
+        /// The label expected.
+        label: &'static str,
         /// What we found.
         found: String,
     },
@@ -116,8 +118,8 @@ impl fmt::Display for DiskInfo {
     }
 }
 
-/// Formats if blank, checks, mounts at `target`.
-pub fn prepare(dev: &Path, target: &Path) -> Result<DiskInfo, DiskError> {
+/// Formats if blank (with `label`), checks, mounts at `target`.
+pub fn prepare(dev: &Path, target: &Path, label: &'static str) -> Result<DiskInfo, DiskError> {
     let name = dev.display().to_string();
     let start = Instant::now();
     while !dev.exists() {
@@ -134,14 +136,14 @@ pub fn prepare(dev: &Path, target: &Path) -> Result<DiskInfo, DiskError> {
     })?;
     let formatted = match classify(&head) {
         DiskContent::Blank => {
-            log::info!("data disk {name} is blank: formatting ext4 ({DATA_LABEL})");
+            log::info!("disk {name} is blank: formatting ext4 ({label})");
             command::run(
                 Command::new("mkfs.ext4")
                     .args([
                         "-q",
                         "-F",
                         "-L",
-                        DATA_LABEL,
+                        label,
                         "-E",
                         "lazy_itable_init=1,lazy_journal_init=1",
                     ])
@@ -150,16 +152,18 @@ pub fn prepare(dev: &Path, target: &Path) -> Result<DiskInfo, DiskError> {
             )?;
             true
         }
-        DiskContent::Ext { label } if label == DATA_LABEL => false,
-        DiskContent::Ext { label } => {
+        DiskContent::Ext { label: found } if found == label => false,
+        DiskContent::Ext { label: found } => {
             return Err(DiskError::Foreign {
                 dev: name,
-                found: format!("ext filesystem labelled {label:?}"),
+                label,
+                found: format!("ext filesystem labelled {found:?}"),
             })
         }
         DiskContent::Other => {
             return Err(DiskError::Foreign {
                 dev: name,
+                label,
                 found: "unknown content".into(),
             })
         }
@@ -190,11 +194,14 @@ pub fn prepare(dev: &Path, target: &Path) -> Result<DiskInfo, DiskError> {
     })
 }
 
-/// The data disk's mount, guarded so that shutdown and bring-up cannot cross: a mount
-/// in progress finishes before shutdown unmounts, and none starts after.
+/// A disk's mount, guarded so that shutdown and bring-up cannot cross: a mount in
+/// progress finishes before shutdown unmounts, and none starts after.
 #[derive(Debug)]
 pub struct DataDisk {
     target: PathBuf,
+    label: &'static str,
+    /// Whether an emergency reserve is kept (the data disk: see [`crate::disk_watch`]).
+    keeps_reserve: bool,
     state: Mutex<GateState>,
 }
 
@@ -206,11 +213,21 @@ struct GateState {
 }
 
 impl DataDisk {
-    /// The gate of the disk that mounts at `target`.
-    pub fn new(target: impl Into<PathBuf>) -> DataDisk {
+    /// The gate of the disk labelled `label` that mounts at `target`.
+    pub fn new(target: impl Into<PathBuf>, label: &'static str) -> DataDisk {
         DataDisk {
             target: target.into(),
+            label,
+            keeps_reserve: false,
             state: Mutex::default(),
+        }
+    }
+
+    /// The data disk: mounted at `target`, with an emergency reserve.
+    pub fn data(target: impl Into<PathBuf>) -> DataDisk {
+        DataDisk {
+            keeps_reserve: true,
+            ..DataDisk::new(target, DATA_LABEL)
         }
     }
 
@@ -224,15 +241,22 @@ impl DataDisk {
         if st.closed {
             return Err(DiskError::ShuttingDown);
         }
-        let info = prepare(dev, &self.target)?;
+        let info = prepare(dev, &self.target, self.label)?;
         st.mounted = true;
-        st.watch = Some(crate::disk_watch::DiskWatch::new(&self.target));
+        if self.keeps_reserve {
+            st.watch = Some(crate::disk_watch::DiskWatch::new(&self.target));
+        }
         Ok(info)
     }
 
     /// The disk's space, once mounted.
     pub fn usage(&self) -> Option<protocol::messages::DiskUsage> {
-        self.lock().watch.as_ref().and_then(|w| w.usage())
+        let st = self.lock();
+        match &st.watch {
+            Some(w) => w.usage(),
+            None if st.mounted => crate::disk_watch::usage_at(&self.target, false),
+            None => None,
+        }
     }
 
     /// Releases or retakes the emergency reserve as the space demands.

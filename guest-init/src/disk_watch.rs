@@ -67,13 +67,7 @@ impl DiskWatch {
 
     /// The disk's space now.
     pub fn usage(&self) -> Option<DiskUsage> {
-        let s = statvfs(&self.mount).ok()?;
-        let block = s.fragment_size();
-        Some(DiskUsage {
-            total_bytes: s.blocks().saturating_mul(block),
-            available_bytes: s.blocks_available().saturating_mul(block),
-            reserve_released: self.released,
-        })
+        usage_at(&self.mount, self.released)
     }
 
     /// Releases or retakes the reserve as the space demands.
@@ -111,6 +105,17 @@ impl DiskWatch {
             Decision::Keep => Change::None,
         }
     }
+}
+
+/// The space of the filesystem mounted at `mount`.
+pub fn usage_at(mount: &Path, reserve_released: bool) -> Option<DiskUsage> {
+    let s = statvfs(mount).ok()?;
+    let block = s.fragment_size();
+    Some(DiskUsage {
+        total_bytes: s.blocks().saturating_mul(block),
+        available_bytes: s.blocks_available().saturating_mul(block),
+        reserve_released,
+    })
 }
 
 /// What to do with the reserve.

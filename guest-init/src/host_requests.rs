@@ -5,9 +5,11 @@
 
 use crate::boot::{Event, Guest};
 use crate::{log_files, net, postgres};
+use protocol::backup::{BackupAnswer, BackupRequest};
 use protocol::messages::{GuestMessage, HostMessage, QueryResult};
 use protocol::{GuestConfig, Stage, StageReport};
 use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long services get to stop when a signal (not the host) asks for power-off.
@@ -75,8 +77,8 @@ fn result(id: u64, outcome: Result<String, String>) -> QueryResult {
     }
 }
 
-/// Serves the host for ever: configuration, status, queries, probes, shutdown.
-pub fn serve(guest: &Guest, events: &Receiver<Event>, config_tx: &Sender<GuestConfig>) -> ! {
+/// Serves the host for ever: configuration, status, queries, probes, backups, shutdown.
+pub fn serve(guest: &Arc<Guest>, events: &Receiver<Event>, config_tx: &Sender<GuestConfig>) -> ! {
     loop {
         let msg = match events.recv() {
             Ok(Event::Host(msg)) => msg,
@@ -126,6 +128,14 @@ pub fn serve(guest: &Guest, events: &Receiver<Event>, config_tx: &Sender<GuestCo
                     )));
                 }
             },
+            HostMessage::Backup { id, request } => {
+                let g = Arc::clone(guest);
+                answer_later(
+                    guest,
+                    move || GuestMessage::BackupAnswer(answer_backup(&g, id, &request)),
+                    |why| GuestMessage::BackupAnswer(BackupAnswer::failed(id, why)),
+                );
+            }
             HostMessage::ReadLog { id, log } => answer_later(
                 guest,
                 move || {
@@ -154,6 +164,56 @@ pub fn serve(guest: &Guest, events: &Receiver<Event>, config_tx: &Sender<GuestCo
                     )));
                 }
             },
+        }
+    }
+}
+
+/// Carries out a backup request (on its own thread: backups and restores take minutes).
+fn answer_backup(guest: &Guest, id: u64, request: &BackupRequest) -> BackupAnswer {
+    let Some(backups) = guest.backups.get() else {
+        return BackupAnswer::failed(
+            id,
+            "backups are off in this VM's spec (backup.enabled = false), or the guest is not configured yet",
+        );
+    };
+    match request {
+        BackupRequest::Now { kind } => {
+            let run = backups.run(*kind);
+            BackupAnswer {
+                id,
+                ok: run.ok(),
+                message: match (&run.error, &run.label) {
+                    (Some(e), _) => format!("{kind} backup failed: {e}"),
+                    (None, label) => format!(
+                        "{kind} backup {} done",
+                        label.as_deref().unwrap_or_default()
+                    ),
+                },
+                run: Some(run),
+                catalog: None,
+            }
+        }
+        BackupRequest::List => match backups.catalog() {
+            Ok(catalog) => BackupAnswer {
+                id,
+                ok: true,
+                message: format!("{} set(s)", catalog.sets.len()),
+                run: None,
+                catalog: Some(catalog),
+            },
+            Err(e) => BackupAnswer::failed(id, e.to_string()),
+        },
+        BackupRequest::Restore { target } => {
+            match crate::backup::restore::run(guest, backups, target) {
+                Ok(message) => BackupAnswer {
+                    id,
+                    ok: true,
+                    message,
+                    run: None,
+                    catalog: None,
+                },
+                Err(e) => BackupAnswer::failed(id, e.to_string()),
+            }
         }
     }
 }

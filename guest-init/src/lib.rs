@@ -3,10 +3,11 @@
 //! A linear boot, one module per duty: signals first, then the system mounts and
 //! logging, the kernel command line, the device census (with module loading), the
 //! control channel to the host, networking to gvproxy over vsock, the data disk,
-//! tailscaled and PostgreSQL under supervision, and an ordered power-off. Everything
+//! tailscaled and PostgreSQL under supervision, backups with pgBackRest, and an ordered power-off. Everything
 //! that can be exercised as an ordinary process (parsing, the census on a fixture
 //! sysfs, the forwarder on a host TAP) is, so most of it is tested outside a VM.
 
+pub mod backup;
 pub mod boot;
 pub mod cmdline;
 pub mod command;

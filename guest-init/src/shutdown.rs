@@ -116,7 +116,7 @@ fn reap_until_gone(limit: Duration) {
 }
 
 /// Stops everything in order and powers off.
-pub fn run(reason: &str, deadline: Duration, services: &mut Running, disk: &DataDisk) -> ! {
+pub fn run(reason: &str, deadline: Duration, services: &mut Running, disks: &[&DataDisk]) -> ! {
     let plan = ShutdownPlan::for_deadline(deadline);
     log::info!("shutting down: {reason} (deadline {deadline:?}, plan {plan:?})");
     let start = Instant::now();
@@ -141,7 +141,9 @@ pub fn run(reason: &str, deadline: Duration, services: &mut Running, disk: &Data
     reaper::reap_all();
     sync();
     // After every process is gone, so no mount can start behind our back.
-    disk.close_and_unmount();
+    for disk in disks {
+        disk.close_and_unmount();
+    }
     if let Err(e) = mount(
         None::<&str>,
         "/",

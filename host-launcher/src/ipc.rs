@@ -49,6 +49,11 @@ pub enum Request {
         /// Which signal.
         signal: ServiceSignal,
     },
+    /// Take a backup, list the repository, or restore (long: minutes to hours).
+    Backup {
+        /// What to do.
+        request: protocol::backup::BackupRequest,
+    },
     /// Shut the guest down cleanly and stop everything; the supervisor exits after.
     Stop {
         /// Seconds the guest may take (default: the spec's `timeouts.shutdown`).
@@ -77,6 +82,8 @@ pub enum Reply {
     LogContents(QueryResult),
     /// Answers `signal_service`.
     SignalResult(QueryResult),
+    /// Answers `backup`.
+    Backup(protocol::backup::BackupAnswer),
     /// Answers `stop`, once everything is stopped.
     Stopped(StopReport),
     /// The request could not be served.

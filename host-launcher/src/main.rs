@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use sovereign::cli::{Cli, Command};
+use sovereign::cli::{BackupAction, Cli, Command};
 use sovereign::paths::HostEnv;
 use sovereign::rundir::RunDir;
 
@@ -83,6 +83,17 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Command::Probe { vm, check } => {
                 sovereign::commands::query::probe(&vm.load(&env)?.0, &check.to_probe()).await
+            }
+            Command::Backup { action } => match action {
+                BackupAction::Now { vm, kind } => {
+                    sovereign::commands::backup::now(&vm.load(&env)?.0, kind.to_kind()).await
+                }
+                BackupAction::List { vm, json } => {
+                    sovereign::commands::backup::list(&vm.load(&env)?.0, json).await
+                }
+            },
+            Command::Restore { vm, to, yes } => {
+                sovereign::commands::backup::restore(&vm.load(&env)?.0, to, yes).await
             }
             Command::Deploy(args) => sovereign::commands::deploy::run(&args, &env),
             Command::Logs { vm, log } => {

@@ -1,13 +1,13 @@
 //! Spec validation before anything starts: every field is checked and every failure is
 //! reported (one line each, naming the field and value), not just the first.
 //!
-//! Validation has no side effects; [`prepare_data_disk`] creates the data disk later,
+//! Validation has no side effects; [`prepare_disk`] creates the disk images later,
 //! once validation and preflight passed.
 
 use crate::kernel;
 use crate::paths::{socket_path_fits, HostEnv, MAX_SOCKET_PATH};
 use crate::rundir::RunDir;
-use crate::spec::{Backend, Problem, Spec};
+use crate::spec::{Backend, DataDisk, Problem, Spec};
 use kernel_config::Arch;
 use nix::unistd::{access, AccessFlags};
 use protocol::config::{is_dns_label, is_sql_identifier};
@@ -77,7 +77,7 @@ pub fn validate(spec: &Spec, env: &HostEnv) -> Vec<Problem> {
             "is not writable (it is attached read-write)",
         ));
     }
-    check_data_disk(spec, &mut p);
+    check_disks(spec, &mut p);
 
     for (field, path) in option_paths(spec) {
         if path.to_string_lossy().contains(',') {
@@ -137,23 +137,45 @@ fn check_kernel(spec: &Spec, p: &mut Vec<Problem>) {
     }
 }
 
-fn check_data_disk(spec: &Spec, p: &mut Vec<Problem>) {
-    let d = &spec.data_disk;
+/// The disks' fields and the backup settings.
+fn check_disks(spec: &Spec, p: &mut Vec<Problem>) {
+    for (name, disk) in spec.extra_disks() {
+        check_disk(&format!("{name}_disk"), disk, p);
+    }
+    if spec.backup.enabled {
+        if spec.backup_disk.path == spec.data_disk.path {
+            p.push(Problem::new(
+                "backup_disk.path",
+                spec.backup_disk.path.display(),
+                "is the data disk; backups must survive the loss of the data disk",
+            ));
+        }
+        if let Some(Err(protocol::config::ConfigError::Invalid { field, value, why })) =
+            spec.guest_backup().map(|b| b.validate())
+        {
+            p.push(Problem::new(field, value, why));
+        }
+    }
+}
+
+fn check_disk(prefix: &str, d: &DataDisk, p: &mut Vec<Problem>) {
+    let size_field = format!("{prefix}.size_gib");
+    let path_field = format!("{prefix}.path");
     if !DISK_RANGE.contains(&d.size_gib) {
         p.push(Problem::new(
-            "data_disk.size_gib",
+            size_field,
             d.size_gib,
             format!("must be in {DISK_RANGE:?}"),
         ));
     }
     match std::fs::metadata(&d.path) {
         Ok(m) if !m.is_file() => p.push(Problem::new(
-            "data_disk.path",
+            path_field,
             d.path.display(),
             "exists but is not a regular file",
         )),
         Ok(_) if !writable(&d.path) => p.push(Problem::new(
-            "data_disk.path",
+            path_field,
             d.path.display(),
             "is not writable",
         )),
@@ -162,7 +184,7 @@ fn check_data_disk(spec: &Spec, p: &mut Vec<Problem>) {
             Some(dir) if dir.is_dir() => {
                 if !writable(dir) {
                     p.push(Problem::new(
-                        "data_disk.path",
+                        path_field,
                         d.path.display(),
                         format!(
                             "does not exist and {} is not writable to create it",
@@ -172,7 +194,7 @@ fn check_data_disk(spec: &Spec, p: &mut Vec<Problem>) {
                 }
             }
             _ => p.push(Problem::new(
-                "data_disk.path",
+                path_field,
                 d.path.display(),
                 "does not exist and its directory does not exist either",
             )),
@@ -327,6 +349,7 @@ fn option_paths(spec: &Spec) -> Vec<(&'static str, &Path)> {
         ("kernel", spec.kernel.as_path()),
         ("root_image", spec.root_image.as_path()),
         ("data_disk.path", spec.data_disk.path.as_path()),
+        ("backup_disk.path", spec.backup_disk.path.as_path()),
         ("console_log", spec.console_log.as_path()),
         ("run_dir", spec.run_dir.as_path()),
     ];
@@ -369,7 +392,7 @@ fn writable(path: &Path) -> bool {
     access(path, AccessFlags::W_OK).is_ok()
 }
 
-/// What [`prepare_data_disk`] did.
+/// What [`prepare_disk`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DiskAction {
     /// The image existed and was left alone.
@@ -378,9 +401,9 @@ pub enum DiskAction {
     Created(u64),
 }
 
-/// Why the data disk could not be created.
+/// Why a disk image could not be created.
 #[derive(Debug, Error)]
-#[error("cannot create the data disk {path} ({size_gib} GiB, sparse): {source}")]
+#[error("cannot create the disk image {path} ({size_gib} GiB, sparse): {source}")]
 pub struct DiskError {
     /// The image path.
     pub path: PathBuf,
@@ -391,11 +414,10 @@ pub struct DiskError {
     pub source: std::io::Error,
 }
 
-/// Creates the data disk sparse at its size when it does not exist yet (mode 0600). The
-/// guest formats a blank disk on first boot.
-pub fn prepare_data_disk(spec: &Spec) -> Result<DiskAction, DiskError> {
+/// Creates a disk image sparse at its size when it does not exist yet (mode 0600). The
+/// guest formats a blank disk on first boot; an existing image is never touched.
+pub fn prepare_disk(d: &DataDisk) -> Result<DiskAction, DiskError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let d = &spec.data_disk;
     if d.path.exists() {
         return Ok(DiskAction::Existing);
     }
@@ -447,14 +469,14 @@ mod tests {
         let env = env_in(dir.path(), false);
         assert_eq!(validate(&spec, &env), vec![]);
         assert_eq!(
-            prepare_data_disk(&spec).unwrap(),
+            prepare_disk(&spec.data_disk).unwrap(),
             DiskAction::Created(4 << 30)
         );
         let m = std::fs::metadata(&spec.data_disk.path).unwrap();
         assert_eq!(m.len(), 4 << 30);
         use std::os::unix::fs::MetadataExt;
         assert!(m.blocks() < 64, "sparse: {} blocks", m.blocks());
-        assert_eq!(prepare_data_disk(&spec).unwrap(), DiskAction::Existing);
+        assert_eq!(prepare_disk(&spec.data_disk).unwrap(), DiskAction::Existing);
     }
 
     #[test]

@@ -117,6 +117,10 @@ pub struct GuestConfig {
     pub tailscale: TailscaleConfig,
     /// PostgreSQL credentials and what to provision.
     pub postgres: PostgresConfig,
+    /// pgBackRest: the backup disk, archiving, retention and schedule; `None` when the
+    /// spec turns backups off.
+    #[serde(default)]
+    pub backup: Option<crate::backup::BackupConfig>,
 }
 
 /// The guest's side of gvproxy's network (defaults match gvproxy's defaults).
@@ -297,6 +301,9 @@ impl GuestConfig {
                 ));
             }
         }
+        if let Some(b) = &self.backup {
+            b.validate()?;
+        }
         Ok(())
     }
 }
@@ -356,6 +363,13 @@ mod tests {
                     password: Secret::new("vaultwarden-pass"),
                 }],
             },
+            backup: Some(crate::backup::BackupConfig {
+                device: "/dev/vdc".into(),
+                archive_timeout_secs: 60,
+                retention_days: 7,
+                full_every_days: 7,
+                diff_every_days: 1,
+            }),
         }
     }
 

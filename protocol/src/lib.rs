@@ -12,9 +12,11 @@
 //! - [`manifest`]: `manifest.json` of a built artifact set.
 //! - [`arch`]: the guest architectures.
 //! - [`hyperkit`]: gvproxy's Ethernet frame framing (u16 little-endian length).
+//! - [`backup`]: backup configuration, requests, answers and status.
 //! - [`ports`]: well-known vsock CIDs and ports.
 
 pub mod arch;
+pub mod backup;
 pub mod config;
 pub mod control;
 pub mod devices;

@@ -11,8 +11,8 @@ pub use crate::devices::{DeviceKind, DeviceReport, Transport, VirtioDevice};
 
 /// Version of this message set, carried in [`Hello`]. Bump on incompatible changes.
 /// 2: stage evidence is typed ([`crate::evidence::StageDetail`]), device kinds and
-/// transports are enums.
-pub const PROTOCOL_VERSION: u32 = 2;
+/// transports are enums. 3: backups (configuration, requests, status).
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Guest → host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,6 +34,8 @@ pub enum GuestMessage {
     LogContents(QueryResult),
     /// Answer to [`HostMessage::SignalService`].
     SignalResult(QueryResult),
+    /// Answer to [`HostMessage::Backup`].
+    BackupAnswer(crate::backup::BackupAnswer),
     /// Answer to [`HostMessage::Ping`].
     Pong,
     /// Sent every [`crate::control::HEARTBEAT_INTERVAL`]: the guest is alive.
@@ -95,6 +97,14 @@ pub enum HostMessage {
         service: GuestService,
         /// Which signal.
         signal: ServiceSignal,
+    },
+    /// A backup, the repository's catalog, or a restore (answered by
+    /// [`GuestMessage::BackupAnswer`] with the same `id`).
+    Backup {
+        /// Echoed in the answer.
+        id: u64,
+        /// What to do.
+        request: crate::backup::BackupRequest,
     },
     /// Liveness check, answered by [`GuestMessage::Pong`] (measures a round trip).
     Ping,
@@ -293,6 +303,9 @@ pub struct GuestStatus {
     /// The data disk, once mounted.
     #[serde(default)]
     pub data_disk: Option<DiskUsage>,
+    /// Backups and WAL archiving, when the spec enables them.
+    #[serde(default)]
+    pub backup: Option<Box<crate::backup::BackupStatus>>,
 }
 
 /// A stage's latest state, without the bulky detail.

@@ -48,6 +48,8 @@ pub enum PgError {
     NotReady { waited: Duration, log: String },
     #[error("postgres is not reachable on {0}")]
     NotListening(String),
+    #[error("the restored server stopped during recovery; its last log lines: {0}")]
+    RecoveryFailed(String),
 }
 
 /// Which `postgres` account to run as.
@@ -57,6 +59,11 @@ pub(crate) struct Account {
 }
 
 impl Account {
+    /// Its uid and gid.
+    pub(crate) fn owner(&self) -> Owner {
+        self.owner
+    }
+
     pub(crate) fn lookup() -> Result<Account, PgError> {
         let user = User::from_name("postgres")
             .ok()
@@ -119,18 +126,25 @@ pub struct Postgres {
 }
 
 /// What the configuration files are rendered from, besides the listen addresses.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Settings {
     port: u16,
     superuser_from_tailnet: bool,
     jit: bool,
+    /// postgresql.conf lines for continuous archiving, when backups run.
+    archive: Option<String>,
 }
 
 impl Postgres {
     /// Initialises (first boot), configures and starts the server under supervision.
     /// Readiness and provisioning are [`Postgres::bring_up`], so a server that fails
-    /// them is still owned by the caller (and stopped at shutdown).
-    pub fn start(cfg: &PostgresConfig, listen: &[String]) -> Result<Postgres, PgError> {
+    /// them is still owned by the caller (and stopped at shutdown). `archive` holds the
+    /// postgresql.conf lines for continuous archiving when backups run.
+    pub fn start(
+        cfg: &PostgresConfig,
+        listen: &[String],
+        archive: Option<String>,
+    ) -> Result<Postgres, PgError> {
         let bin = find_bin_dir(Path::new("/")).ok_or(PgError::NotInstalled)?;
         let account = Account::lookup()?;
         let data = Path::new(DATA_DIR);
@@ -152,8 +166,9 @@ impl Postgres {
             port: cfg.port,
             superuser_from_tailnet: cfg.superuser_from_tailnet,
             jit,
+            archive,
         };
-        write_config(account, settings, listen)?;
+        write_config(account, &settings, listen)?;
         Ok(Postgres {
             service: start_server(&bin, account),
             bin,
@@ -171,6 +186,36 @@ impl Postgres {
         self.wait_ready(Duration::from_secs(120))?;
         self.provision(cfg)?;
         self.check_listening()
+    }
+
+    /// Waits until a restored server has finished recovery and been promoted (it then
+    /// takes writes). Fails early, with the server's last log lines, when the server
+    /// keeps dying (e.g. a recovery target past the end of the archive).
+    pub fn wait_promoted(&self, timeout: Duration) -> Result<(), PgError> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            let out = command::output_with_input(
+                &mut self
+                    .account
+                    .psql(&self.bin, self.port, &["-A", "-t", "-f", "-"]),
+                b"select pg_is_in_recovery()",
+                4096,
+            );
+            if matches!(&out, Ok(o) if o.exit.success() && o.stdout.trim() == "f") {
+                log::info!("postgres: recovery finished after {:?}", start.elapsed());
+                return Ok(());
+            }
+            if self.service.status().restarts > 0 {
+                return Err(PgError::RecoveryFailed(
+                    crate::log_files::postgres_last_lines(12),
+                ));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        Err(PgError::NotReady {
+            waited: timeout,
+            log: crate::log_files::postgres_last_lines(8),
+        })
     }
 
     fn wait_ready(&self, timeout: Duration) -> Result<(), PgError> {
@@ -244,7 +289,7 @@ impl Postgres {
         if let Ok(mut l) = self.listen.lock() {
             *l = ips.to_vec();
         }
-        write_config(self.account, self.settings, ips)?;
+        write_config(self.account, &self.settings, ips)?;
         self.service.restart(Duration::from_secs(60));
         self.wait_ready(Duration::from_secs(120))?;
         self.check_listening()
@@ -278,9 +323,12 @@ impl Postgres {
 }
 
 /// Writes postgresql.conf and pg_hba.conf into the data directory.
-fn write_config(account: Account, settings: Settings, listen: &[String]) -> Result<(), PgError> {
+fn write_config(account: Account, settings: &Settings, listen: &[String]) -> Result<(), PgError> {
     let data = Path::new(DATA_DIR);
-    let conf = config::render_postgresql_conf(settings.port, listen, settings.jit);
+    let mut conf = config::render_postgresql_conf(settings.port, listen, settings.jit);
+    if let Some(archive) = &settings.archive {
+        conf.push_str(archive);
+    }
     owned_files::write_file(
         &data.join("postgresql.conf"),
         conf.as_bytes(),

@@ -174,12 +174,14 @@ fn prepare(spec: &Spec) -> anyhow::Result<()> {
     for f in secrets::ensure_all(spec)? {
         println!("  + generated {} (mode 0600)", f.display());
     }
-    if let validate::DiskAction::Created(bytes) = validate::prepare_data_disk(spec)? {
-        println!(
-            "  + created data disk {} ({} GiB, sparse; the guest formats it on first boot)",
-            spec.data_disk.path.display(),
-            bytes >> 30
-        );
+    for (name, disk) in spec.extra_disks() {
+        if let validate::DiskAction::Created(bytes) = validate::prepare_disk(disk)? {
+            println!(
+                "  + created {name} disk {} ({} GiB, sparse; the guest formats it on first boot)",
+                disk.path.display(),
+                bytes >> 30
+            );
+        }
     }
     let run = RunDir::new(&spec.run_dir);
     run.remove_stale();

@@ -144,6 +144,9 @@ pub fn render(s: &VmStatus) -> String {
                     }
                 );
             }
+            if let Some(b) = &g.backup {
+                o.push_str(&render_backup(b, now_unix()));
+            }
             if let Some(n) = &g.network {
                 let _ = writeln!(
                     o,
@@ -177,4 +180,137 @@ pub fn render(s: &VmStatus) -> String {
     let _ = writeln!(o, "  console: {}", s.console_log.display());
     let _ = writeln!(o, "  log:     {}", s.supervisor_log.display());
     o
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The backup lines of `status`: what is broken first, then the last backup, the WAL
+/// archive (its age is the committed work at risk right now), the window, the disk.
+pub fn render_backup(b: &protocol::backup::BackupStatus, now: i64) -> String {
+    use protocol::backup::utc_text;
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    if let Some(p) = &b.problem {
+        let _ = writeln!(o, "    ✗ backups are not running: {p}");
+        return o;
+    }
+    match (&b.last_run, &b.last_ok) {
+        (None, _) => {
+            let _ = writeln!(
+                o,
+                "    backups:  none yet (the first full one starts after ready)"
+            );
+        }
+        (Some(last), ok) => {
+            if let Some(e) = &last.error {
+                let _ = writeln!(
+                    o,
+                    "    ✗ last backup ({} at {}) failed: {e}",
+                    last.kind,
+                    utc_text(last.started_unix)
+                );
+            }
+            if let Some(ok) = ok {
+                let _ = writeln!(
+                    o,
+                    "    backups:  last {} {} at {} ok ({:.1} s, {}), {} set(s)",
+                    ok.kind,
+                    ok.label.as_deref().unwrap_or("?"),
+                    utc_text(ok.started_unix),
+                    ok.duration_ms as f64 / 1000.0,
+                    ok.repo_bytes
+                        .map(super::backup::size)
+                        .unwrap_or_else(|| "?".into()),
+                    b.sets
+                );
+            }
+        }
+    }
+    let a = &b.archive;
+    if a.failing() {
+        let _ = writeln!(
+            o,
+            "    ✗ WAL archiving is failing (segment {} at {}): point-in-time recovery is broken after {}",
+            a.last_failed_wal.as_deref().unwrap_or("?"),
+            a.last_failed_unix.map(utc_text).unwrap_or_default(),
+            a.last_archived_unix
+                .map(utc_text)
+                .unwrap_or_else(|| "the last backup".into())
+        );
+    } else if let (Some(wal), Some(t)) = (&a.last_archived_wal, a.last_archived_unix) {
+        let _ = writeln!(
+            o,
+            "    WAL archive: {wal} at {} ({} s ago)",
+            utc_text(t),
+            (now - t).max(0)
+        );
+    }
+    if let Some(w) = b.window {
+        let _ = writeln!(
+            o,
+            "    restorable: {} .. {}",
+            utc_text(w.earliest_unix),
+            utc_text(w.latest_unix)
+        );
+    }
+    if let Some(d) = &b.disk {
+        let _ = writeln!(
+            o,
+            "    backup disk: {} MiB free of {} MiB",
+            d.available_bytes >> 20,
+            d.total_bytes >> 20
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod backup_tests {
+    use super::render_backup;
+    use protocol::backup::{ArchiveState, BackupKind, BackupRun, BackupStatus};
+
+    #[test]
+    fn failures_are_said_first_and_never_hidden() {
+        let run = |error: Option<&str>| BackupRun {
+            kind: BackupKind::Full,
+            started_unix: 1_796_227_445,
+            duration_ms: 41_000,
+            label: error.is_none().then(|| "20261202-160405F".to_string()),
+            repo_bytes: error.is_none().then_some(4 << 20),
+            error: error.map(str::to_string),
+        };
+        let mut b = BackupStatus {
+            last_run: Some(run(None)),
+            last_ok: Some(run(None)),
+            archive: ArchiveState {
+                last_archived_wal: Some("000000010000000000000003".into()),
+                last_archived_unix: Some(1_796_227_500),
+                ..ArchiveState::default()
+            },
+            sets: 1,
+            ..BackupStatus::default()
+        };
+        let t = render_backup(&b, 1_796_227_530);
+        assert!(
+            t.contains("last full 20261202-160405F") && t.contains("30 s ago"),
+            "{t}"
+        );
+        assert!(!t.contains('✗'), "{t}");
+        b.last_run = Some(run(Some("repo1: disk full")));
+        b.archive.last_failed_unix = Some(1_796_227_600);
+        let t = render_backup(&b, 1_796_227_630);
+        assert!(
+            t.contains("✗ last backup (full at 2026-12-02T16:04:05Z) failed: repo1: disk full"),
+            "{t}"
+        );
+        assert!(t.contains("✗ WAL archiving is failing"), "{t}");
+        b.problem = Some("backup disk: /dev/vdc does not exist".into());
+        let t = render_backup(&b, 0);
+        assert!(t.contains("✗ backups are not running: backup disk"), "{t}");
+    }
 }

@@ -133,6 +133,7 @@ pub fn checks() -> Vec<CheckFn> {
         cid::cid_free,
         software::kernel_options,
         storage::data_disk_space,
+        storage::backup_disk_space,
     ]
 }
 

@@ -3,7 +3,7 @@
 
 use super::Check;
 use crate::paths::HostEnv;
-use crate::spec::Spec;
+use crate::spec::{DataDisk, Spec};
 use nix::unistd::{access, AccessFlags};
 use std::path::Path;
 
@@ -52,44 +52,56 @@ pub(super) fn state_dirs(spec: &Spec, _env: &HostEnv) -> Option<Check> {
 /// Room for the data disk: a disk not created yet needs its full size free (it is
 /// sparse, but PostgreSQL will fill it); an existing one may still grow.
 pub(super) fn data_disk_space(spec: &Spec, _env: &HostEnv) -> Option<Check> {
-    const NAME: &str = "data disk space";
-    let disk = &spec.data_disk.path;
+    disk_space("data disk space", "data", &spec.data_disk)
+}
+
+/// Room for the backup disk, when backups are enabled: as for the data disk (the
+/// repository fills it up to the retention).
+pub(super) fn backup_disk_space(spec: &Spec, _env: &HostEnv) -> Option<Check> {
+    spec.backup
+        .enabled
+        .then(|| disk_space("backup disk space", "backup", &spec.backup_disk))
+        .flatten()
+}
+
+fn disk_space(title: &'static str, name: &str, d: &DataDisk) -> Option<Check> {
+    let disk = &d.path;
     let dir = disk.parent().and_then(existing_ancestor)?;
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let st = match nix::sys::statvfs::statvfs(dir) {
         Ok(st) => st,
         Err(e) => {
             return Some(Check::warn(
-                NAME,
+                title,
                 format!("cannot read free space of {}: {e}", dir.display()),
                 format!("check it yourself with `df -h {}`", dir.display()),
             ))
         }
     };
     let free = st.blocks_available() as u64 * st.fragment_size() as u64;
-    let size = spec.data_disk.size_gib << 30;
+    let size = d.size_gib << 30;
     Some(match std::fs::metadata(disk) {
         Err(_) if free < size => Check::fail(
-            NAME,
+            title,
             format!(
-                "{:.1} GiB free on {}, the new data disk {} needs {} GiB",
+                "{:.1} GiB free on {}, the new {name} disk {} needs {} GiB",
                 gib(free),
                 dir.display(),
                 disk.display(),
-                spec.data_disk.size_gib
+                d.size_gib
             ),
             format!(
-                "free space on {}, or set a smaller data_disk.size_gib in a spec file",
+                "free space on {}, or set a smaller {name}_disk.size_gib in a spec file",
                 dir.display()
             ),
         ),
         Err(_) => Check::pass(
-            NAME,
+            title,
             format!(
-                "{:.1} GiB free on {} for the new {} GiB data disk",
+                "{:.1} GiB free on {} for the new {} GiB {name} disk",
                 gib(free),
                 dir.display(),
-                spec.data_disk.size_gib
+                d.size_gib
             ),
         ),
         Ok(m) => {
@@ -97,9 +109,9 @@ pub(super) fn data_disk_space(spec: &Spec, _env: &HostEnv) -> Option<Check> {
             let grow = m.len().saturating_sub(allocated);
             if free >= grow {
                 Check::pass(
-                    NAME,
+                    title,
                     format!(
-                        "{:.1} GiB free on {}, data disk may grow {:.1} GiB",
+                        "{:.1} GiB free on {}, {name} disk may grow {:.1} GiB",
                         gib(free),
                         dir.display(),
                         gib(grow)
@@ -107,9 +119,9 @@ pub(super) fn data_disk_space(spec: &Spec, _env: &HostEnv) -> Option<Check> {
                 )
             } else {
                 Check::warn(
-                    NAME,
+                    title,
                     format!(
-                        "{:.1} GiB free on {}, the sparse data disk may grow {:.1} GiB more",
+                        "{:.1} GiB free on {}, the sparse {name} disk may grow {:.1} GiB more",
                         gib(free),
                         dir.display(),
                         gib(grow)

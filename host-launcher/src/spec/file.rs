@@ -2,8 +2,8 @@
 //! refused) and its resolution into a [`Spec`] with absolute paths and every default.
 
 use super::{
-    qemu_binary, AppSpec, Backend, DataDisk, GuestSpec, PostgresSpec, Problem, Spec, SpecError,
-    TailscaleSpec, Timeouts, VmmSpec, DEFAULT_NAME,
+    qemu_binary, AppSpec, Backend, BackupSpec, DataDisk, GuestSpec, PostgresSpec, Problem,
+    ScheduleSpec, Spec, SpecError, TailscaleSpec, Timeouts, VmmSpec, DEFAULT_NAME,
 };
 use crate::paths::{resolve, HostEnv, ANDROID_CROSVM};
 use kernel_config::Arch;
@@ -31,6 +31,10 @@ struct SpecFile {
     #[serde(default)]
     data_disk: DataDiskFile,
     #[serde(default)]
+    backup_disk: DataDiskFile,
+    #[serde(default)]
+    backup: BackupFile,
+    #[serde(default)]
     guest: GuestFile,
     #[serde(default)]
     postgres: PostgresFile,
@@ -49,6 +53,23 @@ struct SpecFile {
 struct DataDiskFile {
     path: Option<PathBuf>,
     size_gib: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupFile {
+    enabled: Option<bool>,
+    archive_timeout_secs: Option<u32>,
+    retention_days: Option<u32>,
+    #[serde(default)]
+    schedule: ScheduleFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleFile {
+    full_every_days: Option<u32>,
+    diff_every_days: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +230,23 @@ fn resolve_file(
             ),
             size_gib: f.data_disk.size_gib.unwrap_or(4),
         },
+        backup_disk: DataDisk {
+            path: in_dir(
+                f.backup_disk
+                    .path
+                    .unwrap_or_else(|| PathBuf::from("backup.img")),
+            ),
+            size_gib: f.backup_disk.size_gib.unwrap_or(8),
+        },
+        backup: BackupSpec {
+            enabled: f.backup.enabled.unwrap_or(true),
+            archive_timeout_secs: f.backup.archive_timeout_secs.unwrap_or(60),
+            retention_days: f.backup.retention_days.unwrap_or(7),
+            schedule: ScheduleSpec {
+                full_every_days: f.backup.schedule.full_every_days.unwrap_or(7),
+                diff_every_days: f.backup.schedule.diff_every_days.unwrap_or(1),
+            },
+        },
         guest: GuestSpec {
             log_level: f.guest.log_level.unwrap_or_else(|| "info".to_string()),
             device_wait_secs: f.guest.device_wait_secs.unwrap_or(10),
@@ -273,6 +311,12 @@ mod tests {
             wait_for = "control"
             [data_disk]
             size_gib = 1
+            [backup_disk]
+            path = "/disks/b.img"
+            [backup]
+            archive_timeout_secs = 30
+            [backup.schedule]
+            diff_every_days = 0
             [[apps]]
             name = "forgejo"
             [vmm]
@@ -291,6 +335,10 @@ mod tests {
             PathBuf::from("/base/secrets/boot-app-forgejo.password")
         );
         assert_eq!(s.wait_for, Stage::Control);
+        assert_eq!(s.backup_disk.path, PathBuf::from("/disks/b.img"));
+        assert_eq!(s.backup.archive_timeout_secs, 30);
+        assert_eq!(s.backup.schedule.diff_every_days, 0);
+        assert_eq!(s.backup.schedule.full_every_days, 7);
         assert_eq!(s.timeouts.control, 20);
         assert_eq!(s.timeouts.init, 60);
         let again = Spec::parse(&s.to_toml(), Path::new("/elsewhere"), &env, "again").unwrap();

@@ -18,6 +18,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use thiserror::Error;
 
+/// The backup disk as the guest sees it: the third virtio-blk disk, after the root
+/// image and the data disk.
+pub const BACKUP_DEVICE: &str = "/dev/vdc";
+
 /// Name of the built-in VM selected by `--sql`.
 pub const DEFAULT_NAME: &str = "sql";
 
@@ -114,6 +118,31 @@ pub struct DataDisk {
     pub path: PathBuf,
     /// Size in GiB of a newly created image.
     pub size_gib: u64,
+}
+
+/// Backups: pgBackRest with its repository (repo1) on the backup disk, continuous WAL
+/// archiving, time-based retention and a schedule PID 1 runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupSpec {
+    /// Whether the VM gets a backup disk and PID 1 runs pgBackRest (default true).
+    pub enabled: bool,
+    /// PostgreSQL's `archive_timeout`: at most this much committed work waits for its
+    /// WAL segment to reach the repository.
+    pub archive_timeout_secs: u32,
+    /// Sets older than this are expired.
+    pub retention_days: u32,
+    /// When PID 1 takes backups by itself.
+    pub schedule: ScheduleSpec,
+}
+
+/// When PID 1 takes backups (the first full one right after the first `ready`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleSpec {
+    /// A full backup when the newest full set is this many days old (default 7).
+    pub full_every_days: u32,
+    /// A differential backup when the newest set is this many days old (default 1;
+    /// 0 for none).
+    pub diff_every_days: u32,
 }
 
 /// What the guest's kernel command line carries besides the fixed boot arguments.
@@ -271,6 +300,10 @@ pub struct Spec {
     pub wait_for: Stage,
     /// The data disk, `/dev/vdb`.
     pub data_disk: DataDisk,
+    /// The backup disk, `/dev/vdc` (attached when backups are enabled).
+    pub backup_disk: DataDisk,
+    /// Backups.
+    pub backup: BackupSpec,
     /// Kernel command line additions.
     pub guest: GuestSpec,
     /// PostgreSQL.
@@ -303,6 +336,27 @@ impl Spec {
     /// The deadline of the stage after `stage`'s predecessor, see [`Timeouts`].
     pub fn stage_timeout(&self, stage: Stage) -> Duration {
         self.timeouts.for_stage(stage)
+    }
+
+    /// The backup configuration for the guest, when backups are enabled.
+    pub fn guest_backup(&self) -> Option<protocol::backup::BackupConfig> {
+        self.backup.enabled.then(|| protocol::backup::BackupConfig {
+            device: BACKUP_DEVICE.to_string(),
+            archive_timeout_secs: self.backup.archive_timeout_secs,
+            retention_days: self.backup.retention_days,
+            full_every_days: self.backup.schedule.full_every_days,
+            diff_every_days: self.backup.schedule.diff_every_days,
+        })
+    }
+
+    /// The disk images the VMM attaches after the root image, in device order
+    /// (`/dev/vdb`, then `/dev/vdc`).
+    pub fn extra_disks(&self) -> Vec<(&'static str, &DataDisk)> {
+        let mut v = vec![("data", &self.data_disk)];
+        if self.backup.enabled {
+            v.push(("backup", &self.backup_disk));
+        }
+        v
     }
 
     /// Directory of the log files kept beside the console log.
@@ -347,6 +401,21 @@ pub(crate) mod tests {
         assert_eq!(s.hostname, "sql-vm");
         assert_eq!(s.postgres.port, 5432);
         assert_eq!(s.data_disk.size_gib, 4);
+        assert_eq!(s.backup_disk.size_gib, 8);
+        assert_eq!(
+            s.backup_disk.path,
+            PathBuf::from("/data/sovereign/backup.img")
+        );
+        assert!(s.backup.enabled);
+        assert_eq!(s.backup.archive_timeout_secs, 60);
+        assert_eq!(s.backup.retention_days, 7);
+        assert_eq!(
+            (
+                s.backup.schedule.full_every_days,
+                s.backup.schedule.diff_every_days
+            ),
+            (7, 1)
+        );
         assert_eq!(
             s.data_disk.path,
             PathBuf::from("/data/sovereign/postgres.img")

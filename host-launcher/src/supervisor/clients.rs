@@ -18,6 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 const GUEST_REQUEST: Duration = Duration::from_secs(10);
 /// How long a query may take.
 const GUEST_QUERY: Duration = Duration::from_secs(120);
+/// How long a backup or restore may take (a full backup of a large database under
+/// emulation, or replaying a day of WAL).
+const GUEST_BACKUP: Duration = Duration::from_secs(4 * 3600);
 
 /// What a client task asks of the main loop, which owns the VM's state.
 #[derive(Debug)]
@@ -27,7 +30,7 @@ pub enum Command {
     /// Relay `msg` to the guest and answer with the message that `expect`s it.
     Guest {
         /// The request (query-like ones get their id in the main loop).
-        msg: HostMessage,
+        msg: Box<HostMessage>,
         /// The answer to wait for.
         expect: Expect,
         /// How long to wait for it.
@@ -102,15 +105,15 @@ async fn serve_client(mut stream: UnixStream, events: Arc<Events>, cmd: mpsc::Se
         }
         Request::Query { sql } => {
             let msg = HostMessage::Query { id: 0, sql };
-            relay(&cmd, msg, Expect::Query(0)).await
+            relay(&cmd, msg, Expect::Query(0), GUEST_QUERY).await
         }
         Request::Probe { probe } => {
             let msg = HostMessage::Probe { id: 0, probe };
-            relay(&cmd, msg, Expect::Probe(0)).await
+            relay(&cmd, msg, Expect::Probe(0), GUEST_QUERY).await
         }
         Request::ReadLog { log } => {
             let msg = HostMessage::ReadLog { id: 0, log };
-            relay(&cmd, msg, Expect::Log(0)).await
+            relay(&cmd, msg, Expect::Log(0), GUEST_QUERY).await
         }
         Request::SignalService { service, signal } => {
             let msg = HostMessage::SignalService {
@@ -118,7 +121,11 @@ async fn serve_client(mut stream: UnixStream, events: Arc<Events>, cmd: mpsc::Se
                 service,
                 signal,
             };
-            relay(&cmd, msg, Expect::Signal(0)).await
+            relay(&cmd, msg, Expect::Signal(0), GUEST_QUERY).await
+        }
+        Request::Backup { request } => {
+            let msg = HostMessage::Backup { id: 0, request };
+            relay(&cmd, msg, Expect::Backup(0), GUEST_BACKUP).await
         }
         Request::Stop { deadline_secs } => {
             let (tx, rx) = oneshot::channel();
@@ -171,13 +178,20 @@ async fn status(cmd: &mpsc::Sender<Command>) -> Option<VmStatus> {
     Some(status)
 }
 
-/// Relays a query, probe or log request to the guest and turns its answer into the reply.
-async fn relay(cmd: &mpsc::Sender<Command>, msg: HostMessage, expect: Expect) -> Reply {
-    match ask_guest(cmd, msg, expect, GUEST_QUERY).await {
+/// Relays a query, probe, log or backup request to the guest and turns its answer into
+/// the reply.
+async fn relay(
+    cmd: &mpsc::Sender<Command>,
+    msg: HostMessage,
+    expect: Expect,
+    timeout: Duration,
+) -> Reply {
+    match ask_guest(cmd, msg, expect, timeout).await {
         Ok(GuestMessage::QueryResult(r)) => Reply::QueryResult(r),
         Ok(GuestMessage::ProbeResult(r)) => Reply::ProbeResult(r),
         Ok(GuestMessage::LogContents(r)) => Reply::LogContents(r),
         Ok(GuestMessage::SignalResult(r)) => Reply::SignalResult(r),
+        Ok(GuestMessage::BackupAnswer(a)) => Reply::Backup(a),
         Ok(other) => Reply::Error {
             message: GuestRequestError::UnexpectedAnswer(Box::new(other)).to_string(),
         },
@@ -196,7 +210,7 @@ async fn ask_guest(
 ) -> GuestAnswer {
     let (tx, rx) = oneshot::channel();
     cmd.send(Command::Guest {
-        msg,
+        msg: Box::new(msg),
         expect,
         timeout,
         reply: tx,
@@ -219,7 +233,7 @@ mod tests {
         tokio::spawn(async move {
             while let Some(c) = cmd_rx.recv().await {
                 if let Command::Guest { msg, reply, .. } = c {
-                    let _ = reply.send(answer(msg));
+                    let _ = reply.send(answer(*msg));
                 }
             }
         });

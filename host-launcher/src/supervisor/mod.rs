@@ -249,7 +249,7 @@ impl Supervisor {
                     return Flow::Continue;
                 };
                 let expect = self.pending.assign_id(&mut msg, expect);
-                match conn.send(msg).await {
+                match conn.send(*msg).await {
                     Ok(()) => self.pending.wait(expect, Instant::now() + timeout, reply),
                     Err(e) => {
                         let _ = reply.send(Err(e.into()));

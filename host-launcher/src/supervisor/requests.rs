@@ -47,6 +47,8 @@ pub enum Expect {
     Log(u64),
     /// The `SignalResult` of this id.
     Signal(u64),
+    /// The `BackupAnswer` of this id.
+    Backup(u64),
 }
 
 impl Expect {
@@ -59,6 +61,7 @@ impl Expect {
             GuestMessage::ProbeResult(q) => Some(Expect::Probe(q.id)),
             GuestMessage::LogContents(q) => Some(Expect::Log(q.id)),
             GuestMessage::SignalResult(q) => Some(Expect::Signal(q.id)),
+            GuestMessage::BackupAnswer(a) => Some(Expect::Backup(a.id)),
             _ => None,
         }
     }
@@ -108,6 +111,10 @@ impl PendingRequests {
             HostMessage::SignalService { id, .. } => {
                 *id = self.next_id;
                 Expect::Signal(self.next_id)
+            }
+            HostMessage::Backup { id, .. } => {
+                *id = self.next_id;
+                Expect::Backup(self.next_id)
             }
             _ => return expect,
         };

@@ -24,15 +24,19 @@ pub fn args(spec: &Spec, run: &RunDir, cmdline: &str) -> Vec<String> {
         spec.cpus.to_string(),
         "--block".into(),
         format!("path={},ro=false{root_flag}", spec.root_image.display()),
-        "--block".into(),
-        format!("path={},ro=false", spec.data_disk.path.display()),
+    ];
+    for (_, disk) in spec.extra_disks() {
+        a.push("--block".into());
+        a.push(format!("path={},ro=false", disk.path.display()));
+    }
+    a.extend([
         "--serial".into(),
         format!("type=file,path={},console=true", spec.console_log.display()),
         "-s".into(),
         run.crosvm_socket().display().to_string(),
         "--params".into(),
         cmdline.to_string(),
-    ];
+    ]);
     if spec.vmm.protected_vm_without_firmware {
         a.push("--protected-vm-without-firmware".into());
     }
@@ -75,6 +79,7 @@ mod tests {
             "/apex/com.android.virt/bin/crosvm run --disable-sandbox --vsock cid=10 --mem 1024 --cpus 2 \
              --block path=/data/sovereign/root.img,ro=false,root=true \
              --block path=/data/sovereign/postgres.img,ro=false \
+             --block path=/data/sovereign/backup.img,ro=false \
              --serial type=file,path=/data/sovereign/sql-console.log,console=true \
              -s /data/sovereign/run/sql/crosvm.sock \
              --params console=ttyS0 rootfstype=ext4 init=/sbin/init panic=-1 sovereign.log=info sovereign.device_wait=10 \
@@ -102,5 +107,14 @@ mod tests {
         for deprecated in ["--cid", "--rwdisk", "--root ", " -d "] {
             assert!(!l.contains(deprecated), "{deprecated} in {l}");
         }
+    }
+
+    #[test]
+    fn without_backups_there_is_no_backup_disk() {
+        let mut spec = phone_spec();
+        spec.backup.enabled = false;
+        let l = line(&spec);
+        assert!(!l.contains("backup.img"), "{l}");
+        assert!(l.contains("--block path=/data/sovereign/postgres.img,ro=false --serial"), "{l}");
     }
 }

@@ -38,7 +38,9 @@ pub fn args(spec: &Spec, run: &RunDir, cmdline: &str) -> Vec<String> {
         "-nic".into(),
         "none".into(),
     ];
-    for (id, path) in [("root", &spec.root_image), ("data", &spec.data_disk.path)] {
+    let disks = std::iter::once(("root", &spec.root_image))
+        .chain(spec.extra_disks().into_iter().map(|(id, d)| (id, &d.path)));
+    for (id, path) in disks {
         a.push("-drive".into());
         a.push(format!(
             "file={},if=none,id={id},format=raw,cache=writeback",
@@ -104,6 +106,8 @@ mod tests {
              -device virtio-blk-pci,drive=root \
              -drive file=/data/sovereign/postgres.img,if=none,id=data,format=raw,cache=writeback \
              -device virtio-blk-pci,drive=data \
+             -drive file=/data/sovereign/backup.img,if=none,id=backup,format=raw,cache=writeback \
+             -device virtio-blk-pci,drive=backup \
              -kernel /data/sovereign/bzImage \
              -append console=ttyS0 root=/dev/vda rw rootfstype=ext4 init=/sbin/init panic=-1 sovereign.log=info sovereign.device_wait=10 \
              -serial file:/data/sovereign/sql-console.log -display none -no-reboot -monitor none"

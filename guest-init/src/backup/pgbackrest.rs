@@ -1,0 +1,266 @@
+//! pgBackRest as PID 1 runs it: its configuration file (rendered from the host's
+//! [`BackupConfig`]), the lines postgresql.conf needs for continuous archiving, and the
+//! catalog `pgbackrest info --output=json` prints, read into the protocol's
+//! [`BackupSet`]s.
+
+use protocol::backup::{BackupConfig, BackupKind, BackupSet};
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The one stanza (pgBackRest's name for a cluster and its repositories).
+pub const STANZA: &str = "sovereign";
+
+/// The configuration file, rewritten on every boot (tmpfs: nothing stale survives).
+pub const CONFIG_FILE: &str = "/run/pgbackrest/pgbackrest.conf";
+
+/// Where the backup disk is mounted; repo1 lives under it.
+pub const BACKUP_MOUNT: &str = "/backup";
+
+/// repo1: the repository on the backup disk.
+pub const REPO1_PATH: &str = "/backup/pgbackrest";
+
+/// Async archiving's spool and pgBackRest's logs, on the data disk.
+pub const WORK_DIR: &str = "/data/pgbackrest";
+
+/// The pgBackRest binary in the root image.
+pub const PROGRAM: &str = "/usr/bin/pgbackrest";
+
+/// Renders pgbackrest.conf. `queue_max_mib` bounds the WAL the async archiver keeps
+/// queued while the repository is unreachable: past it, pgBackRest drops WAL (and
+/// says so) rather than letting the data disk fill up, which breaks point-in-time
+/// recovery (status then says so) but never the database.
+pub fn render_config(cfg: &BackupConfig, pg_port: u16, queue_max_mib: u64) -> String {
+    format!(
+        "# Written by sovereign-init on every boot from the host's backup settings.\n\
+         [global]\n\
+         repo1-path={REPO1_PATH}\n\
+         repo1-retention-full-type=time\n\
+         repo1-retention-full={retention}\n\
+         repo1-bundle=y\n\
+         compress-type=lz4\n\
+         archive-async=y\n\
+         archive-push-queue-max={queue_max_mib}MiB\n\
+         archive-timeout=600\n\
+         spool-path={WORK_DIR}/spool\n\
+         lock-path=/run/pgbackrest/lock\n\
+         log-path={WORK_DIR}/log\n\
+         log-level-console=warn\n\
+         log-level-stderr=warn\n\
+         log-level-file=info\n\
+         process-max=1\n\
+         start-fast=y\n\
+         delta=y\n\
+         \n\
+         [{STANZA}]\n\
+         pg1-path={data}\n\
+         pg1-port={pg_port}\n\
+         pg1-socket-path={socket}\n",
+        retention = cfg.retention_days,
+        data = crate::postgres::DATA_DIR,
+        socket = crate::postgres::config::SOCKET_DIR,
+    )
+}
+
+/// The postgresql.conf lines for continuous archiving through pgBackRest.
+pub fn archive_settings(cfg: &BackupConfig) -> String {
+    format!(
+        "# Continuous archiving to pgBackRest (async push)\n\
+         archive_mode = on\n\
+         archive_command = '{PROGRAM} --config={CONFIG_FILE} --stanza={STANZA} archive-push %p'\n\
+         archive_timeout = {}\n",
+        cfg.archive_timeout_secs
+    )
+}
+
+/// The arguments of one pgBackRest command (after the program), with the config
+/// file and stanza every command needs.
+pub fn args(command: &str, extra: &[String]) -> Vec<String> {
+    let mut v = vec![
+        format!("--config={CONFIG_FILE}"),
+        format!("--stanza={STANZA}"),
+    ];
+    v.extend(extra.iter().cloned());
+    v.push(command.to_string());
+    v
+}
+
+/// Why the catalog could not be read.
+#[derive(Debug, Error)]
+pub enum InfoError {
+    #[error("pgbackrest info printed JSON this init does not understand: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("pgbackrest info knows no stanza {STANZA}")]
+    NoStanza,
+    #[error("the repository's stanza is not usable: {0}")]
+    Status(String),
+}
+
+#[derive(Debug, Deserialize)]
+struct InfoStanza {
+    name: String,
+    #[serde(default)]
+    backup: Vec<InfoBackup>,
+    status: InfoStatus,
+}
+
+#[derive(Debug, Deserialize)]
+struct InfoStatus {
+    code: i64,
+    message: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct InfoBackup {
+    label: String,
+    #[serde(rename = "type")]
+    kind: String,
+    timestamp: InfoTimes,
+    info: InfoSizes,
+    #[serde(default)]
+    error: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InfoTimes {
+    start: i64,
+    stop: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct InfoSizes {
+    size: u64,
+    repository: InfoRepo,
+}
+
+#[derive(Debug, Deserialize)]
+struct InfoRepo {
+    delta: u64,
+}
+
+/// pgBackRest's status code of a stanza that exists but holds no set yet.
+const STATUS_NO_BACKUP: i64 = 2;
+
+/// The complete sets of our stanza, oldest first. A set pgBackRest marks as having
+/// errors (e.g. a page checksum it could not verify) is left out: it must not count
+/// as a restore point. An interrupted backup never appears in `info` at all.
+pub fn parse_info(json: &str) -> Result<Vec<BackupSet>, InfoError> {
+    let stanzas: Vec<InfoStanza> = serde_json::from_str(json)?;
+    let stanza = stanzas
+        .into_iter()
+        .find(|s| s.name == STANZA)
+        .ok_or(InfoError::NoStanza)?;
+    if stanza.status.code != 0 && stanza.status.code != STATUS_NO_BACKUP {
+        return Err(InfoError::Status(stanza.status.message));
+    }
+    let mut sets: Vec<BackupSet> = stanza
+        .backup
+        .into_iter()
+        .filter(|b| b.error != Some(true))
+        .filter_map(|b| {
+            let kind = match b.kind.as_str() {
+                "full" => BackupKind::Full,
+                "diff" => BackupKind::Diff,
+                "incr" => BackupKind::Incr,
+                _ => return None,
+            };
+            Some(BackupSet {
+                label: b.label,
+                kind,
+                started_unix: b.timestamp.start,
+                stopped_unix: b.timestamp.stop,
+                database_bytes: b.info.size,
+                repo_bytes: b.info.repository.delta,
+            })
+        })
+        .collect();
+    sets.sort_by_key(|s| s.stopped_unix);
+    Ok(sets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> BackupConfig {
+        BackupConfig {
+            device: "/dev/vdc".into(),
+            archive_timeout_secs: 60,
+            retention_days: 7,
+            full_every_days: 7,
+            diff_every_days: 1,
+        }
+    }
+
+    #[test]
+    fn config_has_time_retention_async_archiving_and_a_bounded_queue() {
+        let c = render_config(&cfg(), 5432, 1024);
+        for line in [
+            "repo1-path=/backup/pgbackrest",
+            "repo1-retention-full-type=time",
+            "repo1-retention-full=7",
+            "archive-async=y",
+            "archive-push-queue-max=1024MiB",
+            "spool-path=/data/pgbackrest/spool",
+            "[sovereign]",
+            "pg1-path=/data/postgres",
+            "pg1-port=5432",
+            "pg1-socket-path=/run/postgresql",
+        ] {
+            assert!(c.lines().any(|l| l == line), "{line} missing in\n{c}");
+        }
+        let a = archive_settings(&cfg());
+        assert!(a.contains("archive_mode = on"), "{a}");
+        assert!(a.contains("archive_timeout = 60"), "{a}");
+        assert!(
+            a.contains(
+                "--config=/run/pgbackrest/pgbackrest.conf --stanza=sovereign archive-push %p'"
+            ),
+            "{a}"
+        );
+    }
+
+    /// Shape of `pgbackrest info --output=json` (2.5x), trimmed to what is read.
+    const INFO: &str = r#"[{"archive":[{"database":{"id":1,"repo-key":1},"id":"17-1",
+        "max":"000000010000000000000007","min":"000000010000000000000001"}],
+        "backup":[
+          {"label":"20261202-160405F_20261203-010000D","type":"diff",
+           "timestamp":{"start":1764727200,"stop":1764727260},
+           "info":{"size":31000000,"delta":2000000,"repository":{"size":4000000,"delta":300000}},
+           "error":false},
+          {"label":"20261202-160405F","type":"full",
+           "timestamp":{"start":1764691445,"stop":1764691500},
+           "info":{"size":30000000,"delta":30000000,"repository":{"size":3900000,"delta":3900000}},
+           "error":false},
+          {"label":"20261202-170000I","type":"incr",
+           "timestamp":{"start":1764694800,"stop":1764694810},
+           "info":{"size":30000000,"delta":10,"repository":{"size":1,"delta":1}},
+           "error":true}],
+        "cipher":"none","db":[{"id":1,"repo-key":1,"system-id":7,"version":"17"}],
+        "name":"sovereign","repo":[{"cipher":"none","key":1,"status":{"code":0,"message":"ok"}}],
+        "status":{"code":0,"lock":{"backup":{"held":false}},"message":"ok"}}]"#;
+
+    #[test]
+    fn info_gives_complete_sets_oldest_first() {
+        let sets = parse_info(INFO).unwrap();
+        assert_eq!(sets.len(), 2, "the set with errors is left out: {sets:?}");
+        assert_eq!(sets[0].label, "20261202-160405F");
+        assert_eq!(sets[0].kind, BackupKind::Full);
+        assert_eq!(sets[0].stopped_unix, 1764691500);
+        assert_eq!(sets[0].repo_bytes, 3900000);
+        assert_eq!(sets[1].kind, BackupKind::Diff);
+        assert_eq!(sets[1].database_bytes, 31000000);
+    }
+
+    #[test]
+    fn a_missing_or_broken_stanza_is_an_error() {
+        assert!(matches!(parse_info("[]"), Err(InfoError::NoStanza)));
+        let broken = r#"[{"name":"sovereign","backup":[],
+            "status":{"code":1,"message":"missing stanza path"}}]"#;
+        let e = parse_info(broken).unwrap_err().to_string();
+        assert!(e.contains("missing stanza path"), "{e}");
+        let empty = r#"[{"name":"sovereign","backup":[],
+            "status":{"code":2,"message":"no valid backups"}}]"#;
+        assert_eq!(parse_info(empty).unwrap(), vec![]);
+        assert!(matches!(parse_info("{"), Err(InfoError::Json(_))));
+    }
+}
