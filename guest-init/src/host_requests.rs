@@ -203,6 +203,20 @@ fn answer_backup(guest: &Guest, id: u64, request: &BackupRequest) -> BackupAnswe
             },
             Err(e) => BackupAnswer::failed(id, e.to_string()),
         },
+        BackupRequest::Verify => match backups.verify() {
+            Ok(summary) => BackupAnswer {
+                id,
+                ok: true,
+                message: if summary.is_empty() {
+                    "the repository verified: every set and archived WAL segment checks out".into()
+                } else {
+                    summary
+                },
+                run: None,
+                catalog: None,
+            },
+            Err(e) => BackupAnswer::failed(id, e.to_string()),
+        },
         BackupRequest::Restore { target } => {
             match crate::backup::restore::run(guest, backups, target) {
                 Ok(message) => BackupAnswer {

@@ -156,6 +156,11 @@ pub enum BackupAction {
         #[arg(long)]
         json: bool,
     },
+    /// Read every file of the repository back and check it against its checksum.
+    Verify {
+        #[command(flatten)]
+        vm: VmArgs,
+    },
 }
 
 /// Reads `restore --to`: `latest`, a backup set's label, or a time.

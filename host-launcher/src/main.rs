@@ -91,6 +91,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 BackupAction::List { vm, json } => {
                     sovereign::commands::backup::list(&vm.load(&env)?.0, json).await
                 }
+                BackupAction::Verify { vm } => {
+                    sovereign::commands::backup::verify(&vm.load(&env)?.0).await
+                }
             },
             Command::Restore { vm, to, yes } => {
                 sovereign::commands::backup::restore(&vm.load(&env)?.0, to, yes).await

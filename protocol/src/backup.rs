@@ -136,6 +136,9 @@ pub enum BackupRequest {
     },
     /// The sets in the repository and the recoverable window.
     List,
+    /// Check every file of every set and the archived WAL against their checksums
+    /// (`pgbackrest verify`).
+    Verify,
     /// Stop postgres, restore into a new data directory (the current one is kept aside
     /// until the restored server is up and checked), start postgres.
     Restore {

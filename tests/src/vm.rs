@@ -38,6 +38,8 @@ pub struct VmOptions {
     pub boot_timeout_secs: Option<u32>,
     /// Size of the data disk.
     pub data_disk_gib: u32,
+    /// Lines of the spec's `[backup]` table (e.g. `archive_timeout_secs = 10`).
+    pub backup_toml: String,
 }
 
 impl Default for VmOptions {
@@ -55,6 +57,7 @@ impl Default for VmOptions {
             arch: None,
             boot_timeout_secs: None,
             data_disk_gib: 4,
+            backup_toml: String::new(),
         }
     }
 }
@@ -120,6 +123,7 @@ impl Vm {
             toml_str(&home.path().join("postgres.img")),
             opts.data_disk_gib
         ));
+        spec.push_str(&format!("[backup]\n{}\n", opts.backup_toml));
         let extra: Vec<String> = opts
             .cmdline_extra
             .iter()

@@ -275,6 +275,19 @@ impl Backups {
         Ok(BackupCatalog { sets, window })
     }
 
+    /// `pgbackrest verify`: reads every file of the repository back and checks it;
+    /// returns what it found (its summary), or why it failed.
+    pub fn verify(&self) -> Result<String, BackupError> {
+        if let Some(why) = self.unavailable() {
+            return Err(BackupError::Unavailable(why));
+        }
+        let out = self.pgbackrest(
+            "verify",
+            &["--output=text".to_string(), "--verbose".to_string()],
+        )?;
+        Ok(out.trim().to_string())
+    }
+
     /// What status shows.
     pub fn status(&self) -> BackupStatus {
         let st = self.lock();

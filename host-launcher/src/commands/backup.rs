@@ -65,6 +65,24 @@ pub async fn list(spec: &Spec, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// `backup verify`: exit 0 when the repository checks out.
+pub async fn verify(spec: &Spec) -> anyhow::Result<i32> {
+    eprintln!(
+        "verifying the repository of VM {} (every set and WAL segment is read back) ...",
+        spec.name
+    );
+    let Some(a) = ask(spec, BackupRequest::Verify).await? else {
+        return Ok(1);
+    };
+    if a.ok {
+        println!("{}", a.message);
+        Ok(0)
+    } else {
+        eprintln!("verify failed: {}", a.message);
+        Ok(1)
+    }
+}
+
 /// The catalog as a table, with the window first.
 pub fn render_catalog(c: &BackupCatalog) -> String {
     let mut out = match c.window {

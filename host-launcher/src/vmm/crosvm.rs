@@ -115,6 +115,9 @@ mod tests {
         spec.backup.enabled = false;
         let l = line(&spec);
         assert!(!l.contains("backup.img"), "{l}");
-        assert!(l.contains("--block path=/data/sovereign/postgres.img,ro=false --serial"), "{l}");
+        assert!(
+            l.contains("--block path=/data/sovereign/postgres.img,ro=false --serial"),
+            "{l}"
+        );
     }
 }

@@ -1,0 +1,240 @@
+//! Backups on real components: pgBackRest in the guest with its repository on the
+//! backup disk, PostgreSQL archiving WAL to it, rows written from a second tailnet node
+//! by name, and `sovereign restore` to a point in time taken from the database's own
+//! clock. One VM and one lab for the whole drill, in order:
+//!
+//! 1. the first full backup starts by itself after `ready`, and status shows it;
+//! 2. rows 1–20, `backup now --type diff`, rows 21–40, time T, rows 41–60, a table
+//!    dropped; once the drop is archived, `restore --to T` gives exactly rows 1–40 and
+//!    the dropped table back;
+//! 3. a time outside the window and a time PostgreSQL cannot read are refused, naming
+//!    why, and the database keeps serving;
+//! 4. `backup list` shows both sets and the window, `backup verify` reads the
+//!    repository back, and the restored server takes writes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed step is a failed test
+
+use sovereign_tests::lab::Lab;
+use sovereign_tests::process::{text, wait_for};
+use sovereign_tests::tailnode::TailNode;
+use sovereign_tests::vm::Vm;
+use sovereign_tests::vm_test;
+use std::process::Output;
+use std::time::Duration;
+
+/// psql from the peer's namespace to `sql-vm`, by name; `sql` on stdin, so each
+/// statement commits on its own.
+fn psql(peer: &TailNode, password: &str, sql: &str) -> Output {
+    use std::io::Write;
+    let mut child = peer
+        .command("psql")
+        .args([
+            "host=sql-vm port=5432 user=postgres dbname=postgres connect_timeout=15",
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            "-",
+        ])
+        .env("PGPASSWORD", password)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql in the peer's namespace");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(sql.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn psql_ok(peer: &TailNode, password: &str, sql: &str) -> String {
+    let o = psql(peer, password, sql);
+    assert!(o.status.success(), "psql {sql:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// One INSERT per transaction (psql reading a script commits each statement).
+fn insert_rows(peer: &TailNode, password: &str, from: i32, to: i32) {
+    let sql: String = (from..=to)
+        .map(|i| format!("insert into rows_written (id) values ({i});\n"))
+        .collect();
+    psql_ok(peer, password, &sql);
+}
+
+fn backup_status(vm: &Vm) -> serde_json::Value {
+    vm.status()["guest"]["backup"].clone()
+}
+
+#[test]
+#[ignore = "VM test: needs root, QEMU and the artifact set; scripts/test.sh runs it"]
+fn point_in_time_restore_gives_exactly_the_rows_committed_before_the_target() {
+    let Some(a) = vm_test("backups") else { return };
+    let mut lab = Lab::start(&a.tools, "bk").expect("lab");
+    let mut opts = lab.vm_options();
+    opts.backup_toml = "archive_timeout_secs = 10".into();
+    let vm = Vm::new(&a, &opts);
+    vm.start_ok();
+    let password = vm.superuser_password();
+
+    // 1. The first full backup runs by itself after ready.
+    let first = wait_for(Duration::from_secs(900), Duration::from_secs(5), || {
+        let b = backup_status(&vm);
+        b["last_ok"]["label"].as_str().map(str::to_string)
+    });
+    let status_text = text(&vm.cli("status", &[]));
+    assert!(
+        first.is_some(),
+        "no scheduled full backup: {}\n{status_text}",
+        backup_status(&vm)
+    );
+    let first = first.unwrap();
+    assert!(first.ends_with('F'), "a full set: {first}");
+    assert!(
+        status_text.contains(&format!("backups:  last full {first}")),
+        "status shows the backup:\n{status_text}"
+    );
+
+    // 2. Rows from the second node, a differential backup, a time T, more rows, a drop.
+    let peer = lab.join_peer().expect("second node joins");
+    let reachable = wait_for(Duration::from_secs(90), Duration::from_secs(3), || {
+        psql(peer, &password, "select 1;\n")
+            .status
+            .success()
+            .then_some(())
+    });
+    assert!(reachable.is_some(), "psql to sql-vm from the peer");
+    psql_ok(
+        peer,
+        &password,
+        "create table rows_written (id int primary key, at timestamptz not null default clock_timestamp());\n\
+         create table kept (note text);\ninsert into kept values ('still here');\n",
+    );
+    insert_rows(peer, &password, 1, 20);
+    let diff = vm.cli("backup", &["now", "--type", "diff"]);
+    assert!(diff.status.success(), "backup now: {}", text(&diff));
+    assert!(
+        text(&diff).contains("diff backup") && text(&diff).contains("in the repository"),
+        "{}",
+        text(&diff)
+    );
+    insert_rows(peer, &password, 21, 40);
+    let t = psql_ok(
+        peer,
+        &password,
+        "select pg_sleep(1);\nselect to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"');\nselect pg_sleep(1);\n",
+    );
+    let t = t.lines().last().unwrap().trim().to_string();
+    insert_rows(peer, &password, 41, 60);
+    psql_ok(peer, &password, "drop table kept;\n");
+    let dropped_at: i64 = psql_ok(
+        peer,
+        &password,
+        "select extract(epoch from clock_timestamp())::bigint;\n",
+    )
+    .parse()
+    .unwrap();
+    // archive_timeout is 10 s: the segment holding the drop reaches the repository.
+    let archived = wait_for(Duration::from_secs(180), Duration::from_secs(5), || {
+        let w = backup_status(&vm)["window"]["latest_unix"].as_i64()?;
+        (w > dropped_at).then_some(w)
+    });
+    assert!(
+        archived.is_some(),
+        "the drop's WAL was not archived: {}",
+        backup_status(&vm)
+    );
+
+    // 3. Bad targets are refused and nothing stops.
+    let early = vm.cli("restore", &["--to", "2000-01-01T00:00:00Z", "--yes"]);
+    assert_eq!(early.status.code(), Some(1), "{}", text(&early));
+    assert!(
+        text(&early).contains("outside the recoverable window"),
+        "{}",
+        text(&early)
+    );
+    let nonsense = vm.cli("restore", &["--to", "yesterday-ish", "--yes"]);
+    assert_eq!(nonsense.status.code(), Some(1), "{}", text(&nonsense));
+    assert!(
+        text(&nonsense).contains("is not a time PostgreSQL reads"),
+        "{}",
+        text(&nonsense)
+    );
+    let unknown = vm.cli("restore", &["--to", "20000101-000000F", "--yes"]);
+    assert!(
+        text(&unknown).contains("no backup set is labelled"),
+        "{}",
+        text(&unknown)
+    );
+    assert_eq!(
+        psql_ok(peer, &password, "select count(*) from rows_written;\n"),
+        "60",
+        "refused restores leave the database alone"
+    );
+
+    // The restore itself.
+    let restored = vm.cli("restore", &["--to", &t, "--yes"]);
+    assert!(
+        restored.status.success(),
+        "restore --to {t}: {}\nconsole:\n{}",
+        text(&restored),
+        vm.console()
+    );
+    assert!(
+        text(&restored).contains("kept as /data/postgres.before-restore-"),
+        "{}",
+        text(&restored)
+    );
+    let back = wait_for(Duration::from_secs(120), Duration::from_secs(3), || {
+        let o = psql(
+            peer,
+            &password,
+            "select count(*), max(id) from rows_written;\nselect note from kept;\n",
+        );
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    });
+    assert_eq!(
+        back.as_deref(),
+        Some("40|40\nstill here"),
+        "exactly the rows committed before {t}, and the dropped table"
+    );
+
+    // 4. The catalog, and writes after the restore.
+    let list = vm.cli("backup", &["list", "--json"]);
+    assert!(list.status.success(), "{}", text(&list));
+    let catalog: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let kinds: Vec<&str> = catalog["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["kind"].as_str())
+        .collect();
+    assert!(
+        kinds.contains(&"full") && kinds.contains(&"diff"),
+        "{catalog:#}"
+    );
+    assert!(
+        catalog["window"]["earliest_unix"].as_i64().is_some(),
+        "{catalog:#}"
+    );
+    let table = text(&vm.cli("backup", &["list"]));
+    assert!(table.contains("restorable to any time from"), "{table}");
+    assert!(table.contains(&first), "{table}");
+    let verified = vm.cli("backup", &["verify"]);
+    assert!(verified.status.success(), "backup verify: {}", text(&verified));
+    insert_rows(peer, &password, 100, 101);
+    assert_eq!(
+        psql_ok(peer, &password, "select count(*) from rows_written;\n"),
+        "42"
+    );
+    let stopped = vm.stop();
+    assert!(stopped.status.success(), "stop: {}", text(&stopped));
+}
