@@ -80,6 +80,8 @@ pub enum StageError {
     Tailscale(#[from] TailscaleError),
     #[error(transparent)]
     Postgres(#[from] PgError),
+    #[error("restore onto the new data disk: {0}")]
+    Restore(#[from] crate::backup::restore::RestoreError),
     #[error("running on localhost only: no tailnet address to listen on")]
     NoTailnet,
     #[error("not every stage holds: {0}")]
@@ -254,15 +256,23 @@ fn bring_up(boot: &BootConfig, config: &GuestConfig, guest: &Guest) {
     ));
     r.run(Stage::Network, || start_network(boot, config, guest));
     let disk = mount_data_disk(boot, guest);
-    let tailnet = r.run(Stage::Tailscale, || {
-        disk.clone().map_err(StageError::DataDisk)?;
-        join_tailnet(config, guest)
-    });
     if let (Ok(()), Some(b)) = (&disk, &config.backup) {
         let data_bytes = guest.disk.usage().map_or(0, |u| u.total_bytes);
         let backups = Backups::prepare(b, config.postgres.port, data_bytes);
         let _ = guest.backups.set(Arc::new(backups));
     }
+    let keeps_identity = guest.backups.get().is_some_and(|b| b.usable());
+    let tailnet = r.run(Stage::Tailscale, || {
+        disk.clone().map_err(StageError::DataDisk)?;
+        if keeps_identity {
+            crate::backup::identity::restore_if_missing();
+        }
+        let info = join_tailnet(config, guest)?;
+        if keeps_identity {
+            crate::backup::identity::save();
+        }
+        Ok::<_, StageError>(info)
+    });
     r.run(Stage::Postgres, || {
         disk.clone().map_err(StageError::DataDisk)?;
         start_postgres(config, tailnet.as_ref(), guest)
@@ -349,9 +359,18 @@ fn start_postgres(
     guest: &Guest,
 ) -> Result<PostgresInfo, StageError> {
     let listen = tailnet.map(|t| t.ips.clone()).unwrap_or_default();
-    let archive = guest.backups.get().and_then(|b| b.archive_settings());
+    let backups = guest.backups.get();
+    let restored = match backups.and_then(|b| b.restore_on_boot().map(|t| (b, t))) {
+        Some((b, target)) => Some(crate::backup::restore::onto_new_disk(b, target)?),
+        None => None,
+    };
+    let archive = backups.and_then(|b| b.archive_settings());
     let pg = Arc::new(Postgres::start(&config.postgres, &listen, archive)?);
     guest.running().postgres = Some(Arc::clone(&pg));
+    if let Some(what) = restored {
+        log::warn!("{what}; waiting for recovery to finish");
+        pg.wait_promoted(Duration::from_secs(3600))?;
+    }
     pg.bring_up(&config.postgres)?;
     if tailnet.is_none() {
         return Err(StageError::NoTailnet);

@@ -365,6 +365,11 @@ pub enum Command {
         /// Do not ask for confirmation (for scripts).
         #[arg(long)]
         yes: bool,
+        /// The data disk is gone or broken: with the VM stopped, move the old image (if
+        /// any) aside, start the VM on a new data disk and restore onto it from the
+        /// backup disk before postgres starts.
+        #[arg(long)]
+        new_disk: bool,
     },
     /// Copy the arm64 artifact set to a rooted phone over adb (only what changed), verify
     /// it by SHA-256, and print the command that starts the VM there.

@@ -95,8 +95,20 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     sovereign::commands::backup::verify(&vm.load(&env)?.0).await
                 }
             },
-            Command::Restore { vm, to, yes } => {
-                sovereign::commands::backup::restore(&vm.load(&env)?.0, to, yes).await
+            Command::Restore {
+                vm,
+                to,
+                yes,
+                new_disk: false,
+            } => sovereign::commands::backup::restore(&vm.load(&env)?.0, to, yes).await,
+            Command::Restore {
+                vm,
+                to,
+                yes,
+                new_disk: true,
+            } => {
+                let (spec, source) = vm.load(&env)?;
+                sovereign::commands::backup::restore_new_disk(spec, &env, &source, to, yes).await
             }
             Command::Deploy(args) => sovereign::commands::deploy::run(&args, &env),
             Command::Logs { vm, log } => {

@@ -213,7 +213,7 @@ pub fn guest_config(spec: &Spec) -> Result<GuestConfig, SecretError> {
             apps,
             superuser_from_tailnet: spec.postgres.superuser_from_tailnet,
         },
-        backup: spec.guest_backup(),
+        backup: spec.guest_backup().map(Box::new),
     })
 }
 

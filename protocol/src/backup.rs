@@ -21,6 +21,10 @@ pub struct BackupConfig {
     pub full_every_days: u32,
     /// A differential backup when the newest set is this many days old (0: none).
     pub diff_every_days: u32,
+    /// Restore onto a new, blank data disk before postgres first starts
+    /// (`sovereign restore --new-disk`); `None` on every ordinary boot.
+    #[serde(default)]
+    pub restore_on_boot: Option<RestoreTarget>,
 }
 
 impl BackupConfig {
@@ -322,6 +326,7 @@ mod tests {
             retention_days: 7,
             full_every_days: 7,
             diff_every_days: 1,
+            restore_on_boot: None,
         }
     }
 

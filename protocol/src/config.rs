@@ -120,7 +120,7 @@ pub struct GuestConfig {
     /// pgBackRest: the backup disk, archiving, retention and schedule; `None` when the
     /// spec turns backups off.
     #[serde(default)]
-    pub backup: Option<crate::backup::BackupConfig>,
+    pub backup: Option<Box<crate::backup::BackupConfig>>,
 }
 
 /// The guest's side of gvproxy's network (defaults match gvproxy's defaults).
@@ -363,13 +363,14 @@ mod tests {
                     password: Secret::new("vaultwarden-pass"),
                 }],
             },
-            backup: Some(crate::backup::BackupConfig {
+            backup: Some(Box::new(crate::backup::BackupConfig {
                 device: "/dev/vdc".into(),
                 archive_timeout_secs: 60,
                 retention_days: 7,
                 full_every_days: 7,
                 diff_every_days: 1,
-            }),
+                restore_on_boot: None,
+            })),
         }
     }
 

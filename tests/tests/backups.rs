@@ -10,7 +10,9 @@
 //! 3. a time outside the window and a time PostgreSQL cannot read are refused, naming
 //!    why, and the database keeps serving;
 //! 4. `backup list` shows both sets and the window, `backup verify` reads the
-//!    repository back, and the restored server takes writes.
+//!    repository back, and the restored server takes writes;
+//! 5. with the VM stopped and `postgres.img` deleted, `restore --new-disk` brings the
+//!    VM back on a new data disk, under its own tailnet name, with every archived row.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed step is a failed test
 
@@ -229,11 +231,59 @@ fn point_in_time_restore_gives_exactly_the_rows_committed_before_the_target() {
     assert!(table.contains("restorable to any time from"), "{table}");
     assert!(table.contains(&first), "{table}");
     let verified = vm.cli("backup", &["verify"]);
-    assert!(verified.status.success(), "backup verify: {}", text(&verified));
-    insert_rows(peer, &password, 100, 101);
+    assert!(
+        verified.status.success(),
+        "backup verify: {}",
+        text(&verified)
+    );
+    insert_rows(peer, &password, 100, 110);
     assert_eq!(
         psql_ok(peer, &password, "select count(*) from rows_written;\n"),
-        "42"
+        "51"
+    );
+    let last_insert: i64 = psql_ok(
+        peer,
+        &password,
+        "select extract(epoch from clock_timestamp())::bigint;\n",
+    )
+    .parse()
+    .unwrap();
+    let archived = wait_for(Duration::from_secs(180), Duration::from_secs(5), || {
+        let w = backup_status(&vm)["window"]["latest_unix"].as_i64()?;
+        (w > last_insert).then_some(w)
+    });
+    assert!(
+        archived.is_some(),
+        "the last rows' WAL was not archived: {}",
+        backup_status(&vm)
+    );
+
+    // 5. Disaster: the data disk is gone. --new-disk refuses a running VM, then, with
+    // the VM stopped, restores onto a new disk from the backup disk; the node comes
+    // back under its own tailnet name with every archived row.
+    let running = vm.cli("restore", &["--new-disk", "--to", "latest", "--yes"]);
+    assert_eq!(running.status.code(), Some(2), "{}", text(&running));
+    assert!(text(&running).contains("stop it first"), "{}", text(&running));
+    let stopped = vm.stop();
+    assert!(stopped.status.success(), "stop: {}", text(&stopped));
+    std::fs::remove_file(vm.home.path().join("postgres.img")).unwrap();
+    let recovered = vm.cli("restore", &["--new-disk", "--to", "latest", "--yes"]);
+    assert!(
+        recovered.status.success(),
+        "restore --new-disk: {}\nconsole:\n{}",
+        text(&recovered),
+        vm.console()
+    );
+    let back = wait_for(Duration::from_secs(180), Duration::from_secs(3), || {
+        let o = psql(peer, &password, "select count(*), max(id) from rows_written;\n");
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    });
+    assert_eq!(
+        back.as_deref(),
+        Some("51|110"),
+        "every archived row, by name from the second node"
     );
     let stopped = vm.stop();
     assert!(stopped.status.success(), "stop: {}", text(&stopped));

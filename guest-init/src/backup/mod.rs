@@ -8,6 +8,7 @@
 //! taking WAL, the archive queue is bounded (pgBackRest drops WAL past it rather than
 //! fill the data disk) and status says point-in-time recovery is broken.
 
+pub mod identity;
 pub mod pgbackrest;
 pub mod restore;
 pub mod schedule;
@@ -350,6 +351,14 @@ impl Backups {
         }
     }
 
+    /// The repository's sets, read now (no server needed).
+    pub(crate) fn sets_now(&self) -> Result<Vec<BackupSet>, BackupError> {
+        if let Some(why) = self.unavailable() {
+            return Err(BackupError::Unavailable(why));
+        }
+        self.refresh_catalog()
+    }
+
     /// Holds off scheduled backups while a restore runs.
     pub(crate) fn work_lock(&self) -> MutexGuard<'_, ()> {
         self.work.lock().unwrap_or_else(|p| p.into_inner())
@@ -363,6 +372,16 @@ impl Backups {
     /// Unmounts the backup disk at shutdown (after every process is gone).
     pub fn close_and_unmount(&self) {
         self.disk.close_and_unmount();
+    }
+
+    /// True when the backup disk and pgBackRest's files are ready.
+    pub fn usable(&self) -> bool {
+        self.lock().problem.is_none()
+    }
+
+    /// The restore a new data disk asks for (`sovereign restore --new-disk`), if any.
+    pub fn restore_on_boot(&self) -> Option<&protocol::backup::RestoreTarget> {
+        self.cfg.restore_on_boot.as_ref()
     }
 
     /// The backup disk's gate, for shutdown.

@@ -188,6 +188,7 @@ mod tests {
             retention_days: 7,
             full_every_days: 7,
             diff_every_days: 1,
+            restore_on_boot: None,
         }
     }
 

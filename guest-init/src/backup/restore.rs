@@ -44,6 +44,8 @@ pub enum RestoreError {
     },
     #[error("postgres is not running, so the target cannot be checked; start the VM first")]
     NoServer,
+    #[error("the data disk already holds a database cluster; --new-disk restores only onto a blank data disk")]
+    DiskNotNew,
     #[error("the data disk has {free_mib} MiB free; restoring a {need_mib} MiB database next to the kept copy needs {need_mib} MiB and a margin")]
     NoSpace { free_mib: u64, need_mib: u64 },
     #[error("moving {from} to {to}: {source}")]
@@ -130,6 +132,61 @@ pub fn run(
             })
         }
     }
+}
+
+/// `restore --new-disk`: before postgres first starts on a blank data disk, restore
+/// the repository's `target` into it. Refuses a data disk that already holds a cluster
+/// (the host moves the old image aside first; this is the guard if it did not).
+pub fn onto_new_disk(backups: &Backups, target: &RestoreTarget) -> Result<String, RestoreError> {
+    let data = Path::new(DATA_DIR);
+    if data.join("PG_VERSION").exists() {
+        return Err(RestoreError::DiskNotNew);
+    }
+    let _work = backups.work_lock();
+    let sets = backups.sets_now()?;
+    let newest = sets.last().ok_or(RestoreError::NoSets)?;
+    let (args, what) = match target {
+        RestoreTarget::Latest => (
+            vec!["--type=default".to_string()],
+            "the latest archived change".to_string(),
+        ),
+        RestoreTarget::Set { label } => {
+            if !sets.iter().any(|s| &s.label == label) {
+                return Err(RestoreError::UnknownSet {
+                    label: label.clone(),
+                    known: sets
+                        .iter()
+                        .map(|s| s.label.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            }
+            (
+                vec![
+                    format!("--set={label}"),
+                    "--type=immediate".into(),
+                    "--target-action=promote".into(),
+                ],
+                format!("backup set {label}"),
+            )
+        }
+        RestoreTarget::Time { time } => (
+            vec![
+                "--type=time".into(),
+                format!("--target={time}"),
+                "--target-action=promote".into(),
+            ],
+            time.clone(),
+        ),
+    };
+    log::warn!(
+        "new data disk: restoring {what} from repo1 (newest set {})",
+        newest.label
+    );
+    let account = Account::lookup()?;
+    crate::owned_files::prepare_dir(data, 0o700, account.owner()).map_err(PgError::Prepare)?;
+    backups.restore_into_data_dir(&args)?;
+    Ok(format!("restored {what} onto the new data disk"))
 }
 
 /// pgBackRest's arguments for `target` and how to name it, once it is known to be

@@ -3,6 +3,7 @@
 
 use super::call;
 use crate::ipc::{Reply, Request};
+use crate::paths::HostEnv;
 use crate::spec::Spec;
 use protocol::backup::{
     utc_text, BackupAnswer, BackupCatalog, BackupKind, BackupRequest, RestoreTarget,
@@ -133,18 +134,80 @@ pub async fn restore(spec: &Spec, target: RestoreTarget, yes: bool) -> anyhow::R
     }
 }
 
-/// Asks on the terminal; without one, says how to go on.
-fn confirm(spec: &Spec, target: &RestoreTarget) -> anyhow::Result<bool> {
-    if !std::io::stdin().is_terminal() {
-        anyhow::bail!(
-            "restore replaces the database of VM {}: pass --yes to confirm when not at a terminal",
+/// `restore --new-disk`: the VM must be stopped. The old data disk image (if any)
+/// is moved aside, never deleted; the VM starts on a new one and PID 1 restores onto
+/// it from the backup disk before postgres starts. Exit codes as for `start`.
+pub async fn restore_new_disk(
+    mut spec: Spec,
+    env: &HostEnv,
+    source: &str,
+    target: RestoreTarget,
+    yes: bool,
+) -> anyhow::Result<i32> {
+    if super::connect(&spec).await.is_some() {
+        eprintln!(
+            "VM {} is running: --new-disk restores onto a new data disk at boot; stop it first (`sovereign stop`), or restore in place without --new-disk",
             spec.name
         );
+        return Ok(2);
     }
-    eprint!(
-        "Restore VM {} to {target}? Changes after that point leave the live database; the current data directory is kept aside in the guest until the next restore. [y/N] ",
+    if !spec.backup.enabled {
+        eprintln!("backups are off in this spec (backup.enabled = false): nothing to restore from");
+        return Ok(2);
+    }
+    if !spec.backup_disk.path.exists() {
+        eprintln!(
+            "the backup disk {} does not exist: nothing to restore from",
+            spec.backup_disk.path.display()
+        );
+        return Ok(2);
+    }
+    let data = spec.data_disk.path.clone();
+    if data.exists() {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let name = data
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let aside = data.with_file_name(format!("{name}.before-restore-{stamp}"));
+        let question = format!(
+            "Start VM {} on a new data disk restored to {target}? The current {} is moved to {} (kept).",
+            spec.name,
+            data.display(),
+            aside.display()
+        );
+        if !yes && !ask_yes(&question)? {
+            eprintln!("nothing restored");
+            return Ok(2);
+        }
+        std::fs::rename(&data, &aside).map_err(|e| {
+            anyhow::anyhow!("cannot move {} to {}: {e}", data.display(), aside.display())
+        })?;
+        println!("  + moved {} to {}", data.display(), aside.display());
+    }
+    spec.backup.restore_on_boot = Some(target);
+    spec.timeouts.postgres = spec.timeouts.postgres.max(3600);
+    super::start::run(spec, env, source, false).await
+}
+
+/// Asks before an in-place restore.
+fn confirm(spec: &Spec, target: &RestoreTarget) -> anyhow::Result<bool> {
+    ask_yes(&format!(
+        "Restore VM {} to {target}? Changes after that point leave the live database; the current data directory is kept aside in the guest until the next restore.",
         spec.name
-    );
+    ))
+}
+
+/// A yes/no question on the terminal (anything but yes means no); without a terminal,
+/// says to pass --yes.
+fn ask_yes(question: &str) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{question}\nNot at a terminal: pass --yes to confirm.");
+    }
+    eprint!("{question} [y/N] ");
     std::io::stderr().flush()?;
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;

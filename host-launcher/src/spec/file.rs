@@ -246,6 +246,7 @@ fn resolve_file(
                 full_every_days: f.backup.schedule.full_every_days.unwrap_or(7),
                 diff_every_days: f.backup.schedule.diff_every_days.unwrap_or(1),
             },
+            restore_on_boot: None,
         },
         guest: GuestSpec {
             log_level: f.guest.log_level.unwrap_or_else(|| "info".to_string()),

@@ -133,6 +133,10 @@ pub struct BackupSpec {
     pub retention_days: u32,
     /// When PID 1 takes backups by itself.
     pub schedule: ScheduleSpec,
+    /// Set only by `restore --new-disk` for the boot it starts (never read from a spec
+    /// file): restore onto the new data disk before postgres starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_on_boot: Option<protocol::backup::RestoreTarget>,
 }
 
 /// When PID 1 takes backups (the first full one right after the first `ready`).
@@ -346,6 +350,7 @@ impl Spec {
             retention_days: self.backup.retention_days,
             full_every_days: self.backup.schedule.full_every_days,
             diff_every_days: self.backup.schedule.diff_every_days,
+            restore_on_boot: self.backup.restore_on_boot.clone(),
         })
     }
 
