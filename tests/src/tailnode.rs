@@ -66,15 +66,28 @@ impl TailNode {
         std::fs::write(&key_file, auth_key).map_err(|e| e.to_string())?;
         std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| e.to_string())?;
-        let up = node.cli(&[
-            "up",
-            &format!("--login-server={login_server}"),
-            &format!("--auth-key=file:{}", key_file.display()),
-            &format!("--hostname={hostname}"),
-            "--accept-dns=false",
-            "--netfilter-mode=off",
-            "--timeout=120s",
-        ]);
+        let up_args = [
+            "up".to_string(),
+            format!("--login-server={login_server}"),
+            format!("--auth-key=file:{}", key_file.display()),
+            format!("--hostname={hostname}"),
+            "--accept-dns=false".to_string(),
+            "--netfilter-mode=off".to_string(),
+            "--timeout=120s".to_string(),
+        ];
+        let up_args: Vec<&str> = up_args.iter().map(String::as_str).collect();
+        let mut up = node.cli(&up_args);
+        if !up.status.success() {
+            // The second node is the test's instrument, not the system under test: one
+            // more try, with what the first one saw on record.
+            eprintln!(
+                "tailscale up (peer) failed once; trying again. {}\n--- tailscaled.log ---\n{}\n--- status ---\n{}",
+                text(&up),
+                log_tail(&dir.join("tailscaled.log"), 40),
+                node.status_text()
+            );
+            up = node.cli(&up_args);
+        }
         let _ = std::fs::remove_file(&key_file);
         if !up.status.success() {
             return Err(format!(

@@ -156,10 +156,11 @@ impl Vm {
     }
 
     /// `sovereign VERB --spec <spec> ARGS...` as a command, to run here or on another
-    /// thread (a probe that waits for a client, traffic while something breaks).
+    /// thread (a probe that waits for a client, traffic while something breaks). A verb
+    /// with a subcommand is given with a space: `"backup now"`.
     pub fn command(&self, verb: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.sovereign);
-        cmd.arg(verb)
+        cmd.args(verb.split_whitespace())
             .arg("--spec")
             .arg(&self.spec)
             .args(args)

@@ -12,7 +12,8 @@
 //! 4. `backup list` shows both sets and the window, `backup verify` reads the
 //!    repository back, and the restored server takes writes;
 //! 5. with the VM stopped and `postgres.img` deleted, `restore --new-disk` brings the
-//!    VM back on a new data disk, under its own tailnet name, with every archived row.
+//!    VM back on a new data disk, under its own tailnet name, with every archived row;
+//! 6. a backup disk that is not ours is left alone: postgres serves, status says why.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed step is a failed test
 
@@ -119,7 +120,7 @@ fn point_in_time_restore_gives_exactly_the_rows_committed_before_the_target() {
          create table kept (note text);\ninsert into kept values ('still here');\n",
     );
     insert_rows(peer, &password, 1, 20);
-    let diff = vm.cli("backup", &["now", "--type", "diff"]);
+    let diff = vm.cli("backup now", &["--type", "diff"]);
     assert!(diff.status.success(), "backup now: {}", text(&diff));
     assert!(
         text(&diff).contains("diff backup") && text(&diff).contains("in the repository"),
@@ -210,7 +211,7 @@ fn point_in_time_restore_gives_exactly_the_rows_committed_before_the_target() {
     );
 
     // 4. The catalog, and writes after the restore.
-    let list = vm.cli("backup", &["list", "--json"]);
+    let list = vm.cli("backup list", &["--json"]);
     assert!(list.status.success(), "{}", text(&list));
     let catalog: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
     let kinds: Vec<&str> = catalog["sets"]
@@ -227,10 +228,10 @@ fn point_in_time_restore_gives_exactly_the_rows_committed_before_the_target() {
         catalog["window"]["earliest_unix"].as_i64().is_some(),
         "{catalog:#}"
     );
-    let table = text(&vm.cli("backup", &["list"]));
+    let table = text(&vm.cli("backup list", &[]));
     assert!(table.contains("restorable to any time from"), "{table}");
     assert!(table.contains(&first), "{table}");
-    let verified = vm.cli("backup", &["verify"]);
+    let verified = vm.cli("backup verify", &[]);
     assert!(
         verified.status.success(),
         "backup verify: {}",
@@ -263,7 +264,11 @@ fn point_in_time_restore_gives_exactly_the_rows_committed_before_the_target() {
     // back under its own tailnet name with every archived row.
     let running = vm.cli("restore", &["--new-disk", "--to", "latest", "--yes"]);
     assert_eq!(running.status.code(), Some(2), "{}", text(&running));
-    assert!(text(&running).contains("stop it first"), "{}", text(&running));
+    assert!(
+        text(&running).contains("stop it first"),
+        "{}",
+        text(&running)
+    );
     let stopped = vm.stop();
     assert!(stopped.status.success(), "stop: {}", text(&stopped));
     std::fs::remove_file(vm.home.path().join("postgres.img")).unwrap();
@@ -275,7 +280,11 @@ fn point_in_time_restore_gives_exactly_the_rows_committed_before_the_target() {
         vm.console()
     );
     let back = wait_for(Duration::from_secs(180), Duration::from_secs(3), || {
-        let o = psql(peer, &password, "select count(*), max(id) from rows_written;\n");
+        let o = psql(
+            peer,
+            &password,
+            "select count(*), max(id) from rows_written;\n",
+        );
         o.status
             .success()
             .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
@@ -284,6 +293,36 @@ fn point_in_time_restore_gives_exactly_the_rows_committed_before_the_target() {
         back.as_deref(),
         Some("51|110"),
         "every archived row, by name from the second node"
+    );
+
+    // 6. A backup disk that is not ours (here: its superblock overwritten) is never
+    // formatted; postgres serves without archiving and status says why.
+    let stopped = vm.stop();
+    assert!(stopped.status.success(), "stop: {}", text(&stopped));
+    {
+        use std::io::Write;
+        let mut img = std::fs::OpenOptions::new()
+            .write(true)
+            .open(vm.home.path().join("backup.img"))
+            .unwrap();
+        img.write_all(&[0xab; 4096]).unwrap();
+    }
+    vm.start_ok();
+    let status_text = text(&vm.cli("status", &[]));
+    assert!(
+        status_text.contains("✗ backups are not running: backup disk: /dev/vdc is not blank and not a sovereign-backup filesystem"),
+        "{status_text}"
+    );
+    let served = wait_for(Duration::from_secs(120), Duration::from_secs(3), || {
+        let o = psql(peer, &password, "select count(*) from rows_written;\n");
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    });
+    assert_eq!(
+        served.as_deref(),
+        Some("51"),
+        "postgres serves without backups"
     );
     let stopped = vm.stop();
     assert!(stopped.status.success(), "stop: {}", text(&stopped));

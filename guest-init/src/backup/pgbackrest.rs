@@ -49,7 +49,6 @@ pub fn render_config(cfg: &BackupConfig, pg_port: u16, queue_max_mib: u64) -> St
          log-level-file=info\n\
          process-max=1\n\
          start-fast=y\n\
-         delta=y\n\
          \n\
          [{STANZA}]\n\
          pg1-path={data}\n\

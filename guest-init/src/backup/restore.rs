@@ -173,7 +173,7 @@ pub fn onto_new_disk(backups: &Backups, target: &RestoreTarget) -> Result<String
         RestoreTarget::Time { time } => (
             vec![
                 "--type=time".into(),
-                format!("--target={time}"),
+                format!("--target={}", pgbackrest_time(time)),
                 "--target-action=promote".into(),
             ],
             time.clone(),
@@ -227,7 +227,7 @@ fn check_target(
             ))
         }
         RestoreTarget::Time { time } => {
-            let unix = epoch_of(time, port)?;
+            let (unix, normalized) = read_time(time, port)?;
             if unix < window.earliest_unix || unix > window.latest_unix {
                 return Err(RestoreError::OutsideWindow {
                     time: time.clone(),
@@ -238,19 +238,21 @@ fn check_target(
             Ok((
                 vec![
                     "--type=time".into(),
-                    format!("--target={time}"),
+                    format!("--target={normalized}"),
                     "--target-action=promote".into(),
                 ],
-                format!("{time} ({})", utc_text(unix)),
+                format!("{time} ({normalized})"),
             ))
         }
     }
 }
 
-/// PostgreSQL reads the time (any form it accepts; no zone means UTC), so the target
-/// pgBackRest hands it later is one it is known to read. The text travels as a psql
-/// variable, quoted by psql, never spliced into SQL.
-fn epoch_of(time: &str, port: u16) -> Result<i64, RestoreError> {
+/// PostgreSQL reads the time (any form it accepts; no zone means UTC) and gives it back
+/// as seconds since the epoch and in the one form pgBackRest takes
+/// (`YYYY-MM-DD HH:MM:SS.mmm+00`, UTC), so the target handed on is one both read the
+/// same way. The text travels as a psql variable, quoted by psql, never spliced into
+/// SQL.
+fn read_time(time: &str, port: u16) -> Result<(i64, String), RestoreError> {
     let bad = |why: String| RestoreError::BadTime {
         time: time.to_string(),
         why,
@@ -264,19 +266,36 @@ fn epoch_of(time: &str, port: u16) -> Result<i64, RestoreError> {
         &mut account.psql(
             &bin,
             port,
-            &["-A", "-t", "-v", &format!("t={time}"), "-f", "-"],
+            &["-A", "-t", "-F", "|", "-v", &format!("t={time}"), "-f", "-"],
         ),
-        b"select extract(epoch from :'t'::timestamptz)::bigint;\n",
+        b"select extract(epoch from :'t'::timestamptz)::bigint, \
+          to_char(:'t'::timestamptz at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS') || '+00';\n",
         4096,
     )
     .map_err(|e| bad(e.to_string()))?;
     if !out.exit.success() {
         return Err(bad(out.stderr.trim().replace("psql:<stdin>:1: ", "")));
     }
-    out.stdout
-        .trim()
-        .parse()
-        .map_err(|_| bad(out.stdout.trim().to_string()))
+    let line = out.stdout.trim();
+    line.split_once('|')
+        .and_then(|(epoch, text)| Some((epoch.parse().ok()?, text.to_string())))
+        .ok_or_else(|| bad(line.to_string()))
+}
+
+/// The RFC 3339 forms (`2026-12-02T16:04:05Z`, `...T16:04:05.5+01:00`) in pgBackRest's
+/// form, for a restore onto a new disk, where no server is there to read the time yet;
+/// anything else is handed on as written.
+pub fn pgbackrest_time(time: &str) -> String {
+    let t = time.trim();
+    match t.split_once('T') {
+        Some((date, rest)) if date.len() == 10 => {
+            let rest = rest
+                .strip_suffix('Z')
+                .map_or_else(|| rest.to_string(), |r| format!("{r}+00"));
+            format!("{date} {rest}")
+        }
+        _ => t.to_string(),
+    }
 }
 
 /// Refuses a restore the data disk has no room for (the kept copy stays).
@@ -393,5 +412,26 @@ fn forget_older_copies(kept: &Path) {
                 log::warn!("cannot remove {other}: {err}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pgbackrest_time;
+
+    #[test]
+    fn rfc3339_times_become_pgbackrest_times() {
+        assert_eq!(
+            pgbackrest_time("2026-12-02T16:04:05Z"),
+            "2026-12-02 16:04:05+00"
+        );
+        assert_eq!(
+            pgbackrest_time("2026-12-02T16:04:05.123+01:00"),
+            "2026-12-02 16:04:05.123+01:00"
+        );
+        assert_eq!(
+            pgbackrest_time("2026-12-02 16:04:05+00"),
+            "2026-12-02 16:04:05+00"
+        );
     }
 }
