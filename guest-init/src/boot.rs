@@ -439,8 +439,17 @@ fn follow_tailnet(guest: &Guest) {
     let (Some(ts), Some(pg)) = (ts, pg) else {
         return;
     };
-    for log in [log_files::TAILSCALED_LOG, crate::postgres::STARTUP_LOG] {
-        if let Err(e) = log_files::rotate_if_large(Path::new(log), log_files::ROTATE_AT) {
+    let pgbackrest_logs = log_files::PGBACKREST_LOGS.map(|name| {
+        Path::new(crate::backup::pgbackrest::WORK_DIR)
+            .join("log")
+            .join(name)
+    });
+    let logs = [
+        Path::new(log_files::TAILSCALED_LOG).to_path_buf(),
+        Path::new(crate::postgres::STARTUP_LOG).to_path_buf(),
+    ];
+    for log in logs.iter().chain(pgbackrest_logs.iter()) {
+        if let Err(e) = log_files::rotate_if_large(log, log_files::ROTATE_AT) {
             log::warn!("cannot rotate {e}");
         }
     }

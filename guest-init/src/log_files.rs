@@ -105,9 +105,32 @@ pub fn read_tail(log: GuestLog) -> Result<String, LogReadError> {
             let cut = ring.len().saturating_sub(MAX_TAIL);
             ring[cut..].to_vec()
         }
+        GuestLog::Pgbackrest => {
+            let mut out = Vec::new();
+            let each = MAX_TAIL / PGBACKREST_LOGS.len();
+            for name in PGBACKREST_LOGS {
+                let path = Path::new(crate::backup::pgbackrest::WORK_DIR)
+                    .join("log")
+                    .join(name);
+                out.extend_from_slice(format!("==> {name} <==\n").as_bytes());
+                match tail_of(&path, each) {
+                    Ok(t) => out.extend_from_slice(&t),
+                    Err(e) => out.extend_from_slice(format!("({e})\n").as_bytes()),
+                }
+            }
+            out
+        }
     };
     Ok(printable(&bytes))
 }
+
+/// pgBackRest's log files (under `<work dir>/log`), as `logs pgbackrest` shows them.
+pub const PGBACKREST_LOGS: [&str; 4] = [
+    "sovereign-archive-push.log",
+    "sovereign-archive-push-async.log",
+    "sovereign-backup.log",
+    "sovereign-restore.log",
+];
 
 /// The last `n` lines of PostgreSQL's output, joined with ` | ` (for error messages).
 pub fn postgres_last_lines(n: usize) -> String {

@@ -100,6 +100,8 @@ pub enum LogName {
     Tailscaled,
     /// The guest kernel's ring buffer.
     Kernel,
+    /// pgBackRest's logs (WAL archiving, backups, restores).
+    Pgbackrest,
 }
 
 impl LogName {
@@ -110,6 +112,7 @@ impl LogName {
             LogName::Postgres => GuestLog::Postgres,
             LogName::Tailscaled => GuestLog::Tailscaled,
             LogName::Kernel => GuestLog::Kernel,
+            LogName::Pgbackrest => GuestLog::Pgbackrest,
         }
     }
 }

@@ -155,6 +155,8 @@ pub enum GuestLog {
     Tailscaled,
     /// The kernel ring buffer.
     Kernel,
+    /// pgBackRest's logs: WAL archiving (both halves of async push), backups, restores.
+    Pgbackrest,
 }
 
 /// A network check the guest runs on the host's request.

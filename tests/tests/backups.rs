@@ -150,8 +150,9 @@ fn point_in_time_restore_gives_exactly_the_rows_committed_before_the_target() {
     });
     assert!(
         archived.is_some(),
-        "the drop's WAL was not archived: {}",
-        backup_status(&vm)
+        "the drop's WAL was not archived: {}\n{}",
+        backup_status(&vm),
+        text(&vm.cli("logs", &["pgbackrest"]))
     );
 
     // 3. Bad targets are refused and nothing stops.
@@ -255,8 +256,10 @@ fn point_in_time_restore_gives_exactly_the_rows_committed_before_the_target() {
     });
     assert!(
         archived.is_some(),
-        "the last rows' WAL was not archived: {}",
-        backup_status(&vm)
+        "the last rows' WAL was not archived: {}\n{}\n{}",
+        backup_status(&vm),
+        text(&vm.cli("logs", &["pgbackrest"])),
+        text(&vm.cli("logs", &["postgres"]))
     );
 
     // 5. Disaster: the data disk is gone. --new-disk refuses a running VM, then, with

@@ -364,6 +364,39 @@ impl Backups {
         self.work.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Before a restored (or put back) cluster starts: ends any pgBackRest process
+    /// left from the server that was stopped (an async archive-push outlives its
+    /// postgres and would go on working through the old cluster's WAL queue) and empties
+    /// the archive-push spool, whose status files describe that old queue.
+    pub(crate) fn forget_old_archiving(&self) {
+        let pids = pgbackrest_pids();
+        for pid in &pids {
+            let _ = nix::sys::signal::kill(*pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !pgbackrest_pids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for pid in pgbackrest_pids() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        if !pids.is_empty() {
+            log::warn!(
+                "ended {} pgBackRest process(es) of the stopped server",
+                pids.len()
+            );
+        }
+        let out = Path::new(WORK_DIR)
+            .join("spool/archive")
+            .join(pgbackrest::STANZA)
+            .join("out");
+        match std::fs::remove_dir_all(&out) {
+            Ok(()) => log::info!("emptied the archive-push spool {}", out.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("cannot empty {}: {e}", out.display()),
+        }
+    }
+
     /// Runs a pgBackRest restore into the (empty) data directory.
     pub(crate) fn restore_into_data_dir(&self, extra: &[String]) -> Result<(), BackupError> {
         self.pgbackrest("restore", extra).map(|_| ())
@@ -388,6 +421,24 @@ impl Backups {
     pub fn disk(&self) -> &DataDisk {
         &self.disk
     }
+}
+
+/// Processes whose program is pgBackRest (their command line starts with its path or
+/// name).
+fn pgbackrest_pids() -> Vec<nix::unistd::Pid> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let program = cmdline.split(|b| *b == 0).next()?;
+            let name = program.rsplit(|b| *b == b'/').next()?;
+            (name == b"pgbackrest").then(|| nix::unistd::Pid::from_raw(pid))
+        })
+        .collect()
 }
 
 /// The span a restore can reach: from the end of the oldest set to the newest

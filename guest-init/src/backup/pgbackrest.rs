@@ -40,7 +40,7 @@ pub fn render_config(cfg: &BackupConfig, pg_port: u16, queue_max_mib: u64) -> St
          compress-type=lz4\n\
          archive-async=y\n\
          archive-push-queue-max={queue_max_mib}MiB\n\
-         archive-timeout=600\n\
+         archive-timeout=120\n\
          spool-path={WORK_DIR}/spool\n\
          lock-path=/run/pgbackrest/lock\n\
          log-path={WORK_DIR}/log\n\

@@ -328,6 +328,7 @@ fn restore_and_start(
     let account = Account::lookup()?;
     crate::owned_files::prepare_dir(Path::new(DATA_DIR), 0o700, account.owner())
         .map_err(PgError::Prepare)?;
+    backups.forget_old_archiving();
     log::info!("pgbackrest restore {}", args.join(" "));
     backups.restore_into_data_dir(args)?;
     let pg = start_server(guest, backups)?;
@@ -370,6 +371,7 @@ fn bring_up(guest: &Guest, pg: &Postgres) -> Result<(), PgError> {
 
 /// After a failed restore: the previous data directory is back; start it.
 fn start_again(guest: &Guest, backups: &Backups) -> Result<(), PgError> {
+    backups.forget_old_archiving();
     let pg = start_server(guest, backups)?;
     guest.running().postgres = Some(Arc::clone(&pg));
     bring_up(guest, &pg)
