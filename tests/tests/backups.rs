@@ -254,13 +254,21 @@ fn point_in_time_restore_gives_exactly_the_rows_committed_before_the_target() {
         let w = backup_status(&vm)["window"]["latest_unix"].as_i64()?;
         (w > last_insert).then_some(w)
     });
-    assert!(
-        archived.is_some(),
-        "the last rows' WAL was not archived: {}\n{}\n{}",
-        backup_status(&vm),
-        text(&vm.cli("logs", &["pgbackrest"])),
-        text(&vm.cli("logs", &["postgres"]))
-    );
+    if archived.is_none() {
+        let probe = vm.query(
+            "select name, setting from pg_settings where name in ('archive_mode', 'archive_timeout', 'archive_command');\n\
+             select pg_walfile_name(pg_current_wal_lsn()), pg_current_wal_lsn();\n\
+             select * from pg_ls_archive_statusdir() order by 1;\n\
+             select pid, backend_type, wait_event_type, wait_event from pg_stat_activity where backend_type in ('archiver', 'checkpointer');\n\
+             select * from pg_stat_archiver;",
+        );
+        panic!(
+            "the last rows' WAL was not archived: {}\n{probe:?}\n{}\n{}",
+            backup_status(&vm),
+            text(&vm.cli("logs", &["pgbackrest"])),
+            text(&vm.cli("logs", &["postgres"]))
+        );
+    }
 
     // 5. Disaster: the data disk is gone. --new-disk refuses a running VM, then, with
     // the VM stopped, restores onto a new disk from the backup disk; the node comes

@@ -203,6 +203,18 @@ impl Postgres {
             );
             if matches!(&out, Ok(o) if o.exit.success() && o.stdout.trim() == "f") {
                 log::info!("postgres: recovery finished after {:?}", start.elapsed());
+                // The checkpointer may have gone to sleep for a whole checkpoint_timeout
+                // while recovery was still in progress (archive_timeout does not count
+                // then), so the first segment of the new timeline would wait minutes to
+                // be archived. A checkpoint wakes it, and it then honours archive_timeout.
+                let woke = command::output_with_input(
+                    &mut self.account.psql(&self.bin, self.port, &["-q", "-f", "-"]),
+                    b"checkpoint",
+                    4096,
+                );
+                if !matches!(&woke, Ok(o) if o.exit.success()) {
+                    log::warn!("postgres: the checkpoint after recovery failed: {woke:?}");
+                }
                 return Ok(());
             }
             if self.service.status().restarts > 0 {
@@ -229,6 +241,8 @@ impl Postgres {
                 SOCKET_DIR,
                 "-p",
                 &self.port.to_string(),
+                "-U",
+                "postgres",
             ]));
             if matches!(ready, Ok(o) if o.exit.success()) {
                 log::info!(
