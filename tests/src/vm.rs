@@ -85,7 +85,7 @@ impl Vm {
             .expect("state dir");
         let root = home.path().join("root.img");
         if opts.initramfs {
-            // Two virtio-blk disks are part of the boot contract even without a root fs.
+            // The virtio-blk disks are part of the boot contract even without a root fs.
             std::fs::File::create(&root)
                 .and_then(|f| f.set_len(64 << 20))
                 .expect("blank root disk");
@@ -278,11 +278,16 @@ impl Vm {
     }
 }
 
-/// Asserts what every boot must prove in `status --json`: Hello from CID 10, one vsock
-/// device bound to `vmw_vsock_virtio_transport`, two disks bound to `virtio_blk`.
+/// Asserts what every boot must prove in `status --json`: Hello from CID 10 in this
+/// protocol version, one vsock device bound to `vmw_vsock_virtio_transport`, three disks
+/// bound to `virtio_blk` (root, data, backup).
 pub fn assert_boot_devices(status: &serde_json::Value) {
     assert_eq!(status["hello"]["cid"], 10, "{status:#}");
-    assert_eq!(status["hello"]["version"], 2, "{status:#}");
+    assert_eq!(
+        status["hello"]["version"],
+        protocol::PROTOCOL_VERSION,
+        "{status:#}"
+    );
     let devices = status["devices"]["devices"]
         .as_array()
         .expect("device census in status");
@@ -297,7 +302,7 @@ pub fn assert_boot_devices(status: &serde_json::Value) {
         1,
         "{devices:#?}"
     );
-    assert_eq!(bound("block", "virtio_blk"), 2, "{devices:#?}");
+    assert_eq!(bound("block", "virtio_blk"), 3, "{devices:#?}");
     assert_eq!(
         devices.len(),
         3,
