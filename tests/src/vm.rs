@@ -305,7 +305,7 @@ pub fn assert_boot_devices(status: &serde_json::Value) {
     assert_eq!(bound("block", "virtio_blk"), 3, "{devices:#?}");
     assert_eq!(
         devices.len(),
-        3,
+        4,
         "no other (unbound) virtio device: {devices:#?}"
     );
     // PID 1 reports its own resident memory; a static init should stay small.
