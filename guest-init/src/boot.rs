@@ -26,7 +26,7 @@ use crate::postgres::{PgError, Postgres};
 use crate::report::Reporter;
 use crate::running::Running;
 use crate::tailscale::{Tailscale, TailscaleError};
-use crate::{devices, host_requests, log_files, shutdown};
+use crate::{devices, host_requests, shutdown};
 use protocol::evidence::{
     ControlEvidence, DevicesEvidence, InitEvidence, NetworkEvidence, ReadyEvidence,
 };
@@ -35,7 +35,6 @@ use protocol::messages::{
 };
 use protocol::messages::{GuestService, ServiceSignal};
 use protocol::{GuestConfig, Stage, StageReport, StageState};
-use std::path::Path;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -96,7 +95,7 @@ pub struct Guest {
     /// What was started, for status and shutdown.
     running: Mutex<Running>,
     /// The data disk's mount.
-    disk: DataDisk,
+    pub(crate) disk: DataDisk,
     /// The control channel.
     pub link: ControlLink,
     /// The host's configuration, once accepted.
@@ -200,8 +199,8 @@ pub fn run(
                 bring_up(&boot, &config, &bringer);
                 loop {
                     std::thread::sleep(Duration::from_secs(5));
-                    watch_space(&bringer);
-                    follow_tailnet(&bringer);
+                    crate::upkeep::watch_space(&bringer);
+                    crate::upkeep::follow_tailnet(&bringer);
                 }
             }
         });
@@ -379,7 +378,7 @@ fn start_postgres(
 }
 
 /// Reports `ready` when every earlier stage holds, or why not (once).
-fn report_ready(reporter: &Reporter) {
+pub(crate) fn report_ready(reporter: &Reporter) {
     let pending: Vec<String> = Stage::ALL
         .into_iter()
         .filter(|s| !matches!(s, Stage::Init | Stage::Ready))
@@ -401,72 +400,5 @@ fn report_ready(reporter: &Reporter) {
             Stage::Ready,
             StageError::NotReady(pending.join(", ")).to_string(),
         ));
-    }
-}
-
-/// Keeps the data disk's emergency reserve and says when the disk fills up or has room
-/// again (see [`crate::disk_watch`]).
-fn watch_space(guest: &Guest) {
-    use crate::disk_watch::Change;
-    let reporter = &guest.reporter;
-    match guest.disk.check_space() {
-        Change::Full(u) => reporter.report(StageReport::degraded(
-            Stage::Postgres,
-            format!(
-                "data disk full: postgres refuses writes; the {} MiB emergency reserve was released so that data can be deleted ({} MiB of {} MiB left)",
-                crate::disk_watch::RESERVE_BYTES >> 20,
-                u.available_bytes >> 20,
-                u.total_bytes >> 20
-            ),
-        )),
-        Change::Recovered(_) => {
-            let pg = guest.running().postgres.clone();
-            if let Some(pg) = pg {
-                reporter.report(StageReport::ready(Stage::Postgres, pg.info()));
-            }
-        }
-        Change::None => {}
-    }
-}
-
-/// Follows the tailnet address: when it appears or changes, postgres is reconfigured to
-/// listen there (localhost stays), and the stages are reported again.
-fn follow_tailnet(guest: &Guest) {
-    let (ts, pg) = {
-        let s = guest.running();
-        (s.tailscale.clone(), s.postgres.clone())
-    };
-    let (Some(ts), Some(pg)) = (ts, pg) else {
-        return;
-    };
-    let pgbackrest_logs = log_files::PGBACKREST_LOGS.map(|name| {
-        Path::new(crate::backup::pgbackrest::WORK_DIR)
-            .join("log")
-            .join(name)
-    });
-    let logs = [
-        Path::new(log_files::TAILSCALED_LOG).to_path_buf(),
-        Path::new(crate::postgres::STARTUP_LOG).to_path_buf(),
-    ];
-    for log in logs.iter().chain(pgbackrest_logs.iter()) {
-        if let Err(e) = log_files::rotate_if_large(log, log_files::ROTATE_AT) {
-            log::warn!("cannot rotate {e}");
-        }
-    }
-    let Some(info) = ts.current() else { return };
-    if info.ips.is_empty() || pg.listening_on(&info.ips) {
-        return;
-    }
-    let reporter = &guest.reporter;
-    log::info!(
-        "tailnet addresses now {:?}: reconfiguring postgres",
-        info.ips
-    );
-    if reporter.state(Stage::Tailscale) != Some(StageState::Ready) {
-        reporter.report(StageReport::ready(Stage::Tailscale, info.clone()));
-    }
-    let relistened = pg.relisten(&info.ips).map(|()| pg.info());
-    if reporter.settle(Stage::Postgres, relistened).is_some() {
-        report_ready(reporter);
     }
 }

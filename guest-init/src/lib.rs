@@ -31,3 +31,4 @@ pub mod shutdown;
 pub mod signals;
 pub mod supervised;
 pub mod tailscale;
+pub mod upkeep;

@@ -28,6 +28,20 @@ pub struct BackupConfig {
 }
 
 impl BackupConfig {
+    /// The spec's defaults (archive_timeout 60 s, 7 days' retention, weekly full, daily
+    /// differential) for the backup disk at `device`: one place for what the launcher
+    /// fills in and what tests start from.
+    pub fn with_defaults(device: &str) -> BackupConfig {
+        BackupConfig {
+            device: device.to_string(),
+            archive_timeout_secs: 60,
+            retention_days: 7,
+            full_every_days: 7,
+            diff_every_days: 1,
+            restore_on_boot: None,
+        }
+    }
+
     /// Checks every field; the error names the first bad one and its value.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field, value: String, why| ConfigError::Invalid { field, value, why };
@@ -320,14 +334,7 @@ mod tests {
     }
 
     fn good() -> BackupConfig {
-        BackupConfig {
-            device: "/dev/vdc".into(),
-            archive_timeout_secs: 60,
-            retention_days: 7,
-            full_every_days: 7,
-            diff_every_days: 1,
-            restore_on_boot: None,
-        }
+        BackupConfig::with_defaults("/dev/vdc")
     }
 
     #[test]

@@ -363,14 +363,9 @@ mod tests {
                     password: Secret::new("vaultwarden-pass"),
                 }],
             },
-            backup: Some(Box::new(crate::backup::BackupConfig {
-                device: "/dev/vdc".into(),
-                archive_timeout_secs: 60,
-                retention_days: 7,
-                full_every_days: 7,
-                diff_every_days: 1,
-                restore_on_boot: None,
-            })),
+            backup: Some(Box::new(crate::backup::BackupConfig::with_defaults(
+                "/dev/vdc",
+            ))),
         }
     }
 

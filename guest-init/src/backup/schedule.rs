@@ -43,14 +43,7 @@ mod tests {
     use super::*;
 
     fn cfg() -> BackupConfig {
-        BackupConfig {
-            device: "/dev/vdc".into(),
-            archive_timeout_secs: 60,
-            retention_days: 7,
-            full_every_days: 7,
-            diff_every_days: 1,
-            restore_on_boot: None,
-        }
+        BackupConfig::with_defaults("/dev/vdc")
     }
 
     fn set(kind: BackupKind, started: i64) -> BackupSet {
