@@ -1,9 +1,14 @@
 //! Watching the data disk's space. A database whose disk fills up refuses writes (its
 //! own error, which is right), but then it cannot even delete data: every change needs
-//! a little WAL space. So PID 1 keeps an emergency reserve file on /data; when the space
-//! postgres can use runs out, the reserve is released (the server can delete data or
-//! drop a table again) and the `postgres` stage is reported degraded with the numbers;
-//! once space is back the reserve is taken again and the stage holds.
+//! a little WAL space, and a server that crashed on a full disk cannot finish crash
+//! recovery without room for one new WAL segment. So PID 1 keeps an emergency reserve
+//! file on /data; once the disk is full and has stopped filling (the writers were
+//! refused), the reserve is released (the server can recover, delete data or drop a
+//! table again) and the `postgres` stage is reported degraded with the numbers; once
+//! space is back the reserve is taken again and the stage holds.
+//!
+//! Releasing while a writer is still filling the disk would hand it the reserve too,
+//! and leave nothing for the recovery that follows.
 
 use nix::sys::statvfs::statvfs;
 use protocol::messages::DiskUsage;
@@ -18,6 +23,10 @@ pub const RESERVE_BYTES: u64 = 64 << 20;
 /// for a whole new WAL segment (16 MiB) to go on writing, so a disk with less than two
 /// segments free is already refusing writes.
 pub const FULL_BELOW: u64 = 32 << 20;
+
+/// How much the space may still shrink between two checks for the disk to count as no
+/// longer filling (postgres's own log lines and small status files go on).
+pub const SETTLED_WITHIN: u64 = 1 << 20;
 
 /// What changed at a check, for the stage report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +45,8 @@ pub struct DiskWatch {
     mount: PathBuf,
     reserve: PathBuf,
     released: bool,
+    /// The space at the last check, when the disk was already full then.
+    full_at_last_check: Option<u64>,
 }
 
 impl DiskWatch {
@@ -45,6 +56,7 @@ impl DiskWatch {
             mount: mount.to_path_buf(),
             reserve: mount.join(".sovereign-reserve"),
             released: false,
+            full_at_last_check: None,
         };
         if let Err(e) = w.take_reserve() {
             log::warn!("data disk: cannot create the emergency reserve: {e}");
@@ -75,7 +87,9 @@ impl DiskWatch {
         let Some(u) = self.usage() else {
             return Change::None;
         };
-        match decide(u.available_bytes, self.released) {
+        let previous = self.full_at_last_check;
+        self.full_at_last_check = (u.available_bytes < FULL_BELOW).then_some(u.available_bytes);
+        match decide(u.available_bytes, previous, self.released) {
             Decision::Release => match std::fs::remove_file(&self.reserve) {
                 Ok(()) => {
                     self.released = true;
@@ -126,10 +140,12 @@ enum Decision {
     Keep,
 }
 
-/// Release when postgres is out of space; retake only with room for the reserve and as
-/// much again, so that the two never flap.
-fn decide(available: u64, released: bool) -> Decision {
-    if !released && available < FULL_BELOW {
+/// Release when postgres is out of space and the space has stopped shrinking since the
+/// last check (`previous`, when the disk was full then too); retake only with room for
+/// the reserve and as much again, so that the two never flap.
+fn decide(available: u64, previous: Option<u64>, released: bool) -> Decision {
+    let settled = previous.is_some_and(|p| available.saturating_add(SETTLED_WITHIN) >= p);
+    if !released && available < FULL_BELOW && settled {
         Decision::Release
     } else if released && available > 2 * RESERVE_BYTES + FULL_BELOW {
         Decision::Retake
@@ -144,14 +160,37 @@ mod tests {
 
     #[test]
     fn the_reserve_is_released_when_full_and_taken_back_with_room_to_spare() {
-        assert_eq!(decide(FULL_BELOW - 1, false), Decision::Release);
-        assert_eq!(decide(FULL_BELOW, false), Decision::Keep);
-        assert_eq!(decide(RESERVE_BYTES, true), Decision::Keep);
-        assert_eq!(decide(2 * RESERVE_BYTES + FULL_BELOW, true), Decision::Keep);
+        let full = FULL_BELOW - 1;
+        assert_eq!(decide(full, Some(full), false), Decision::Release);
+        assert_eq!(decide(FULL_BELOW, Some(full), false), Decision::Keep);
+        assert_eq!(decide(RESERVE_BYTES, None, true), Decision::Keep);
         assert_eq!(
-            decide(2 * RESERVE_BYTES + FULL_BELOW + 1, true),
+            decide(2 * RESERVE_BYTES + FULL_BELOW, None, true),
+            Decision::Keep
+        );
+        assert_eq!(
+            decide(2 * RESERVE_BYTES + FULL_BELOW + 1, None, true),
             Decision::Retake
         );
+    }
+
+    #[test]
+    fn the_reserve_waits_until_the_disk_has_stopped_filling() {
+        let full = FULL_BELOW - 1;
+        // Just became full: a writer may still be going.
+        assert_eq!(decide(full, None, false), Decision::Keep);
+        // Still shrinking by more than the slack: the writer has not been refused yet.
+        assert_eq!(
+            decide(full - 2 * SETTLED_WITHIN, Some(full), false),
+            Decision::Keep
+        );
+        // Shrinking by less than the slack, or growing: refused, so released.
+        assert_eq!(
+            decide(full - SETTLED_WITHIN / 2, Some(full), false),
+            Decision::Release
+        );
+        assert_eq!(decide(0, Some(0), false), Decision::Release);
+        assert_eq!(decide(full, Some(0), false), Decision::Release);
     }
 
     #[test]

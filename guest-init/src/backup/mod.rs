@@ -17,6 +17,7 @@ pub mod schedule;
 use crate::command;
 use crate::datadisk::{DataDisk, DiskError};
 use crate::owned_files::{self, Owner};
+use crate::postgres::wal_budget::WalBudget;
 use crate::postgres::{find_bin_dir, Account};
 use pgbackrest::{BACKUP_MOUNT, CONFIG_FILE, REPO1_PATH, WORK_DIR};
 use protocol::backup::{
@@ -113,9 +114,9 @@ impl Backups {
             owned_files::prepare_dir(Path::new(dir), 0o750, owner)?;
         }
         owned_files::prepare_dir(Path::new("/run/pgbackrest"), 0o750, owner)?;
-        // A quarter of the data disk may wait for an unreachable repository; past it
+        // A share of the data disk may wait for an unreachable repository; past it
         // pgBackRest drops WAL instead of filling the disk.
-        let queue_mib = ((data_disk_bytes / 4) >> 20).max(256);
+        let queue_mib = WalBudget::for_disk(data_disk_bytes).archive_queue_mib;
         let conf = pgbackrest::render_config(&self.cfg, self.pg_port, queue_mib);
         owned_files::write_file(Path::new(CONFIG_FILE), conf.as_bytes(), 0o640, owner)?;
         Ok(())

@@ -19,8 +19,10 @@ pub const BACKUP_MOUNT: &str = "/backup";
 /// repo1: the repository on the backup disk.
 pub const REPO1_PATH: &str = "/backup/pgbackrest";
 
-/// Async archiving's spool and pgBackRest's logs, on the data disk.
-pub const WORK_DIR: &str = "/data/pgbackrest";
+/// Async archiving's spool and pgBackRest's logs, on the backup disk: when the data
+/// disk fills up, the archiver must still be able to write its status files and logs,
+/// or it stops taking WAL and the WAL it leaves behind keeps the disk full.
+pub const WORK_DIR: &str = "/backup/work";
 
 /// The pgBackRest binary in the root image.
 pub const PROGRAM: &str = "/usr/bin/pgbackrest";
@@ -193,7 +195,7 @@ mod tests {
             "repo1-retention-full=7",
             "archive-async=y",
             "archive-push-queue-max=1024MiB",
-            "spool-path=/data/pgbackrest/spool",
+            "spool-path=/backup/work/spool",
             "[sovereign]",
             "pg1-path=/data/postgres",
             "pg1-port=5432",

@@ -3,6 +3,7 @@
 //! from the tailnet ranges and nothing else) and the provisioning SQL (passwords as
 //! SCRAM verifiers, never plaintext). Pure functions, tested on their text.
 
+use super::wal_budget::WalBudget;
 use crate::scram;
 use protocol::config::PostgresConfig;
 use std::fs;
@@ -28,8 +29,9 @@ pub fn find_bin_dir(root: &Path) -> Option<PathBuf> {
     majors.pop().map(|(_, bin)| bin)
 }
 
-/// postgresql.conf, sized for a 1 GiB VM; `listen` adds to localhost.
-pub fn render_postgresql_conf(port: u16, listen: &[String], jit: bool) -> String {
+/// postgresql.conf, sized for a 1 GiB VM, with WAL sized to the data disk (`wal`);
+/// `listen` adds to localhost.
+pub fn render_postgresql_conf(port: u16, listen: &[String], jit: bool, wal: &WalBudget) -> String {
     let mut addrs = vec!["localhost".to_string()];
     addrs.extend(listen.iter().cloned());
     format!(
@@ -50,8 +52,7 @@ pub fn render_postgresql_conf(port: u16, listen: &[String], jit: bool) -> String
          synchronous_commit = on\n\
          full_page_writes = on\n\
          wal_level = replica\n\
-         min_wal_size = 80MB\n\
-         max_wal_size = 512MB\n\
+         {wal}\
          checkpoint_completion_target = 0.9\n\
          jit = {jit}\n\
          # Logging, on the data disk\n\
@@ -73,6 +74,7 @@ pub fn render_postgresql_conf(port: u16, listen: &[String], jit: bool) -> String
          default_text_search_config = 'pg_catalog.english'\n",
         listen = addrs.join(","),
         jit = if jit { "on" } else { "off" },
+        wal = wal.postgresql_conf_lines(),
     )
 }
 
@@ -145,11 +147,13 @@ mod tests {
             5432,
             &["100.64.0.7".into(), "fd7a:115c:a1e0::7".into()],
             false,
+            &WalBudget::for_disk(1 << 30),
         );
+        assert!(conf.contains("max_wal_size = 64MB\n"));
         assert!(conf.contains("listen_addresses = 'localhost,100.64.0.7,fd7a:115c:a1e0::7'\n"));
         assert!(conf.contains("jit = off\n"));
         assert!(conf.contains("log_connections = on\n"));
-        let local = render_postgresql_conf(5432, &[], true);
+        let local = render_postgresql_conf(5432, &[], true, &WalBudget::for_disk(0));
         assert!(local.contains("listen_addresses = 'localhost'\n"));
         assert!(!local.contains('*'));
     }

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod query;
+pub mod wal_budget;
 
 use crate::command::{self, CommandError};
 use crate::owned_files::{self, OwnedFileError, Owner};
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use thiserror::Error;
+use wal_budget::WalBudget;
 
 pub use config::find_bin_dir;
 
@@ -133,6 +135,8 @@ struct Settings {
     jit: bool,
     /// postgresql.conf lines for continuous archiving, when backups run.
     archive: Option<String>,
+    /// WAL sized to the data disk.
+    wal: WalBudget,
 }
 
 impl Postgres {
@@ -167,6 +171,7 @@ impl Postgres {
             superuser_from_tailnet: cfg.superuser_from_tailnet,
             jit,
             archive,
+            wal: WalBudget::for_disk(data_disk_bytes()),
         };
         write_config(account, &settings, listen)?;
         Ok(Postgres {
@@ -336,10 +341,17 @@ impl Postgres {
     }
 }
 
+/// The size of the data disk the cluster lives on (0 when it cannot be read).
+fn data_disk_bytes() -> u64 {
+    let mount = Path::new(DATA_DIR).parent().unwrap_or(Path::new(DATA_DIR));
+    crate::disk_watch::usage_at(mount, false).map_or(0, |u| u.total_bytes)
+}
+
 /// Writes postgresql.conf and pg_hba.conf into the data directory.
 fn write_config(account: Account, settings: &Settings, listen: &[String]) -> Result<(), PgError> {
     let data = Path::new(DATA_DIR);
-    let mut conf = config::render_postgresql_conf(settings.port, listen, settings.jit);
+    let mut conf =
+        config::render_postgresql_conf(settings.port, listen, settings.jit, &settings.wal);
     if let Some(archive) = &settings.archive {
         conf.push_str(archive);
     }
