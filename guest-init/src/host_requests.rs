@@ -178,54 +178,48 @@ fn answer_backup(guest: &Guest, id: u64, request: &BackupRequest) -> BackupAnswe
     };
     match request {
         BackupRequest::Now { kind } => {
-            let run = backups.run(*kind);
+            let (local, offsite) = backups.run(*kind);
+            let said = |run: &protocol::backup::BackupRun| match (&run.error, &run.label) {
+                (Some(e), _) => format!("{kind} backup to repo{} failed: {e}", run.repo),
+                (None, label) => format!(
+                    "{kind} backup {} to repo{} done",
+                    label.as_deref().unwrap_or_default(),
+                    run.repo
+                ),
+            };
+            let message = std::iter::once(&local)
+                .chain(offsite.as_ref())
+                .map(said)
+                .collect::<Vec<_>>()
+                .join("; ");
             BackupAnswer {
-                id,
-                ok: run.ok(),
-                message: match (&run.error, &run.label) {
-                    (Some(e), _) => format!("{kind} backup failed: {e}"),
-                    (None, label) => format!(
-                        "{kind} backup {} done",
-                        label.as_deref().unwrap_or_default()
-                    ),
-                },
-                run: Some(run),
-                catalog: None,
+                ok: local.ok() && offsite.as_ref().is_none_or(|r| r.ok()),
+                run: Some(local),
+                offsite_run: offsite,
+                ..BackupAnswer::done(id, message)
             }
         }
         BackupRequest::List => match backups.catalog() {
             Ok(catalog) => BackupAnswer {
-                id,
-                ok: true,
-                message: format!("{} set(s)", catalog.sets.len()),
-                run: None,
-                catalog: Some(catalog),
+                catalog: Some(catalog.clone()),
+                ..BackupAnswer::done(id, format!("{} set(s)", catalog.sets.len()))
             },
             Err(e) => BackupAnswer::failed(id, e.to_string()),
         },
         BackupRequest::Verify => match backups.verify() {
-            Ok(summary) => BackupAnswer {
+            Ok(summary) => BackupAnswer::done(
                 id,
-                ok: true,
-                message: if summary.is_empty() {
+                if summary.is_empty() {
                     "the repository verified: every set and archived WAL segment checks out".into()
                 } else {
                     summary
                 },
-                run: None,
-                catalog: None,
-            },
+            ),
             Err(e) => BackupAnswer::failed(id, e.to_string()),
         },
         BackupRequest::Restore { target } => {
             match crate::backup::restore::run(guest, backups, target) {
-                Ok(message) => BackupAnswer {
-                    id,
-                    ok: true,
-                    message,
-                    run: None,
-                    catalog: None,
-                },
+                Ok(message) => BackupAnswer::done(id, message),
                 Err(e) => BackupAnswer::failed(id, e.to_string()),
             }
         }

@@ -98,6 +98,16 @@ fn status() -> Option<Status> {
     parse_status(&out.stdout)
 }
 
+/// The tailnet IPv4 address of the node called `name` (MagicDNS or short host name),
+/// as tailscaled knows it; `None` when it knows no such node.
+pub fn peer_ipv4(name: &str) -> Option<std::net::Ipv4Addr> {
+    let out = command::output(cli().args(["ip", "-4", name])).ok()?;
+    if !out.exit.success() {
+        return None;
+    }
+    out.stdout.lines().find_map(|l| l.trim().parse().ok())
+}
+
 fn prepare(path: &str, mode: u32) -> Result<(), TailscaleError> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()

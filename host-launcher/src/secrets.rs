@@ -38,6 +38,11 @@ pub enum SecretError {
         #[source]
         source: std::io::Error,
     },
+    #[error("backup.offsite.private_key_file {path} does not exist: make it with `ssh-keygen -t ed25519 -N '' -f {path}` and add {path}.pub to the server's authorized_keys")]
+    NoOffsiteKey {
+        /// The file.
+        path: PathBuf,
+    },
     #[error("secret file {path} is empty or shorter than 8 characters")]
     TooShort {
         /// The file.
@@ -102,6 +107,20 @@ pub fn read_secret(path: &Path) -> Result<Secret, SecretError> {
         });
     }
     Ok(Secret::new(value))
+}
+
+/// repo2's private key, when the spec names an off-device repository. A missing file
+/// is an error that says how to make one.
+pub fn offsite_key(spec: &Spec) -> Result<Option<Secret>, SecretError> {
+    match &spec.backup.offsite {
+        Some(o) if spec.backup.enabled && !o.private_key_file.exists() => {
+            Err(SecretError::NoOffsiteKey {
+                path: o.private_key_file.clone(),
+            })
+        }
+        Some(o) if spec.backup.enabled => read_secret(&o.private_key_file).map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// Generates every missing password file of `spec`; returns the files created.
@@ -213,7 +232,7 @@ pub fn guest_config(spec: &Spec) -> Result<GuestConfig, SecretError> {
             apps,
             superuser_from_tailnet: spec.postgres.superuser_from_tailnet,
         },
-        backup: spec.guest_backup().map(Box::new),
+        backup: spec.guest_backup(offsite_key(spec)?).map(Box::new),
     })
 }
 

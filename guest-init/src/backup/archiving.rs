@@ -123,6 +123,7 @@ mod tests {
             stopped_unix: stop,
             database_bytes: 0,
             repo_bytes: 0,
+            repo: 1,
         };
         let mut archive = ArchiveState::default();
         assert_eq!(window(&[], &archive), None);

@@ -10,6 +10,7 @@
 
 pub mod archiving;
 pub mod identity;
+pub mod offsite;
 pub mod pgbackrest;
 pub mod restore;
 pub mod schedule;
@@ -19,9 +20,10 @@ use crate::datadisk::{DataDisk, DiskError};
 use crate::owned_files::{self, Owner};
 use crate::postgres::wal_budget::WalBudget;
 use crate::postgres::{find_bin_dir, Account};
-use pgbackrest::{BACKUP_MOUNT, CONFIG_FILE, REPO1_PATH, WORK_DIR};
+use pgbackrest::{BACKUP_MOUNT, CONFIG_FILE, LOCAL_CONFIG_FILE, REPO1_PATH, WORK_DIR};
 use protocol::backup::{
     ArchiveState, BackupCatalog, BackupConfig, BackupKind, BackupRun, BackupSet, BackupStatus,
+    OffsiteStatus, REPO_LOCAL, REPO_OFFSITE,
 };
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -63,10 +65,28 @@ pub fn now_unix() -> i64 {
 struct State {
     /// Why backups do not work, when they don't.
     problem: Option<String>,
-    last_run: Option<BackupRun>,
-    last_ok: Option<BackupRun>,
+    /// The runs to repo1 and repo2.
+    runs: [RepoRuns; 2],
+    /// Sets of every repository.
     sets: Vec<BackupSet>,
+    /// Repositories `pgbackrest info` could not read, with its message.
+    broken_repos: Vec<(u8, String)>,
+    /// Why repo2's name could not be looked up in the tailnet, when it could not.
+    offsite_unresolved: Option<String>,
     archive: ArchiveState,
+}
+
+/// The outcomes kept for one repository.
+#[derive(Debug, Default)]
+struct RepoRuns {
+    last: Option<BackupRun>,
+    last_ok: Option<BackupRun>,
+}
+
+impl State {
+    fn runs(&mut self, repo: u8) -> &mut RepoRuns {
+        &mut self.runs[usize::from(repo == REPO_OFFSITE)]
+    }
 }
 
 /// The guest's backups: prepared before postgres starts, run after `ready`.
@@ -114,11 +134,20 @@ impl Backups {
             owned_files::prepare_dir(Path::new(dir), 0o750, owner)?;
         }
         owned_files::prepare_dir(Path::new("/run/pgbackrest"), 0o750, owner)?;
+        if let Some(o) = &self.cfg.offsite {
+            offsite::write_credentials(o, owner)?;
+        }
         // A share of the data disk may wait for an unreachable repository; past it
         // pgBackRest drops WAL instead of filling the disk.
         let queue_mib = WalBudget::for_disk(data_disk_bytes).archive_queue_mib;
         let conf = pgbackrest::render_config(&self.cfg, self.pg_port, queue_mib);
         owned_files::write_file(Path::new(CONFIG_FILE), conf.as_bytes(), 0o640, owner)?;
+        let local_only = BackupConfig {
+            offsite: None,
+            ..self.cfg.clone()
+        };
+        let conf = pgbackrest::render_config(&local_only, self.pg_port, queue_mib);
+        owned_files::write_file(Path::new(LOCAL_CONFIG_FILE), conf.as_bytes(), 0o640, owner)?;
         Ok(())
     }
 
@@ -156,13 +185,35 @@ impl Backups {
         if self.lock().problem.is_some() {
             return;
         }
-        match self.pgbackrest("stanza-create", &[]) {
-            Ok(_) => log::info!("pgbackrest: stanza {} ready", pgbackrest::STANZA),
-            Err(e) => {
-                log::error!("pgbackrest stanza-create failed: {e}");
-                self.lock().problem = Some(format!("stanza-create failed: {e}"));
+        let _ = self.unreachable(REPO_OFFSITE);
+        let Err(e) = self.pgbackrest("stanza-create", &[]) else {
+            log::info!("pgbackrest: stanza {} ready", pgbackrest::STANZA);
+            return;
+        };
+        if self.cfg.offsite.is_some() {
+            // stanza-create acts on every repository and knows no --repo: with repo2
+            // out of reach, create it on repo1 alone, and on repo2 when it answers.
+            log::warn!(
+                "pgbackrest stanza-create with repo2 failed ({e}); creating it on repo1 only"
+            );
+            let local = self.pgbackrest_local("stanza-create");
+            if local.is_ok() {
+                log::info!("pgbackrest: stanza {} ready on repo1", pgbackrest::STANZA);
+                return;
             }
         }
+        log::error!("pgbackrest stanza-create failed: {e}");
+        self.lock().problem = Some(format!("stanza-create failed: {e}"));
+    }
+
+    /// Runs a pgBackRest command against repo1 alone (its own configuration file).
+    fn pgbackrest_local(&self, command_name: &str) -> Result<String, BackupError> {
+        let account = self
+            .account
+            .ok_or_else(|| BackupError::Unavailable("user 'postgres' not found".into()))?;
+        let mut cmd = account.command(pgbackrest::PROGRAM);
+        cmd.args(pgbackrest::args_with(LOCAL_CONFIG_FILE, command_name, &[]));
+        Ok(command::run(&mut cmd, &[])?.stdout)
     }
 
     /// Why backups cannot run, if they cannot.
@@ -170,20 +221,29 @@ impl Backups {
         self.lock().problem.clone()
     }
 
-    /// Takes one backup (waiting for any other backup or restore to finish first),
-    /// records its outcome, and refreshes the catalog.
-    pub fn run(&self, kind: BackupKind) -> BackupRun {
+    /// Takes one backup to repo1 and, when configured, one to repo2 (waiting for any
+    /// other backup or restore to finish first); records their outcomes.
+    pub fn run(&self, kind: BackupKind) -> (BackupRun, Option<BackupRun>) {
         let _work = self.work.lock().unwrap_or_else(|p| p.into_inner());
-        self.run_locked(kind)
+        let local = self.run_locked(kind, REPO_LOCAL);
+        let offsite = self
+            .cfg
+            .offsite
+            .is_some()
+            .then(|| self.run_locked(kind, REPO_OFFSITE));
+        (local, offsite)
     }
 
-    fn run_locked(&self, kind: BackupKind) -> BackupRun {
+    fn run_locked(&self, kind: BackupKind, repo: u8) -> BackupRun {
         let started_unix = now_unix();
         let start = Instant::now();
-        log::info!("pgbackrest: {kind} backup starting");
-        let outcome = match self.unavailable() {
+        log::info!("pgbackrest: {kind} backup to repo{repo} starting");
+        let outcome = match self.unavailable().or_else(|| self.unreachable(repo)) {
             Some(why) => Err(BackupError::Unavailable(why)),
-            None => self.pgbackrest("backup", &[format!("--type={kind}")]),
+            None => self.pgbackrest(
+                "backup",
+                &[format!("--type={kind}"), format!("--repo={repo}")],
+            ),
         };
         let duration_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
         let _ = self.refresh_catalog();
@@ -192,58 +252,65 @@ impl Backups {
             .sets
             .iter()
             .rev()
-            .find(|s| s.started_unix >= started_unix - 1)
+            .find(|s| s.repo == repo && s.started_unix >= started_unix - 1)
             .cloned();
+        let failed = |error: String| BackupRun {
+            kind,
+            repo,
+            started_unix,
+            duration_ms,
+            label: None,
+            repo_bytes: None,
+            error: Some(error),
+        };
         let run = match (outcome, newest) {
             (Ok(_), Some(set)) => BackupRun {
                 kind,
+                repo,
                 started_unix,
                 duration_ms,
                 label: Some(set.label),
                 repo_bytes: Some(set.repo_bytes),
                 error: None,
             },
-            (Ok(_), None) => BackupRun {
-                kind,
-                started_unix,
-                duration_ms,
-                label: None,
-                repo_bytes: None,
-                error: Some(
-                    "pgbackrest reported success but no new set is in the repository".into(),
-                ),
-            },
-            (Err(e), _) => BackupRun {
-                kind,
-                started_unix,
-                duration_ms,
-                label: None,
-                repo_bytes: None,
-                error: Some(e.to_string()),
-            },
+            (Ok(_), None) => {
+                failed("pgbackrest reported success but no new set is in the repository".into())
+            }
+            (Err(e), _) => failed(e.to_string()),
         };
         match &run.error {
             None => log::info!(
-                "pgbackrest: {kind} backup {} done in {} ms",
+                "pgbackrest: {kind} backup {} to repo{repo} done in {} ms",
                 run.label.as_deref().unwrap_or("?"),
                 run.duration_ms
             ),
-            Some(e) => log::error!("pgbackrest: {kind} backup failed: {e}"),
+            Some(e) => log::error!("pgbackrest: {kind} backup to repo{repo} failed: {e}"),
         }
         let mut st = self.lock();
-        st.last_run = Some(run.clone());
+        let runs = st.runs(repo);
+        runs.last = Some(run.clone());
         if run.ok() {
-            st.last_ok = Some(run.clone());
+            runs.last_ok = Some(run.clone());
         }
         run
+    }
+
+    /// Why `repo` cannot be reached now: repo2's name is not in the tailnet.
+    fn unreachable(&self, repo: u8) -> Option<String> {
+        let o = self.cfg.offsite.as_ref().filter(|_| repo == REPO_OFFSITE)?;
+        let why = offsite::resolve(o).err();
+        self.lock().offsite_unresolved.clone_from(&why);
+        why
     }
 
     /// Re-reads the sets from the repository.
     fn refresh_catalog(&self) -> Result<Vec<BackupSet>, BackupError> {
         let json = self.pgbackrest("info", &["--output=json".to_string()])?;
-        let sets = pgbackrest::parse_info(&json)?;
-        self.lock().sets = sets.clone();
-        Ok(sets)
+        let info = pgbackrest::parse_info(&json)?;
+        let mut st = self.lock();
+        st.sets = info.sets.clone();
+        st.broken_repos = info.broken_repos;
+        Ok(info.sets)
     }
 
     /// Re-reads `pg_stat_archiver`: what reached the repository, and what failed.
@@ -293,14 +360,33 @@ impl Backups {
     /// What status shows.
     pub fn status(&self) -> BackupStatus {
         let st = self.lock();
+        let local: Vec<BackupSet> = st
+            .sets
+            .iter()
+            .filter(|s| s.repo == REPO_LOCAL)
+            .cloned()
+            .collect();
+        let offsite = self.cfg.offsite.as_ref().map(|o| OffsiteStatus {
+            target: offsite::target(o),
+            problem: st.offsite_unresolved.clone().or_else(|| {
+                st.broken_repos
+                    .iter()
+                    .find(|(r, _)| *r == REPO_OFFSITE)
+                    .map(|(_, m)| m.clone())
+            }),
+            last_run: st.runs[1].last.clone(),
+            last_ok: st.runs[1].last_ok.clone(),
+            sets: st.sets.len() - local.len(),
+        });
         BackupStatus {
             problem: st.problem.clone(),
-            last_run: st.last_run.clone(),
-            last_ok: st.last_ok.clone(),
+            last_run: st.runs[0].last.clone(),
+            last_ok: st.runs[0].last_ok.clone(),
             archive: st.archive.clone(),
             window: archiving::window(&st.sets, &st.archive),
-            sets: st.sets.len(),
+            sets: local.len(),
             disk: self.disk.usage(),
+            offsite,
         }
     }
 
@@ -323,15 +409,32 @@ impl Backups {
                 return;
             }
         };
-        let last_failure = self
-            .lock()
-            .last_run
-            .as_ref()
-            .filter(|r| !r.ok())
-            .map(|r| r.started_unix);
-        if let Some(kind) = schedule::due(now_unix(), &sets, &self.cfg, last_failure) {
-            self.run_locked(kind);
+        for repo in self.repos() {
+            let last_failure = self
+                .lock()
+                .runs(repo)
+                .last
+                .as_ref()
+                .filter(|r| !r.ok())
+                .map(|r| r.started_unix);
+            let of_repo: Vec<BackupSet> = sets.iter().filter(|s| s.repo == repo).cloned().collect();
+            if let Some(kind) = schedule::due(now_unix(), &of_repo, &self.cfg, last_failure) {
+                if repo == REPO_OFFSITE {
+                    // A repository that was unreachable at boot has no stanza yet.
+                    self.create_stanza();
+                }
+                self.run_locked(kind, repo);
+            }
         }
+    }
+
+    /// The configured repositories.
+    fn repos(&self) -> Vec<u8> {
+        let mut v = vec![REPO_LOCAL];
+        if self.cfg.offsite.is_some() {
+            v.push(REPO_OFFSITE);
+        }
+        v
     }
 
     /// Starts the backup thread: the stanza, then a tick every [`TICK`] for ever.

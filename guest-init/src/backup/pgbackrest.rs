@@ -3,7 +3,7 @@
 //! catalog `pgbackrest info --output=json` prints, read into the protocol's
 //! [`BackupSet`]s.
 
-use protocol::backup::{BackupConfig, BackupKind, BackupSet};
+use protocol::backup::{BackupConfig, BackupKind, BackupSet, REPO_LOCAL};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -12,6 +12,10 @@ pub const STANZA: &str = "sovereign";
 
 /// The configuration file, rewritten on every boot (tmpfs: nothing stale survives).
 pub const CONFIG_FILE: &str = "/run/pgbackrest/pgbackrest.conf";
+
+/// The same without repo2, for the one command that knows no `--repo` (stanza-create)
+/// when repo2 is out of reach.
+pub const LOCAL_CONFIG_FILE: &str = "/run/pgbackrest/pgbackrest-repo1.conf";
 
 /// Where the backup disk is mounted; repo1 lives under it.
 pub const BACKUP_MOUNT: &str = "/backup";
@@ -51,11 +55,17 @@ pub fn render_config(cfg: &BackupConfig, pg_port: u16, queue_max_mib: u64) -> St
          log-level-file=info\n\
          process-max=1\n\
          start-fast=y\n\
+         {offsite}\
          \n\
          [{STANZA}]\n\
          pg1-path={data}\n\
          pg1-port={pg_port}\n\
          pg1-socket-path={socket}\n",
+        offsite = cfg
+            .offsite
+            .as_ref()
+            .map(|o| super::offsite::config_lines(o, cfg.retention_days))
+            .unwrap_or_default(),
         retention = cfg.retention_days,
         data = crate::postgres::DATA_DIR,
         socket = crate::postgres::config::SOCKET_DIR,
@@ -76,10 +86,12 @@ pub fn archive_settings(cfg: &BackupConfig) -> String {
 /// The arguments of one pgBackRest command (after the program), with the config
 /// file and stanza every command needs.
 pub fn args(command: &str, extra: &[String]) -> Vec<String> {
-    let mut v = vec![
-        format!("--config={CONFIG_FILE}"),
-        format!("--stanza={STANZA}"),
-    ];
+    args_with(CONFIG_FILE, command, extra)
+}
+
+/// [`args`] with another configuration file.
+pub fn args_with(config: &str, command: &str, extra: &[String]) -> Vec<String> {
+    let mut v = vec![format!("--config={config}"), format!("--stanza={STANZA}")];
     v.extend(extra.iter().cloned());
     v.push(command.to_string());
     v
@@ -102,6 +114,14 @@ struct InfoStanza {
     #[serde(default)]
     backup: Vec<InfoBackup>,
     status: InfoStatus,
+    #[serde(default)]
+    repo: Vec<InfoRepoStatus>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InfoRepoStatus {
+    key: u8,
+    status: InfoStatus,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +139,14 @@ struct InfoBackup {
     info: InfoSizes,
     #[serde(default)]
     error: Option<bool>,
+    #[serde(default)]
+    database: Option<InfoBackupDb>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InfoBackupDb {
+    #[serde(rename = "repo-key")]
+    repo_key: u8,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,16 +169,36 @@ struct InfoRepo {
 /// pgBackRest's status code of a stanza that exists but holds no set yet.
 const STATUS_NO_BACKUP: i64 = 2;
 
-/// The complete sets of our stanza, oldest first. A set pgBackRest marks as having
-/// errors (e.g. a page checksum it could not verify) is left out: it must not count
-/// as a restore point. An interrupted backup never appears in `info` at all.
-pub fn parse_info(json: &str) -> Result<Vec<BackupSet>, InfoError> {
+/// What `pgbackrest info` says: the complete sets of every repository, and the
+/// repositories it could not read (with two, one may be unreachable while the other
+/// works).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Info {
+    /// Complete sets, oldest first.
+    pub sets: Vec<BackupSet>,
+    /// Repositories that could not be read, with pgBackRest's message.
+    pub broken_repos: Vec<(u8, String)>,
+}
+
+/// Reads `pgbackrest info --output=json`. A set pgBackRest marks as having errors
+/// (e.g. a page checksum it could not verify) is left out: it must not count as a
+/// restore point. An interrupted backup never appears in `info` at all. The stanza is
+/// an error only when no repository can be read.
+pub fn parse_info(json: &str) -> Result<Info, InfoError> {
     let stanzas: Vec<InfoStanza> = serde_json::from_str(json)?;
     let stanza = stanzas
         .into_iter()
         .find(|s| s.name == STANZA)
         .ok_or(InfoError::NoStanza)?;
-    if stanza.status.code != 0 && stanza.status.code != STATUS_NO_BACKUP {
+    let usable = |code: i64| code == 0 || code == STATUS_NO_BACKUP;
+    let broken_repos: Vec<(u8, String)> = stanza
+        .repo
+        .iter()
+        .filter(|r| !usable(r.status.code))
+        .map(|r| (r.key, r.status.message.clone()))
+        .collect();
+    let some_repo_works = stanza.repo.iter().any(|r| usable(r.status.code));
+    if !usable(stanza.status.code) && !some_repo_works {
         return Err(InfoError::Status(stanza.status.message));
     }
     let mut sets: Vec<BackupSet> = stanza
@@ -171,11 +219,12 @@ pub fn parse_info(json: &str) -> Result<Vec<BackupSet>, InfoError> {
                 stopped_unix: b.timestamp.stop,
                 database_bytes: b.info.size,
                 repo_bytes: b.info.repository.delta,
+                repo: b.database.map_or(REPO_LOCAL, |d| d.repo_key),
             })
         })
         .collect();
     sets.sort_by_key(|s| s.stopped_unix);
-    Ok(sets)
+    Ok(Info { sets, broken_repos })
 }
 
 #[cfg(test)]
@@ -236,7 +285,7 @@ mod tests {
 
     #[test]
     fn info_gives_complete_sets_oldest_first() {
-        let sets = parse_info(INFO).unwrap();
+        let sets = parse_info(INFO).unwrap().sets;
         assert_eq!(sets.len(), 2, "the set with errors is left out: {sets:?}");
         assert_eq!(sets[0].label, "20261202-160405F");
         assert_eq!(sets[0].kind, BackupKind::Full);
@@ -244,6 +293,30 @@ mod tests {
         assert_eq!(sets[0].repo_bytes, 3900000);
         assert_eq!(sets[1].kind, BackupKind::Diff);
         assert_eq!(sets[1].database_bytes, 31000000);
+        assert_eq!(sets[1].repo, REPO_LOCAL);
+    }
+
+    #[test]
+    fn one_unreachable_repository_leaves_the_other_readable() {
+        let mixed = r#"[{"name":"sovereign",
+            "backup":[{"label":"20261202-160405F","type":"full",
+              "timestamp":{"start":1764691445,"stop":1764691500},
+              "info":{"size":3,"repository":{"delta":2}},
+              "database":{"id":1,"repo-key":2}}],
+            "repo":[{"key":1,"status":{"code":2,"message":"no valid backups"}},
+                    {"key":2,"status":{"code":99,"message":"[104]: unable to connect"}}],
+            "status":{"code":99,"message":"other"}}]"#;
+        let info = parse_info(mixed).unwrap();
+        assert_eq!(info.sets[0].repo, 2);
+        assert_eq!(
+            info.broken_repos,
+            vec![(2, "[104]: unable to connect".to_string())]
+        );
+        let all_broken = mixed.replace(
+            r#""code":2,"message":"no valid backups""#,
+            r#""code":99,"message":"x""#,
+        );
+        assert!(matches!(parse_info(&all_broken), Err(InfoError::Status(_))));
     }
 
     #[test]
@@ -255,7 +328,7 @@ mod tests {
         assert!(e.contains("missing stanza path"), "{e}");
         let empty = r#"[{"name":"sovereign","backup":[],
             "status":{"code":2,"message":"no valid backups"}}]"#;
-        assert_eq!(parse_info(empty).unwrap(), vec![]);
+        assert_eq!(parse_info(empty).unwrap(), Info::default());
         assert!(matches!(parse_info("{"), Err(InfoError::Json(_))));
     }
 }

@@ -14,7 +14,7 @@ use crate::boot::Guest;
 use crate::command;
 use crate::postgres::{find_bin_dir, Account, PgError, Postgres, DATA_DIR};
 use crate::shutdown::StopBudget;
-use protocol::backup::{utc_text, BackupCatalog, RestoreTarget};
+use protocol::backup::{utc_text, BackupCatalog, BackupSet, RestoreTarget, REPO_LOCAL};
 use protocol::{Stage, StageReport};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -81,7 +81,8 @@ pub fn run(
         .clone()
         .ok_or(RestoreError::NoServer)?;
     let catalog = backups.catalog()?;
-    let (args, what) = check_target(target, &catalog, config.postgres.port)?;
+    let (mut args, what) = check_target(target, &catalog, config.postgres.port)?;
+    args.push(repo_arg(target, &catalog.sets)?);
     check_space(&catalog)?;
 
     let reporter = &guest.reporter;
@@ -179,14 +180,31 @@ pub fn onto_new_disk(backups: &Backups, target: &RestoreTarget) -> Result<String
             time.clone(),
         ),
     };
+    let mut args = args;
+    let repo = repo_arg(target, &sets)?;
     log::warn!(
-        "new data disk: restoring {what} from repo1 (newest set {})",
+        "new data disk: restoring {what} with {repo} (newest set {})",
         newest.label
     );
+    args.push(repo);
     let account = Account::lookup()?;
     crate::owned_files::prepare_dir(data, 0o700, account.owner()).map_err(PgError::Prepare)?;
     backups.restore_into_data_dir(&args)?;
     Ok(format!("restored {what} onto the new data disk"))
+}
+
+/// The repository to restore from: a set's own; else repo1 while it holds a set, and
+/// repo2 when it is all there is (the backup disk was lost with the phone).
+fn repo_arg(target: &RestoreTarget, sets: &[BackupSet]) -> Result<String, RestoreError> {
+    let repo = match target {
+        RestoreTarget::Set { label } => sets.iter().find(|s| &s.label == label).map(|s| s.repo),
+        _ => sets
+            .iter()
+            .map(|s| s.repo)
+            .min_by_key(|r| (*r != REPO_LOCAL, *r)),
+    };
+    repo.map(|r| format!("--repo={r}"))
+        .ok_or(RestoreError::NoSets)
 }
 
 /// pgBackRest's arguments for `target` and how to name it, once it is known to be

@@ -54,6 +54,7 @@ mod tests {
             stopped_unix: started + 60,
             database_bytes: 1,
             repo_bytes: 1,
+            repo: 1,
         }
     }
 

@@ -23,7 +23,7 @@ async fn ask(spec: &Spec, request: BackupRequest) -> anyhow::Result<Option<Backu
     }
 }
 
-/// `backup now`: exit 0 when a set was made.
+/// `backup now`: exit 0 when a set was made in every repository.
 pub async fn now(spec: &Spec, kind: BackupKind) -> anyhow::Result<i32> {
     eprintln!(
         "taking a {kind} backup of VM {} (pgBackRest in the guest; this can take minutes) ...",
@@ -32,20 +32,35 @@ pub async fn now(spec: &Spec, kind: BackupKind) -> anyhow::Result<i32> {
     let Some(a) = ask(spec, BackupRequest::Now { kind }).await? else {
         return Ok(1);
     };
-    match (&a.run, a.ok) {
-        (Some(run), true) => {
-            println!(
-                "{kind} backup {} done in {}, {} in the repository",
+    for run in a.run.iter().chain(a.offsite_run.iter()) {
+        match &run.error {
+            None => println!(
+                "{kind} backup {} to repo{} ({}) done in {}, {} in the repository",
                 run.label.as_deref().unwrap_or("?"),
+                run.repo,
+                repo_name(run.repo),
                 seconds(run.duration_ms),
                 run.repo_bytes.map(size).unwrap_or_else(|| "?".into())
-            );
-            Ok(0)
+            ),
+            Some(e) => eprintln!(
+                "{kind} backup to repo{} ({}) failed: {e}",
+                run.repo,
+                repo_name(run.repo)
+            ),
         }
-        _ => {
-            eprintln!("{}", a.message);
-            Ok(1)
-        }
+    }
+    if a.run.is_none() {
+        eprintln!("{}", a.message);
+    }
+    Ok(if a.ok { 0 } else { 1 })
+}
+
+/// What a repository is, in words.
+fn repo_name(repo: u8) -> &'static str {
+    if repo == protocol::backup::REPO_OFFSITE {
+        "offsite"
+    } else {
+        "backup disk"
     }
 }
 
@@ -88,24 +103,25 @@ pub async fn verify(spec: &Spec) -> anyhow::Result<i32> {
 pub fn render_catalog(c: &BackupCatalog) -> String {
     let mut out = match c.window {
         Some(w) => format!(
-            "repo1 (backup disk): {} set(s); restorable to any time from {} to {}\n",
+            "{} set(s); restorable to any time from {} to {}\n",
             c.sets.len(),
             utc_text(w.earliest_unix),
             utc_text(w.latest_unix)
         ),
-        None => "repo1 (backup disk): no backup set yet\n".to_string(),
+        None => "no backup set yet\n".to_string(),
     };
     if !c.sets.is_empty() {
         out.push_str(&format!(
-            "  {:<34} {:<5} {:<21} {:>9} {:>10} {:>10}\n",
-            "LABEL", "TYPE", "STARTED", "TOOK", "DATABASE", "IN REPO"
+            "  {:<34} {:<5} {:<19} {:<21} {:>9} {:>10} {:>10}\n",
+            "LABEL", "TYPE", "REPO", "STARTED", "TOOK", "DATABASE", "IN REPO"
         ));
     }
     for s in &c.sets {
         out.push_str(&format!(
-            "  {:<34} {:<5} {:<21} {:>9} {:>10} {:>10}\n",
+            "  {:<34} {:<5} {:<19} {:<21} {:>9} {:>10} {:>10}\n",
             s.label,
             s.kind.as_str(),
+            format!("repo{} ({})", s.repo, repo_name(s.repo)),
             utc_text(s.started_unix),
             format!("{} s", (s.stopped_unix - s.started_unix).max(0)),
             size(s.database_bytes),
@@ -243,6 +259,7 @@ mod tests {
                 stopped_unix: 1_796_227_486,
                 database_bytes: 31 << 20,
                 repo_bytes: 4 << 20,
+                repo: 2,
             }],
             window: Some(RecoveryWindow {
                 earliest_unix: 1_796_227_486,
@@ -255,6 +272,7 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("20261202-160405F"), "{t}");
+        assert!(t.contains("repo2 (offsite)"), "{t}");
         assert!(
             t.contains("41 s") && t.contains("31.0 MiB") && t.contains("4.0 MiB"),
             "{t}"

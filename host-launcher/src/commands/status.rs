@@ -266,18 +266,62 @@ pub fn render_backup(b: &protocol::backup::BackupStatus, now: i64) -> String {
             d.total_bytes >> 20
         );
     }
+    if let Some(off) = &b.offsite {
+        o.push_str(&render_offsite(off));
+    }
     o
+}
+
+/// The repo2 lines: what is wrong with it first, then its newest good set.
+fn render_offsite(off: &protocol::backup::OffsiteStatus) -> String {
+    use protocol::backup::utc_text;
+    let mut lines = Vec::new();
+    if let Some(p) = &off.problem {
+        lines.push(format!(
+            "    ✗ offsite {} cannot be reached: {p}",
+            off.target
+        ));
+    }
+    if let Some(e) = off
+        .last_run
+        .as_ref()
+        .and_then(|r| r.error.as_ref().map(|e| (r, e)))
+    {
+        lines.push(format!(
+            "    ✗ last offsite backup ({} at {}) failed: {}",
+            e.0.kind,
+            utc_text(e.0.started_unix),
+            e.1
+        ));
+    }
+    lines.push(match &off.last_ok {
+        Some(ok) => format!(
+            "    offsite:  {} last {} {} at {} ok ({:.1} s), {} set(s)",
+            off.target,
+            ok.kind,
+            ok.label.as_deref().unwrap_or("?"),
+            utc_text(ok.started_unix),
+            ok.duration_ms as f64 / 1000.0,
+            off.sets
+        ),
+        None => format!(
+            "    offsite:  {} no set yet, {} set(s)",
+            off.target, off.sets
+        ),
+    });
+    lines.iter().map(|l| format!("{l}\n")).collect()
 }
 
 #[cfg(test)]
 mod backup_tests {
     use super::render_backup;
-    use protocol::backup::{ArchiveState, BackupKind, BackupRun, BackupStatus};
+    use protocol::backup::{ArchiveState, BackupKind, BackupRun, BackupStatus, OffsiteStatus};
 
     #[test]
     fn failures_are_said_first_and_never_hidden() {
         let run = |error: Option<&str>| BackupRun {
             kind: BackupKind::Full,
+            repo: 1,
             started_unix: 1_796_227_445,
             duration_ms: 41_000,
             label: error.is_none().then(|| "20261202-160405F".to_string()),
@@ -309,6 +353,28 @@ mod backup_tests {
             "{t}"
         );
         assert!(t.contains("✗ WAL archiving is failing"), "{t}");
+        b.offsite = Some(OffsiteStatus {
+            target: "sovereign@backup-box:/srv/sovereign".into(),
+            problem: Some("unable to connect".into()),
+            last_run: Some(run(Some("host key mismatch"))),
+            last_ok: None,
+            sets: 0,
+        });
+        let t = render_backup(&b, 1_796_227_630);
+        assert!(
+            t.contains("✗ offsite sovereign@backup-box:/srv/sovereign cannot be reached: unable to connect"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "✗ last offsite backup (full at 2026-12-02T16:04:05Z) failed: host key mismatch"
+            ),
+            "{t}"
+        );
+        assert!(
+            t.contains("offsite:  sovereign@backup-box:/srv/sovereign no set yet"),
+            "{t}"
+        );
         b.problem = Some("backup disk: /dev/vdc does not exist".into());
         let t = render_backup(&b, 0);
         assert!(t.contains("✗ backups are not running: backup disk"), "{t}");

@@ -2,8 +2,8 @@
 //! refused) and its resolution into a [`Spec`] with absolute paths and every default.
 
 use super::{
-    qemu_binary, AppSpec, Backend, BackupSpec, DataDisk, GuestSpec, PostgresSpec, Problem,
-    ScheduleSpec, Spec, SpecError, TailscaleSpec, Timeouts, VmmSpec, DEFAULT_NAME,
+    qemu_binary, AppSpec, Backend, BackupSpec, DataDisk, GuestSpec, OffsiteSpec, PostgresSpec,
+    Problem, ScheduleSpec, Spec, SpecError, TailscaleSpec, Timeouts, VmmSpec, DEFAULT_NAME,
 };
 use crate::paths::{resolve, HostEnv, ANDROID_CROSVM};
 use kernel_config::Arch;
@@ -63,6 +63,18 @@ struct BackupFile {
     retention_days: Option<u32>,
     #[serde(default)]
     schedule: ScheduleFile,
+    offsite: Option<OffsiteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OffsiteFile {
+    host: String,
+    port: Option<u16>,
+    user: String,
+    path: String,
+    host_key: String,
+    private_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,6 +259,17 @@ fn resolve_file(
                 diff_every_days: f.backup.schedule.diff_every_days.unwrap_or(1),
             },
             restore_on_boot: None,
+            offsite: f.backup.offsite.map(|o| OffsiteSpec {
+                host: o.host,
+                port: o.port.unwrap_or(22),
+                user: o.user,
+                path: o.path,
+                host_key: o.host_key.trim().to_string(),
+                private_key_file: o
+                    .private_key_file
+                    .map(&in_dir)
+                    .unwrap_or_else(|| secrets_dir.join(format!("{name}-offsite.key"))),
+            }),
         },
         guest: GuestSpec {
             log_level: f.guest.log_level.unwrap_or_else(|| "info".to_string()),

@@ -137,6 +137,28 @@ pub struct BackupSpec {
     /// file): restore onto the new data disk before postgres starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_on_boot: Option<protocol::backup::RestoreTarget>,
+    /// repo2 off the device, when set: an SFTP server reached over the tailnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<OffsiteSpec>,
+}
+
+/// repo2: an SFTP server reached over the tailnet by name (`[backup.offsite]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsiteSpec {
+    /// The server's tailnet name.
+    pub host: String,
+    /// Its SSH port (default 22).
+    pub port: u16,
+    /// The account on the server.
+    pub user: String,
+    /// The repository's absolute path on the server.
+    pub path: String,
+    /// The server's public host key (`ssh-ed25519 AAAA...`, its ssh_host_ed25519_key.pub).
+    pub host_key: String,
+    /// The client's private key, 0600 (default `<secrets>/<name>-offsite.key`; make it
+    /// with `ssh-keygen -t ed25519 -N '' -f FILE` and put FILE.pub in the server's
+    /// authorized_keys).
+    pub private_key_file: PathBuf,
 }
 
 /// When PID 1 takes backups (the first full one right after the first `ready`).
@@ -342,8 +364,25 @@ impl Spec {
         self.timeouts.for_stage(stage)
     }
 
-    /// The backup configuration for the guest, when backups are enabled.
-    pub fn guest_backup(&self) -> Option<protocol::backup::BackupConfig> {
+    /// The backup configuration for the guest, when backups are enabled, with repo2's
+    /// private key (read from its file by the caller; see [`crate::secrets`]).
+    pub fn guest_backup(
+        &self,
+        offsite_key: Option<protocol::config::Secret>,
+    ) -> Option<protocol::backup::BackupConfig> {
+        let offsite = self
+            .backup
+            .offsite
+            .as_ref()
+            .zip(offsite_key)
+            .map(|(o, key)| protocol::backup::OffsiteConfig {
+                host: o.host.clone(),
+                port: o.port,
+                user: o.user.clone(),
+                path: o.path.clone(),
+                host_key: o.host_key.clone(),
+                private_key: key,
+            });
         self.backup.enabled.then(|| protocol::backup::BackupConfig {
             device: BACKUP_DEVICE.to_string(),
             archive_timeout_secs: self.backup.archive_timeout_secs,
@@ -351,6 +390,7 @@ impl Spec {
             full_every_days: self.backup.schedule.full_every_days,
             diff_every_days: self.backup.schedule.diff_every_days,
             restore_on_boot: self.backup.restore_on_boot.clone(),
+            offsite,
         })
     }
 

@@ -1,0 +1,160 @@
+//! repo2, off the device: pgBackRest's SFTP repository on a server reached over the
+//! tailnet by name. PID 1 writes the private key (from the control channel) and the
+//! one host key the server may present into /run (tmpfs), renders the `repo2-*`
+//! options, and makes the server's tailnet name resolvable for pgBackRest by asking
+//! tailscaled (the guest's resolver is gvproxy's, which knows no tailnet names).
+
+use crate::owned_files::{self, OwnedFileError, Owner};
+use protocol::backup::OffsiteConfig;
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+/// The client's private key, readable by postgres only.
+pub const KEY_FILE: &str = "/run/pgbackrest/offsite.key";
+
+/// The known-hosts file: the server's host key and nothing else.
+pub const KNOWN_HOSTS: &str = "/run/pgbackrest/offsite-known-hosts";
+
+/// The hosts file, where the server's tailnet name is pinned to its tailnet address.
+const HOSTS_FILE: &str = "/etc/hosts";
+
+/// Marks the line of [`HOSTS_FILE`] this module owns.
+const HOSTS_MARK: &str = "# sovereign: backup.offsite";
+
+/// Writes the key and the known-hosts file.
+pub fn write_credentials(cfg: &OffsiteConfig, owner: Owner) -> Result<(), OwnedFileError> {
+    let mut key = cfg.private_key.expose().trim().to_string();
+    key.push('\n');
+    owned_files::write_file(Path::new(KEY_FILE), key.as_bytes(), 0o600, owner)?;
+    owned_files::write_file(
+        Path::new(KNOWN_HOSTS),
+        known_hosts(cfg).as_bytes(),
+        0o644,
+        owner,
+    )
+}
+
+/// The known-hosts lines for the server: under its name as pgBackRest asks for it
+/// (`[name]:port` off port 22).
+fn known_hosts(cfg: &OffsiteConfig) -> String {
+    let key = cfg.host_key.split_whitespace().take(2).collect::<Vec<_>>();
+    let key = key.join(" ");
+    if cfg.port == 22 {
+        format!("{} {key}\n", cfg.host)
+    } else {
+        format!("[{}]:{} {key}\n", cfg.host, cfg.port)
+    }
+}
+
+/// The pgbackrest.conf lines for repo2 (in `[global]`).
+pub fn config_lines(cfg: &OffsiteConfig, retention_days: u32) -> String {
+    format!(
+        "repo2-type=sftp\n\
+         repo2-path={path}\n\
+         repo2-sftp-host={host}\n\
+         repo2-sftp-host-port={port}\n\
+         repo2-sftp-host-user={user}\n\
+         repo2-sftp-private-key-file={KEY_FILE}\n\
+         repo2-sftp-host-key-check-type=strict\n\
+         repo2-sftp-known-host={KNOWN_HOSTS}\n\
+         repo2-bundle=y\n\
+         repo2-retention-full-type=time\n\
+         repo2-retention-full={retention_days}\n",
+        path = cfg.path,
+        host = cfg.host,
+        port = cfg.port,
+        user = cfg.user,
+    )
+}
+
+/// `user@host:path`, for status and logs.
+pub fn target(cfg: &OffsiteConfig) -> String {
+    format!("{}@{}:{}", cfg.user, cfg.host, cfg.path)
+}
+
+/// Looks the server's name up in the tailnet and pins it in the hosts file; `Err` says
+/// why it could not (the name is not a node of the tailnet, tailscaled is down).
+pub fn resolve(cfg: &OffsiteConfig) -> Result<Ipv4Addr, String> {
+    let ip = crate::tailscale::peer_ipv4(&cfg.host).ok_or_else(|| {
+        format!(
+            "'{}' is not a node of this tailnet (tailscale ip found no address)",
+            cfg.host
+        )
+    })?;
+    let current = std::fs::read_to_string(HOSTS_FILE).unwrap_or_default();
+    let wanted = with_pinned(&current, &cfg.host, ip);
+    if wanted != current {
+        owned_files::write_file(
+            Path::new(HOSTS_FILE),
+            wanted.as_bytes(),
+            0o644,
+            Owner { uid: 0, gid: 0 },
+        )
+        .map_err(|e| e.to_string())?;
+        log::info!("offsite backups: {} is {ip} in the tailnet", cfg.host);
+    }
+    Ok(ip)
+}
+
+/// `hosts` with this module's line replaced by one pinning `name` to `ip`.
+fn with_pinned(hosts: &str, name: &str, ip: Ipv4Addr) -> String {
+    let mut out: String = hosts
+        .lines()
+        .filter(|l| !l.ends_with(HOSTS_MARK))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(&format!("{ip}\t{name}\t{HOSTS_MARK}\n"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::config::Secret;
+
+    fn cfg(port: u16) -> OffsiteConfig {
+        OffsiteConfig {
+            host: "backup-box".into(),
+            port,
+            user: "sovereign".into(),
+            path: "/srv/sovereign".into(),
+            host_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHost root@box".into(),
+            private_key: Secret::new(
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nk\n-----END OPENSSH PRIVATE KEY-----",
+            ),
+        }
+    }
+
+    #[test]
+    fn the_server_is_known_by_its_name_and_port_and_nothing_else() {
+        assert_eq!(
+            known_hosts(&cfg(22)),
+            "backup-box ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHost\n"
+        );
+        assert_eq!(
+            known_hosts(&cfg(2222)),
+            "[backup-box]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHost\n"
+        );
+        let conf = config_lines(&cfg(2222), 7);
+        for line in [
+            "repo2-type=sftp",
+            "repo2-sftp-host=backup-box",
+            "repo2-sftp-host-port=2222",
+            "repo2-sftp-host-key-check-type=strict",
+            "repo2-retention-full=7",
+        ] {
+            assert!(conf.lines().any(|l| l == line), "{line} in {conf}");
+        }
+        assert!(!conf.contains("PRIVATE KEY"), "the key stays in its file");
+    }
+
+    #[test]
+    fn the_pinned_line_is_replaced_not_repeated() {
+        let base = "127.0.0.1\tlocalhost\n";
+        let once = with_pinned(base, "backup-box", Ipv4Addr::new(100, 64, 0, 2));
+        let twice = with_pinned(&once, "backup-box", Ipv4Addr::new(100, 64, 0, 3));
+        assert!(twice.starts_with(base));
+        assert_eq!(twice.matches(HOSTS_MARK).count(), 1);
+        assert!(twice.contains("100.64.0.3\tbackup-box"));
+    }
+}
