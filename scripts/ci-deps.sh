@@ -24,7 +24,8 @@ fi
 backports_pkgs=(qemu-system-x86 qemu-system-arm qemu-user-static qemu-utils linux-source-6.12)
 pkgs=(bc flex bison libelf-dev libssl-dev dwarves gcc-aarch64-linux-gnu make cpio xz-utils
       zstd rsync mmdebstrap e2fsprogs iproute2 postgresql-client jq curl ca-certificates
-      binfmt-support dpkg-dev busybox-static kmod file arch-test nftables)
+      binfmt-support dpkg-dev busybox-static kmod file arch-test nftables
+      openssh-server openssh-client)
 missing=()
 for p in "${pkgs[@]}" "${backports_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -33,9 +34,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # The tests run their own sshd (the off-device backup server) in a namespace; the
+  # package must not start one on the host. policy-rc.d keeps it stopped.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && own_policy=1
+  fi
   apt-get install -y -qq --no-install-recommends -t bookworm-backports \
     "${backports_pkgs[@]}" >/dev/null
   apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  [ "$own_policy" -eq 0 ] || rm -f "$policy"
 fi
 
 # --- Go: any Go >= 1.21 will do; the builds ask for go 1.26 and Go fetches that

@@ -40,7 +40,7 @@ cloud=$(scripts/fetch-cloud-kernel.sh | tail -n1)
 step "static musl builds, then VM tests (QEMU TCG, real gvproxy, headscale, tailscale, PostgreSQL)"
 SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_CLOUD_KERNEL=$cloud/vmlinuz SOVEREIGN_REQUIRE_VM_TESTS=1 \
   cargo test -p sovereign-tests --locked --test static_builds \
-    --test boot --test forwarder --test network --test postgres --test e2e --test backups --test faults -- --include-ignored --test-threads=1
+    --test boot --test forwarder --test network --test postgres --test e2e --test backups --test offsite --test faults -- --include-ignored --test-threads=1
 
 step "fuzzing the codecs (${SOVEREIGN_FUZZ_SECONDS:-60}s per target)"
 for target in hyperkit_frames control_frames kernel_cmdline; do

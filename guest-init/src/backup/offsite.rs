@@ -56,6 +56,7 @@ pub fn config_lines(cfg: &OffsiteConfig, retention_days: u32) -> String {
          repo2-sftp-host-user={user}\n\
          repo2-sftp-private-key-file={KEY_FILE}\n\
          repo2-sftp-host-key-check-type=strict\n\
+         repo2-sftp-host-key-hash-type=sha256\n\
          repo2-sftp-known-host={KNOWN_HOSTS}\n\
          repo2-bundle=y\n\
          repo2-retention-full-type=time\n\
