@@ -414,6 +414,15 @@ pub struct OffsiteStatus {
     pub last_ok: Option<BackupRun>,
     /// Number of sets in repo2.
     pub sets: usize,
+    /// The newest WAL file shipped from repo1 to repo2.
+    #[serde(default)]
+    pub shipped_wal: Option<String>,
+    /// When it was shipped.
+    #[serde(default)]
+    pub shipped_unix: Option<i64>,
+    /// Why shipping WAL to repo2 stopped short in its last round, when it did.
+    #[serde(default)]
+    pub shipping_problem: Option<String>,
 }
 
 /// The guest's answer to a [`BackupRequest`].

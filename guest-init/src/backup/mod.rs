@@ -14,13 +14,16 @@ pub mod offsite;
 pub mod pgbackrest;
 pub mod restore;
 pub mod schedule;
+pub mod shipping;
 
 use crate::command;
 use crate::datadisk::{DataDisk, DiskError};
 use crate::owned_files::{self, Owner};
 use crate::postgres::wal_budget::WalBudget;
 use crate::postgres::{find_bin_dir, Account};
-use pgbackrest::{BACKUP_MOUNT, CONFIG_FILE, LOCAL_CONFIG_FILE, REPO1_PATH, WORK_DIR};
+use pgbackrest::{
+    BACKUP_MOUNT, CONFIG_FILE, LOCAL_CONFIG_FILE, OFFSITE_CONFIG_FILE, REPO1_PATH, WORK_DIR,
+};
 use protocol::backup::{
     ArchiveState, BackupCatalog, BackupConfig, BackupKind, BackupRun, BackupSet, BackupStatus,
     OffsiteStatus, REPO_LOCAL, REPO_OFFSITE,
@@ -73,6 +76,10 @@ struct State {
     broken_repos: Vec<(u8, String)>,
     /// Why repo2's name could not be looked up in the tailnet, when it could not.
     offsite_unresolved: Option<String>,
+    /// WAL shipping to repo2: the newest file shipped, and when.
+    shipped: Option<(String, i64)>,
+    /// Why the last shipping round stopped short, when it did.
+    ship_problem: Option<String>,
     archive: ArchiveState,
 }
 
@@ -130,6 +137,7 @@ impl Backups {
             WORK_DIR,
             &format!("{WORK_DIR}/spool"),
             &format!("{WORK_DIR}/log"),
+            &format!("{WORK_DIR}/ship"),
         ] {
             owned_files::prepare_dir(Path::new(dir), 0o750, owner)?;
         }
@@ -148,6 +156,20 @@ impl Backups {
         };
         let conf = pgbackrest::render_config(&local_only, self.pg_port, queue_mib);
         owned_files::write_file(Path::new(LOCAL_CONFIG_FILE), conf.as_bytes(), 0o640, owner)?;
+        if self.cfg.offsite.is_some() {
+            let full = pgbackrest::render_config(&self.cfg, self.pg_port, queue_mib);
+            let offsite_only: String = full
+                .lines()
+                .filter(|l| !l.starts_with("repo1-"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            owned_files::write_file(
+                Path::new(OFFSITE_CONFIG_FILE),
+                offsite_only.as_bytes(),
+                0o640,
+                owner,
+            )?;
+        }
         Ok(())
     }
 
@@ -376,6 +398,9 @@ impl Backups {
             }),
             last_run: st.runs[1].last.clone(),
             last_ok: st.runs[1].last_ok.clone(),
+            shipped_wal: st.shipped.as_ref().map(|s| s.0.clone()),
+            shipped_unix: st.shipped.as_ref().map(|s| s.1),
+            shipping_problem: st.ship_problem.clone(),
             sets: st.sets.len() - local.len(),
         });
         BackupStatus {
@@ -452,6 +477,9 @@ impl Backups {
         if let Err(e) = spawned {
             log::error!("cannot start the backup thread: {e}");
             self.lock().problem = Some(format!("the backup thread could not start: {e}"));
+        }
+        if self.cfg.offsite.is_some() {
+            shipping::start(self);
         }
     }
 

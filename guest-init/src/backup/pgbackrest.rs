@@ -13,9 +13,13 @@ pub const STANZA: &str = "sovereign";
 /// The configuration file, rewritten on every boot (tmpfs: nothing stale survives).
 pub const CONFIG_FILE: &str = "/run/pgbackrest/pgbackrest.conf";
 
-/// The same without repo2, for the one command that knows no `--repo` (stanza-create)
-/// when repo2 is out of reach.
+/// The same without repo2: for PostgreSQL's `archive_command` (WAL reaches repo2 by
+/// [`super::shipping`], never through the archiver) and for the one command that knows
+/// no `--repo` (stanza-create) when repo2 is out of reach.
 pub const LOCAL_CONFIG_FILE: &str = "/run/pgbackrest/pgbackrest-repo1.conf";
+
+/// The same with repo2 alone, for pushing shipped WAL into it.
+pub const OFFSITE_CONFIG_FILE: &str = "/run/pgbackrest/pgbackrest-repo2.conf";
 
 /// Where the backup disk is mounted; repo1 lives under it.
 pub const BACKUP_MOUNT: &str = "/backup";
@@ -77,7 +81,7 @@ pub fn archive_settings(cfg: &BackupConfig) -> String {
     format!(
         "# Continuous archiving to pgBackRest (async push)\n\
          archive_mode = on\n\
-         archive_command = '{PROGRAM} --config={CONFIG_FILE} --stanza={STANZA} archive-push %p'\n\
+         archive_command = '{PROGRAM} --config={LOCAL_CONFIG_FILE} --stanza={STANZA} archive-push %p'\n\
          archive_timeout = {}\n",
         cfg.archive_timeout_secs
     )
@@ -90,10 +94,14 @@ pub fn args(command: &str, extra: &[String]) -> Vec<String> {
 }
 
 /// [`args`] with another configuration file.
+/// Options (`--...`) go before the command, its parameters (a WAL name, a path) after.
 pub fn args_with(config: &str, command: &str, extra: &[String]) -> Vec<String> {
+    let (options, parameters): (Vec<&String>, Vec<&String>) =
+        extra.iter().partition(|a| a.starts_with("--"));
     let mut v = vec![format!("--config={config}"), format!("--stanza={STANZA}")];
-    v.extend(extra.iter().cloned());
+    v.extend(options.into_iter().cloned());
     v.push(command.to_string());
+    v.extend(parameters.into_iter().cloned());
     v
 }
 
@@ -257,7 +265,7 @@ mod tests {
         assert!(a.contains("archive_timeout = 60"), "{a}");
         assert!(
             a.contains(
-                "--config=/run/pgbackrest/pgbackrest.conf --stanza=sovereign archive-push %p'"
+                "--config=/run/pgbackrest/pgbackrest-repo1.conf --stanza=sovereign archive-push %p'"
             ),
             "{a}"
         );
@@ -317,6 +325,30 @@ mod tests {
             r#""code":99,"message":"x""#,
         );
         assert!(matches!(parse_info(&all_broken), Err(InfoError::Status(_))));
+    }
+
+    #[test]
+    fn options_come_before_the_command_and_parameters_after() {
+        let a = args_with(
+            "/c.conf",
+            "archive-get",
+            &[
+                "--repo=1".into(),
+                "000000010000000000000001".into(),
+                "/x/y".into(),
+            ],
+        );
+        assert_eq!(
+            a,
+            [
+                "--config=/c.conf",
+                "--stanza=sovereign",
+                "--repo=1",
+                "archive-get",
+                "000000010000000000000001",
+                "/x/y"
+            ]
+        );
     }
 
     #[test]

@@ -294,6 +294,9 @@ fn render_offsite(off: &protocol::backup::OffsiteStatus) -> String {
             e.1
         ));
     }
+    if let Some(p) = &off.shipping_problem {
+        lines.push(format!("    ✗ WAL is not reaching the offsite copy: {p}"));
+    }
     lines.push(match &off.last_ok {
         Some(ok) => format!(
             "    offsite:  {} last {} {} at {} ok ({:.1} s), {} set(s)",
@@ -359,6 +362,7 @@ mod backup_tests {
             last_run: Some(run(Some("host key mismatch"))),
             last_ok: None,
             sets: 0,
+            ..OffsiteStatus::default()
         });
         let t = render_backup(&b, 1_796_227_630);
         assert!(
