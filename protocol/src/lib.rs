@@ -10,6 +10,7 @@
 //! - [`evidence`]: what each stage report proves, one type per stage.
 //! - [`marker`]: the `SOVEREIGN <stage> <json>` console lines.
 //! - [`manifest`]: `manifest.json` of a built artifact set.
+//! - [`backup`], [`offsite`]: backups, restores and the off-device copy.
 //! - [`arch`]: the guest architectures.
 //! - [`hyperkit`]: gvproxy's Ethernet frame framing (u16 little-endian length).
 //! - [`backup`]: backup configuration, requests, answers and status.
@@ -25,6 +26,7 @@ pub mod hyperkit;
 pub mod manifest;
 pub mod marker;
 pub mod messages;
+pub mod offsite;
 pub mod ports;
 pub mod stage;
 

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod offsite;
 pub mod pgbackrest;
 pub mod restore;
+mod runs;
 pub mod schedule;
 pub mod shipping;
 
@@ -25,12 +26,12 @@ use pgbackrest::{
     BACKUP_MOUNT, CONFIG_FILE, LOCAL_CONFIG_FILE, OFFSITE_CONFIG_FILE, REPO1_PATH, WORK_DIR,
 };
 use protocol::backup::{
-    ArchiveState, BackupCatalog, BackupConfig, BackupKind, BackupRun, BackupSet, BackupStatus,
-    OffsiteStatus, REPO_LOCAL, REPO_OFFSITE,
+    ArchiveState, BackupCatalog, BackupConfig, BackupRun, BackupSet, BackupStatus, OffsiteStatus,
+    REPO_LOCAL, REPO_OFFSITE,
 };
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
 /// The label of the backup filesystem.
@@ -158,9 +159,11 @@ impl Backups {
         owned_files::write_file(Path::new(LOCAL_CONFIG_FILE), conf.as_bytes(), 0o640, owner)?;
         if self.cfg.offsite.is_some() {
             let full = pgbackrest::render_config(&self.cfg, self.pg_port, queue_mib);
+            // Without repo1, and without the queue bound: with it, archive-push looks
+            // for PostgreSQL's archive_status beside the file, which only pg_wal has.
             let offsite_only: String = full
                 .lines()
-                .filter(|l| !l.starts_with("repo1-"))
+                .filter(|l| !l.starts_with("repo1-") && !l.starts_with("archive-push-queue-max"))
                 .map(|l| format!("{l}\n"))
                 .collect();
             owned_files::write_file(
@@ -241,88 +244,6 @@ impl Backups {
     /// Why backups cannot run, if they cannot.
     fn unavailable(&self) -> Option<String> {
         self.lock().problem.clone()
-    }
-
-    /// Takes one backup to repo1 and, when configured, one to repo2 (waiting for any
-    /// other backup or restore to finish first); records their outcomes.
-    pub fn run(&self, kind: BackupKind) -> (BackupRun, Option<BackupRun>) {
-        let _work = self.work.lock().unwrap_or_else(|p| p.into_inner());
-        let local = self.run_locked(kind, REPO_LOCAL);
-        let offsite = self
-            .cfg
-            .offsite
-            .is_some()
-            .then(|| self.run_locked(kind, REPO_OFFSITE));
-        (local, offsite)
-    }
-
-    fn run_locked(&self, kind: BackupKind, repo: u8) -> BackupRun {
-        let started_unix = now_unix();
-        let start = Instant::now();
-        log::info!("pgbackrest: {kind} backup to repo{repo} starting");
-        let outcome = match self.unavailable().or_else(|| self.unreachable(repo)) {
-            Some(why) => Err(BackupError::Unavailable(why)),
-            None => self.pgbackrest(
-                "backup",
-                &[format!("--type={kind}"), format!("--repo={repo}")],
-            ),
-        };
-        let duration_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let _ = self.refresh_catalog();
-        let newest = self
-            .lock()
-            .sets
-            .iter()
-            .rev()
-            .find(|s| s.repo == repo && s.started_unix >= started_unix - 1)
-            .cloned();
-        let failed = |error: String| BackupRun {
-            kind,
-            repo,
-            started_unix,
-            duration_ms,
-            label: None,
-            repo_bytes: None,
-            error: Some(error),
-        };
-        let run = match (outcome, newest) {
-            (Ok(_), Some(set)) => BackupRun {
-                kind,
-                repo,
-                started_unix,
-                duration_ms,
-                label: Some(set.label),
-                repo_bytes: Some(set.repo_bytes),
-                error: None,
-            },
-            (Ok(_), None) => {
-                failed("pgbackrest reported success but no new set is in the repository".into())
-            }
-            (Err(e), _) => failed(e.to_string()),
-        };
-        match &run.error {
-            None => log::info!(
-                "pgbackrest: {kind} backup {} to repo{repo} done in {} ms",
-                run.label.as_deref().unwrap_or("?"),
-                run.duration_ms
-            ),
-            Some(e) => log::error!("pgbackrest: {kind} backup to repo{repo} failed: {e}"),
-        }
-        let mut st = self.lock();
-        let runs = st.runs(repo);
-        runs.last = Some(run.clone());
-        if run.ok() {
-            runs.last_ok = Some(run.clone());
-        }
-        run
-    }
-
-    /// Why `repo` cannot be reached now: repo2's name is not in the tailnet.
-    fn unreachable(&self, repo: u8) -> Option<String> {
-        let o = self.cfg.offsite.as_ref().filter(|_| repo == REPO_OFFSITE)?;
-        let why = offsite::resolve(o).err();
-        self.lock().offsite_unresolved.clone_from(&why);
-        why
     }
 
     /// Re-reads the sets from the repository.
@@ -451,15 +372,6 @@ impl Backups {
                 self.run_locked(kind, repo);
             }
         }
-    }
-
-    /// The configured repositories.
-    fn repos(&self) -> Vec<u8> {
-        let mut v = vec![REPO_LOCAL];
-        if self.cfg.offsite.is_some() {
-            v.push(REPO_OFFSITE);
-        }
-        v
     }
 
     /// Starts the backup thread: the stanza, then a tick every [`TICK`] for ever.

@@ -78,9 +78,15 @@ impl Backups {
         for name in &missing {
             let file = Path::new(WORK_DIR).join("ship").join(name);
             let path = file.to_string_lossy().into_owned();
+            // Synchronous: the async mode prefetches a recovery queue into the spool.
             self.pgbackrest(
                 "archive-get",
-                &[format!("--repo={REPO_LOCAL}"), name.clone(), path.clone()],
+                &[
+                    format!("--repo={REPO_LOCAL}"),
+                    "--no-archive-async".into(),
+                    name.clone(),
+                    path.clone(),
+                ],
             )?;
             let pushed = self.push_to_offsite(&path);
             let _ = std::fs::remove_file(&file);

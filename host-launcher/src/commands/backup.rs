@@ -171,12 +171,22 @@ pub async fn restore_new_disk(
         eprintln!("backups are off in this spec (backup.enabled = false): nothing to restore from");
         return Ok(2);
     }
-    if !spec.backup_disk.path.exists() {
-        eprintln!(
-            "the backup disk {} does not exist: nothing to restore from",
-            spec.backup_disk.path.display()
-        );
-        return Ok(2);
+    match (&spec.backup.offsite, spec.backup_disk.path.exists()) {
+        (_, true) => {}
+        (Some(o), false) => println!(
+            "  the backup disk {} does not exist: a new one is made, and the restore comes from the offsite copy {}@{}:{}",
+            spec.backup_disk.path.display(),
+            o.user,
+            o.host,
+            o.path
+        ),
+        (None, false) => {
+            eprintln!(
+                "the backup disk {} does not exist and the spec names no offsite copy ([backup.offsite]): nothing to restore from",
+                spec.backup_disk.path.display()
+            );
+            return Ok(2);
+        }
     }
     let data = spec.data_disk.path.clone();
     if data.exists() {
