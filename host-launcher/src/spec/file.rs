@@ -370,6 +370,39 @@ mod tests {
     }
 
     #[test]
+    fn the_offsite_copy_reads_with_its_defaults_and_an_address_is_refused() {
+        let env = env_in(Path::new("/base"), false);
+        let text = r#"
+            [backup.offsite]
+            host = "backup-box"
+            user = "sovereign"
+            path = "/srv/sovereign"
+            host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKey "
+        "#;
+        let s = Spec::parse(text, Path::new("/specs"), &env, "t.toml").unwrap();
+        let o = s.backup.offsite.as_ref().unwrap();
+        assert_eq!(o.port, 22);
+        assert_eq!(o.host_key, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKey");
+        assert_eq!(
+            o.private_key_file,
+            PathBuf::from("/base/secrets/sql-offsite.key")
+        );
+        assert!(crate::validate::validate(&s, &env)
+            .iter()
+            .all(|p| !p.to_string().contains("offsite")));
+        let by_address = text.replace("backup-box", "100.64.0.9");
+        let s = Spec::parse(&by_address, Path::new("/specs"), &env, "t.toml").unwrap();
+        let problems: Vec<String> = crate::validate::validate(&s, &env)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            problems.iter().any(|p| p.contains("backup.offsite.host")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn unknown_fields_and_bad_types_name_the_field() {
         let env = env_in(Path::new("/base"), false);
         let e = Spec::parse("cidd = 3", Path::new("/"), &env, "t.toml")
