@@ -5,7 +5,34 @@
 use super::pgbackrest::{self, WORK_DIR};
 use protocol::backup::{ArchiveState, BackupSet, RecoveryWindow};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How often the archiver's state is read for status: the age of the newest archived
+/// change is the committed work at risk, so it must not be stale by much.
+const ARCHIVE_WATCH: Duration = Duration::from_secs(5);
+
+/// Starts the archive watch: a thread that re-reads `pg_stat_archiver` every
+/// [`ARCHIVE_WATCH`], so that status shows the archive's age within seconds rather
+/// than at the next backup tick.
+pub(super) fn start_watch(backups: &Arc<super::Backups>) {
+    let me = Arc::clone(backups);
+    let watching = std::thread::Builder::new()
+        .name("archive-watch".into())
+        .spawn(move || loop {
+            if me.unavailable().is_none() {
+                if let Err(e) = me.refresh_archive() {
+                    log::debug!("backups: cannot read the archiver's state: {e}");
+                }
+            }
+            std::thread::sleep(ARCHIVE_WATCH);
+        });
+    if let Err(e) = watching {
+        log::warn!(
+            "cannot start the archive watch (status then shows the archive as `backup list` last read it): {e}"
+        );
+    }
+}
 
 /// Ends any pgBackRest process left from a server that was stopped (an async
 /// archive-push outlives its postgres and would go on working through the old

@@ -37,7 +37,7 @@ use thiserror::Error;
 /// The label of the backup filesystem.
 pub const BACKUP_LABEL: &str = "sovereign-backup";
 
-/// How often the backup thread refreshes the archive state and asks the schedule.
+/// How often the backup thread asks the schedule.
 const TICK: Duration = Duration::from_secs(30);
 
 /// Why backups cannot run.
@@ -257,7 +257,7 @@ impl Backups {
     }
 
     /// Re-reads `pg_stat_archiver`: what reached the repository, and what failed.
-    fn refresh_archive(&self) -> Result<(), BackupError> {
+    pub(super) fn refresh_archive(&self) -> Result<(), BackupError> {
         let account = self
             .account
             .ok_or_else(|| BackupError::Unavailable("user 'postgres' not found".into()))?;
@@ -342,9 +342,6 @@ impl Backups {
         if self.unavailable().is_some() {
             return;
         }
-        if let Err(e) = self.refresh_archive() {
-            log::debug!("backups: cannot read the archiver's state: {e}");
-        }
         let Ok(_work) = self.work.try_lock() else {
             return; // a backup or restore is under way
         };
@@ -374,7 +371,8 @@ impl Backups {
         }
     }
 
-    /// Starts the backup thread: the stanza, then a tick every [`TICK`] for ever.
+    /// Starts the backup thread (the stanza, then a tick every [`TICK`] for ever), the
+    /// archive watch (every [`ARCHIVE_WATCH`]) and, with repo2, the WAL shipping.
     pub fn start_schedule(self: &Arc<Self>) {
         let me = Arc::clone(self);
         let spawned = std::thread::Builder::new()
@@ -390,6 +388,7 @@ impl Backups {
             log::error!("cannot start the backup thread: {e}");
             self.lock().problem = Some(format!("the backup thread could not start: {e}"));
         }
+        archiving::start_watch(self);
         if self.cfg.offsite.is_some() {
             shipping::start(self);
         }
