@@ -20,6 +20,13 @@ pub enum CommandError {
         /// Why.
         source: std::io::Error,
     },
+    #[error("passing on the output of {program}: {source}")]
+    Passing {
+        /// Program name.
+        program: String,
+        /// Why the output could not be written on.
+        source: std::io::Error,
+    },
     #[error("{program} failed ({exit}): {stderr}")]
     Failed {
         /// Program name.
@@ -213,6 +220,77 @@ pub fn run_with_input(
     }
 }
 
+/// An unnamed file for a child's stderr (O_TMPFILE in `dir`), so that a child whose
+/// stdout is streamed can never block on a full stderr pipe; `None` when the
+/// filesystem cannot make one (the child's stderr is then discarded).
+fn unnamed_file(dir: &std::path::Path) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE)
+        .open(dir)
+        .ok()
+}
+
+/// What a finished child wrote into its unnamed stderr file.
+fn read_back(file: Option<File>) -> String {
+    use std::io::{Seek, SeekFrom};
+    let mut text = String::new();
+    if let Some(mut f) = file {
+        if f.seek(SeekFrom::Start(0)).is_ok() {
+            let _ = f.take(64 * 1024).read_to_string(&mut text);
+        }
+    }
+    tail(&text, 600)
+}
+
+/// Runs `cmd` with `stdin` (a file, or nothing) and its stdout passed on into `out` as
+/// it comes (a dump of gigabytes never sits in memory), and requires exit code 0. If
+/// `out` fails (the host went away), the child is killed. Returns the bytes passed on.
+pub fn stream(
+    cmd: &mut Command,
+    stdin: Option<File>,
+    out: &mut dyn Write,
+) -> Result<u64, CommandError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let err_file =
+        unnamed_file(std::path::Path::new("/run")).or_else(|| unnamed_file(&std::env::temp_dir()));
+    let err_out = match err_file.as_ref().map(File::try_clone) {
+        Some(Ok(f)) => Stdio::from(f),
+        _ => Stdio::null(),
+    };
+    cmd.stdin(stdin.map_or_else(Stdio::null, Stdio::from))
+        .stdout(Stdio::piped())
+        .stderr(err_out);
+    let mut child = reaper::spawn(cmd).map_err(|source| CommandError::Spawn {
+        program: program.clone(),
+        source,
+    })?;
+    let passed = match child.child.stdout.take() {
+        Some(mut pipe) => std::io::copy(&mut pipe, out),
+        None => Ok(0),
+    };
+    if passed.is_err() {
+        child.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+    let exit = child.wait();
+    let passed = passed.map_err(|source| CommandError::Passing {
+        program: program.clone(),
+        source,
+    })?;
+    if exit.success() {
+        Ok(passed)
+    } else {
+        Err(CommandError::Failed {
+            program,
+            exit,
+            stderr: read_back(err_file),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +345,45 @@ mod tests {
         assert_eq!(out.len(), 64 * 1024);
         assert!(err.is_empty());
         child.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+
+    #[test]
+    fn a_streamed_child_passes_its_output_on_and_its_stderr_back() {
+        reaper::tests::in_child_process("command::tests::stream_body", "SOVEREIGN_STREAM_TEST");
+    }
+
+    /// Needs a reaper, so it runs in its own process (see the test above).
+    #[test]
+    #[ignore = "runs only inside a_streamed_child_passes_its_output_on's child process"]
+    fn stream_body() {
+        if std::env::var_os("SOVEREIGN_STREAM_TEST").is_none() {
+            return;
+        }
+        std::thread::spawn(|| loop {
+            reaper::reap_all();
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        });
+        let mut input = tempfile::tempfile().unwrap();
+        input.write_all(b"head:").unwrap();
+        use std::io::Seek;
+        input.rewind().unwrap();
+        let mut out = Vec::new();
+        let script = "cat; head -c 300000 /dev/zero; echo done >&2";
+        let n = stream(
+            Command::new("sh").args(["-c", script]),
+            Some(input),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(n, 300_005);
+        assert!(out.starts_with(b"head:"));
+        let e = stream(
+            Command::new("sh").args(["-c", "echo partial; echo 'no such table' >&2; exit 4"]),
+            None,
+            &mut Vec::new(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no such table"), "{e}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::boot::{Event, Guest};
 use crate::{log_files, net, postgres};
 use protocol::backup::{BackupAnswer, BackupRequest};
 use protocol::messages::{GuestMessage, HostMessage, QueryResult};
+use protocol::transfer::TransferAnswer;
 use protocol::{GuestConfig, Stage, StageReport};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
@@ -134,6 +135,22 @@ pub fn serve(guest: &Arc<Guest>, events: &Receiver<Event>, config_tx: &Sender<Gu
                     guest,
                     move || GuestMessage::BackupAnswer(answer_backup(&g, id, &request)),
                     |why| GuestMessage::BackupAnswer(BackupAnswer::failed(id, why)),
+                );
+            }
+            HostMessage::Transfer {
+                id,
+                token,
+                transfer,
+            } => {
+                let g = Arc::clone(guest);
+                answer_later(
+                    guest,
+                    move || {
+                        GuestMessage::TransferAnswer(crate::transfer::serve(
+                            &g, id, &token, &transfer,
+                        ))
+                    },
+                    |why| GuestMessage::TransferAnswer(TransferAnswer::failed(id, why)),
                 );
             }
             HostMessage::ReadLog { id, log } => answer_later(

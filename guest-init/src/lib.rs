@@ -31,4 +31,5 @@ pub mod shutdown;
 pub mod signals;
 pub mod supervised;
 pub mod tailscale;
+pub mod transfer;
 pub mod upkeep;

@@ -164,6 +164,44 @@ pub enum BackupAction {
         #[command(flatten)]
         vm: VmArgs,
     },
+    /// Write a tar of the backup disk's repository (every set and the archived WAL) to
+    /// stdout or a file, to keep a copy off the phone (`adb pull`). `sovereign restore
+    /// --from-export FILE` reads it back.
+    Export {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Write here (as FILE.partial until the stream checked out) instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+/// `sovereign db ...`.
+#[derive(Debug, Subcommand)]
+pub enum DbAction {
+    /// Write `pg_dump -Fc` of an app's database to stdout or a file.
+    Dump {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// The app, as the spec's [[apps]] names it.
+        app: String,
+        /// Write here (as FILE.partial until the stream checked out) instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// Replace an app's database with a dump (`db dump`'s format). Its sessions are
+    /// ended; the current database is kept as `<app>_before_restore_<time>`.
+    Restore {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// The app, as the spec's [[apps]] names it.
+        app: String,
+        /// The dump.
+        file: PathBuf,
+        /// Do not ask for confirmation (for scripts).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// Reads `restore --to`: `latest`, a backup set's label, or a time.
@@ -371,8 +409,18 @@ pub enum Command {
         /// The data disk is gone or broken: with the VM stopped, move the old image (if
         /// any) aside, start the VM on a new data disk and restore onto it from the
         /// backup disk before postgres starts.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from_export")]
         new_disk: bool,
+        /// Restore from a `backup export` file: it becomes the backup disk's repository
+        /// (the current one is kept aside), then the database is restored from it.
+        #[arg(long, value_name = "FILE")]
+        from_export: Option<PathBuf>,
+    },
+    /// App databases: dumps and restores of one app.
+    Db {
+        /// What to do.
+        #[command(subcommand)]
+        action: DbAction,
     },
     /// Copy the arm64 artifact set to a rooted phone over adb (only what changed), verify
     /// it by SHA-256, and print the command that starts the VM there.

@@ -54,6 +54,13 @@ pub enum Request {
         /// What to do.
         request: protocol::backup::BackupRequest,
     },
+    /// Move bulk data to or from the guest (an export, a dump, a restore from a
+    /// file). After [`Reply::TransferStarted`] the connection carries the chunked
+    /// stream ([`protocol::bulk`]), then one last reply.
+    Transfer {
+        /// What to move.
+        transfer: protocol::transfer::Transfer,
+    },
     /// Shut the guest down cleanly and stop everything; the supervisor exits after.
     Stop {
         /// Seconds the guest may take (default: the spec's `timeouts.shutdown`).
@@ -84,6 +91,10 @@ pub enum Reply {
     SignalResult(QueryResult),
     /// Answers `backup`.
     Backup(protocol::backup::BackupAnswer),
+    /// The guest opened the data connection: the chunked stream starts now.
+    TransferStarted,
+    /// The guest's word once a transfer is over.
+    Transfer(protocol::transfer::TransferAnswer),
     /// Answers `stop`, once everything is stopped.
     Stopped(StopReport),
     /// The request could not be served.

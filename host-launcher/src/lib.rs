@@ -24,6 +24,7 @@ pub mod secrets;
 pub mod spec;
 pub mod startlock;
 pub mod supervisor;
+pub mod transfer;
 pub mod trust;
 pub mod validate;
 pub mod vmm;

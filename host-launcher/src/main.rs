@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use sovereign::cli::{BackupAction, Cli, Command};
+use sovereign::cli::{BackupAction, Cli, Command, DbAction};
 use sovereign::paths::HostEnv;
 use sovereign::rundir::RunDir;
 
@@ -94,18 +94,43 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 BackupAction::Verify { vm } => {
                     sovereign::commands::backup::verify(&vm.load(&env)?.0).await
                 }
+                BackupAction::Export { vm, output } => {
+                    sovereign::commands::transfer::export(&vm.load(&env)?.0, output.as_deref())
+                }
+            },
+            Command::Db { action } => match action {
+                DbAction::Dump { vm, app, output } => {
+                    sovereign::commands::transfer::dump(&vm.load(&env)?.0, &app, output.as_deref())
+                }
+                DbAction::Restore { vm, app, file, yes } => {
+                    sovereign::commands::transfer::restore(&vm.load(&env)?.0, &app, &file, yes)
+                }
             },
             Command::Restore {
                 vm,
                 to,
                 yes,
+                from_export: Some(file),
+                ..
+            } => sovereign::commands::transfer::restore_from_export(
+                &vm.load(&env)?.0,
+                &file,
+                to,
+                yes,
+            ),
+            Command::Restore {
+                vm,
+                to,
+                yes,
                 new_disk: false,
+                from_export: None,
             } => sovereign::commands::backup::restore(&vm.load(&env)?.0, to, yes).await,
             Command::Restore {
                 vm,
                 to,
                 yes,
                 new_disk: true,
+                from_export: None,
             } => {
                 let (spec, source) = vm.load(&env)?;
                 sovereign::commands::backup::restore_new_disk(spec, &env, &source, to, yes).await

@@ -15,9 +15,12 @@
 //! - [`hyperkit`]: gvproxy's Ethernet frame framing (u16 little-endian length).
 //! - [`backup`]: backup configuration, requests, answers and status.
 //! - [`ports`]: well-known vsock CIDs and ports.
+//! - [`bulk`]: the chunked, SHA-256-checked streams of exports and dumps.
+//! - [`transfer`]: what a bulk transfer carries, asked for and answered.
 
 pub mod arch;
 pub mod backup;
+pub mod bulk;
 pub mod config;
 pub mod control;
 pub mod devices;
@@ -29,6 +32,7 @@ pub mod messages;
 pub mod offsite;
 pub mod ports;
 pub mod stage;
+pub mod transfer;
 
 pub use arch::Arch;
 pub use config::GuestConfig;

@@ -11,8 +11,9 @@ pub use crate::devices::{DeviceKind, DeviceReport, Transport, VirtioDevice};
 
 /// Version of this message set, carried in [`Hello`]. Bump on incompatible changes.
 /// 2: stage evidence is typed ([`crate::evidence::StageDetail`]), device kinds and
-/// transports are enums. 3: backups (configuration, requests, status).
-pub const PROTOCOL_VERSION: u32 = 3;
+/// transports are enums. 3: backups (configuration, requests, status). 4: bulk
+/// transfers ([`crate::transfer`]).
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Guest → host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +37,8 @@ pub enum GuestMessage {
     SignalResult(QueryResult),
     /// Answer to [`HostMessage::Backup`].
     BackupAnswer(crate::backup::BackupAnswer),
+    /// Answer to [`HostMessage::Transfer`].
+    TransferAnswer(crate::transfer::TransferAnswer),
     /// Answer to [`HostMessage::Ping`].
     Pong,
     /// Sent every [`crate::control::HEARTBEAT_INTERVAL`]: the guest is alive.
@@ -105,6 +108,17 @@ pub enum HostMessage {
         id: u64,
         /// What to do.
         request: crate::backup::BackupRequest,
+    },
+    /// A bulk transfer: the guest opens a data connection
+    /// ([`crate::ports::DATA_PORT`]) that starts with `token`, moves the bytes, and
+    /// answers with [`GuestMessage::TransferAnswer`] with the same `id`.
+    Transfer {
+        /// Echoed in the answer.
+        id: u64,
+        /// Names the data connection (random, made by the host).
+        token: String,
+        /// What to move.
+        transfer: crate::transfer::Transfer,
     },
     /// Liveness check, answered by [`GuestMessage::Pong`] (measures a round trip).
     Ping,

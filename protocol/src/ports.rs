@@ -10,6 +10,10 @@ pub const CONTROL_PORT: u32 = 1025;
 /// Guest → host port where gvproxy accepts the Ethernet frame stream.
 pub const NETWORK_PORT: u32 = 1024;
 
+/// Guest → host port for bulk transfers (exports, dumps): one connection per
+/// transfer, see [`crate::bulk`].
+pub const DATA_PORT: u32 = 1026;
+
 /// The CID of the default `sql` VM.
 pub const DEFAULT_GUEST_CID: u32 = 10;
 

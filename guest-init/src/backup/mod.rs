@@ -9,6 +9,7 @@
 //! fill the data disk) and status says point-in-time recovery is broken.
 
 pub mod archiving;
+pub mod export;
 pub mod identity;
 pub mod offsite;
 pub mod pgbackrest;

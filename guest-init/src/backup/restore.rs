@@ -71,10 +71,20 @@ pub fn run(
     backups: &Backups,
     target: &RestoreTarget,
 ) -> Result<String, RestoreError> {
+    let _work = backups.work_lock();
+    run_locked(guest, backups, target)
+}
+
+/// [`run`] for a caller that holds the backup lock already (a restore from an export,
+/// which swaps the repository first).
+pub(super) fn run_locked(
+    guest: &Guest,
+    backups: &Backups,
+    target: &RestoreTarget,
+) -> Result<String, RestoreError> {
     let Some(config) = guest.config.get() else {
         return Err(RestoreError::NoServer);
     };
-    let _work = backups.work_lock();
     let old = guest
         .running()
         .postgres

@@ -6,6 +6,7 @@
 //! Root prepares files in directories the postgres user can write, so every such write
 //! goes through [`crate::owned_files`] (no symlink is ever followed).
 
+pub mod app_dump;
 pub mod config;
 pub mod query;
 pub mod wal_budget;

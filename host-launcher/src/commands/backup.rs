@@ -229,7 +229,7 @@ fn confirm(spec: &Spec, target: &RestoreTarget) -> anyhow::Result<bool> {
 
 /// A yes/no question on the terminal (anything but yes means no); without a terminal,
 /// says to pass --yes.
-fn ask_yes(question: &str) -> anyhow::Result<bool> {
+pub(super) fn ask_yes(question: &str) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
         anyhow::bail!("{question}\nNot at a terminal: pass --yes to confirm.");
     }

@@ -11,6 +11,7 @@ pub mod start;
 pub mod status;
 pub mod stop;
 pub mod test;
+pub mod transfer;
 
 use crate::ipc::{Client, Reply, Request};
 use crate::rundir::RunDir;

@@ -5,6 +5,7 @@
 
 use super::events::Events;
 use super::requests::{Expect, GuestAnswer, GuestRequestError};
+use super::transfers::{self, Waiting};
 use crate::control::{read_frame, write_frame};
 use crate::ipc::{Reply, Request, StopReport, VmStatus};
 use protocol::control::FrameReader;
@@ -20,7 +21,7 @@ const GUEST_REQUEST: Duration = Duration::from_secs(10);
 const GUEST_QUERY: Duration = Duration::from_secs(120);
 /// How long a backup or restore may take (a full backup of a large database under
 /// emulation, or replaying a day of WAL).
-const GUEST_BACKUP: Duration = Duration::from_secs(4 * 3600);
+pub(super) const GUEST_BACKUP: Duration = Duration::from_secs(4 * 3600);
 
 /// What a client task asks of the main loop, which owns the VM's state.
 #[derive(Debug)]
@@ -52,11 +53,17 @@ pub async fn serve_clients(
     listener: UnixListener,
     events: Arc<Events>,
     cmd: mpsc::Sender<Command>,
+    waiting: Waiting,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(serve_client(stream, events.clone(), cmd.clone()));
+                tokio::spawn(serve_client(
+                    stream,
+                    events.clone(),
+                    cmd.clone(),
+                    waiting.clone(),
+                ));
             }
             Err(e) => {
                 log::warn!("supervisor socket accept failed: {e}");
@@ -67,7 +74,12 @@ pub async fn serve_clients(
 }
 
 /// Reads one request and answers it.
-async fn serve_client(mut stream: UnixStream, events: Arc<Events>, cmd: mpsc::Sender<Command>) {
+async fn serve_client(
+    mut stream: UnixStream,
+    events: Arc<Events>,
+    cmd: mpsc::Sender<Command>,
+    waiting: Waiting,
+) {
     let mut reader = FrameReader::new();
     let req: Request = match read_frame(&mut stream, &mut reader).await {
         Ok(Some(r)) => r,
@@ -126,6 +138,9 @@ async fn serve_client(mut stream: UnixStream, events: Arc<Events>, cmd: mpsc::Se
         Request::Backup { request } => {
             let msg = HostMessage::Backup { id: 0, request };
             relay(&cmd, msg, Expect::Backup(0), GUEST_BACKUP).await
+        }
+        Request::Transfer { transfer } => {
+            transfers::serve(&mut stream, &cmd, &waiting, transfer).await
         }
         Request::Stop { deadline_secs } => {
             let (tx, rx) = oneshot::channel();
@@ -202,7 +217,7 @@ async fn relay(
 }
 
 /// Has the main loop send `msg` to the guest and waits for the answer.
-async fn ask_guest(
+pub(super) async fn ask_guest(
     cmd: &mpsc::Sender<Command>,
     msg: HostMessage,
     expect: Expect,
@@ -237,7 +252,12 @@ mod tests {
                 }
             }
         });
-        let task = tokio::spawn(serve_client(server, Arc::new(Events::new()), cmd_tx));
+        let task = tokio::spawn(serve_client(
+            server,
+            Arc::new(Events::new()),
+            cmd_tx,
+            Waiting::default(),
+        ));
         write_frame(&mut client, &req).await.unwrap();
         let mut reader = FrameReader::new();
         let reply = read_frame(&mut client, &mut reader).await.unwrap().unwrap();

@@ -22,6 +22,7 @@ mod progress;
 mod requests;
 mod snapshot;
 mod teardown;
+mod transfers;
 
 pub use failure::result_file;
 pub use requests::GuestRequestError;
@@ -101,7 +102,8 @@ pub async fn run(run: RunDir) -> Result<i32, SuperviseError> {
             source,
         }
     })?;
-    tokio::spawn(serve_clients(ipc, events.clone(), cmd_tx));
+    let waiting = transfers::Waiting::default();
+    tokio::spawn(serve_clients(ipc, events.clone(), cmd_tx, waiting.clone()));
 
     // The control listener exists before any process that could connect to it.
     let control = match spec.vmm.backend {
@@ -138,6 +140,16 @@ pub async fn run(run: RunDir) -> Result<i32, SuperviseError> {
                 protocol::ports::NETWORK_PORT
             ),
         }
+    }
+    let data = match spec.vmm.backend {
+        Backend::Crosvm => ControlListener::vsock(protocol::ports::DATA_PORT),
+        Backend::Qemu => ControlListener::unix(&run.vsock_port_socket(protocol::ports::DATA_PORT)),
+    };
+    match data {
+        Ok(l) => {
+            tokio::spawn(transfers::serve_data_port(l, spec.cid, waiting));
+        }
+        Err(e) => log::error!("{e}; exports and dumps will not work"),
     }
     let (ctl_tx, ctl_rx) = mpsc::channel(64);
     tokio::spawn(guest::accept_guests(control, spec.cid, ctl_tx.clone()));

@@ -49,6 +49,8 @@ pub enum Expect {
     Signal(u64),
     /// The `BackupAnswer` of this id.
     Backup(u64),
+    /// The `TransferAnswer` of this id.
+    Transfer(u64),
 }
 
 impl Expect {
@@ -62,6 +64,7 @@ impl Expect {
             GuestMessage::LogContents(q) => Some(Expect::Log(q.id)),
             GuestMessage::SignalResult(q) => Some(Expect::Signal(q.id)),
             GuestMessage::BackupAnswer(a) => Some(Expect::Backup(a.id)),
+            GuestMessage::TransferAnswer(a) => Some(Expect::Transfer(a.id)),
             _ => None,
         }
     }
@@ -115,6 +118,10 @@ impl PendingRequests {
             HostMessage::Backup { id, .. } => {
                 *id = self.next_id;
                 Expect::Backup(self.next_id)
+            }
+            HostMessage::Transfer { id, .. } => {
+                *id = self.next_id;
+                Expect::Transfer(self.next_id)
             }
             _ => return expect,
         };

@@ -1,0 +1,300 @@
+//! `backup export` and `restore --from-export`: the backup disk's repository as one tar
+//! stream, out to the host and back in. An export is taken under the backup lock (no
+//! backup or expire changes the sets meanwhile; WAL archiving goes on, and a segment
+//! that arrives during the walk is either in the tar whole or not at all, because
+//! pgBackRest writes each file under a temporary name first).
+//!
+//! An import is unpacked next to the repository, checked (only plain files and
+//! directories under `pgbackrest/`, the stream's SHA-256, a stanza's `backup.info`),
+//! and only then swapped in; the current repository is kept as
+//! `pgbackrest.before-import-<time>`, and put back if the restore from the import fails.
+
+use super::pgbackrest::{BACKUP_MOUNT, REPO1_PATH, STANZA};
+use super::restore::{self, RestoreError};
+use super::{now_unix, Backups};
+use crate::boot::Guest;
+use crate::postgres::Account;
+use protocol::backup::RestoreTarget;
+use protocol::bulk::{ChunkReader, ChunkWriter};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Component, Path, PathBuf};
+use thiserror::Error;
+
+/// The top directory in an export: the repository's own name.
+const TOP: &str = "pgbackrest";
+
+/// Room kept free on the backup disk beyond the export being unpacked.
+const SPACE_MARGIN: u64 = 128 << 20;
+
+/// Why an export or an import did not complete.
+#[derive(Debug, Error)]
+pub enum ExportError {
+    #[error("backups are unavailable: {0}")]
+    Unavailable(String),
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: io::Error },
+    #[error("the data connection: {0}")]
+    Stream(io::Error),
+    #[error("the backup disk has {free_mib} MiB free; unpacking a {need_mib} MiB export needs that and a margin")]
+    NoSpace { free_mib: u64, need_mib: u64 },
+    #[error(
+        "the export holds {entry:?}, which is not a plain file or directory under {TOP}/: refused"
+    )]
+    BadEntry { entry: String },
+    #[error("the export is not a backup repository: it has no {TOP}/backup/{STANZA}/backup.info")]
+    NotARepository,
+    #[error("unpacking into {path}: {source}")]
+    Unpack { path: String, source: io::Error },
+    #[error("moving {from} to {to}: {source}")]
+    Move {
+        from: String,
+        to: String,
+        source: io::Error,
+    },
+    #[error("{0}; the repository from before the import is back in place")]
+    Restore(RestoreError),
+}
+
+/// Writes the repository as a tar into `out`; returns the payload's size and SHA-256.
+pub fn export(backups: &Backups, out: impl Write) -> Result<(u64, String), ExportError> {
+    if let Some(why) = backups.unavailable() {
+        return Err(ExportError::Unavailable(why));
+    }
+    let _work = backups.work_lock();
+    let mut tar = tar::Builder::new(ChunkWriter::new(out));
+    tar.follow_symlinks(false);
+    append_tree(&mut tar, Path::new(REPO1_PATH), Path::new(TOP))?;
+    let writer = tar.into_inner().map_err(ExportError::Stream)?;
+    writer.finish().map_err(ExportError::Stream)
+}
+
+/// Appends `dir` and everything under it as `name/...`, in name order; files that
+/// vanish during the walk (expired, or a temporary name renamed) are skipped.
+fn append_tree<W: Write>(
+    tar: &mut tar::Builder<W>,
+    dir: &Path,
+    name: &Path,
+) -> Result<(), ExportError> {
+    let read = |e: io::Error| ExportError::Read {
+        path: dir.display().to_string(),
+        source: e,
+    };
+    tar.append_dir(name, dir).map_err(ExportError::Stream)?;
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(read)?
+        .filter_map(Result::ok)
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let inner = name.join(entry.file_name());
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            append_tree(tar, &path, &inner)?;
+        } else if kind.is_file() && !entry.file_name().to_string_lossy().ends_with(".tmp") {
+            match File::open(&path) {
+                Ok(mut f) => tar
+                    .append_file(&inner, &mut f)
+                    .map_err(ExportError::Stream)?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(ExportError::Read {
+                        path: path.display().to_string(),
+                        source: e,
+                    })
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Receives an export of `bytes` bytes from `input`, makes it the repository and
+/// restores the database from it to `target`. Returns what was done.
+pub fn restore_from_export(
+    guest: &Guest,
+    backups: &Backups,
+    input: impl Read,
+    bytes: u64,
+    target: &RestoreTarget,
+) -> Result<(String, u64, String), ExportError> {
+    if let Some(why) = backups.unavailable() {
+        return Err(ExportError::Unavailable(why));
+    }
+    check_space(bytes)?;
+    let stamp = now_unix();
+    let incoming = PathBuf::from(format!("{BACKUP_MOUNT}/import-{stamp}.partial"));
+    let received = unpack(input, &incoming);
+    let (size, sha) = match received {
+        Ok(done) => done,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&incoming);
+            return Err(e);
+        }
+    };
+    let repo = PathBuf::from(REPO1_PATH);
+    let aside = PathBuf::from(format!("{REPO1_PATH}.before-import-{stamp}"));
+    let _work = backups.work_lock();
+    move_dir(&repo, &aside)?;
+    if let Err(e) = move_dir(&incoming.join(TOP), &repo) {
+        move_dir(&aside, &repo)?;
+        return Err(e);
+    }
+    let _ = std::fs::remove_dir(&incoming);
+    log::warn!(
+        "the imported export is now the repository; the previous one is kept as {}",
+        aside.display()
+    );
+    match restore::run_locked(guest, backups, target) {
+        Ok(message) => Ok((
+            format!(
+                "{message} The export is now the backup disk's repository; the previous repository is kept as {}.",
+                aside.display()
+            ),
+            size,
+            sha,
+        )),
+        Err(e) => {
+            let failed = PathBuf::from(format!("{BACKUP_MOUNT}/import-{stamp}.failed"));
+            move_dir(&repo, &failed)?;
+            move_dir(&aside, &repo)?;
+            Err(ExportError::Restore(e))
+        }
+    }
+}
+
+/// Refuses an export the backup disk has no room for.
+fn check_space(bytes: u64) -> Result<(), ExportError> {
+    let Some(usage) = crate::disk_watch::usage_at(Path::new(BACKUP_MOUNT), false) else {
+        return Ok(());
+    };
+    if usage.available_bytes < bytes.saturating_add(SPACE_MARGIN) {
+        return Err(ExportError::NoSpace {
+            free_mib: usage.available_bytes >> 20,
+            need_mib: bytes >> 20,
+        });
+    }
+    Ok(())
+}
+
+/// Unpacks the tar on `input` into `dir` (plain files and directories under
+/// [`TOP`] only), reads the stream to its checked end, and gives the tree to postgres.
+fn unpack(input: impl Read, dir: &Path) -> Result<(u64, String), ExportError> {
+    let unpacking = |e: io::Error| ExportError::Unpack {
+        path: dir.display().to_string(),
+        source: e,
+    };
+    std::fs::create_dir(dir).map_err(unpacking)?;
+    let mut reader = ChunkReader::new(input);
+    {
+        let mut archive = tar::Archive::new(&mut reader);
+        archive.set_preserve_permissions(true);
+        archive.set_preserve_ownerships(false);
+        for entry in archive.entries().map_err(unpacking)? {
+            let mut entry = entry.map_err(unpacking)?;
+            let path = entry.path().map_err(unpacking)?.into_owned();
+            let kind = entry.header().entry_type();
+            if !(kind.is_file() || kind.is_dir()) || !allowed(&path) {
+                return Err(ExportError::BadEntry {
+                    entry: path.display().to_string(),
+                });
+            }
+            entry.unpack_in(dir).map_err(unpacking)?;
+        }
+    }
+    io::copy(&mut reader, &mut io::sink()).map_err(ExportError::Stream)?;
+    let sha = reader.sha256().map(str::to_string).ok_or_else(|| {
+        ExportError::Stream(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the stream ended without its trailer",
+        ))
+    })?;
+    let root = dir.join(TOP);
+    if !root
+        .join("backup")
+        .join(STANZA)
+        .join("backup.info")
+        .is_file()
+    {
+        return Err(ExportError::NotARepository);
+    }
+    let account = Account::lookup().map_err(|e| ExportError::Unavailable(e.to_string()))?;
+    give_to(&root, &account).map_err(unpacking)?;
+    Ok((reader.payload_bytes(), sha))
+}
+
+/// True for a relative path under [`TOP`] with no `..`.
+fn allowed(path: &Path) -> bool {
+    let mut parts = path.components();
+    parts.next() == Some(Component::Normal(TOP.as_ref()))
+        && parts.all(|c| matches!(c, Component::Normal(_)))
+}
+
+/// Makes postgres (pgBackRest's user) own `path` and everything under it, without
+/// following links (there are none: only files and directories were unpacked).
+fn give_to(path: &Path, account: &Account) -> io::Result<()> {
+    let owner = account.owner();
+    std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid))?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            give_to(&entry?.path(), account)?;
+        }
+    }
+    Ok(())
+}
+
+fn move_dir(from: &Path, to: &Path) -> Result<(), ExportError> {
+    std::fs::rename(from, to).map_err(|source| ExportError::Move {
+        from: from.display().to_string(),
+        to: to.display().to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_paths_under_the_repository_are_allowed() {
+        assert!(allowed(Path::new("pgbackrest")));
+        assert!(allowed(Path::new("pgbackrest/backup/db/backup.info")));
+        assert!(!allowed(Path::new("pgbackrest/../etc/passwd")));
+        assert!(!allowed(Path::new("/pgbackrest/x")));
+        assert!(!allowed(Path::new("etc/passwd")));
+        assert!(!allowed(Path::new("./pgbackrest/x")));
+    }
+
+    #[test]
+    fn a_tree_goes_out_and_comes_back_whole() {
+        let src = tempfile::tempdir().unwrap();
+        let repo = src.path().join("repo");
+        std::fs::create_dir_all(repo.join("backup/db")).unwrap();
+        std::fs::write(repo.join("backup/db/backup.info"), "[db]\n").unwrap();
+        std::fs::write(repo.join("backup/db/x.pgbackrest.tmp"), "half").unwrap();
+        let mut wire = Vec::new();
+        let mut tar = tar::Builder::new(ChunkWriter::new(&mut wire));
+        append_tree(&mut tar, &repo, Path::new(TOP)).unwrap();
+        tar.into_inner().unwrap().finish().unwrap();
+
+        let mut reader = ChunkReader::new(&wire[..]);
+        let mut archive = tar::Archive::new(&mut reader);
+        let names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "pgbackrest",
+                "pgbackrest/backup",
+                "pgbackrest/backup/db",
+                "pgbackrest/backup/db/backup.info"
+            ]
+        );
+    }
+}

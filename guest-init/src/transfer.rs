@@ -1,0 +1,97 @@
+//! PID 1's end of a bulk transfer ([`HostMessage::Transfer`]): checks what it can
+//! before any byte moves (so a refusal is a plain answer), dials the host's data port,
+//! names the transfer by its token, then runs the export, dump or restore on that
+//! connection. Runs on its own thread; the answer goes back on the control channel.
+//!
+//! [`HostMessage::Transfer`]: protocol::HostMessage::Transfer
+
+use crate::backup::export;
+use crate::boot::Guest;
+use crate::postgres::app_dump;
+use protocol::bulk::TransferHeader;
+use protocol::ports::{DATA_PORT, HOST_CID};
+use protocol::transfer::{Transfer, TransferAnswer};
+use std::io::Write;
+use std::time::Duration;
+use vsock::VsockStream;
+
+/// A data connection on which nothing moves for this long is given up (the host or
+/// its client went away); a restore's own work happens after the last byte is read.
+const STALL_LIMIT: Duration = Duration::from_secs(120);
+
+/// Opens the data connection for `token`.
+fn dial(token: &str) -> std::io::Result<VsockStream> {
+    let mut stream = VsockStream::connect_with_cid_port(HOST_CID, DATA_PORT)?;
+    stream.set_read_timeout(Some(STALL_LIMIT))?;
+    stream.set_write_timeout(Some(STALL_LIMIT))?;
+    let header = protocol::encode_frame(&TransferHeader {
+        token: token.to_string(),
+    })
+    .map_err(std::io::Error::other)?;
+    stream.write_all(&header)?;
+    Ok(stream)
+}
+
+/// Carries out `transfer` and says how it went.
+pub fn serve(guest: &Guest, id: u64, token: &str, transfer: &Transfer) -> TransferAnswer {
+    match run(guest, token, transfer) {
+        Ok((message, bytes, sha256)) => TransferAnswer {
+            id,
+            ok: true,
+            message,
+            bytes,
+            sha256: Some(sha256),
+        },
+        Err(why) => {
+            log::warn!("transfer failed: {why}");
+            TransferAnswer::failed(id, why)
+        }
+    }
+}
+
+/// The transfer itself: (what was done, payload bytes, SHA-256) or why not.
+fn run(guest: &Guest, token: &str, transfer: &Transfer) -> Result<(String, u64, String), String> {
+    let config = guest
+        .config
+        .get()
+        .ok_or("the guest is not configured yet")?;
+    let backups = || {
+        guest
+            .backups
+            .get()
+            .ok_or("backups are off in this VM's spec (backup.enabled = false), or not set up yet")
+    };
+    match transfer {
+        Transfer::ExportBackup => {
+            let backups = backups()?;
+            let stream = dial(token).map_err(|e| e.to_string())?;
+            let (bytes, sha) = export::export(backups, stream).map_err(|e| e.to_string())?;
+            Ok(("exported the backup repository".into(), bytes, sha))
+        }
+        Transfer::RestoreFromExport { bytes, target } => {
+            let backups = backups()?;
+            let stream = dial(token).map_err(|e| e.to_string())?;
+            export::restore_from_export(guest, backups, stream, *bytes, target)
+                .map_err(|e| e.to_string())
+        }
+        Transfer::DumpApp { app } => {
+            app_dump::check_app(&config.postgres, app).map_err(|e| e.to_string())?;
+            let stream = dial(token).map_err(|e| e.to_string())?;
+            let (bytes, sha) =
+                app_dump::dump(&config.postgres, app, stream).map_err(|e| e.to_string())?;
+            Ok((format!("dumped the database of app {app}"), bytes, sha))
+        }
+        Transfer::RestoreApp { app, bytes } => {
+            app_dump::check_app(&config.postgres, app).map_err(|e| e.to_string())?;
+            let stream = dial(token).map_err(|e| e.to_string())?;
+            app_dump::restore(
+                &config.postgres,
+                app,
+                stream,
+                *bytes,
+                crate::backup::now_unix(),
+            )
+            .map_err(|e| e.to_string())
+        }
+    }
+}
