@@ -13,7 +13,13 @@
 //!    repository back, and the restored server takes writes;
 //! 5. with the VM stopped and `postgres.img` deleted, `restore --new-disk` brings the
 //!    VM back on a new data disk, under its own tailnet name, with every archived row;
-//! 6. a backup disk that is not ours is left alone: postgres serves, status says why.
+//! 6. `backup export` writes the repository to a file; rows written after it are not
+//!    in it; a cut export is refused with nothing changed, and `restore --from-export`
+//!    of the whole file gives the rows of the export's time;
+//! 7. `db dump forgejo`, changes, `db restore forgejo` gives the dumped rows back,
+//!    owned by the app, the changed database kept under another name; an app the spec
+//!    does not name is refused;
+//! 8. a backup disk that is not ours is left alone: postgres serves, status says why.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed step is a failed test
 
@@ -25,14 +31,20 @@ use sovereign_tests::vm_test;
 use std::process::Output;
 use std::time::Duration;
 
-/// psql from the peer's namespace to `sql-vm`, by name; `sql` on stdin, so each
-/// statement commits on its own.
+/// psql from the peer's namespace to `sql-vm`, by name, as the superuser; `sql` on
+/// stdin, so each statement commits on its own.
 fn psql(peer: &TailNode, password: &str, sql: &str) -> Output {
+    psql_as(peer, "user=postgres dbname=postgres", password, sql)
+}
+
+/// [`psql`] as the role and database `who` names (`user=... dbname=...`).
+fn psql_as(peer: &TailNode, who: &str, password: &str, sql: &str) -> Output {
     use std::io::Write;
+    let conninfo = format!("host=sql-vm port=5432 {who} connect_timeout=15");
     let mut child = peer
         .command("psql")
         .args([
-            "host=sql-vm port=5432 user=postgres dbname=postgres connect_timeout=15",
+            conninfo.as_str(),
             "-X",
             "-A",
             "-t",
@@ -82,6 +94,7 @@ fn point_in_time_restore_gives_exactly_the_rows_committed_before_the_target() {
     let mut lab = Lab::start(&a.tools, "bk").expect("lab");
     let mut opts = lab.vm_options();
     opts.backup_toml = "archive_timeout_secs = 10".into();
+    opts.apps = vec!["forgejo".into()];
     let vm = Vm::new(&a, &opts);
     vm.start_ok();
     let password = vm.superuser_password();
@@ -306,7 +319,10 @@ fn point_in_time_restore_gives_exactly_the_rows_committed_before_the_target() {
         "every archived row, by name from the second node"
     );
 
-    // 6. A backup disk that is not ours (here: its superblock overwritten) is never
+    export_round_trip(&vm, peer, &password);
+    app_dump_round_trip(&vm, peer);
+
+    // 8. A backup disk that is not ours (here: its superblock overwritten) is never
     // formatted; postgres serves without archiving and status says why.
     let stopped = vm.stop();
     assert!(stopped.status.success(), "stop: {}", text(&stopped));
@@ -337,4 +353,120 @@ fn point_in_time_restore_gives_exactly_the_rows_committed_before_the_target() {
     );
     let stopped = vm.stop();
     assert!(stopped.status.success(), "stop: {}", text(&stopped));
+}
+
+fn count_rows(peer: &TailNode, password: &str) -> Option<String> {
+    wait_for(Duration::from_secs(180), Duration::from_secs(3), || {
+        let o = psql(
+            peer,
+            password,
+            "select count(*), max(id) from rows_written;\n",
+        );
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    })
+}
+
+/// 6. The repository out to a file and back; the database holds `51|110` before.
+fn export_round_trip(vm: &Vm, peer: &TailNode, password: &str) {
+    let file = vm.home.path().join("repo.tar");
+    let out = vm.cli("backup export", &["--output", file.to_str().unwrap()]);
+    assert!(out.status.success(), "backup export: {}", text(&out));
+    assert!(text(&out).contains("sha256"), "{}", text(&out));
+    let size = std::fs::metadata(&file).expect("the export file").len();
+    assert!(size > 1 << 20, "an export of {size} bytes");
+    assert!(!vm.home.path().join("repo.tar.partial").exists());
+    insert_rows(peer, password, 200, 205);
+
+    // A cut file (an interrupted `adb pull`) is refused and nothing changes.
+    let cut = vm.home.path().join("cut.tar");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let refused = vm.cli(
+        "restore",
+        &[
+            "--from-export",
+            cut.to_str().unwrap(),
+            "--to",
+            "latest",
+            "--yes",
+        ],
+    );
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    assert_eq!(count_rows(peer, password).as_deref(), Some("57|205"));
+
+    let restored = vm.cli(
+        "restore",
+        &[
+            "--from-export",
+            file.to_str().unwrap(),
+            "--to",
+            "latest",
+            "--yes",
+        ],
+    );
+    assert!(
+        restored.status.success(),
+        "restore --from-export: {}\nconsole:\n{}",
+        text(&restored),
+        vm.console()
+    );
+    assert!(
+        text(&restored)
+            .contains("previous repository is kept as /backup/pgbackrest.before-import-"),
+        "{}",
+        text(&restored)
+    );
+    assert_eq!(
+        count_rows(peer, password).as_deref(),
+        Some("51|110"),
+        "the rows of the export's time, not the ones written after it"
+    );
+}
+
+/// 7. One app's database out to a file and back.
+fn app_dump_round_trip(vm: &Vm, peer: &TailNode) {
+    let app_password =
+        std::fs::read_to_string(vm.home.path().join("secrets/sql-app-forgejo.password"))
+            .expect("the launcher writes the app's password")
+            .trim()
+            .to_string();
+    let forgejo = |sql: &str| {
+        let o = psql_as(peer, "user=forgejo dbname=forgejo", &app_password, sql);
+        assert!(o.status.success(), "psql as forgejo {sql:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    forgejo(
+        "create table issue (id int primary key, title text not null);\n\
+         insert into issue select g, 'issue ' || g from generate_series(1, 300) g;\n",
+    );
+    let dump = vm.home.path().join("forgejo.dump");
+    let out = vm.cli("db dump", &["forgejo", "--output", dump.to_str().unwrap()]);
+    assert!(out.status.success(), "db dump: {}", text(&out));
+    let unknown = vm.cli("db dump", &["gitea", "--output", dump.to_str().unwrap()]);
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown).contains("not in the spec"),
+        "{}",
+        text(&unknown)
+    );
+
+    forgejo("delete from issue where id > 100;\ncreate table junk (x int);\n");
+    let restored = vm.cli("db restore", &["forgejo", dump.to_str().unwrap(), "--yes"]);
+    assert!(restored.status.success(), "db restore: {}", text(&restored));
+    assert!(
+        text(&restored).contains("kept as forgejo_before_restore_"),
+        "{}",
+        text(&restored)
+    );
+    assert_eq!(
+        forgejo(
+            "select count(*) from issue;\n\
+             select count(*) from pg_tables where tablename = 'junk';\n\
+             select tableowner from pg_tables where tablename = 'issue';\n"
+        ),
+        "300\n0\nforgejo",
+        "the dumped rows, owned by the app, and nothing of the later changes"
+    );
 }
