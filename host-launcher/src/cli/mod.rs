@@ -8,6 +8,9 @@ use clap::{Args, Parser, Subcommand};
 use protocol::Stage;
 use std::path::PathBuf;
 
+mod data;
+pub use data::{parse_restore_target, BackupAction, BackupKindArg, DbAction};
+
 /// Runs PostgreSQL in a VM (crosvm on Android, QEMU elsewhere), reachable over Tailscale.
 #[derive(Debug, Parser)]
 #[command(name = "sovereign", version, about, long_about = None)]
@@ -113,140 +116,6 @@ impl LogName {
             LogName::Tailscaled => GuestLog::Tailscaled,
             LogName::Kernel => GuestLog::Kernel,
             LogName::Pgbackrest => GuestLog::Pgbackrest,
-        }
-    }
-}
-
-/// The backup types `backup now` can take.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum BackupKindArg {
-    /// Every file.
-    Full,
-    /// Files changed since the last full backup.
-    Diff,
-    /// Files changed since the last backup of any type.
-    Incr,
-}
-
-impl BackupKindArg {
-    /// The wire form.
-    pub fn to_kind(self) -> protocol::backup::BackupKind {
-        use protocol::backup::BackupKind;
-        match self {
-            BackupKindArg::Full => BackupKind::Full,
-            BackupKindArg::Diff => BackupKind::Diff,
-            BackupKindArg::Incr => BackupKind::Incr,
-        }
-    }
-}
-
-/// What `backup` does.
-#[derive(Debug, Subcommand)]
-pub enum BackupAction {
-    /// Take a backup now (PID 1 also takes them by itself: the spec's backup.schedule).
-    Now {
-        #[command(flatten)]
-        vm: VmArgs,
-        /// Full, differential or incremental.
-        #[arg(long = "type", value_enum, default_value = "full")]
-        kind: BackupKindArg,
-    },
-    /// The backup sets, with times and sizes, and the recoverable window.
-    List {
-        #[command(flatten)]
-        vm: VmArgs,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Read every file of the repository back and check it against its checksum.
-    Verify {
-        #[command(flatten)]
-        vm: VmArgs,
-    },
-    /// Write a tar of the backup disk's repository (every set and the archived WAL) to
-    /// stdout or a file, to keep a copy off the phone (`adb pull`). `sovereign restore
-    /// --from-export FILE` reads it back.
-    Export {
-        #[command(flatten)]
-        vm: VmArgs,
-        /// Write here (as FILE.partial until the stream checked out) instead of stdout.
-        #[arg(long, short, value_name = "FILE")]
-        output: Option<PathBuf>,
-    },
-}
-
-/// `sovereign db ...`.
-#[derive(Debug, Subcommand)]
-pub enum DbAction {
-    /// Write `pg_dump -Fc` of an app's database to stdout or a file.
-    Dump {
-        #[command(flatten)]
-        vm: VmArgs,
-        /// The app, as the spec's [[apps]] names it.
-        app: String,
-        /// Write here (as FILE.partial until the stream checked out) instead of stdout.
-        #[arg(long, short, value_name = "FILE")]
-        output: Option<PathBuf>,
-    },
-    /// Replace an app's database with a dump (`db dump`'s format). Its sessions are
-    /// ended; the current database is kept as `<app>_before_restore_<time>`.
-    Restore {
-        #[command(flatten)]
-        vm: VmArgs,
-        /// The app, as the spec's [[apps]] names it.
-        app: String,
-        /// The dump.
-        file: PathBuf,
-        /// Do not ask for confirmation (for scripts).
-        #[arg(long)]
-        yes: bool,
-    },
-}
-
-/// Reads `restore --to`: `latest`, a backup set's label, or a time.
-pub fn parse_restore_target(s: &str) -> Result<protocol::backup::RestoreTarget, String> {
-    use protocol::backup::RestoreTarget;
-    let s = s.trim();
-    if s.is_empty() {
-        return Err("give latest, a set label from `backup list`, or a time".into());
-    }
-    if s == "latest" {
-        return Ok(RestoreTarget::Latest);
-    }
-    if is_set_label(s) {
-        return Ok(RestoreTarget::Set {
-            label: s.to_string(),
-        });
-    }
-    if s.len() > 64 || s.chars().any(char::is_control) {
-        return Err(format!(
-            "{s:?} is not a time (too long or control characters)"
-        ));
-    }
-    Ok(RestoreTarget::Time {
-        time: s.to_string(),
-    })
-}
-
-/// pgBackRest's labels: `YYYYMMDD-HHMMSSF`, or that plus `_YYYYMMDD-HHMMSS` and `D`/`I`.
-fn is_set_label(s: &str) -> bool {
-    let stamp = |t: &str| {
-        t.len() == 15
-            && t.as_bytes()[8] == b'-'
-            && t.bytes()
-                .enumerate()
-                .all(|(i, b)| i == 8 || b.is_ascii_digit())
-    };
-    match s.split_once('_') {
-        None => s.len() == 16 && s.ends_with('F') && stamp(&s[..15]),
-        Some((full, rest)) => {
-            full.len() == 16
-                && full.ends_with('F')
-                && stamp(&full[..15])
-                && rest.len() == 16
-                && (rest.ends_with('D') || rest.ends_with('I'))
-                && stamp(&rest[..15])
         }
     }
 }
@@ -461,35 +330,6 @@ fn parse_stage(s: &str) -> Result<Stage, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
-    use protocol::backup::RestoreTarget;
-
-    #[test]
-    fn restore_targets_are_latest_a_set_or_a_time() {
-        assert_eq!(parse_restore_target("latest"), Ok(RestoreTarget::Latest));
-        for label in ["20261202-160405F", "20261202-160405F_20261203-010000D"] {
-            assert_eq!(
-                parse_restore_target(label),
-                Ok(RestoreTarget::Set {
-                    label: label.into()
-                })
-            );
-        }
-        assert_eq!(
-            parse_restore_target("2026-12-02T16:04:05Z"),
-            Ok(RestoreTarget::Time {
-                time: "2026-12-02T16:04:05Z".into()
-            })
-        );
-        parse_restore_target("").unwrap_err();
-        parse_restore_target("2026-12-02\n16:00").unwrap_err();
-        parse_restore_target("x\u{7}").unwrap_err();
-        parse_restore_target(&"9".repeat(65)).unwrap_err();
-        assert!(
-            !is_set_label("20261202-160405D"),
-            "a diff alone is no label"
-        );
-        assert!(!is_set_label("2026120-1604055F"));
-    }
 
     #[test]
     fn cli_is_consistent() {
