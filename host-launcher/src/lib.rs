@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod conninfo;
 pub mod console;
 pub mod control;
 pub mod deploy;

@@ -99,6 +99,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
             },
             Command::Db { action } => match action {
+                DbAction::List { vm, json } => {
+                    sovereign::commands::db::list(&vm.load(&env)?.0, json).await
+                }
+                DbAction::Url { vm, app, format } => {
+                    sovereign::commands::db::url(&vm.load(&env)?.0, &app, format)
+                }
                 DbAction::Dump { vm, app, output } => {
                     sovereign::commands::transfer::dump(&vm.load(&env)?.0, &app, output.as_deref())
                 }

@@ -211,6 +211,7 @@ pub fn guest_config(spec: &Spec) -> Result<GuestConfig, SecretError> {
             Ok(AppDatabase {
                 name: a.name.clone(),
                 password: read_secret(&a.password_file)?,
+                connection_limit: a.connection_limit,
             })
         })
         .collect::<Result<Vec<_>, SecretError>>()?;

@@ -248,6 +248,13 @@ fn check_postgres(spec: &Spec, p: &mut Vec<Problem>) {
         if !seen.insert(app.name.as_str()) {
             p.push(Problem::new("apps.name", &app.name, "appears twice"));
         }
+        if !(1..=protocol::config::MAX_CONNECTION_LIMIT).contains(&app.connection_limit) {
+            p.push(Problem::new(
+                "apps.connection_limit",
+                app.connection_limit,
+                "must be 1 to 45 (the guest allows 50 connections and keeps some for the superuser)",
+            ));
+        }
     }
 }
 
@@ -503,14 +510,17 @@ mod tests {
             crate::spec::AppSpec {
                 name: "Bad-Name".into(),
                 password_file: "/x".into(),
+                connection_limit: 20,
             },
             crate::spec::AppSpec {
                 name: "ok".into(),
                 password_file: "/y".into(),
+                connection_limit: 20,
             },
             crate::spec::AppSpec {
                 name: "ok".into(),
                 password_file: "/z".into(),
+                connection_limit: 20,
             },
         ];
         let p = validate(&spec, &env);

@@ -199,6 +199,22 @@ pub struct AppDatabase {
     pub name: String,
     /// The role's password.
     pub password: Secret,
+    /// Most sessions the role may hold at once (`ALTER ROLE ... CONNECTION LIMIT`), so
+    /// one app cannot take every connection from the others.
+    #[serde(default = "default_connection_limit")]
+    pub connection_limit: u32,
+}
+
+/// Sessions an app may hold when its spec says nothing: two apps at the default stay
+/// well inside the guest's `max_connections` (50).
+pub const DEFAULT_CONNECTION_LIMIT: u32 = 20;
+
+/// The largest connection limit an app may have: `max_connections` (50) less what is
+/// kept for the superuser and PID 1's own sessions.
+pub const MAX_CONNECTION_LIMIT: u32 = 45;
+
+fn default_connection_limit() -> u32 {
+    DEFAULT_CONNECTION_LIMIT
 }
 
 /// A configuration value the guest cannot use.
@@ -300,6 +316,13 @@ impl GuestConfig {
                     "must be 8-128 printable ASCII characters",
                 ));
             }
+            if !(1..=MAX_CONNECTION_LIMIT).contains(&app.connection_limit) {
+                return Err(invalid(
+                    "postgres.apps.connection_limit",
+                    app.connection_limit,
+                    "must be 1 to 45 (the guest allows 50 connections and keeps some for the superuser)",
+                ));
+            }
         }
         if let Some(b) = &self.backup {
             b.validate()?;
@@ -361,6 +384,7 @@ mod tests {
                 apps: vec![AppDatabase {
                     name: "vaultwarden".into(),
                     password: Secret::new("vaultwarden-pass"),
+                    connection_limit: DEFAULT_CONNECTION_LIMIT,
                 }],
             },
             backup: Some(Box::new(crate::backup::BackupConfig::with_defaults(

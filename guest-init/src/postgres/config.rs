@@ -110,10 +110,11 @@ pub fn render_provisioning(cfg: &PostgresConfig, salt: impl Fn() -> [u8; 16]) ->
         let n = &app.name;
         sql.push_str(&format!(
             "SELECT 'CREATE ROLE {n} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{n}')\\gexec\n\
-             ALTER ROLE {n} PASSWORD '{}';\n\
+             ALTER ROLE {n} PASSWORD '{}' CONNECTION LIMIT {};\n\
              SELECT 'CREATE DATABASE {n} OWNER {n}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{n}')\\gexec\n\
              REVOKE ALL ON DATABASE {n} FROM PUBLIC;\n",
-            scram::verifier(app.password.expose(), &salt())
+            scram::verifier(app.password.expose(), &salt()),
+            app.connection_limit
         ));
     }
     sql
@@ -167,12 +168,14 @@ mod tests {
             apps: vec![AppDatabase {
                 name: "forgejo".into(),
                 password: Secret::new("forgejo-secret-pw"),
+                connection_limit: 7,
             }],
         };
         let sql = render_provisioning(&cfg, || [1; 16]);
         assert!(!sql.contains("super-secret-pw") && !sql.contains("forgejo-secret-pw"));
         assert_eq!(sql.matches("SCRAM-SHA-256$4096:").count(), 2);
         assert!(sql.contains("CREATE DATABASE forgejo OWNER forgejo"));
+        assert!(sql.contains("CONNECTION LIMIT 7;"));
     }
 
     #[test]

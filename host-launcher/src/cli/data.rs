@@ -67,6 +67,26 @@ pub enum BackupAction {
 /// `sovereign db ...`.
 #[derive(Debug, Subcommand)]
 pub enum DbAction {
+    /// The app databases in the guest: owners, sizes, connections against each role's
+    /// limit, and orphans (databases the spec no longer names, kept).
+    List {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the connection string an app on another tailnet node uses (the host is the
+    /// VM's tailnet name, never an address).
+    Url {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// The app, as the spec's [[apps]] names it.
+        app: String,
+        /// The form.
+        #[arg(long, value_enum, default_value = "uri")]
+        format: crate::conninfo::Format,
+    },
     /// Write `pg_dump -Fc` of an app's database to stdout or a file.
     Dump {
         #[command(flatten)]

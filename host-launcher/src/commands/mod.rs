@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod console;
+pub mod db;
 pub mod deploy;
 pub mod orphan;
 pub mod query;

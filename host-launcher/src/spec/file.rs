@@ -105,7 +105,11 @@ struct PostgresFile {
 struct AppFile {
     name: String,
     password_file: Option<PathBuf>,
+    connection_limit: Option<u32>,
 }
+
+/// The apps the built-in VM provisions: the two the project is for.
+pub const BUILTIN_APPS: [&str; 2] = ["vaultwarden", "forgejo"];
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,7 +147,18 @@ struct TimeoutsFile {
 impl Spec {
     /// The built-in `sql` VM (`--sql`), with paths under the state directory.
     pub fn builtin_sql(env: &HostEnv) -> Result<Spec, SpecError> {
-        resolve_file(SpecFile::default(), &env.base_dir, env, "built-in sql")
+        let file = SpecFile {
+            apps: BUILTIN_APPS
+                .iter()
+                .map(|name| AppFile {
+                    name: name.to_string(),
+                    password_file: None,
+                    connection_limit: None,
+                })
+                .collect(),
+            ..SpecFile::default()
+        };
+        resolve_file(file, &env.base_dir, env, "built-in sql")
     }
 
     /// Reads a spec file; relative paths resolve against its directory.
@@ -212,6 +227,9 @@ fn resolve_file(
                 .map(&in_dir)
                 .unwrap_or_else(|| secrets_dir.join(format!("{name}-app-{}.password", a.name))),
             name: a.name,
+            connection_limit: a
+                .connection_limit
+                .unwrap_or(protocol::config::DEFAULT_CONNECTION_LIMIT),
         })
         .collect();
     let t = Timeouts::default();

@@ -207,6 +207,8 @@ pub struct AppSpec {
     pub name: String,
     /// File holding its password (generated, mode 0600, when absent).
     pub password_file: PathBuf,
+    /// Most sessions its role may hold at once.
+    pub connection_limit: u32,
 }
 
 /// How the guest joins the tailnet.

@@ -1,0 +1,177 @@
+//! `sovereign db list` and `db url`: the app databases as the guest has them, and the
+//! connection string an app on another tailnet node uses. (`db dump` and `db restore`
+//! move data: see [`super::transfer`].)
+
+use super::query::query;
+use crate::conninfo::{self, Format, Target};
+use crate::spec::Spec;
+use serde::Serialize;
+
+/// One database in the guest, as `db list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DbEntry {
+    /// Its name.
+    pub name: String,
+    /// The role that owns it.
+    pub owner: String,
+    /// Its size on disk.
+    pub bytes: u64,
+    /// Sessions connected to it now.
+    pub connections: u64,
+    /// Its role's connection limit (`None`: no role of that name, or no limit).
+    pub connection_limit: Option<u32>,
+    /// What it is to the spec.
+    pub kind: DbKind,
+}
+
+/// What a database is to the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DbKind {
+    /// An app the spec names.
+    App,
+    /// The copy `db restore` kept of an app's previous database.
+    KeptByRestore,
+    /// A database the spec no longer names: kept, never dropped by the launcher.
+    Orphan,
+}
+
+/// Lists every non-template database but `postgres`, one line each.
+const LIST_SQL: &str = "select d.datname, r.rolname, pg_database_size(d.oid), \
+     (select count(*) from pg_stat_activity a where a.datname = d.datname), \
+     coalesce(nullif(o.rolconnlimit, -1)::text, '') \
+     from pg_database d join pg_roles r on r.oid = d.datdba \
+     left join pg_roles o on o.rolname = d.datname \
+     where not d.datistemplate and d.datname <> 'postgres' order by 1";
+
+/// Reads psql's `-A -t` lines of [`LIST_SQL`].
+pub fn parse_list(output: &str, spec_apps: &[&str]) -> Vec<DbEntry> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split('|').collect();
+            let [name, owner, bytes, connections, limit] = f.as_slice() else {
+                return None;
+            };
+            let kind = if spec_apps.contains(name) {
+                DbKind::App
+            } else if name.contains("_before_restore_") {
+                DbKind::KeptByRestore
+            } else {
+                DbKind::Orphan
+            };
+            Some(DbEntry {
+                name: name.to_string(),
+                owner: owner.to_string(),
+                bytes: bytes.parse().ok()?,
+                connections: connections.parse().ok()?,
+                connection_limit: limit.parse().ok(),
+                kind,
+            })
+        })
+        .collect()
+}
+
+/// The table `db list` prints.
+pub fn render_list(entries: &[DbEntry]) -> String {
+    let mut out = format!(
+        "{:<32} {:<16} {:>10} {:>12}  {}\n",
+        "DATABASE", "OWNER", "SIZE", "CONNECTIONS", "WHAT"
+    );
+    for e in entries {
+        let limit = e
+            .connection_limit
+            .map_or_else(|| "-".to_string(), |l| l.to_string());
+        out.push_str(&format!(
+            "{:<32} {:<16} {:>10} {:>12}  {}\n",
+            e.name,
+            e.owner,
+            super::backup::size(e.bytes),
+            format!("{}/{limit}", e.connections),
+            match e.kind {
+                DbKind::App => "app in the spec",
+                DbKind::KeptByRestore => "kept by `db restore` (drop it by hand when sure)",
+                DbKind::Orphan => "orphan: no longer in the spec, kept",
+            }
+        ));
+    }
+    out
+}
+
+/// `db list [--json]`.
+pub async fn list(spec: &Spec, json: bool) -> anyhow::Result<i32> {
+    let output = match query(spec, LIST_SQL).await? {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("cannot list the databases: {e}");
+            return Ok(1);
+        }
+    };
+    let apps: Vec<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
+    let entries = parse_list(&output, &apps);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+    } else {
+        print!("{}", render_list(&entries));
+        for missing in apps
+            .iter()
+            .filter(|a| !entries.iter().any(|e| &e.name == *a))
+        {
+            eprintln!("app {missing} is in the spec but has no database yet (it is made at the next start)");
+        }
+    }
+    Ok(0)
+}
+
+/// `db url APP [--format]`: needs only the spec and the app's password file.
+pub fn url(spec: &Spec, app: &str, format: Format) -> anyhow::Result<i32> {
+    let Some(a) = spec.apps.iter().find(|a| a.name == app) else {
+        let names: Vec<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
+        anyhow::bail!(
+            "app {app:?} is not in the spec of VM {} (its apps: {})",
+            spec.name,
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
+        );
+    };
+    let password = crate::secrets::read_secret(&a.password_file).map_err(|e| {
+        anyhow::anyhow!("{e}; the launcher writes it when the VM first starts with this app")
+    })?;
+    let target = Target {
+        host: &spec.hostname,
+        port: spec.postgres.port,
+        dbname: &a.name,
+        user: &a.name,
+        password: password.expose(),
+    };
+    println!("{}", conninfo::render(&target, format));
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_tells_apps_from_orphans_and_kept_copies() {
+        let out = "forgejo|forgejo|8000000|2|20\n\
+                   forgejo_before_restore_1796227445|forgejo|7000000|0|\n\
+                   oldapp|oldapp|100|0|5\n\
+                   garbage line\n";
+        let e = parse_list(out, &["forgejo", "vaultwarden"]);
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[0].kind, DbKind::App);
+        assert_eq!(e[0].connection_limit, Some(20));
+        assert_eq!(e[1].kind, DbKind::KeptByRestore);
+        assert_eq!(e[1].connection_limit, None);
+        assert_eq!(e[2].kind, DbKind::Orphan);
+        let table = render_list(&e);
+        assert!(
+            table.contains("2/20") && table.contains("orphan"),
+            "{table}"
+        );
+    }
+}
