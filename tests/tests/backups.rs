@@ -39,12 +39,20 @@ fn psql(peer: &TailNode, password: &str, sql: &str) -> Output {
 
 /// [`psql`] as the role and database `who` names (`user=... dbname=...`).
 fn psql_as(peer: &TailNode, who: &str, password: &str, sql: &str) -> Output {
-    use std::io::Write;
     let conninfo = format!("host=sql-vm port=5432 {who} connect_timeout=15");
-    let mut child = peer
-        .command("psql")
+    psql_with(peer, &conninfo, Some(password), sql)
+}
+
+/// psql from the peer with a whole connection string (a URI or key/value pairs).
+fn psql_with(peer: &TailNode, conninfo: &str, password: Option<&str>, sql: &str) -> Output {
+    use std::io::Write;
+    let mut command = peer.command("psql");
+    if let Some(password) = password {
+        command.env("PGPASSWORD", password);
+    }
+    let mut child = command
         .args([
-            conninfo.as_str(),
+            conninfo,
             "-X",
             "-A",
             "-t",
@@ -54,7 +62,6 @@ fn psql_as(peer: &TailNode, who: &str, password: &str, sql: &str) -> Output {
             "-f",
             "-",
         ])
-        .env("PGPASSWORD", password)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -427,16 +434,20 @@ fn export_round_trip(vm: &Vm, peer: &TailNode, password: &str) {
 
 /// 7. One app's database out to a file and back.
 fn app_dump_round_trip(vm: &Vm, peer: &TailNode) {
-    let app_password =
-        std::fs::read_to_string(vm.home.path().join("secrets/sql-app-forgejo.password"))
-            .expect("the launcher writes the app's password")
-            .trim()
-            .to_string();
+    // The app connects with what `db url` prints, by name from the second node.
+    let url = vm.cli("db url", &["forgejo"]);
+    assert!(url.status.success(), "db url: {}", text(&url));
+    let uri = String::from_utf8_lossy(&url.stdout).trim().to_string();
+    assert!(
+        uri.starts_with("postgresql://forgejo:") && uri.ends_with("@sql-vm:5432/forgejo"),
+        "{uri}"
+    );
     let forgejo = |sql: &str| {
-        let o = psql_as(peer, "user=forgejo dbname=forgejo", &app_password, sql);
+        let o = psql_with(peer, &uri, None, sql);
         assert!(o.status.success(), "psql as forgejo {sql:?}: {}", text(&o));
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
+    assert_eq!(forgejo("select current_user;\n"), "forgejo");
     forgejo(
         "create table issue (id int primary key, title text not null);\n\
          insert into issue select g, 'issue ' || g from generate_series(1, 300) g;\n",
@@ -468,5 +479,31 @@ fn app_dump_round_trip(vm: &Vm, peer: &TailNode) {
         ),
         "300\n0\nforgejo",
         "the dumped rows, owned by the app, and nothing of the later changes"
+    );
+    let list = vm.cli("db list", &["--json"]);
+    assert!(list.status.success(), "db list: {}", text(&list));
+    let dbs: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let find = |name: &str| {
+        dbs.as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"].as_str().is_some_and(|n| n.starts_with(name)))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let app = find("forgejo");
+    assert_eq!(
+        (&app["kind"], &app["owner"], &app["connection_limit"]),
+        (
+            &serde_json::json!("app"),
+            &serde_json::json!("forgejo"),
+            &serde_json::json!(20)
+        ),
+        "{dbs:#}"
+    );
+    assert_eq!(
+        find("forgejo_before_restore_")["kind"],
+        "kept_by_restore",
+        "{dbs:#}"
     );
 }
