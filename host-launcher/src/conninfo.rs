@@ -18,6 +18,9 @@ pub struct Target<'a> {
     pub user: &'a str,
     /// The role's password.
     pub password: &'a str,
+    /// With `Some(path)`: require TLS and verify the server against the CA certificate
+    /// at `path` on the client's machine (`sslmode=verify-full`).
+    pub verify_with_ca: Option<&'a str>,
 }
 
 /// The forms `db url` prints.
@@ -69,6 +72,19 @@ fn shell_quote(s: &str) -> String {
 
 /// The connection string for `t` in `format`.
 pub fn render(t: &Target<'_>, format: Format) -> String {
+    let mut s = render_plain(t, format);
+    if let Some(ca) = t.verify_with_ca {
+        s.push_str(&match format {
+            Format::Uri => format!("?sslmode=verify-full&sslrootcert={}", pct(ca)),
+            Format::Keyvalue => format!(" sslmode=verify-full sslrootcert={}", libpq_quote(ca)),
+            Format::Jdbc => format!("&sslmode=verify-full&sslrootcert={}", pct(ca)),
+            Format::Env => format!("\nPGSSLMODE=verify-full\nPGSSLROOTCERT={}", shell_quote(ca)),
+        });
+    }
+    s
+}
+
+fn render_plain(t: &Target<'_>, format: Format) -> String {
     match format {
         Format::Uri => format!(
             "postgresql://{}:{}@{}:{}/{}",
@@ -118,7 +134,26 @@ mod tests {
             dbname: "forgejo",
             user: "forgejo",
             password,
+            verify_with_ca: None,
         }
+    }
+
+    #[test]
+    fn verify_full_names_the_ca_in_every_form() {
+        let t = Target {
+            verify_with_ca: Some("/etc/ssl/sql ca.crt"),
+            ..target("pw")
+        };
+        assert_eq!(
+            render(&t, Format::Uri),
+            "postgresql://forgejo:pw@sql-vm:5432/forgejo?sslmode=verify-full&sslrootcert=%2Fetc%2Fssl%2Fsql%20ca.crt"
+        );
+        assert!(render(&t, Format::Keyvalue)
+            .ends_with(" sslmode=verify-full sslrootcert='/etc/ssl/sql ca.crt'"));
+        assert!(render(&t, Format::Jdbc)
+            .ends_with("&sslmode=verify-full&sslrootcert=%2Fetc%2Fssl%2Fsql%20ca.crt"));
+        assert!(render(&t, Format::Env)
+            .ends_with("\nPGSSLMODE=verify-full\nPGSSLROOTCERT='/etc/ssl/sql ca.crt'"));
     }
 
     #[test]

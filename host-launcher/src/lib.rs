@@ -25,6 +25,7 @@ pub mod secrets;
 pub mod spec;
 pub mod startlock;
 pub mod supervisor;
+pub mod tls;
 pub mod transfer;
 pub mod trust;
 pub mod validate;

@@ -102,9 +102,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 DbAction::List { vm, json } => {
                     sovereign::commands::db::list(&vm.load(&env)?.0, json).await
                 }
-                DbAction::Url { vm, app, format } => {
-                    sovereign::commands::db::url(&vm.load(&env)?.0, &app, format)
-                }
+                DbAction::Url {
+                    vm,
+                    app,
+                    format,
+                    verify_full,
+                } => sovereign::commands::db::url(
+                    &vm.load(&env)?.0,
+                    &app,
+                    format,
+                    verify_full.as_deref(),
+                ),
+                DbAction::Ca { vm } => sovereign::commands::db::ca(&vm.load(&env)?.0),
                 DbAction::Dump { vm, app, output } => {
                     sovereign::commands::transfer::dump(&vm.load(&env)?.0, &app, output.as_deref())
                 }

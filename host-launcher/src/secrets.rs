@@ -43,6 +43,8 @@ pub enum SecretError {
         /// The file.
         path: PathBuf,
     },
+    #[error("the database's TLS certificate: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("secret file {path} is empty or shorter than 8 characters")]
     TooShort {
         /// The file.
@@ -202,6 +204,15 @@ pub fn auth_key_source(spec: &Spec) -> String {
     }
 }
 
+/// A server certificate for this start, with its key, for the guest.
+fn server_tls(spec: &Spec) -> Result<protocol::config::TlsMaterial, SecretError> {
+    let (certificate_pem, key) = crate::tls::server_certificate(spec)?;
+    Ok(protocol::config::TlsMaterial {
+        certificate_pem,
+        key_pem: Secret::new(key),
+    })
+}
+
 /// The configuration sent to the guest after its Hello, with the secrets read now.
 pub fn guest_config(spec: &Spec) -> Result<GuestConfig, SecretError> {
     let apps = spec
@@ -232,6 +243,7 @@ pub fn guest_config(spec: &Spec) -> Result<GuestConfig, SecretError> {
             port: spec.postgres.port,
             apps,
             superuser_from_tailnet: spec.postgres.superuser_from_tailnet,
+            tls: Some(server_tls(spec)?),
         },
         backup: spec.guest_backup(offsite_key(spec)?).map(Box::new),
     })

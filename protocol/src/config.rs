@@ -182,6 +182,20 @@ pub struct PostgresConfig {
     /// programs in the guest). The unix socket always admits it.
     #[serde(default = "default_true")]
     pub superuser_from_tailnet: bool,
+    /// The server's certificate and key, issued by the launcher's CA for the VM's
+    /// tailnet name; `None` serves plain connections only.
+    #[serde(default)]
+    pub tls: Option<TlsMaterial>,
+}
+
+/// A server certificate with its key (PEM), so postgres serves TLS that clients verify
+/// with `sslmode=verify-full` against the launcher's CA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsMaterial {
+    /// The certificate (PEM).
+    pub certificate_pem: String,
+    /// Its private key (PKCS#8 PEM).
+    pub key_pem: Secret,
 }
 
 fn default_pg_port() -> u16 {
@@ -381,6 +395,7 @@ mod tests {
                 superuser_password: Secret::new("correct horse battery"),
                 port: 5432,
                 superuser_from_tailnet: true,
+                tls: None,
                 apps: vec![AppDatabase {
                     name: "vaultwarden".into(),
                     password: Secret::new("vaultwarden-pass"),

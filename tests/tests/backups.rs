@@ -448,6 +448,48 @@ fn app_dump_round_trip(vm: &Vm, peer: &TailNode) {
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
     assert_eq!(forgejo("select current_user;\n"), "forgejo");
+
+    // TLS: verify-full against the CA `db ca` prints; another CA is refused.
+    let ca = vm.cli("db ca", &[]);
+    assert!(ca.status.success(), "db ca: {}", text(&ca));
+    let ca_file = vm.home.path().join("sovereign-ca.crt");
+    std::fs::write(&ca_file, &ca.stdout).unwrap();
+    let tls_url = vm.cli(
+        "db url",
+        &["forgejo", "--verify-full", ca_file.to_str().unwrap()],
+    );
+    assert!(
+        tls_url.status.success(),
+        "db url --verify-full: {}",
+        text(&tls_url)
+    );
+    let tls_uri = String::from_utf8_lossy(&tls_url.stdout).trim().to_string();
+    let ssl = psql_with(
+        peer,
+        &tls_uri,
+        None,
+        "select ssl from pg_stat_ssl where pid = pg_backend_pid();\n",
+    );
+    assert_eq!(
+        (
+            ssl.status.success(),
+            String::from_utf8_lossy(&ssl.stdout).trim()
+        ),
+        (true, "t"),
+        "sslmode=verify-full with the launcher's CA: {}",
+        text(&ssl)
+    );
+    let wrong_ca = tls_uri.replace(
+        &percent_path(&ca_file),
+        &percent_path(std::path::Path::new("/etc/ssl/certs/ca-certificates.crt")),
+    );
+    assert_ne!(wrong_ca, tls_uri);
+    let refused = psql_with(peer, &wrong_ca, None, "select 1;\n");
+    assert!(
+        !refused.status.success() && text(&refused).contains("certificate verify failed"),
+        "a server not signed by the given CA must be refused: {}",
+        text(&refused)
+    );
     forgejo(
         "create table issue (id int primary key, title text not null);\n\
          insert into issue select g, 'issue ' || g from generate_series(1, 300) g;\n",
@@ -506,4 +548,18 @@ fn app_dump_round_trip(vm: &Vm, peer: &TailNode) {
         "kept_by_restore",
         "{dbs:#}"
     );
+}
+
+/// A path as `db url` percent-encodes it in a URI.
+fn percent_path(p: &std::path::Path) -> String {
+    p.to_str()
+        .unwrap()
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

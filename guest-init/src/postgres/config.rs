@@ -46,7 +46,12 @@ pub fn render_postgresql_conf(port: u16, listen: &[String], jit: bool, wal: &Wal
          effective_cache_size = 512MB\n\
          work_mem = 4MB\n\
          maintenance_work_mem = 64MB\n\
+         wal_buffers = 4MB\n\
          dynamic_shared_memory_type = posix\n\
+         # Planner: the phone's flash is random-access like an SSD\n\
+         random_page_cost = 1.1\n\
+         effective_io_concurrency = 200\n\
+         default_statistics_target = 100\n\
          # Durability: every commit reaches the disk\n\
          fsync = on\n\
          synchronous_commit = on\n\
@@ -63,6 +68,7 @@ pub fn render_postgresql_conf(port: u16, listen: &[String], jit: bool, wal: &Wal
          log_rotation_age = 1d\n\
          log_connections = on\n\
          log_disconnections = on\n\
+         log_statement = 'ddl'\n\
          log_line_prefix = '%m [%p] %q%u@%d from %h '\n\
          log_timezone = 'UTC'\n\
          timezone = 'UTC'\n\
@@ -165,6 +171,7 @@ mod tests {
             superuser_password: Secret::new("super-secret-pw"),
             port: 5432,
             superuser_from_tailnet: true,
+            tls: None,
             apps: vec![AppDatabase {
                 name: "forgejo".into(),
                 password: Secret::new("forgejo-secret-pw"),

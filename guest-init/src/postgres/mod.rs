@@ -9,6 +9,7 @@
 pub mod app_dump;
 pub mod config;
 pub mod query;
+pub mod tls;
 pub mod wal_budget;
 
 use crate::command::{self, CommandError};
@@ -138,6 +139,8 @@ struct Settings {
     archive: Option<String>,
     /// WAL sized to the data disk.
     wal: WalBudget,
+    /// Whether the launcher's certificate is installed (`ssl = on`).
+    tls: bool,
 }
 
 impl Postgres {
@@ -155,6 +158,9 @@ impl Postgres {
         let data = Path::new(DATA_DIR);
         owned_files::prepare_dir(data, 0o700, account.owner)?;
         owned_files::prepare_dir(Path::new(SOCKET_DIR), 0o2775, account.owner)?;
+        if let Some(material) = &cfg.tls {
+            tls::install(material, account.owner)?;
+        }
         if !data.join("PG_VERSION").exists() {
             initdb(&bin, account)?;
         } else {
@@ -173,6 +179,7 @@ impl Postgres {
             jit,
             archive,
             wal: WalBudget::for_disk(data_disk_bytes()),
+            tls: cfg.tls.is_some(),
         };
         write_config(account, &settings, listen)?;
         Ok(Postgres {
@@ -355,6 +362,9 @@ fn write_config(account: Account, settings: &Settings, listen: &[String]) -> Res
         config::render_postgresql_conf(settings.port, listen, settings.jit, &settings.wal);
     if let Some(archive) = &settings.archive {
         conf.push_str(archive);
+    }
+    if settings.tls {
+        conf.push_str(&tls::conf_lines());
     }
     owned_files::write_file(
         &data.join("postgresql.conf"),

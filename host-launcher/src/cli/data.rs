@@ -86,6 +86,16 @@ pub enum DbAction {
         /// The form.
         #[arg(long, value_enum, default_value = "uri")]
         format: crate::conninfo::Format,
+        /// Require TLS and verify the server (`sslmode=verify-full`) with the CA
+        /// certificate at CA_FILE on the app's machine (save `sovereign db ca` there).
+        #[arg(long, value_name = "CA_FILE")]
+        verify_full: Option<String>,
+    },
+    /// Print the CA certificate (PEM) that signs the server's certificate, for
+    /// clients using `sslmode=verify-full`.
+    Ca {
+        #[command(flatten)]
+        vm: VmArgs,
     },
     /// Write `pg_dump -Fc` of an app's database to stdout or a file.
     Dump {

@@ -123,8 +123,20 @@ pub async fn list(spec: &Spec, json: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// `db url APP [--format]`: needs only the spec and the app's password file.
-pub fn url(spec: &Spec, app: &str, format: Format) -> anyhow::Result<i32> {
+/// `db ca`: the CA certificate clients verify the server with (made on first use).
+pub fn ca(spec: &Spec) -> anyhow::Result<i32> {
+    print!("{}", crate::tls::ca_certificate(spec)?);
+    Ok(0)
+}
+
+/// `db url APP [--format] [--verify-full CA]`: needs only the spec and the app's
+/// password file.
+pub fn url(
+    spec: &Spec,
+    app: &str,
+    format: Format,
+    verify_with_ca: Option<&str>,
+) -> anyhow::Result<i32> {
     let Some(a) = spec.apps.iter().find(|a| a.name == app) else {
         let names: Vec<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
         anyhow::bail!(
@@ -146,6 +158,7 @@ pub fn url(spec: &Spec, app: &str, format: Format) -> anyhow::Result<i32> {
         dbname: &a.name,
         user: &a.name,
         password: password.expose(),
+        verify_with_ca,
     };
     println!("{}", conninfo::render(&target, format));
     Ok(0)

@@ -1,0 +1,267 @@
+//! The database's TLS: a certificate authority the launcher makes once per VM (its key
+//! in the secrets directory, 0600; its certificate beside it, for clients), and a
+//! server certificate for the VM's tailnet name, issued afresh at every start and
+//! handed to the guest with its key over the control channel only. Pure Rust (rcgen
+//! with P-256 ECDSA from RustCrypto), so the launcher stays a static binary with no C
+//! toolchain for the phone.
+
+use crate::spec::Spec;
+use p256::ecdsa::signature::Signer;
+use p256::ecdsa::{DerSignature, SigningKey};
+use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, LineEnding};
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, RemoteKeyPair, SanType,
+    SignatureAlgorithm, PKCS_ECDSA_P256_SHA256,
+};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use thiserror::Error;
+
+/// How long a server certificate is valid (it is reissued at every start).
+const SERVER_VALIDITY: Duration = Duration::from_secs(397 * 24 * 3600);
+
+/// Why the CA or a certificate could not be made.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    #[error("{path} is not a PKCS#8 P-256 private key: {why}")]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    #[error("cannot make a certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+}
+
+/// A P-256 key rcgen signs with through [`RemoteKeyPair`] (rcgen's own keys would need
+/// ring or aws-lc, which need a C compiler for the phone's target).
+struct P256 {
+    key: SigningKey,
+    public: Vec<u8>,
+}
+
+impl P256 {
+    fn new(key: SigningKey) -> Self {
+        let public = key
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
+        P256 { key, public }
+    }
+
+    fn into_key_pair(self) -> Result<KeyPair, rcgen::Error> {
+        KeyPair::from_remote(Box::new(self))
+    }
+}
+
+impl RemoteKeyPair for P256 {
+    fn public_key(&self) -> &[u8] {
+        &self.public
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        let signature: DerSignature = self.key.sign(msg);
+        Ok(signature.as_bytes().to_vec())
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &PKCS_ECDSA_P256_SHA256
+    }
+}
+
+/// Where the CA lives: (key, certificate).
+pub fn ca_paths(spec: &Spec) -> (PathBuf, PathBuf) {
+    (
+        spec.secrets_dir.join(format!("{}-ca.key", spec.name)),
+        spec.secrets_dir.join(format!("{}-ca.crt", spec.name)),
+    )
+}
+
+/// The CA's fixed parameters; the same each time, so that a certificate issued with
+/// them and the stored key chains to the stored CA certificate.
+fn ca_params(spec: &Spec) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "Sovereign");
+    dn.push(
+        DnType::CommonName,
+        format!("Sovereign database CA for VM {}", spec.name),
+    );
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.not_before = rcgen::date_time_ymd(2026, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2046, 1, 1);
+    p.serial_number = Some(serial());
+    p
+}
+
+/// A random positive serial number (rcgen makes none without its own crypto backend).
+fn serial() -> rcgen::SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f;
+    rcgen::SerialNumber::from_slice(&bytes)
+}
+
+fn write_new(path: &Path, content: &[u8], mode: u32) -> Result<(), TlsError> {
+    let write = |source| TlsError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(write)?;
+    f.write_all(content)
+        .and_then(|()| f.sync_all())
+        .map_err(write)
+}
+
+/// The CA's key and certificate, made on first use (key 0600, certificate 0644).
+fn ensure_ca(spec: &Spec) -> Result<(SigningKey, Certificate), TlsError> {
+    let (key_path, cert_path) = ca_paths(spec);
+    let key = match std::fs::read_to_string(&key_path) {
+        Ok(pem) => SigningKey::from_pkcs8_pem(&pem).map_err(|e| TlsError::BadKey {
+            path: key_path.clone(),
+            why: e.to_string(),
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = SigningKey::random(&mut rand_core::OsRng);
+            let pem = key
+                .to_pkcs8_pem(LineEnding::LF)
+                .map_err(|e| TlsError::BadKey {
+                    path: key_path.clone(),
+                    why: e.to_string(),
+                })?;
+            write_new(&key_path, pem.as_bytes(), 0o600)?;
+            let _ = std::fs::remove_file(&cert_path);
+            key
+        }
+        Err(source) => {
+            return Err(TlsError::Read {
+                path: key_path,
+                source,
+            })
+        }
+    };
+    let ca = ca_params(spec).self_signed(&P256::new(key.clone()).into_key_pair()?)?;
+    if !cert_path.exists() {
+        write_new(&cert_path, ca.pem().as_bytes(), 0o644)?;
+    }
+    Ok((key, ca))
+}
+
+/// The CA certificate clients trust (PEM), made on first use.
+pub fn ca_certificate(spec: &Spec) -> Result<String, TlsError> {
+    ensure_ca(spec)?;
+    let (_, cert_path) = ca_paths(spec);
+    std::fs::read_to_string(&cert_path).map_err(|source| TlsError::Read {
+        path: cert_path,
+        source,
+    })
+}
+
+/// A new server certificate for the VM's tailnet name, signed by the CA: (certificate
+/// PEM, PKCS#8 key PEM).
+pub fn server_certificate(spec: &Spec) -> Result<(String, String), TlsError> {
+    let (ca_key, ca) = ensure_ca(spec)?;
+    let key = SigningKey::random(&mut rand_core::OsRng);
+    let key_pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| TlsError::BadKey {
+            path: PathBuf::from("(new server key)"),
+            why: e.to_string(),
+        })?
+        .to_string();
+    let mut p = CertificateParams::new(vec![spec.hostname.clone()])?;
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::CommonName, spec.hostname.clone());
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.use_authority_key_identifier_extension = true;
+    let now = SystemTime::now();
+    p.not_before = (now - Duration::from_secs(24 * 3600)).into();
+    p.not_after = (now + SERVER_VALIDITY).into();
+    p.serial_number = Some(serial());
+    p.subject_alt_names = vec![SanType::DnsName(spec.hostname.clone().try_into()?)];
+    let leaf = p.signed_by(
+        &P256::new(key).into_key_pair()?,
+        &ca,
+        &P256::new(ca_key).into_key_pair()?,
+    )?;
+    Ok((leaf.pem(), key_pem))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn spec_in(dir: &Path) -> Spec {
+        let mut spec = Spec::builtin_sql(&crate::spec::tests::env_in(dir, false)).unwrap();
+        spec.secrets_dir = dir.to_path_buf();
+        spec
+    }
+
+    /// OpenSSL, the library libpq uses, checks the chain and the name.
+    #[test]
+    fn the_server_certificate_chains_to_the_kept_ca_and_names_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec_in(dir.path());
+        let ca = ca_certificate(&spec).unwrap();
+        let (cert, key) = server_certificate(&spec).unwrap();
+        assert!(key.starts_with("-----BEGIN PRIVATE KEY-----"), "{key}");
+        let (key_path, ca_path) = ca_paths(&spec);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(std::fs::read_to_string(&ca_path).unwrap(), ca);
+        // A second certificate, after the CA was read back from its files, chains too.
+        let (again, _) = server_certificate(&spec).unwrap();
+        for (i, leaf) in [cert, again].iter().enumerate() {
+            let leaf_path = dir.path().join(format!("leaf{i}.crt"));
+            std::fs::write(&leaf_path, leaf).unwrap();
+            let out = Command::new("openssl")
+                .args(["verify", "-verify_hostname", "sql-vm", "-CAfile"])
+                .arg(&ca_path)
+                .arg(&leaf_path)
+                .output()
+                .expect("openssl (Debian package openssl)");
+            assert!(
+                out.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let wrong = Command::new("openssl")
+                .args(["verify", "-verify_hostname", "other-vm", "-CAfile"])
+                .arg(&ca_path)
+                .arg(&leaf_path)
+                .output()
+                .unwrap();
+            assert!(!wrong.status.success(), "another name must not verify");
+        }
+    }
+}
