@@ -16,6 +16,7 @@ use crate::boot::Guest;
 use crate::postgres::Account;
 use protocol::backup::RestoreTarget;
 use protocol::bulk::{ChunkReader, ChunkWriter};
+use std::cell::Cell;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
@@ -46,13 +47,7 @@ pub enum ExportError {
     NotARepository,
     #[error("unpacking into {path}: {source}")]
     Unpack { path: String, source: io::Error },
-    #[error("moving {from} to {to}: {source}")]
-    Move {
-        from: String,
-        to: String,
-        source: io::Error,
-    },
-    #[error("{0}; the repository from before the import is back in place")]
+    #[error("{0}; the repository from before the import is in place")]
     Restore(RestoreError),
 }
 
@@ -135,33 +130,64 @@ pub fn restore_from_export(
             return Err(e);
         }
     };
-    let repo = PathBuf::from(REPO1_PATH);
-    let aside = PathBuf::from(format!("{REPO1_PATH}.before-import-{stamp}"));
+    let swap = RepoSwap {
+        incoming: incoming.join(TOP),
+        aside: PathBuf::from(format!("{REPO1_PATH}.before-import-{stamp}")),
+        swapped: Cell::new(false),
+    };
     let _work = backups.work_lock();
-    move_dir(&repo, &aside)?;
-    if let Err(e) = move_dir(&incoming.join(TOP), &repo) {
-        move_dir(&aside, &repo)?;
-        return Err(e);
-    }
-    let _ = std::fs::remove_dir(&incoming);
-    log::warn!(
-        "the imported export is now the repository; the previous one is kept as {}",
-        aside.display()
-    );
-    match restore::run_locked(guest, backups, target) {
+    let restored = restore::run_locked(guest, backups, target, Some(&swap));
+    let _ = std::fs::remove_dir_all(&incoming);
+    match restored {
         Ok(message) => Ok((
             format!(
                 "{message} The export is now the backup disk's repository; the previous repository is kept as {}.",
-                aside.display()
+                swap.aside.display()
             ),
             size,
             sha,
         )),
-        Err(e) => {
-            let failed = PathBuf::from(format!("{BACKUP_MOUNT}/import-{stamp}.failed"));
-            move_dir(&repo, &failed)?;
-            move_dir(&aside, &repo)?;
-            Err(ExportError::Restore(e))
+        Err(e) => Err(ExportError::Restore(e)),
+    }
+}
+
+/// An unpacked export waiting to become the repository, and where the current
+/// repository goes meanwhile.
+#[derive(Debug)]
+pub struct RepoSwap {
+    /// The unpacked repository.
+    pub(super) incoming: PathBuf,
+    aside: PathBuf,
+    swapped: Cell<bool>,
+}
+
+impl RepoSwap {
+    /// Moves the repository aside and the export into its place.
+    pub(super) fn swap_in(&self) -> Result<(), RestoreError> {
+        let repo = Path::new(REPO1_PATH);
+        move_dir(repo, &self.aside)?;
+        if let Err(e) = move_dir(&self.incoming, repo) {
+            let _ = move_dir(&self.aside, repo);
+            return Err(e);
+        }
+        self.swapped.set(true);
+        log::warn!(
+            "the export is now the repository; the previous one is kept as {}",
+            self.aside.display()
+        );
+        Ok(())
+    }
+
+    /// Puts the previous repository back (the export goes back where it was unpacked).
+    pub(super) fn swap_back(&self) {
+        if !self.swapped.replace(false) {
+            return;
+        }
+        let repo = Path::new(REPO1_PATH);
+        let back = move_dir(repo, &self.incoming).and_then(|()| move_dir(&self.aside, repo));
+        match back {
+            Ok(()) => log::warn!("the repository from before the import is back"),
+            Err(e) => log::error!("cannot put the previous repository back: {e}"),
         }
     }
 }
@@ -246,8 +272,8 @@ fn give_to(path: &Path, account: &Account) -> io::Result<()> {
     Ok(())
 }
 
-fn move_dir(from: &Path, to: &Path) -> Result<(), ExportError> {
-    std::fs::rename(from, to).map_err(|source| ExportError::Move {
+fn move_dir(from: &Path, to: &Path) -> Result<(), RestoreError> {
+    std::fs::rename(from, to).map_err(|source| RestoreError::Move {
         from: from.display().to_string(),
         to: to.display().to_string(),
         source,

@@ -288,6 +288,18 @@ impl Backups {
         Ok(BackupCatalog { sets, window })
     }
 
+    /// The catalog of a repository unpacked at `repo` (an import not yet swapped in).
+    pub(crate) fn catalog_at(&self, repo: &Path) -> Result<BackupCatalog, BackupError> {
+        let extra = [
+            "--output=json".to_string(),
+            "--repo=1".to_string(),
+            format!("--repo1-path={}", repo.display()),
+        ];
+        let sets = pgbackrest::parse_info(&self.pgbackrest("info", &extra)?)?.sets;
+        let window = archiving::window(&sets, &self.lock().archive);
+        Ok(BackupCatalog { sets, window })
+    }
+
     /// `pgbackrest verify`: reads every file of the repository back and checks it;
     /// returns what it found (its summary), or why it failed.
     pub fn verify(&self) -> Result<String, BackupError> {

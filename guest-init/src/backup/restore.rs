@@ -9,6 +9,7 @@
 //! next successful restore (one such copy at most), so a restore to the wrong time can
 //! be undone by hand.
 
+use super::export::RepoSwap;
 use super::{now_unix, BackupError, Backups};
 use crate::boot::Guest;
 use crate::command;
@@ -72,15 +73,18 @@ pub fn run(
     target: &RestoreTarget,
 ) -> Result<String, RestoreError> {
     let _work = backups.work_lock();
-    run_locked(guest, backups, target)
+    run_locked(guest, backups, target, None)
 }
 
-/// [`run`] for a caller that holds the backup lock already (a restore from an export,
-/// which swaps the repository first).
+/// [`run`] for a caller that holds the backup lock already. With `import` (a restore
+/// from an export), the target is checked against the unpacked export, and the export
+/// becomes the repository only once the old server has stopped (so that it archives
+/// nothing into it), before the restore; it is swapped back if the restore fails.
 pub(super) fn run_locked(
     guest: &Guest,
     backups: &Backups,
     target: &RestoreTarget,
+    import: Option<&RepoSwap>,
 ) -> Result<String, RestoreError> {
     let Some(config) = guest.config.get() else {
         return Err(RestoreError::NoServer);
@@ -90,9 +94,15 @@ pub(super) fn run_locked(
         .postgres
         .clone()
         .ok_or(RestoreError::NoServer)?;
-    let catalog = backups.catalog()?;
+    let catalog = match import {
+        Some(swap) => backups.catalog_at(&swap.incoming)?,
+        None => backups.catalog()?,
+    };
     let (mut args, what) = check_target(target, &catalog, config.postgres.port)?;
-    args.push(repo_arg(target, &catalog.sets)?);
+    args.push(match import {
+        Some(_) => "--repo=1".to_string(),
+        None => repo_arg(target, &catalog.sets)?,
+    });
     check_space(&catalog)?;
 
     let reporter = &guest.reporter;
@@ -112,7 +122,10 @@ pub(super) fn run_locked(
     let data = PathBuf::from(DATA_DIR);
     let kept = PathBuf::from(format!("{DATA_DIR}.before-restore-{stamp}"));
     move_dir(&data, &kept)?;
-    let restored = restore_and_start(guest, backups, &args);
+    let restored = match import.map(RepoSwap::swap_in).transpose() {
+        Ok(_) => restore_and_start(guest, backups, &args),
+        Err(e) => Err(e),
+    };
     match restored {
         Ok(pg) => {
             guest.running().postgres = Some(Arc::clone(&pg));
@@ -126,6 +139,9 @@ pub(super) fn run_locked(
         Err(e) => {
             log::error!("restore to {what} failed: {e}; putting the previous data back");
             let failed = PathBuf::from(format!("{DATA_DIR}.failed-restore-{stamp}"));
+            if let Some(swap) = import {
+                swap.swap_back();
+            }
             let put_back = move_dir(&data, &failed)
                 .or_else(|_| remove_if_empty(&data))
                 .and_then(|()| move_dir(&kept, &data))
