@@ -360,7 +360,7 @@ fn start_postgres(
     let listen = tailnet.map(|t| t.ips.clone()).unwrap_or_default();
     let backups = guest.backups.get();
     let restored = match backups.and_then(|b| b.restore_on_boot().map(|t| (b, t))) {
-        Some((b, target)) => Some(crate::backup::restore::onto_new_disk(b, target)?),
+        Some((b, target)) => Some(crate::backup::new_disk::onto_new_disk(b, target)?),
         None => None,
     };
     let archive = backups.and_then(|b| b.archive_settings());

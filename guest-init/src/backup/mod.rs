@@ -11,6 +11,7 @@
 pub mod archiving;
 pub mod export;
 pub mod identity;
+pub mod new_disk;
 pub mod offsite;
 pub mod pgbackrest;
 pub mod restore;

@@ -161,67 +161,9 @@ pub(super) fn run_locked(
     }
 }
 
-/// `restore --new-disk`: before postgres first starts on a blank data disk, restore
-/// the repository's `target` into it. Refuses a data disk that already holds a cluster
-/// (the host moves the old image aside first; this is the guard if it did not).
-pub fn onto_new_disk(backups: &Backups, target: &RestoreTarget) -> Result<String, RestoreError> {
-    let data = Path::new(DATA_DIR);
-    if data.join("PG_VERSION").exists() {
-        return Err(RestoreError::DiskNotNew);
-    }
-    let _work = backups.work_lock();
-    let sets = backups.sets_now()?;
-    let newest = sets.last().ok_or(RestoreError::NoSets)?;
-    let (args, what) = match target {
-        RestoreTarget::Latest => (
-            vec!["--type=default".to_string()],
-            "the latest archived change".to_string(),
-        ),
-        RestoreTarget::Set { label } => {
-            if !sets.iter().any(|s| &s.label == label) {
-                return Err(RestoreError::UnknownSet {
-                    label: label.clone(),
-                    known: sets
-                        .iter()
-                        .map(|s| s.label.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                });
-            }
-            (
-                vec![
-                    format!("--set={label}"),
-                    "--type=immediate".into(),
-                    "--target-action=promote".into(),
-                ],
-                format!("backup set {label}"),
-            )
-        }
-        RestoreTarget::Time { time } => (
-            vec![
-                "--type=time".into(),
-                format!("--target={}", pgbackrest_time(time)),
-                "--target-action=promote".into(),
-            ],
-            time.clone(),
-        ),
-    };
-    let mut args = args;
-    let repo = repo_arg(target, &sets)?;
-    log::warn!(
-        "new data disk: restoring {what} with {repo} (newest set {})",
-        newest.label
-    );
-    args.push(repo);
-    let account = Account::lookup()?;
-    crate::owned_files::prepare_dir(data, 0o700, account.owner()).map_err(PgError::Prepare)?;
-    backups.restore_into_data_dir(&args)?;
-    Ok(format!("restored {what} onto the new data disk"))
-}
-
 /// The repository to restore from: a set's own; else repo1 while it holds a set, and
 /// repo2 when it is all there is (the backup disk was lost with the phone).
-fn repo_arg(target: &RestoreTarget, sets: &[BackupSet]) -> Result<String, RestoreError> {
+pub(super) fn repo_arg(target: &RestoreTarget, sets: &[BackupSet]) -> Result<String, RestoreError> {
     let repo = match target {
         RestoreTarget::Set { label } => sets.iter().find(|s| &s.label == label).map(|s| s.repo),
         _ => sets
