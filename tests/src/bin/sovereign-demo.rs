@@ -42,7 +42,9 @@ fn main() {
     println!(
         "==> booting the VM (QEMU, TCG) with `sovereign start`; first boot initialises PostgreSQL"
     );
-    let vm = Vm::new(&a, &lab.vm_options());
+    let mut opts = lab.vm_options();
+    opts.apps = vec!["vaultwarden".into(), "forgejo".into()];
+    let vm = Vm::new(&a, &opts);
     let started = vm.start();
     print!("{}", text(&started));
     if !started.status.success() {
@@ -93,6 +95,12 @@ fn main() {
     println!();
     println!(
         "Status: {sudo}env SOVEREIGN_HOME={} {} status --spec {}",
+        vm.home.path().display(),
+        a.sovereign.display(),
+        vm.spec.display()
+    );
+    println!(
+        "App databases (vaultwarden, forgejo): {sudo}env SOVEREIGN_HOME={} {} db url forgejo --spec {}",
         vm.home.path().display(),
         a.sovereign.display(),
         vm.spec.display()
