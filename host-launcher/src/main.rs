@@ -55,8 +55,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             Command::Stop { vm, timeout } => {
                 sovereign::commands::stop::run(&vm.load(&env)?.0, timeout).await
             }
-            Command::Status { vm, json } => {
-                sovereign::commands::status::run(&vm.load(&env)?.0, json).await
+            Command::Status { vm, json, watch } => {
+                sovereign::commands::status::run(&vm.load(&env)?.0, json, watch).await
             }
             Command::Test { vm } => sovereign::commands::test::run(&vm.load(&env)?.0).await,
             Command::Console { vm, no_follow } => {

@@ -548,6 +548,21 @@ fn app_dump_round_trip(vm: &Vm, peer: &TailNode) {
         "kept_by_restore",
         "{dbs:#}"
     );
+    // The status view: the server's role, connections, and each database.
+    let status = vm.status();
+    assert_eq!(status["database"]["role"], "primary", "{status:#}");
+    assert_eq!(status["database"]["max_connections"], 50, "{status:#}");
+    let table = text(&vm.cli("status", &[]));
+    assert!(
+        table.contains("  database: primary, up ") && table.contains("/50 connections"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.trim_start().starts_with("forgejo ") && l.contains("/20 connections")),
+        "{table}"
+    );
 }
 
 /// A path as `db url` percent-encodes it in a URI.

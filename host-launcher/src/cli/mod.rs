@@ -212,6 +212,9 @@ pub enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Redraw every 2 s until Ctrl-C.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
     },
     /// Re-check every stage from this host and run the witness queries.
     Test {

@@ -98,6 +98,82 @@ pub fn render_list(entries: &[DbEntry]) -> String {
     out
 }
 
+/// The database itself, as `status` shows it: the server's role and uptime, its
+/// connections against `max_connections`, and every database with its role's limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DatabaseView {
+    /// `primary`, or `replica` while the server is in recovery.
+    pub role: String,
+    /// Seconds since the postmaster started.
+    pub server_uptime_secs: u64,
+    /// Client sessions now.
+    pub connections: u64,
+    /// The server's `max_connections`.
+    pub max_connections: u64,
+    /// The app databases, kept copies and orphans.
+    pub databases: Vec<DbEntry>,
+}
+
+/// The server's role, uptime, connections and limit, one `|`-separated line.
+const SERVER_SQL: &str = "select case when pg_is_in_recovery() then 'replica' else 'primary' end,      extract(epoch from now() - pg_postmaster_start_time())::bigint,      (select count(*) from pg_stat_activity where backend_type = 'client backend'),      current_setting('max_connections')";
+
+/// Reads [`SERVER_SQL`]'s line.
+fn parse_server(line: &str) -> Option<(String, u64, u64, u64)> {
+    let f: Vec<&str> = line.trim().split('|').collect();
+    let [role, uptime, connections, max] = f.as_slice() else {
+        return None;
+    };
+    Some((
+        role.to_string(),
+        uptime.parse().ok()?,
+        connections.parse().ok()?,
+        max.parse().ok()?,
+    ))
+}
+
+/// Asks the running server for its [`DatabaseView`]; `None` when it cannot answer.
+pub async fn view(spec: &Spec) -> Option<DatabaseView> {
+    let server = query(spec, SERVER_SQL).await.ok()?.ok()?;
+    let (role, server_uptime_secs, connections, max_connections) = parse_server(&server)?;
+    let list = query(spec, LIST_SQL).await.ok()?.ok()?;
+    let apps: Vec<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
+    Some(DatabaseView {
+        role,
+        server_uptime_secs,
+        connections,
+        max_connections,
+        databases: parse_list(&list, &apps),
+    })
+}
+
+/// The lines `status` prints for a [`DatabaseView`].
+pub fn render_view(v: &DatabaseView) -> String {
+    let mut out = format!(
+        "  database: {}, up {}, {}/{} connections\n",
+        v.role,
+        crate::report::human_duration(v.server_uptime_secs.saturating_mul(1000)),
+        v.connections,
+        v.max_connections
+    );
+    for e in &v.databases {
+        let limit = e
+            .connection_limit
+            .map_or_else(|| "-".to_string(), |l| l.to_string());
+        let note = match e.kind {
+            DbKind::App => "",
+            DbKind::KeptByRestore => "  (kept by db restore)",
+            DbKind::Orphan => "  (orphan: not in the spec)",
+        };
+        out.push_str(&format!(
+            "    {:<24} {:>10}  {}/{limit} connections{note}\n",
+            e.name,
+            super::backup::size(e.bytes),
+            e.connections
+        ));
+    }
+    out
+}
+
 /// `db list [--json]`.
 pub async fn list(spec: &Spec, json: bool) -> anyhow::Result<i32> {
     let output = match query(spec, LIST_SQL).await? {
@@ -167,6 +243,24 @@ pub fn url(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_line_reads_and_renders() {
+        let (role, up, conns, max) = parse_server("primary|3725|3|50\n").unwrap();
+        let v = DatabaseView {
+            role,
+            server_uptime_secs: up,
+            connections: conns,
+            max_connections: max,
+            databases: parse_list("forgejo|forgejo|8000000|2|20\nold|old|1|0|\n", &["forgejo"]),
+        };
+        let text = render_view(&v);
+        assert!(text.starts_with("  database: primary, up 1h"), "{text}");
+        assert!(text.contains("3/50 connections"), "{text}");
+        assert!(text.contains("2/20 connections"), "{text}");
+        assert!(text.contains("old") && text.contains("orphan"), "{text}");
+        assert!(parse_server("garbage").is_none());
+    }
 
     #[test]
     fn the_list_tells_apps_from_orphans_and_kept_copies() {

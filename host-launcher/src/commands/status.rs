@@ -44,15 +44,58 @@ pub async fn gather(spec: &Spec) -> VmStatus {
     }
 }
 
-/// Runs `status`; exit 0 when the VM is up, 1 otherwise.
-pub async fn run(spec: &Spec, json: bool) -> anyhow::Result<i32> {
-    let s = gather(spec).await;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&s)?);
-    } else {
-        print!("{}", render(&s));
+/// How often `status --watch` refreshes.
+const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Runs `status`; exit 0 when the VM is up, 1 otherwise. With `watch`, redraws the
+/// table in place every [`WATCH_EVERY`] until interrupted.
+pub async fn run(spec: &Spec, json: bool, watch: bool) -> anyhow::Result<i32> {
+    loop {
+        let s = gather(spec).await;
+        let database = if s.control_connected {
+            super::db::view(spec).await
+        } else {
+            None
+        };
+        if json {
+            let mut v = serde_json::to_value(&s)?;
+            if let Some(map) = v.as_object_mut() {
+                map.insert("database".into(), serde_json::to_value(&database)?);
+            }
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            let mut text = render(&s);
+            if let Some(d) = &database {
+                text.push_str(&super::db::render_view(d));
+            }
+            if watch {
+                // Home and clear, then the table: redrawn in place.
+                print!("\x1b[H\x1b[2J");
+            }
+            print!("{text}");
+        }
+        if !watch {
+            return Ok(if s.phase == Phase::Up { 0 } else { 1 });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(WATCH_EVERY) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(0),
+        }
     }
-    Ok(if s.phase == Phase::Up { 0 } else { 1 })
+}
+
+/// Share of the data disk in use above which status warns.
+const DISK_WARN_PERCENT: u64 = 80;
+
+/// The warning for a data disk that is filling up, if it is.
+fn disk_warning(total: u64, available: u64) -> Option<String> {
+    let used = total.saturating_sub(available);
+    let percent = used.saturating_mul(100).checked_div(total)?;
+    (percent >= DISK_WARN_PERCENT).then(|| {
+        format!(
+            " ⚠ {percent}% used (warning from {DISK_WARN_PERCENT}%): grow the disk or delete data"
+        )
+    })
 }
 
 /// The human table.
@@ -139,8 +182,9 @@ pub fn render(s: &VmStatus) -> String {
                     d.total_bytes >> 20,
                     if d.reserve_released {
                         " ✗ FULL: the emergency reserve is released; delete data or grow the disk"
+                            .to_string()
                     } else {
-                        ""
+                        disk_warning(d.total_bytes, d.available_bytes).unwrap_or_default()
                     }
                 );
             }
@@ -318,6 +362,15 @@ fn render_offsite(off: &protocol::backup::OffsiteStatus) -> String {
 #[cfg(test)]
 mod backup_tests {
     use super::render_backup;
+
+    #[test]
+    fn a_filling_data_disk_is_warned_about_from_80_percent() {
+        use super::disk_warning;
+        assert_eq!(disk_warning(100, 30), None);
+        let w = disk_warning(100, 20).unwrap();
+        assert!(w.contains("80% used"), "{w}");
+        assert_eq!(disk_warning(0, 0), None, "an unknown size warns of nothing");
+    }
     use protocol::backup::{ArchiveState, BackupKind, BackupRun, BackupStatus, OffsiteStatus};
 
     #[test]
