@@ -101,7 +101,7 @@ fn point_in_time_restore_gives_exactly_the_rows_committed_before_the_target() {
     let mut lab = Lab::start(&a.tools, "bk").expect("lab");
     let mut opts = lab.vm_options();
     opts.backup_toml = "archive_timeout_secs = 10".into();
-    opts.apps = vec!["forgejo".into()];
+    opts.apps = vec!["forgejo".into(), "vaultwarden".into()];
     let vm = Vm::new(&a, &opts);
     vm.start_ok();
     let password = vm.superuser_password();
@@ -448,6 +448,18 @@ fn app_dump_round_trip(vm: &Vm, peer: &TailNode) {
         String::from_utf8_lossy(&o.stdout).trim().to_string()
     };
     assert_eq!(forgejo("select current_user;\n"), "forgejo");
+    // Isolation: another app's role cannot even connect to forgejo's database.
+    let vaultwarden = vm.cli("db url", &["vaultwarden", "--format", "keyvalue"]);
+    assert!(vaultwarden.status.success(), "{}", text(&vaultwarden));
+    let intruder = String::from_utf8_lossy(&vaultwarden.stdout)
+        .trim()
+        .replace("dbname='vaultwarden'", "dbname='forgejo'");
+    let refused = psql_with(peer, &intruder, None, "select 1;\n");
+    assert!(
+        !refused.status.success() && text(&refused).contains("permission denied for database"),
+        "vaultwarden reached forgejo's database: {}",
+        text(&refused)
+    );
 
     // TLS: verify-full against the CA `db ca` prints; another CA is refused.
     let ca = vm.cli("db ca", &[]);
