@@ -101,7 +101,7 @@ fn run(guest: &Guest, token: &str, transfer: &Transfer) -> Result<(String, u64, 
                 .map_err(|e| e.to_string())
         }
         Transfer::DumpApp { app } => {
-            app_dump::check_app(&config.postgres, app).map_err(|e| e.to_string())?;
+            app_dump::check_dumpable(app).map_err(|e| e.to_string())?;
             let stream = dial(token).map_err(|e| e.to_string())?;
             let (bytes, sha) =
                 app_dump::dump(&config.postgres, app, stream).map_err(|e| e.to_string())?;

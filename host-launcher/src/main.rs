@@ -113,6 +113,15 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     format,
                     verify_full.as_deref(),
                 ),
+                DbAction::Drop {
+                    vm,
+                    name,
+                    yes,
+                    output,
+                } => {
+                    sovereign::commands::db::drop(&vm.load(&env)?.0, &name, yes, output.as_deref())
+                        .await
+                }
                 DbAction::Ca { vm } => sovereign::commands::db::ca(&vm.load(&env)?.0),
                 DbAction::Dump { vm, app, output } => {
                     sovereign::commands::transfer::dump(&vm.load(&env)?.0, &app, output.as_deref())

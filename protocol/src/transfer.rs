@@ -22,9 +22,10 @@ pub enum Transfer {
         /// Where to.
         target: RestoreTarget,
     },
-    /// Guest → host: `pg_dump -Fc` of one app's database.
+    /// Guest → host: `pg_dump -Fc` of one database: an app's, an orphan's, or a
+    /// copy a restore kept.
     DumpApp {
-        /// The app, as the spec names it.
+        /// The database (for an app: its name in the spec).
         app: String,
     },
     /// Host → guest: a dump to load into an app's database; the current database is

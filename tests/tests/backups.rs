@@ -575,6 +575,33 @@ fn app_dump_round_trip(vm: &Vm, peer: &TailNode) {
             .any(|l| l.trim_start().starts_with("forgejo ") && l.contains("/20 connections")),
         "{table}"
     );
+
+    // `db drop`: never an app the spec names, never without a yes, always after a dump.
+    let kept = find("forgejo_before_restore_")["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let unasked = vm.cli("db drop", &[&kept]);
+    assert!(
+        !unasked.status.success() && text(&unasked).contains("pass --yes"),
+        "{}",
+        text(&unasked)
+    );
+    let app_drop = vm.cli("db drop", &["forgejo", "--yes"]);
+    assert!(
+        !app_drop.status.success() && text(&app_drop).contains("is an app in the spec"),
+        "{}",
+        text(&app_drop)
+    );
+    let kept_dump = vm.home.path().join("kept.dump");
+    let dropped = vm.cli(
+        "db drop",
+        &[&kept, "--yes", "-o", kept_dump.to_str().unwrap()],
+    );
+    assert!(dropped.status.success(), "db drop: {}", text(&dropped));
+    assert!(std::fs::metadata(&kept_dump).unwrap().len() > 0);
+    let after = text(&vm.cli("db list", &[]));
+    assert!(!after.contains(&kept), "{after}");
 }
 
 /// A path as `db url` percent-encodes it in a URI.

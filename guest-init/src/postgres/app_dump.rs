@@ -39,10 +39,25 @@ pub enum AppDumpError {
         "the data disk has {free_mib} MiB free; a {need_mib} MiB dump needs that and a margin"
     )]
     NoSpace { free_mib: u64, need_mib: u64 },
+    #[error("{0:?} is not a database that can be dumped (an app's, an orphan, or a kept copy)")]
+    NotDumpable(String),
     #[error("the name {0:?} for the kept database is longer than PostgreSQL allows")]
     NameTooLong(String),
     #[error("{failed}; the previous database is back under its name")]
     RolledBack { failed: String },
+}
+
+/// Refuses a name that cannot be a database to dump: not an SQL identifier, or the
+/// server's own `postgres` (an app's database, an orphan or a copy kept by a restore
+/// can be dumped; `db drop` dumps before it drops).
+pub fn check_dumpable(name: &str) -> Result<(), AppDumpError> {
+    if protocol::config::is_sql_identifier(name)
+        && name != "postgres"
+        && !name.starts_with("template")
+    {
+        return Ok(());
+    }
+    Err(AppDumpError::NotDumpable(name.to_string()))
 }
 
 /// Refuses an app the configuration does not name.
@@ -91,7 +106,7 @@ pub fn dump(
     app: &str,
     out: impl Write,
 ) -> Result<(u64, String), AppDumpError> {
-    check_app(cfg, app)?;
+    check_dumpable(app)?;
     let account = Account::lookup()?;
     let mut writer = ChunkWriter::new(out);
     let mut c = client(&account, "pg_dump", cfg.port, app)?;

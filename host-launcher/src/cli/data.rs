@@ -91,6 +91,21 @@ pub enum DbAction {
         #[arg(long, value_name = "CA_FILE")]
         verify_full: Option<String>,
     },
+    /// Drop a database the spec no longer names (an orphan, or a copy `db restore`
+    /// kept): asks first (`--yes` for scripts) and dumps it before dropping.
+    Drop {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// The database, as `db list` shows it.
+        name: String,
+        /// Do not ask for confirmation (the dump is still taken).
+        #[arg(long)]
+        yes: bool,
+        /// Where the dump goes (default: dumps/<vm>-<name>-<time>.dump beside the data
+        /// disk image).
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Print the CA certificate (PEM) that signs the server's certificate, for
     /// clients using `sslmode=verify-full`.
     Ca {

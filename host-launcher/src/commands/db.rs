@@ -6,6 +6,7 @@ use super::query::query;
 use crate::conninfo::{self, Format, Target};
 use crate::spec::Spec;
 use serde::Serialize;
+use std::path::Path;
 
 /// One database in the guest, as `db list` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -197,6 +198,81 @@ pub async fn list(spec: &Spec, json: bool) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `db drop NAME [--yes] [--output FILE]`: drops a database the spec no longer names
+/// (an orphan, or a copy `db restore` kept), after a confirmation and a dump.
+pub async fn drop(
+    spec: &Spec,
+    name: &str,
+    yes: bool,
+    output: Option<&Path>,
+) -> anyhow::Result<i32> {
+    if spec.apps.iter().any(|a| a.name == name) {
+        anyhow::bail!(
+            "{name} is an app in the spec of VM {}: remove its [[apps]] entry first (the next start would make it again, empty)",
+            spec.name
+        );
+    }
+    let entries = match query(spec, LIST_SQL).await? {
+        Ok(out) => parse_list(&out, &[]),
+        Err(e) => anyhow::bail!("cannot list the databases: {e}"),
+    };
+    let Some(entry) = entries
+        .iter()
+        .find(|e| e.name == name && protocol::config::is_sql_identifier(name))
+    else {
+        let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+        anyhow::bail!(
+            "VM {} has no database {name:?} that can be dropped (its databases: {})",
+            spec.name,
+            names.join(", ")
+        );
+    };
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let path = match output {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let dir = spec
+                .data_disk
+                .path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join("dumps");
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+            dir.join(format!("{}-{name}-{stamp}.dump", spec.name))
+        }
+    };
+    let question = format!(
+        "Drop database {name} ({}) of VM {}? It is dumped to {} first.",
+        super::backup::size(entry.bytes),
+        spec.name,
+        path.display()
+    );
+    if !yes && !super::backup::ask_yes(&question)? {
+        eprintln!("nothing dropped");
+        return Ok(2);
+    }
+    if super::transfer::dump_any(spec, name, Some(&path))? != 0 {
+        eprintln!("the dump failed: nothing dropped");
+        return Ok(1);
+    }
+    match query(spec, &format!("DROP DATABASE {name} WITH (FORCE)")).await? {
+        Ok(_) => {
+            println!("dropped {name}; its dump is {}", path.display());
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!(
+                "DROP DATABASE {name} failed: {e} (its dump is {})",
+                path.display()
+            );
+            Ok(1)
+        }
+    }
 }
 
 /// `db ca`: the CA certificate clients verify the server with (made on first use).

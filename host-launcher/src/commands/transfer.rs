@@ -151,8 +151,13 @@ fn known_app(spec: &Spec, app: &str) -> anyhow::Result<()> {
 /// `db dump APP [--output FILE]`: `pg_dump -Fc` of the app's database.
 pub fn dump(spec: &Spec, app: &str, output: Option<&Path>) -> anyhow::Result<i32> {
     known_app(spec, app)?;
-    eprintln!("dumping the database of app {app} (pg_dump -Fc) ...");
-    receive(spec, Transfer::DumpApp { app: app.into() }, output)
+    dump_any(spec, app, output)
+}
+
+/// `pg_dump -Fc` of any database but `postgres` (an app's, an orphan, a kept copy).
+pub fn dump_any(spec: &Spec, name: &str, output: Option<&Path>) -> anyhow::Result<i32> {
+    eprintln!("dumping database {name} (pg_dump -Fc) ...");
+    receive(spec, Transfer::DumpApp { app: name.into() }, output)
 }
 
 /// `db restore APP FILE`: loads a dump into the app's database; the current one is
