@@ -39,6 +39,13 @@ pub enum TailscaleError {
     NeedsAuthKey,
     #[error("tailscale up failed: {0}")]
     Up(CommandError),
+    #[error("the tailnet named this node {got:?}, not {want:?}: another node holds {want:?} (a stale registration, e.g. of a lost data disk); remove it from the tailnet (headscale: `headscale nodes delete`; Tailscale: the admin console's Machines page) and start again")]
+    NameTaken {
+        /// The name the tailnet gave (first label of the MagicDNS name).
+        got: String,
+        /// The spec's hostname.
+        want: String,
+    },
     #[error("not on the tailnet after {waited:?}: backend state {state}")]
     NotJoined {
         /// How long we waited.
@@ -195,7 +202,9 @@ impl Tailscale {
         if state.backend_state != "Running" {
             self.up(cfg, hostname, state.backend_state == "NeedsLogin")?;
         }
-        self.wait_joined(timeout.saturating_sub(start.elapsed()))
+        let joined = self.wait_joined(timeout.saturating_sub(start.elapsed()))?;
+        check_name(&joined.name, hostname)?;
+        Ok(joined)
     }
 
     fn up(
@@ -293,9 +302,36 @@ impl Tailscale {
     }
 }
 
+/// The tailnet must call the node by the spec's hostname: clients connect to that name,
+/// and a stale registration makes the tailnet hand out `name-1` instead, silently.
+/// An empty MagicDNS name (MagicDNS off) is not checked.
+fn check_name(dns_name: &str, hostname: &str) -> Result<(), TailscaleError> {
+    let got = dns_name.split('.').next().unwrap_or_default();
+    if got.is_empty() || got.eq_ignore_ascii_case(hostname) {
+        return Ok(());
+    }
+    Err(TailscaleError::NameTaken {
+        got: got.to_string(),
+        want: hostname.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tailnet_name_must_be_the_spec_hostname() {
+        check_name("sql-vm.tail.example.", "sql-vm").unwrap();
+        check_name("SQL-VM.tail.example.", "sql-vm").unwrap();
+        check_name("", "sql-vm").unwrap();
+        let e = check_name("sql-vm-1.tail.example.", "sql-vm").unwrap_err();
+        assert!(
+            e.to_string().contains("\"sql-vm-1\", not \"sql-vm\""),
+            "{e}"
+        );
+        assert!(e.to_string().contains("headscale nodes delete"), "{e}");
+    }
 
     #[test]
     fn parses_status_json() {

@@ -77,18 +77,23 @@ impl Lab {
     /// Starts the second node in the namespace (once) and returns it.
     pub fn join_peer(&mut self) -> Result<&TailNode, String> {
         if self.peer.is_none() {
-            let key = std::fs::read_to_string(&self.vm_key_file).map_err(|e| e.to_string())?;
-            let node = TailNode::start(
-                &self.ns,
-                &self.tools,
-                &self.dir.path().join("peer"),
-                &self.headscale.url,
-                key.trim(),
-                "peer",
-            )?;
-            self.peer = Some(node);
+            self.peer = Some(self.join_node("peer")?);
         }
         self.peer.as_ref().ok_or_else(|| "peer missing".to_string())
+    }
+
+    /// Joins another node under `hostname` (e.g. one that takes the VM's name first);
+    /// the caller keeps it, and drops it before the lab.
+    pub fn join_node(&self, hostname: &str) -> Result<TailNode, String> {
+        let key = std::fs::read_to_string(&self.vm_key_file).map_err(|e| e.to_string())?;
+        TailNode::start(
+            &self.ns,
+            &self.tools,
+            &self.dir.path().join(hostname),
+            &self.headscale.url,
+            key.trim(),
+            hostname,
+        )
     }
 }
 

@@ -173,3 +173,24 @@ fn psql_from_a_second_tailnet_node_reaches_sql_vm_by_name() {
     let stopped = vm.stop();
     assert!(stopped.status.success(), "stop: {}", text(&stopped));
 }
+
+/// A node that already holds the name `sql-vm` on the tailnet (a stale registration)
+/// makes `start` fail at the `tailscale` stage, naming the name it got and the fix,
+/// instead of reporting "up" under a name no client uses.
+#[test]
+#[ignore = "VM test: needs root, QEMU and the artifact set; scripts/test.sh runs it"]
+fn a_taken_tailnet_name_fails_the_tailscale_stage_naming_it() {
+    let Some(a) = vm_test("e2e") else { return };
+    let lab = Lab::start(&a.tools, "stale").expect("lab");
+    let impostor = lab.join_node("sql-vm").expect("another node takes sql-vm");
+    let vm = Vm::new(&a, &lab.vm_options());
+    let out = vm.start();
+    let said = text(&out);
+    assert!(!out.status.success(), "start must fail: {said}");
+    assert!(
+        said.contains("tailscale") && said.contains("named this node"),
+        "{said}"
+    );
+    assert!(said.contains("headscale nodes delete"), "{said}");
+    drop(impostor);
+}
