@@ -120,6 +120,29 @@ impl Headscale {
             .ok_or_else(|| format!("no key in {v}"))
     }
 
+    /// Removes the node called `name` (what a user does for a phone that is lost, so
+    /// its replacement can take the name). Errors when no node has that name.
+    pub fn delete_node(&self, name: &str) -> Result<(), String> {
+        let v = self.cli(&["nodes", "list"])?;
+        let id = v
+            .as_array()
+            .and_then(|a| {
+                a.iter().find(|n| {
+                    n["given_name"].as_str() == Some(name) || n["name"].as_str() == Some(name)
+                })
+            })
+            .and_then(|n| n["id"].as_u64().or_else(|| n["id"].as_str()?.parse().ok()))
+            .ok_or_else(|| format!("headscale has no node {name:?}: {v}"))?;
+        self.cli(&[
+            "nodes",
+            "delete",
+            "--identifier",
+            &id.to_string(),
+            "--force",
+        ])
+        .map(|_| ())
+    }
+
     /// Node names headscale knows.
     pub fn node_names(&self) -> Result<Vec<String>, String> {
         let v = self.cli(&["nodes", "list"])?;
