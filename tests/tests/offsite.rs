@@ -201,6 +201,20 @@ fn backups_reach_an_sftp_server_over_the_tailnet_and_restore_from_it_alone() {
     });
     assert!(archived.is_some(), "archived: {}", backup_status(&vm));
 
+    // repo2 gets WAL by shipping from repo1 (every 10 s): the rows are off the device
+    // once the segment that holds them is shipped.
+    let shipped = wait_for(Duration::from_secs(180), Duration::from_secs(5), || {
+        let b = backup_status(&vm);
+        let archived = b["archive"]["last_archived_wal"].as_str()?.to_string();
+        let shipped = b["offsite"]["shipped_wal"].as_str()?.to_string();
+        (shipped >= archived).then_some(shipped)
+    });
+    assert!(
+        shipped.is_some(),
+        "not shipped to repo2: {}",
+        backup_status(&vm)
+    );
+
     // 4. Both disks are lost; repo2 alone brings the rows back.
     let stopped = vm.stop();
     assert!(stopped.status.success(), "stop: {}", text(&stopped));
