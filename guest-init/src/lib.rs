@@ -26,7 +26,6 @@ pub mod postgres;
 pub mod reaper;
 pub mod report;
 pub mod running;
-pub mod scram;
 pub mod shutdown;
 pub mod signals;
 pub mod supervised;

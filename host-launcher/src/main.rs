@@ -122,6 +122,22 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     sovereign::commands::db::drop(&vm.load(&env)?.0, &name, yes, output.as_deref())
                         .await
                 }
+                DbAction::Add {
+                    vm,
+                    app,
+                    connection_limit,
+                } => {
+                    sovereign::commands::app_roles::add(
+                        vm.spec.as_deref(),
+                        &env,
+                        &app,
+                        connection_limit,
+                    )
+                    .await
+                }
+                DbAction::Password { vm, app, rotate: _ } => {
+                    sovereign::commands::app_roles::rotate(&vm.load(&env)?.0, &app).await
+                }
                 DbAction::Ca { vm } => sovereign::commands::db::ca(&vm.load(&env)?.0),
                 DbAction::Dump { vm, app, output } => {
                     sovereign::commands::transfer::dump(&vm.load(&env)?.0, &app, output.as_deref())

@@ -17,6 +17,7 @@
 //! - [`ports`]: well-known vsock CIDs and ports.
 //! - [`bulk`]: the chunked, SHA-256-checked streams of exports and dumps.
 //! - [`transfer`]: what a bulk transfer carries, asked for and answered.
+//! - [`scram`], [`provision`]: SCRAM verifiers and the SQL that provisions roles.
 
 pub mod arch;
 pub mod backup;
@@ -31,6 +32,8 @@ pub mod marker;
 pub mod messages;
 pub mod offsite;
 pub mod ports;
+pub mod provision;
+pub mod scram;
 pub mod stage;
 pub mod transfer;
 

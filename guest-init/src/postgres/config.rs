@@ -4,8 +4,8 @@
 //! SCRAM verifiers, never plaintext). Pure functions, tested on their text.
 
 use super::wal_budget::WalBudget;
-use crate::scram;
 use protocol::config::PostgresConfig;
+use protocol::provision;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -104,26 +104,21 @@ pub fn render_pg_hba(superuser_from_tailnet: bool) -> String {
     s
 }
 
-/// SQL that sets the superuser's password and creates each app's role and database.
-/// Passwords go in as SCRAM verifiers, never as plaintext.
+/// SQL that sets the superuser's password and creates each app's role and database
+/// (see [`protocol::provision`]), each verifier with a salt of its own.
 pub fn render_provisioning(cfg: &PostgresConfig, salt: impl Fn() -> [u8; 16]) -> String {
-    let mut sql = format!(
-        "ALTER ROLE postgres PASSWORD '{}';\n",
-        scram::verifier(cfg.superuser_password.expose(), &salt())
-    );
+    let mut sql = provision::superuser_sql(&cfg.superuser_password, &salt());
     for app in &cfg.apps {
-        // Names are validated SQL identifiers (see GuestConfig::validate).
-        let n = &app.name;
-        sql.push_str(&format!(
-            "SELECT 'CREATE ROLE {n} LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{n}')\\gexec\n\
-             ALTER ROLE {n} PASSWORD '{}' CONNECTION LIMIT {};\n\
-             SELECT 'CREATE DATABASE {n} OWNER {n}' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{n}')\\gexec\n\
-             REVOKE ALL ON DATABASE {n} FROM PUBLIC;\n",
-            scram::verifier(app.password.expose(), &salt()),
-            app.connection_limit
-        ));
+        sql.push_str(&provision::app_sql(app, &salt()));
     }
     sql
+}
+
+/// 16 random bytes from the kernel, for a SCRAM salt.
+pub fn random_salt() -> std::io::Result<[u8; 16]> {
+    let mut salt = [0u8; 16];
+    std::io::Read::read_exact(&mut fs::File::open("/dev/urandom")?, &mut salt)?;
+    Ok(salt)
 }
 
 #[cfg(test)]

@@ -14,7 +14,6 @@ pub mod wal_budget;
 
 use crate::command::{self, CommandError};
 use crate::owned_files::{self, OwnedFileError, Owner};
-use crate::scram;
 use crate::supervised::{CommandFactory, Supervised};
 use config::SOCKET_DIR;
 use nix::sys::signal::Signal;
@@ -275,7 +274,7 @@ impl Postgres {
     /// Sets the passwords and creates the app roles and databases; the SQL (with the
     /// SCRAM verifiers) goes to psql's stdin, never into a file or an argument.
     fn provision(&self, cfg: &PostgresConfig) -> Result<(), PgError> {
-        let sql = config::render_provisioning(cfg, || scram::random_salt().unwrap_or([7; 16]));
+        let sql = config::render_provisioning(cfg, || config::random_salt().unwrap_or([7; 16]));
         command::run_with_input(
             &mut self.account.psql(&self.bin, self.port, &["-q", "-f", "-"]),
             sql.as_bytes(),

@@ -106,6 +106,29 @@ pub enum DbAction {
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Add an app: a `[[apps]]` entry in the spec file, a generated password in the
+    /// secrets directory, and (when the VM runs) its role and database at once.
+    Add {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// The app's name: its role and database (a lowercase SQL identifier).
+        app: String,
+        /// Most sessions its role may hold at once (default 20).
+        #[arg(long, value_name = "N")]
+        connection_limit: Option<u32>,
+    },
+    /// Give an app's role a new generated password. On a running VM the old password's
+    /// file is replaced only once the server holds the new one.
+    Password {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// The app, as the spec's [[apps]] names it.
+        app: String,
+        /// Generate a new password (the only action; required so that it is never
+        /// done by accident).
+        #[arg(long, required = true)]
+        rotate: bool,
+    },
     /// Print the CA certificate (PEM) that signs the server's certificate, for
     /// clients using `sslmode=verify-full`.
     Ca {

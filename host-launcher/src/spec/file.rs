@@ -111,6 +111,27 @@ struct AppFile {
 /// The apps the built-in VM provisions: the two the project is for.
 pub const BUILTIN_APPS: [&str; 2] = ["vaultwarden", "forgejo"];
 
+/// `text` (a spec file) with one more `[[apps]]` table at its end: appended as text so
+/// the user's comments and layout stay as they were. The caller parses and validates
+/// the result before writing it.
+pub fn with_app_added(text: &str, name: &str, connection_limit: Option<u32>) -> String {
+    let mut out = text.to_string();
+    if !out.is_empty() && !out.ends_with('\n') {
+        out.push('\n');
+    }
+    out.push_str(&format!("\n[[apps]]\nname = {}\n", toml_string(name)));
+    if let Some(limit) = connection_limit {
+        out.push_str(&format!("connection_limit = {limit}\n"));
+    }
+    out
+}
+
+/// A TOML basic string (the name is validated afterwards; this only keeps a stray
+/// quote or backslash from changing the file's structure).
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TailscaleFile {
@@ -443,5 +464,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("vsock"), "{e}");
+    }
+
+    #[test]
+    fn an_added_app_keeps_the_file_and_reads_back_with_its_limit() {
+        let env = env_in(Path::new("/base"), false);
+        let text = "# my VM\nname = \"db\"\n\n[[apps]]\nname = \"forgejo\"\n\n[backup]\nretention_days = 3";
+        let added = with_app_added(text, "gitea", Some(5));
+        assert!(added.starts_with(text), "{added}");
+        let s = Spec::parse(&added, Path::new("/d"), &env, "t.toml").unwrap();
+        let names: Vec<(&str, u32)> = s
+            .apps
+            .iter()
+            .map(|a| (a.name.as_str(), a.connection_limit))
+            .collect();
+        assert_eq!(names, [("forgejo", 20), ("gitea", 5)]);
+        assert_eq!(s.backup.retention_days, 3);
+        // A quote in the name cannot change the file's structure.
+        let odd = with_app_added("", "a\"\nb = 1", None);
+        let s = Spec::parse(&odd, Path::new("/d"), &env, "t.toml").unwrap();
+        assert_eq!(s.apps[0].name, "a\"\nb = 1");
     }
 }

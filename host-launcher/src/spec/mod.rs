@@ -10,6 +10,8 @@
 
 mod file;
 
+pub use file::{with_app_added, BUILTIN_APPS};
+
 use kernel_config::Arch;
 use protocol::Stage;
 use serde::{Deserialize, Serialize};
