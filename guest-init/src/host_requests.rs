@@ -78,6 +78,24 @@ fn result(id: u64, outcome: Result<String, String>) -> QueryResult {
     }
 }
 
+/// Hands a new certificate to the running server, on its own thread (psql); the
+/// outcome goes to the guest's log, as nothing waits for an answer.
+fn reload_tls(guest: &Guest, material: protocol::config::TlsMaterial) {
+    let Some(pg) = guest.running().postgres.clone() else {
+        log::warn!("a new TLS certificate arrived while postgres is not running: the next start brings its own");
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("tls-reload".into())
+        .spawn(move || match pg.reload_tls(&material) {
+            Ok(()) => log::info!("postgres: new TLS certificate installed and reloaded"),
+            Err(e) => log::warn!("postgres: the new TLS certificate was not taken: {e}"),
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start a thread to reload the TLS certificate: {e}");
+    }
+}
+
 /// Serves the host for ever: configuration, status, queries, probes, backups, shutdown.
 pub fn serve(guest: &Arc<Guest>, events: &Receiver<Event>, config_tx: &Sender<GuestConfig>) -> ! {
     loop {
@@ -153,6 +171,7 @@ pub fn serve(guest: &Arc<Guest>, events: &Receiver<Event>, config_tx: &Sender<Gu
                     |why| GuestMessage::TransferAnswer(TransferAnswer::failed(id, why)),
                 );
             }
+            HostMessage::Tls(material) => reload_tls(guest, material),
             HostMessage::ReadLog { id, log } => answer_later(
                 guest,
                 move || {

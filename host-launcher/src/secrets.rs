@@ -205,7 +205,7 @@ pub fn auth_key_source(spec: &Spec) -> String {
 }
 
 /// A server certificate for this start, with its key, for the guest.
-fn server_tls(spec: &Spec) -> Result<protocol::config::TlsMaterial, SecretError> {
+pub fn server_tls(spec: &Spec) -> Result<protocol::config::TlsMaterial, SecretError> {
     let (certificate_pem, key) = crate::tls::server_certificate(spec)?;
     Ok(protocol::config::TlsMaterial {
         certificate_pem,

@@ -182,8 +182,66 @@ pub fn ca_certificate(spec: &Spec) -> Result<String, TlsError> {
     })
 }
 
-/// A new server certificate for the VM's tailnet name, signed by the CA: (certificate
-/// PEM, PKCS#8 key PEM).
+/// Where the tailnet's full names for the VM are kept, one per line (e.g.
+/// `sql-vm.tail.example`): learned from the guest's `tailscale` stage, they join the
+/// short name in every later certificate, so `sslmode=verify-full` works with either.
+pub fn names_path(spec: &Spec) -> PathBuf {
+    spec.secrets_dir.join(format!("{}-tls-names", spec.name))
+}
+
+/// The names a server certificate carries: the spec's hostname, then every learned
+/// full name that still belongs to it (its first label is the hostname).
+pub fn server_names(spec: &Spec) -> Vec<String> {
+    let learned = std::fs::read_to_string(names_path(spec)).unwrap_or_default();
+    let mut names = vec![spec.hostname.clone()];
+    for name in learned.lines().map(str::trim) {
+        if full_name_of(&spec.hostname, name).is_some() && !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    names
+}
+
+/// `name` without its trailing dot when it is a DNS name under `hostname`
+/// (`sql-vm.tail.example.` for `sql-vm`); `None` for anything else, so a guest can
+/// never have the CA sign a name that is not its own.
+fn full_name_of(hostname: &str, name: &str) -> Option<String> {
+    let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    let rest = name.strip_prefix(hostname)?.strip_prefix('.')?;
+    let labels_ok = rest.split('.').all(|l| {
+        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    });
+    (labels_ok && name.len() <= 253).then_some(name)
+}
+
+/// Records the full name the tailnet gave the VM (from its `tailscale` stage). Returns
+/// true when it is new: the running server's certificate then lacks it.
+pub fn learn_name(spec: &Spec, tailnet_name: &str) -> Result<bool, TlsError> {
+    let Some(name) = full_name_of(&spec.hostname, tailnet_name) else {
+        return Ok(false);
+    };
+    if server_names(spec).contains(&name) {
+        return Ok(false);
+    }
+    let path = names_path(spec);
+    let write = |source| TlsError::Write {
+        path: path.clone(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .open(&path)
+        .map_err(write)?;
+    f.write_all(format!("{name}\n").as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(write)?;
+    Ok(true)
+}
+
+/// A new server certificate for the VM's tailnet names ([`server_names`]), signed by
+/// the CA: (certificate PEM, PKCS#8 key PEM).
 pub fn server_certificate(spec: &Spec) -> Result<(String, String), TlsError> {
     let (ca_key, ca) = ensure_ca(spec)?;
     let key = SigningKey::random(&mut rand_core::OsRng);
@@ -194,7 +252,8 @@ pub fn server_certificate(spec: &Spec) -> Result<(String, String), TlsError> {
             why: e.to_string(),
         })?
         .to_string();
-    let mut p = CertificateParams::new(vec![spec.hostname.clone()])?;
+    let names = server_names(spec);
+    let mut p = CertificateParams::new(names.clone())?;
     p.distinguished_name = DistinguishedName::new();
     p.distinguished_name
         .push(DnType::CommonName, spec.hostname.clone());
@@ -205,7 +264,10 @@ pub fn server_certificate(spec: &Spec) -> Result<(String, String), TlsError> {
     p.not_before = (now - Duration::from_secs(24 * 3600)).into();
     p.not_after = (now + SERVER_VALIDITY).into();
     p.serial_number = Some(serial());
-    p.subject_alt_names = vec![SanType::DnsName(spec.hostname.clone().try_into()?)];
+    p.subject_alt_names = names
+        .into_iter()
+        .map(|n| Ok(SanType::DnsName(n.try_into()?)))
+        .collect::<Result<Vec<_>, rcgen::Error>>()?;
     let leaf = p.signed_by(
         &P256::new(key).into_key_pair()?,
         &ca,
@@ -262,6 +324,39 @@ mod tests {
                 .output()
                 .unwrap();
             assert!(!wrong.status.success(), "another name must not verify");
+        }
+    }
+
+    #[test]
+    fn a_learned_full_name_joins_the_certificate_and_foreign_names_never_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec_in(dir.path());
+        assert!(!learn_name(&spec, "bank.example.").unwrap());
+        assert!(!learn_name(&spec, "sql-vm-1.tail.example.").unwrap());
+        assert!(!learn_name(&spec, "sql-vm").unwrap());
+        assert!(!learn_name(&spec, "sql-vm.bad label.example").unwrap());
+        assert!(learn_name(&spec, "sql-vm.Tail.Example.").unwrap());
+        assert!(
+            !learn_name(&spec, "sql-vm.tail.example").unwrap(),
+            "already known"
+        );
+        assert_eq!(server_names(&spec), ["sql-vm", "sql-vm.tail.example"]);
+        let (cert, _) = server_certificate(&spec).unwrap();
+        let leaf = dir.path().join("leaf.crt");
+        std::fs::write(&leaf, cert).unwrap();
+        let (_, ca_path) = ca_paths(&spec);
+        for (name, ok) in [
+            ("sql-vm.tail.example", true),
+            ("sql-vm", true),
+            ("bank.example", false),
+        ] {
+            let out = Command::new("openssl")
+                .args(["verify", "-verify_hostname", name, "-CAfile"])
+                .arg(&ca_path)
+                .arg(&leaf)
+                .output()
+                .unwrap();
+            assert_eq!(out.status.success(), ok, "{name}");
         }
     }
 }

@@ -13,7 +13,7 @@ pub use crate::devices::{DeviceKind, DeviceReport, Transport, VirtioDevice};
 /// 2: stage evidence is typed ([`crate::evidence::StageDetail`]), device kinds and
 /// transports are enums. 3: backups (configuration, requests, status). 4: bulk
 /// transfers ([`crate::transfer`]).
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Guest → host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,6 +120,10 @@ pub enum HostMessage {
         /// What to move.
         transfer: crate::transfer::Transfer,
     },
+    /// A new server certificate: the tailnet gave the VM a full name the certificate
+    /// of this start lacks. The guest installs it and has postgres reload; nothing is
+    /// answered (the next TLS handshake shows it).
+    Tls(crate::config::TlsMaterial),
     /// Liveness check, answered by [`GuestMessage::Pong`] (measures a round trip).
     Ping,
     /// Sent every [`crate::control::HEARTBEAT_INTERVAL`]: the host is alive.

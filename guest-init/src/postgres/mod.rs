@@ -321,6 +321,18 @@ impl Postgres {
         self.check_listening()
     }
 
+    /// Installs a new certificate and has the server reload it (ssl files are re-read
+    /// on reload); connections already open keep their session.
+    pub fn reload_tls(&self, material: &protocol::config::TlsMaterial) -> Result<(), PgError> {
+        tls::install(material, self.account.owner)?;
+        command::run_with_input(
+            &mut self.account.psql(&self.bin, self.port, &["-q", "-f", "-"]),
+            b"select pg_reload_conf()",
+            &[],
+        )?;
+        Ok(())
+    }
+
     /// What the host's status shows.
     pub fn info(&self) -> PostgresInfo {
         let mut listen = vec!["localhost".to_string()];

@@ -44,6 +44,7 @@ impl Supervisor {
                     Progress::Up => {
                         self.phase = Phase::Up;
                         self.events.emit(Event::Up(self.up_info()));
+                        self.certify_tailnet_name().await;
                     }
                     Progress::Failed(f) => return Flow::Exit(self.fail(*f).await),
                 }
@@ -52,6 +53,38 @@ impl Supervisor {
                 Some(p) if !p.is_empty() => progress = p,
                 _ => return Flow::Continue,
             }
+        }
+    }
+
+    /// When the tailnet gave the VM a full name its certificate lacks (the first start
+    /// in a tailnet), records it for every later certificate and hands the running
+    /// server one that carries it, so `verify-full` works with that name at once.
+    async fn certify_tailnet_name(&mut self) {
+        let Some(name) = self
+            .readiness
+            .as_ref()
+            .and_then(|r| r.tailnet().map(|t| t.name.clone()))
+        else {
+            return;
+        };
+        match crate::tls::learn_name(&self.spec, &name) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                log::warn!("cannot record the tailnet name {name} for the certificate: {e}");
+                return;
+            }
+        }
+        let (Some(conn), Ok(material)) = (
+            self.channel.current.clone(),
+            secrets::server_tls(&self.spec),
+        ) else {
+            log::warn!("cannot issue a certificate naming {name} now: the next start carries it");
+            return;
+        };
+        match conn.send(HostMessage::Tls(material)).await {
+            Ok(()) => log::info!("a certificate that also names {name} sent to the guest"),
+            Err(e) => log::warn!("cannot send the certificate naming {name}: {e}"),
         }
     }
 
