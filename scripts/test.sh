@@ -7,7 +7,8 @@
 #   4. builds the x86_64 artifact set, proves from their ELF headers that both musl
 #      builds of both binaries are static, and boots it: boot chain, vsock-missing
 #      diagnosis, networking through gvproxy, PostgreSQL durability, and the
-#      end-to-end psql-over-Tailscale witness (root; never skipped here)
+#      end-to-end psql-over-Tailscale witness, app databases with Gitea as a real
+#      client, backups and restores, and the fault suite (root; never skipped here)
 #   5. fuzzes the wire codecs and the kernel command-line parser for a bounded time
 #   6. boots the arm64 guest under qemu-system-aarch64 to the control stage. With a
 #      cold cache its kernel takes ~10 min to build: by default (SOVEREIGN_ARM64_BOOT=auto)
@@ -36,11 +37,13 @@ scripts/check-aarch64.sh
 step "x86_64 artifacts"
 artifacts=$(scripts/build-images.sh --arch x86_64 | tail -n1)
 cloud=$(scripts/fetch-cloud-kernel.sh | tail -n1)
+# Gitea, the real app of the apps test (built once, ~3 min, then cached).
+scripts/build-go-tools.sh x86_64 --gitea
 
 step "static musl builds, then VM tests (QEMU TCG, real gvproxy, headscale, tailscale, PostgreSQL)"
 SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_CLOUD_KERNEL=$cloud/vmlinuz SOVEREIGN_REQUIRE_VM_TESTS=1 \
   cargo test -p sovereign-tests --locked --test static_builds \
-    --test boot --test forwarder --test network --test postgres --test e2e --test backups --test offsite --test faults -- --include-ignored --test-threads=1
+    --test boot --test forwarder --test network --test postgres --test e2e --test apps --test backups --test offsite --test faults -- --include-ignored --test-threads=1
 
 step "fuzzing the codecs (${SOVEREIGN_FUZZ_SECONDS:-60}s per target)"
 for target in hyperkit_frames control_frames kernel_cmdline; do
