@@ -104,6 +104,15 @@ pub struct Guest {
     pub backups: OnceLock<Arc<Backups>>,
 }
 
+/// Why a service could not be signalled on the host's request.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    #[error("{0} is not running")]
+    NotRunning(GuestService),
+    #[error("{0} has no process right now (restarting)")]
+    Restarting(GuestService),
+}
+
 impl Guest {
     /// What was started so far (a brief lock; clone the `Arc`s out).
     pub fn running(&self) -> MutexGuard<'_, Running> {
@@ -131,7 +140,7 @@ impl Guest {
         &self,
         service: GuestService,
         signal: ServiceSignal,
-    ) -> Result<String, String> {
+    ) -> Result<String, SignalError> {
         let sig = match signal {
             ServiceSignal::Term => nix::sys::signal::Signal::SIGTERM,
             ServiceSignal::Kill => nix::sys::signal::Signal::SIGKILL,
@@ -144,10 +153,10 @@ impl Guest {
             GuestService::Tailscaled => running.tailscale.as_ref().map(|t| t.service().clone()),
         };
         drop(running);
-        let supervised = supervised.ok_or_else(|| format!("{service} is not running"))?;
+        let supervised = supervised.ok_or(SignalError::NotRunning(service))?;
         let pid = supervised
             .send_signal(sig)
-            .ok_or_else(|| format!("{service} has no process right now (restarting)"))?;
+            .ok_or(SignalError::Restarting(service))?;
         log::warn!("{service} (pid {pid}): {sig} sent on the host's request");
         Ok(format!("{sig} sent to {service} (pid {pid})"))
     }

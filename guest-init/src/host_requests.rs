@@ -65,10 +65,10 @@ fn failed(id: u64, output: String) -> QueryResult {
 
 /// A finished answer, cut to fit one control frame (an answer too big to send would
 /// leave the host waiting for its deadline).
-fn result(id: u64, outcome: Result<String, String>) -> QueryResult {
+fn result(id: u64, outcome: Result<String, impl std::fmt::Display>) -> QueryResult {
     let (ok, output) = match outcome {
         Ok(o) => (true, o),
-        Err(e) => (false, e),
+        Err(e) => (false, e.to_string()),
     };
     QueryResult {
         id,
@@ -175,8 +175,7 @@ pub fn serve(guest: &Arc<Guest>, events: &Receiver<Event>, config_tx: &Sender<Gu
             HostMessage::ReadLog { id, log } => answer_later(
                 guest,
                 move || {
-                    let text = log_files::read_tail(log).map_err(|e| e.to_string());
-                    result(id, text).fit_to_frame(GuestMessage::LogContents)
+                    result(id, log_files::read_tail(log)).fit_to_frame(GuestMessage::LogContents)
                 },
                 |why| GuestMessage::LogContents(failed(id, why)),
             ),
@@ -186,9 +185,8 @@ pub fn serve(guest: &Arc<Guest>, events: &Receiver<Event>, config_tx: &Sender<Gu
                     answer_later(
                         guest,
                         move || {
-                            let outcome =
-                                net::probe::run(&probe, address, dns).map_err(|e| e.to_string());
-                            result(id, outcome).fit_to_frame(GuestMessage::ProbeResult)
+                            result(id, net::probe::run(&probe, address, dns))
+                                .fit_to_frame(GuestMessage::ProbeResult)
                         },
                         |why| GuestMessage::ProbeResult(failed(id, why)),
                     );

@@ -70,54 +70,63 @@ pub fn serve(guest: &Guest, id: u64, token: &str, transfer: &Transfer) -> Transf
         },
         Err(why) => {
             log::warn!("transfer failed: {why}");
-            TransferAnswer::failed(id, why)
+            TransferAnswer::failed(id, why.to_string())
         }
     }
 }
 
+/// Why a transfer did not happen or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("the guest is not configured yet")]
+    NotConfigured,
+    #[error("backups are off in this VM's spec (backup.enabled = false), or not set up yet")]
+    NoBackups,
+    #[error("cannot open the data connection to the host: {0}")]
+    Dial(#[from] std::io::Error),
+    #[error(transparent)]
+    Export(#[from] export::ExportError),
+    #[error(transparent)]
+    AppDump(#[from] app_dump::AppDumpError),
+}
+
 /// The transfer itself: (what was done, payload bytes, SHA-256) or why not.
-fn run(guest: &Guest, token: &str, transfer: &Transfer) -> Result<(String, u64, String), String> {
-    let config = guest
-        .config
-        .get()
-        .ok_or("the guest is not configured yet")?;
-    let backups = || {
-        guest
-            .backups
-            .get()
-            .ok_or("backups are off in this VM's spec (backup.enabled = false), or not set up yet")
-    };
+fn run(
+    guest: &Guest,
+    token: &str,
+    transfer: &Transfer,
+) -> Result<(String, u64, String), TransferError> {
+    let config = guest.config.get().ok_or(TransferError::NotConfigured)?;
+    let backups = || guest.backups.get().ok_or(TransferError::NoBackups);
     match transfer {
         Transfer::ExportBackup => {
             let backups = backups()?;
-            let stream = dial(token).map_err(|e| e.to_string())?;
-            let (bytes, sha) = export::export(backups, stream).map_err(|e| e.to_string())?;
+            let (bytes, sha) = export::export(backups, dial(token)?)?;
             Ok(("exported the backup repository".into(), bytes, sha))
         }
         Transfer::RestoreFromExport { bytes, target } => {
             let backups = backups()?;
-            let stream = dial(token).map_err(|e| e.to_string())?;
-            export::restore_from_export(guest, backups, stream, *bytes, target)
-                .map_err(|e| e.to_string())
+            let stream = dial(token)?;
+            Ok(export::restore_from_export(
+                guest, backups, stream, *bytes, target,
+            )?)
         }
         Transfer::DumpApp { app } => {
-            app_dump::check_dumpable(app).map_err(|e| e.to_string())?;
-            let stream = dial(token).map_err(|e| e.to_string())?;
-            let (bytes, sha) =
-                app_dump::dump(&config.postgres, app, stream).map_err(|e| e.to_string())?;
+            app_dump::check_dumpable(app)?;
+            let stream = dial(token)?;
+            let (bytes, sha) = app_dump::dump(&config.postgres, app, stream)?;
             Ok((format!("dumped the database of app {app}"), bytes, sha))
         }
         Transfer::RestoreApp { app, bytes } => {
-            app_dump::check_app(&config.postgres, app).map_err(|e| e.to_string())?;
-            let stream = dial(token).map_err(|e| e.to_string())?;
-            app_dump::restore(
+            app_dump::check_app(&config.postgres, app)?;
+            let stream = dial(token)?;
+            Ok(app_dump::restore(
                 &config.postgres,
                 app,
                 stream,
                 *bytes,
                 crate::backup::now_unix(),
-            )
-            .map_err(|e| e.to_string())
+            )?)
         }
     }
 }

@@ -73,15 +73,20 @@ pub fn target(cfg: &OffsiteConfig) -> String {
     format!("{}@{}:{}", cfg.user, cfg.host, cfg.path)
 }
 
+/// Why repo2's server has no address now.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("'{0}' is not a node of this tailnet (tailscale ip found no address)")]
+    NotInTailnet(String),
+    #[error("cannot pin the server's address in the hosts file: {0}")]
+    Pin(#[source] crate::owned_files::OwnedFileError),
+}
+
 /// Looks the server's name up in the tailnet and pins it in the hosts file; `Err` says
 /// why it could not (the name is not a node of the tailnet, tailscaled is down).
-pub fn resolve(cfg: &OffsiteConfig) -> Result<Ipv4Addr, String> {
-    let ip = crate::tailscale::peer_ipv4(&cfg.host).ok_or_else(|| {
-        format!(
-            "'{}' is not a node of this tailnet (tailscale ip found no address)",
-            cfg.host
-        )
-    })?;
+pub fn resolve(cfg: &OffsiteConfig) -> Result<Ipv4Addr, ResolveError> {
+    let ip = crate::tailscale::peer_ipv4(&cfg.host)
+        .ok_or_else(|| ResolveError::NotInTailnet(cfg.host.clone()))?;
     let current = std::fs::read_to_string(HOSTS_FILE).unwrap_or_default();
     let wanted = with_pinned(&current, &cfg.host, ip);
     if wanted != current {
@@ -91,7 +96,7 @@ pub fn resolve(cfg: &OffsiteConfig) -> Result<Ipv4Addr, String> {
             0o644,
             Owner { uid: 0, gid: 0 },
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(ResolveError::Pin)?;
         log::info!("offsite backups: {} is {ip} in the tailnet", cfg.host);
     }
     Ok(ip)

@@ -83,7 +83,7 @@ impl Backups {
     /// Why `repo` cannot be reached now: repo2's name is not in the tailnet.
     pub(super) fn unreachable(&self, repo: u8) -> Option<String> {
         let o = self.cfg.offsite.as_ref().filter(|_| repo == REPO_OFFSITE)?;
-        let why = offsite::resolve(o).err();
+        let why = offsite::resolve(o).err().map(|e| e.to_string());
         self.lock().offsite_unresolved.clone_from(&why);
         why
     }

@@ -51,6 +51,23 @@ pub async fn accept_guests(
     }
 }
 
+/// Why a new control connection did not take over the channel.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum AdmitError {
+    #[error("control connection {id} spoke before its Hello: closed")]
+    NoHello {
+        /// The connection.
+        id: u64,
+    },
+    #[error("control connection {id} refused: {why}")]
+    Refused {
+        /// The connection.
+        id: u64,
+        /// What its Hello got wrong.
+        why: crate::readiness::HelloRefused,
+    },
+}
+
 /// The current connection and the ones that have not proven themselves yet.
 #[derive(Debug)]
 pub(super) struct Channel {
@@ -115,21 +132,18 @@ impl Channel {
         first: &GuestMessage,
         cid: u32,
         booting: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), AdmitError> {
         let GuestMessage::Hello(hello) = first else {
             candidate.close();
-            return Err(format!(
-                "control connection {} spoke before its Hello: closed",
-                candidate.id
-            ));
+            return Err(AdmitError::NoHello { id: candidate.id });
         };
         if let Err(why) = assess_hello(hello, cid, candidate.peer_cid) {
             if !booting {
                 candidate.close();
-                return Err(format!(
-                    "control connection {} refused: {why}",
-                    candidate.id
-                ));
+                return Err(AdmitError::Refused {
+                    id: candidate.id,
+                    why,
+                });
             }
         }
         self.promote(candidate);
@@ -350,12 +364,12 @@ mod tests {
         // After the boot: a wrong CID, a message before Hello, an old protocol version.
         let (liar, mut liar_peer) = connection(2);
         let e = ch.admit(liar, &hello(11), 10, false).unwrap_err();
-        assert!(e.contains("says its CID is 11"), "{e}");
+        assert!(e.to_string().contains("says its CID is 11"), "{e}");
         let (chatty, mut chatty_peer) = connection(3);
         let e = ch
             .admit(chatty, &GuestMessage::Heartbeat, 10, false)
             .unwrap_err();
-        assert!(e.contains("spoke before its Hello"), "{e}");
+        assert!(e.to_string().contains("spoke before its Hello"), "{e}");
         assert_eq!(ch.current.as_ref().map(|c| c.id), Some(1), "unchanged");
         assert!(closed(&mut liar_peer).await && closed(&mut chatty_peer).await);
 

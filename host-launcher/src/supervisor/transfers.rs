@@ -55,21 +55,26 @@ impl Waiting {
     }
 }
 
+/// Why a data connection's first frame did not name a transfer.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderError {
+    #[error("reading its header: {0}")]
+    Read(#[from] std::io::Error),
+    #[error("its header frame: {0}")]
+    Frame(#[from] protocol::CodecError),
+    #[error("its header is not a transfer header: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
 /// Reads exactly one frame, and nothing after it (the chunks that follow belong to
 /// the relay).
-async fn read_header(stream: &mut Box<dyn Stream>) -> Result<TransferHeader, String> {
+async fn read_header(stream: &mut Box<dyn Stream>) -> Result<TransferHeader, HeaderError> {
     let mut header = [0u8; HEADER_LEN];
-    stream
-        .read_exact(&mut header)
-        .await
-        .map_err(|e| e.to_string())?;
-    let len = payload_len(header).map_err(|e| e.to_string())?;
+    stream.read_exact(&mut header).await?;
+    let len = payload_len(header)?;
     let mut payload = vec![0u8; len];
-    stream
-        .read_exact(&mut payload)
-        .await
-        .map_err(|e| e.to_string())?;
-    serde_json::from_slice(&payload).map_err(|e| e.to_string())
+    stream.read_exact(&mut payload).await?;
+    Ok(serde_json::from_slice(&payload)?)
 }
 
 /// Accepts data connections for the supervisor's lifetime: refuses other CIDs, reads
