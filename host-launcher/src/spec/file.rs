@@ -485,4 +485,28 @@ mod tests {
         let s = Spec::parse(&odd, Path::new("/d"), &env, "t.toml").unwrap();
         assert_eq!(s.apps[0].name, "a\"\nb = 1");
     }
+
+    #[test]
+    fn the_superuser_stays_on_the_tailnet_unless_the_spec_says_otherwise() {
+        let env = env_in(Path::new("/base"), false);
+        let on = Spec::parse("", Path::new("/d"), &env, "t.toml").unwrap();
+        assert!(on.postgres.superuser_from_tailnet);
+        let off = Spec::parse(
+            "[postgres]\nsuperuser_from_tailnet = false",
+            Path::new("/d"),
+            &env,
+            "t.toml",
+        )
+        .unwrap();
+        assert!(!off.postgres.superuser_from_tailnet);
+        let e = Spec::parse(
+            "[postgres]\nsuperuser_from_tailnet = \"no\"",
+            Path::new("/d"),
+            &env,
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("superuser_from_tailnet"), "{e}");
+    }
 }
