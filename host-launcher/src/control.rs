@@ -82,6 +82,13 @@ where
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
+/// The CID of a peer that is not the VM `cid`, when it is one: on AF_VSOCK every other
+/// VM of the host could dial the launcher's ports. A unix-socket peer (vhost-device-vsock
+/// under QEMU) has no CID: only this VM's device reaches that socket.
+pub fn foreign_peer(peer: Option<u32>, cid: u32) -> Option<u32> {
+    peer.filter(|p| *p != cid)
+}
+
 /// Where the guest's control connections arrive.
 #[derive(Debug)]
 pub enum ControlListener {
@@ -118,6 +125,24 @@ impl ControlListener {
             source,
         })?;
         Ok(ControlListener::Vsock(l))
+    }
+
+    /// Accepts the next connection from the VM whose CID is `cid`; connections from any
+    /// other CID are closed at once and logged as `what` refused them.
+    pub async fn accept_from(
+        &mut self,
+        cid: u32,
+        what: &str,
+    ) -> std::io::Result<(Box<dyn Stream>, Option<u32>)> {
+        loop {
+            let (stream, peer) = self.accept().await?;
+            match foreign_peer(peer, cid) {
+                Some(other) => log::warn!(
+                    "{what}: refused a connection from CID {other}: this VM is CID {cid}"
+                ),
+                None => return Ok((stream, peer)),
+            }
+        }
     }
 
     /// Accepts the next connection with the peer's CID (AF_VSOCK only).
@@ -263,6 +288,19 @@ pub fn spawn_connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_vms_own_cid_is_let_in() {
+        assert_eq!(foreign_peer(Some(10), 10), None);
+        assert_eq!(foreign_peer(Some(11), 10), Some(11), "another VM");
+        assert_eq!(foreign_peer(Some(2), 10), Some(2), "the host itself");
+        assert_eq!(foreign_peer(Some(1), 10), Some(1), "loopback");
+        assert_eq!(
+            foreign_peer(None, 10),
+            None,
+            "vhost-device-vsock's unix socket"
+        );
+    }
     use protocol::messages::{DeviceReport, Hello};
 
     #[tokio::test]

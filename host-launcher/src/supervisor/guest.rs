@@ -28,10 +28,7 @@ pub async fn accept_guests(
 ) {
     let mut id = 0u64;
     loop {
-        match listener.accept().await {
-            Ok((_stream, Some(peer))) if peer != cid => {
-                log::warn!("control: refused a connection from CID {peer}: this VM is CID {cid}");
-            }
+        match listener.accept_from(cid, "control").await {
             Ok((stream, peer)) => {
                 id += 1;
                 log::info!(

@@ -81,20 +81,17 @@ async fn read_header(stream: &mut Box<dyn Stream>) -> Result<TransferHeader, Hea
 /// each one's header and hands it to the transfer that waits for its token.
 pub async fn serve_data_port(mut listener: ControlListener, cid: u32, waiting: Waiting) {
     loop {
-        let (mut stream, peer) = match listener.accept().await {
-            Ok(c) => c,
+        let mut stream = match listener
+            .accept_from(cid, &format!("data port {DATA_PORT}"))
+            .await
+        {
+            Ok((s, _)) => s,
             Err(e) => {
                 log::warn!("data port accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
-        if let Some(peer) = peer.filter(|p| *p != cid) {
-            log::warn!(
-                "data port {DATA_PORT}: refused a connection from CID {peer}: this VM is CID {cid}"
-            );
-            continue;
-        }
         let waiting = waiting.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(HEADER_WAIT, read_header(&mut stream)).await {
