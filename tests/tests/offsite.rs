@@ -5,9 +5,14 @@
 //! 1. the first full backup lands in both repositories by itself, and status shows repo2;
 //! 2. with the SFTP server down, `backup now` still makes its set on the backup disk,
 //!    fails for repo2 naming why, status says so, and the database serves;
-//! 3. with the server back, `backup now` reaches both again;
+//! 3. with the server back, `backup now` reaches both again; with another host key
+//!    for the server, repo2 is refused and status says so; with the backup disk full,
+//!    WAL archiving fails, status says why, the database takes writes, and with the
+//!    space back archiving catches up;
 //! 4. disaster: the data disk and the backup disk are both gone; `restore --new-disk`
-//!    brings every archived row back from repo2 alone.
+//!    brings every archived row back from repo2 alone;
+//! 5. only the backup disk is lost: `start` says what that means, every row is served,
+//!    and a new full backup fills the new backup disk.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed step is a failed test
 
@@ -85,6 +90,33 @@ impl SftpServer {
             .unwrap()
             .trim()
             .to_string()
+    }
+
+    /// Another host key for the same name and port: what the guest sees when another
+    /// machine answers as the server. `back` puts the original key back.
+    fn change_host_key(&mut self, back: bool) {
+        self.stop();
+        let (key, kept) = (self.dir.join("host_key"), self.dir.join("host_key.orig"));
+        if back {
+            std::fs::rename(&kept, &key).unwrap();
+            std::fs::rename(kept.with_extension("orig.pub"), key.with_extension("pub")).unwrap();
+        } else {
+            std::fs::rename(&key, &kept).unwrap();
+            std::fs::rename(key.with_extension("pub"), kept.with_extension("orig.pub")).unwrap();
+            let o = run(Command::new("ssh-keygen").args([
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "impostor",
+                "-f",
+                &key.to_string_lossy(),
+            ]));
+            assert!(o.status.success(), "ssh-keygen: {}", text(&o));
+        }
+        self.start();
     }
 
     fn log(&self) -> String {
@@ -187,7 +219,70 @@ fn backups_reach_an_sftp_server_over_the_tailnet_and_restore_from_it_alone() {
         text(&again),
         sftp.log()
     );
-    vm.query("insert into rows_written select generate_series(31, 45)")
+
+    // 3b. Another machine answers as the server (a new host key): repo2 is refused and
+    // status names it; repo1 and the database go on.
+    sftp.change_host_key(false);
+    let impostor = vm.cli("backup now", &["--type", "incr"]);
+    assert_eq!(impostor.status.code(), Some(1), "{}", text(&impostor));
+    assert!(
+        text(&impostor).contains("to repo1 (backup disk) done")
+            && text(&impostor).contains("to repo2 (offsite) failed"),
+        "{}",
+        text(&impostor)
+    );
+    let status_text = text(&vm.cli("status", &[]));
+    assert!(
+        status_text.contains("✗ last offsite backup (incr at"),
+        "{status_text}"
+    );
+    assert!(
+        status_text.contains("mismatch in known hosts"),
+        "status names the host key: {status_text}"
+    );
+    sftp.change_host_key(true);
+
+    // 3c. The backup disk fills up: archiving fails and status says why; the database
+    // takes writes; with the space back, archiving catches up and nothing is lost.
+    // All of it: a compressed segment of a few rows fits in a mebibyte.
+    vm.query(
+        "copy (select 1) to program 'cd /backup/pgbackrest && fallocate -l $(( $(df --output=avail -B1 . | tail -n 1) - 1048576 )) filler && (dd if=/dev/zero of=filler2 bs=64k 2>/dev/null; true)'",
+    )
+    .expect("fill the backup disk");
+    vm.query("insert into rows_written select generate_series(31, 35)")
+        .expect("the database takes writes while the backup disk is full");
+    vm.query("select pg_switch_wal()").expect("switch");
+    // The async push's foreground waits archive-timeout (120 s) before it gives up.
+    let failing = wait_for(Duration::from_secs(300), Duration::from_secs(5), || {
+        let a = &backup_status(&vm)["archive"];
+        let failed = a["last_failed_unix"].as_i64()?;
+        (failed >= a["last_archived_unix"].as_i64().unwrap_or(0)).then_some(())
+    });
+    assert!(
+        failing.is_some(),
+        "archiving fails on a full disk: {}",
+        backup_status(&vm)
+    );
+    let status_text = text(&vm.cli("status", &[]));
+    assert!(
+        status_text.contains("✗ WAL archiving is failing") && status_text.contains("✗ FULL"),
+        "{status_text}"
+    );
+    vm.query(
+        "copy (select 1) to program 'rm -f /backup/pgbackrest/filler /backup/pgbackrest/filler2'",
+    )
+    .expect("free the backup disk");
+    let caught_up = wait_for(Duration::from_secs(180), Duration::from_secs(5), || {
+        let a = &backup_status(&vm)["archive"];
+        (a["last_archived_unix"].as_i64()? > a["last_failed_unix"].as_i64()?).then_some(())
+    });
+    assert!(
+        caught_up.is_some(),
+        "archiving catches up: {}",
+        backup_status(&vm)
+    );
+
+    vm.query("insert into rows_written select generate_series(36, 45)")
         .expect("more rows");
     let last_insert: i64 = vm
         .query("select extract(epoch from clock_timestamp())::bigint")
@@ -240,6 +335,34 @@ fn backups_reach_an_sftp_server_over_the_tailnet_and_restore_from_it_alone() {
         back.as_deref().map(str::trim),
         Some("45|45"),
         "every archived row, from the off-device copy"
+    );
+
+    // 5. Only the backup disk is lost: start says what that means, the database serves
+    // every row, and a new full backup fills the new repo1.
+    let stopped = vm.stop();
+    assert!(stopped.status.success(), "stop: {}", text(&stopped));
+    std::fs::remove_file(vm.home.path().join("backup.img")).unwrap();
+    let out = vm.start_ok();
+    assert!(
+        out.contains("the backup disk was missing while the data disk exists")
+            && out.contains("repo2 keeps its own"),
+        "{out}"
+    );
+    assert_eq!(
+        vm.query("select count(*), max(id) from rows_written")
+            .unwrap()
+            .trim(),
+        "45|45"
+    );
+    let fresh = wait_for(Duration::from_secs(600), Duration::from_secs(5), || {
+        backup_status(&vm)["last_ok"]["label"]
+            .as_str()
+            .map(str::to_string)
+    });
+    assert!(
+        fresh.is_some(),
+        "a new full backup on the new disk: {}",
+        backup_status(&vm)
     );
     let stopped = vm.stop();
     assert!(stopped.status.success(), "stop: {}", text(&stopped));

@@ -174,6 +174,7 @@ fn prepare(spec: &Spec) -> anyhow::Result<()> {
     for f in secrets::ensure_all(spec)? {
         println!("  + generated {} (mode 0600)", f.display());
     }
+    let data_existed = spec.data_disk.path.exists();
     for (name, disk) in spec.extra_disks() {
         if let validate::DiskAction::Created(bytes) = validate::prepare_disk(disk)? {
             println!(
@@ -181,6 +182,16 @@ fn prepare(spec: &Spec) -> anyhow::Result<()> {
                 disk.path.display(),
                 bytes >> 30
             );
+            if name == "backup" && data_existed {
+                println!(
+                    "  ! the backup disk was missing while the data disk exists: the backups and archived WAL it held are gone from repo1{}; a new full backup starts after ready",
+                    if spec.backup.offsite.is_some() {
+                        " (repo2 keeps its own)"
+                    } else {
+                        ""
+                    }
+                );
+            }
         }
     }
     let run = RunDir::new(&spec.run_dir);

@@ -87,6 +87,20 @@ pub async fn run(spec: &Spec, json: bool, watch: bool) -> anyhow::Result<i32> {
 /// Share of the data disk in use above which status warns.
 const DISK_WARN_PERCENT: u64 = 80;
 
+/// Free space on the backup disk below which it counts as full: a WAL segment (16 MiB)
+/// and pgBackRest's own files no longer fit.
+const BACKUP_DISK_FULL_BYTES: u64 = 64 << 20;
+
+/// What status says after the backup disk's free space: why archiving and backups
+/// fail when it is full, a warning when it is filling up.
+fn backup_disk_note(total: u64, available: u64) -> String {
+    if total > 0 && available < BACKUP_DISK_FULL_BYTES {
+        " ✗ FULL: WAL archiving and backups fail until space is freed (fewer backup.retention_days, or a bigger backup_disk)".to_string()
+    } else {
+        disk_warning(total, available).unwrap_or_default()
+    }
+}
+
 /// The warning for a data disk that is filling up, if it is.
 fn disk_warning(total: u64, available: u64) -> Option<String> {
     let used = total.saturating_sub(available);
@@ -305,9 +319,10 @@ pub fn render_backup(b: &protocol::backup::BackupStatus, now: i64) -> String {
     if let Some(d) = &b.disk {
         let _ = writeln!(
             o,
-            "    backup disk: {} MiB free of {} MiB",
+            "    backup disk: {} MiB free of {} MiB{}",
             d.available_bytes >> 20,
-            d.total_bytes >> 20
+            d.total_bytes >> 20,
+            backup_disk_note(d.total_bytes, d.available_bytes)
         );
     }
     if let Some(off) = &b.offsite {
@@ -409,6 +424,18 @@ mod backup_tests {
             "{t}"
         );
         assert!(t.contains("✗ WAL archiving is failing"), "{t}");
+        b.disk = Some(protocol::messages::DiskUsage {
+            total_bytes: 8 << 30,
+            available_bytes: 1 << 20,
+            ..Default::default()
+        });
+        let t = render_backup(&b, 1_796_227_630);
+        assert!(
+            t.contains(
+                "backup disk: 1 MiB free of 8192 MiB ✗ FULL: WAL archiving and backups fail"
+            ),
+            "{t}"
+        );
         b.offsite = Some(OffsiteStatus {
             target: "sovereign@backup-box:/srv/sovereign".into(),
             problem: Some("unable to connect".into()),
