@@ -43,7 +43,10 @@ scripts/build-go-tools.sh x86_64 --gitea
 step "static musl builds, then VM tests (QEMU TCG, real gvproxy, headscale, tailscale, PostgreSQL)"
 SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_CLOUD_KERNEL=$cloud/vmlinuz SOVEREIGN_REQUIRE_VM_TESTS=1 \
   cargo test -p sovereign-tests --locked --test static_builds \
-    --test boot --test forwarder --test network --test postgres --test e2e --test apps --test backups --test offsite --test faults -- --include-ignored --test-threads=1
+    --test boot --test forwarder --test network --test postgres --test e2e --test apps --test backups --test offsite -- --include-ignored --test-threads=1
+# The fault suite prints its table (fault, outage, rows acknowledged, rows lost).
+SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_REQUIRE_VM_TESTS=1 \
+  cargo test -p sovereign-tests --locked --test faults -- --include-ignored --nocapture
 
 step "fuzzing the codecs (${SOVEREIGN_FUZZ_SECONDS:-60}s per target)"
 for target in hyperkit_frames control_frames kernel_cmdline; do
