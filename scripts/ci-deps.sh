@@ -4,7 +4,15 @@
 # machine has none, the Rust musl targets, a nightly toolchain for cargo-fuzz, and
 # vhost-device-vsock.
 # Re-running it is cheap: each step checks first.
+#   --main-job: only what scripts/demo.sh needs (no aarch64 target, no nightly
+#               toolchain, no cargo-fuzz: those serve the tests)
 source "$(dirname "$0")/lib.sh"
+main_job=0
+case "${1:-}" in
+  --main-job) main_job=1 ;;
+  "") ;;
+  *) die "unknown option $1 (--main-job, or nothing for everything the tests need)" ;;
+esac
 
 [ "$(id -u)" -eq 0 ] || die "ci-deps.sh installs system packages: run it as root"
 
@@ -57,11 +65,15 @@ fi
 
 # --- Rust ------------------------------------------------------------------------------
 command -v rustup >/dev/null || die "rustup is required (https://rustup.rs)"
-for t in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+targets=(x86_64-unknown-linux-musl)
+[ "$main_job" -eq 1 ] || targets+=(aarch64-unknown-linux-musl)
+for t in "${targets[@]}"; do
   rustup target list --installed | grep -qx "$t" || { log "rustup target add $t"; rustup target add "$t"; }
 done
-rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
-rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+if [ "$main_job" -eq 0 ]; then
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
+  rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+fi
 
 tools_path
 mkdir -p "$SOVEREIGN_CACHE/bin"
@@ -71,7 +83,7 @@ if ! "$SOVEREIGN_CACHE/bin/vhost-device-vsock" --version 2>/dev/null | grep -q "
     --root "$SOVEREIGN_CACHE/cargo-tools"
   ln -sf "$SOVEREIGN_CACHE/cargo-tools/bin/vhost-device-vsock" "$SOVEREIGN_CACHE/bin/vhost-device-vsock"
 fi
-if ! command -v cargo-fuzz >/dev/null && [ ! -x "$SOVEREIGN_CACHE/bin/cargo-fuzz" ]; then
+if [ "$main_job" -eq 0 ] && ! command -v cargo-fuzz >/dev/null && [ ! -x "$SOVEREIGN_CACHE/bin/cargo-fuzz" ]; then
   log "building cargo-fuzz"
   cargo install --locked --quiet cargo-fuzz --root "$SOVEREIGN_CACHE/cargo-tools"
   ln -sf "$SOVEREIGN_CACHE/cargo-tools/bin/cargo-fuzz" "$SOVEREIGN_CACHE/bin/cargo-fuzz"

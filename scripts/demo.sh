@@ -7,7 +7,7 @@
 source "$(dirname "$0")/lib.sh"
 cd "$SOVEREIGN_ROOT"
 [ "$(id -u)" -eq 0 ] || die "run as root (sudo scripts/demo.sh): the demo creates a network namespace and TUN devices"
-scripts/ci-deps.sh
+scripts/ci-deps.sh --main-job
 tools_path
 artifacts=$(scripts/build-images.sh --arch x86_64 | tail -n1)
 cargo build --release --locked -p sovereign-tests --bin sovereign-demo >&2
