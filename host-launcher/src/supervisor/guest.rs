@@ -61,6 +61,7 @@ pub(super) enum AdmitError {
         /// The connection.
         id: u64,
         /// What its Hello got wrong.
+        #[source]
         why: crate::readiness::HelloRefused,
     },
 }
