@@ -3,7 +3,9 @@
 //! by name, and `sovereign restore` to a point in time taken from the database's own
 //! clock. One VM and one lab for the whole drill, in order:
 //!
-//! 1. the first full backup starts by itself after `ready`, and status shows it;
+//! 1. the first full backup starts by itself after `ready`, and status shows it; a
+//!    full backup killed in the middle never shows as a set, status says it failed,
+//!    and the next backup works;
 //! 2. rows 1–20, `backup now --type diff`, rows 21–40, time T, rows 41–60, a table
 //!    dropped; once the drop is archived, `restore --to T` gives exactly rows 1–40 and
 //!    the dropped table back;
@@ -90,6 +92,21 @@ fn insert_rows(peer: &TailNode, password: &str, from: i32, to: i32) {
     psql_ok(peer, password, &sql);
 }
 
+/// The labels of every set `backup list --json` shows.
+fn backup_sets(vm: &Vm) -> Vec<String> {
+    let o = vm.cli("backup list", &["--json"]);
+    assert!(o.status.success(), "backup list: {}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["sets"]
+        .as_array()
+        .map(|sets| {
+            sets.iter()
+                .filter_map(|s| s["label"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn backup_status(vm: &Vm) -> serde_json::Value {
     vm.status()["guest"]["backup"].clone()
 }
@@ -123,6 +140,58 @@ fn point_in_time_restore_gives_exactly_the_rows_committed_before_the_target() {
         status_text.contains(&format!("backups:  last full {first}")),
         "status shows the backup:\n{status_text}"
     );
+
+    // 1b. A full backup killed in the middle never shows as a set, status says it
+    // failed, and the next backup works. A loop inside the guest kills pgBackRest's
+    // backup process the moment it appears (as postgres, its owner).
+    let sets_before = backup_sets(&vm);
+    let killer = {
+        let cmd = vm.command("query", &[]);
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut cmd = cmd;
+            let mut child = cmd
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(
+                    b"copy (select 1) to program 'for i in $(seq 1 600); do pkill -KILL -f \"[p]gbackrest.*--type=full\" && exit 0; sleep 0.02; done; exit 1'",
+                )
+                .unwrap();
+            child.wait_with_output().unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let cut = vm.cli("backup now", &["--type", "full"]);
+    let killed = killer.join().unwrap();
+    assert!(
+        killed.status.success(),
+        "the guest-side killer: {}",
+        text(&killed)
+    );
+    assert!(
+        !cut.status.success(),
+        "a killed backup must fail: {}",
+        text(&cut)
+    );
+    assert_eq!(
+        backup_sets(&vm),
+        sets_before,
+        "an interrupted backup never shows as a set"
+    );
+    let status_text = text(&vm.cli("status", &[]));
+    assert!(
+        status_text.contains("✗ last backup (full at"),
+        "status says the backup failed:\n{status_text}"
+    );
+    let after = vm.cli("backup now", &["--type", "incr"]);
+    assert!(after.status.success(), "the next backup: {}", text(&after));
 
     // 2. Rows from the second node, a differential backup, a time T, more rows, a drop.
     let peer = lab.join_peer().expect("second node joins");
