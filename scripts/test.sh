@@ -15,8 +15,20 @@
 #      it runs when that kernel is cached or the run is early enough to afford it
 #      (SOVEREIGN_ARM64_BUDGET_MIN, default 40), and says so when it skips;
 #      SOVEREIGN_ARM64_BOOT=1 always runs it, 0 never
+# --heavy (or SOVEREIGN_HEAVY_TESTS=1) adds the drills that spend minutes waiting on real
+# timeouts (a full backup disk, a lost backup disk refilled) and fuzzes 300 s per target
+# instead of 30; CI runs the default set, which fits its time budget.
 # Heavy artifacts are cached under ${XDG_CACHE_HOME:-$HOME/.cache}/sovereign.
 source "$(dirname "$0")/lib.sh"
+for arg in "$@"; do
+  case "$arg" in
+    --heavy) export SOVEREIGN_HEAVY_TESTS=1 ;;
+    -h|--help) sed -n '2,/^source/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) die "unknown argument '$arg' (scripts/test.sh [--heavy])" ;;
+  esac
+done
+if [ "${SOVEREIGN_HEAVY_TESTS:-0}" = 1 ]; then fuzz_default=300; else fuzz_default=30; fi
+fuzz_seconds=${SOVEREIGN_FUZZ_SECONDS:-$fuzz_default}
 cd "$SOVEREIGN_ROOT"
 start=$(date +%s)
 step() { log "[$(( $(date +%s) - start ))s] $*"; }
@@ -48,9 +60,9 @@ SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_CLOUD_KERNEL=$cloud/vmlinuz SOVEREIGN_R
 SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_REQUIRE_VM_TESTS=1 \
   cargo test -p sovereign-tests --locked --test faults -- --include-ignored --nocapture
 
-step "fuzzing the codecs (${SOVEREIGN_FUZZ_SECONDS:-60}s per target)"
+step "fuzzing the codecs (${fuzz_seconds}s per target)"
 for target in hyperkit_frames control_frames kernel_cmdline; do
-  (cd fuzz && cargo +nightly fuzz run "$target" -- -max_total_time="${SOVEREIGN_FUZZ_SECONDS:-60}" >/dev/null 2>"$SOVEREIGN_CACHE/fuzz-$target.log") \
+  (cd fuzz && cargo +nightly fuzz run "$target" -- -max_total_time="$fuzz_seconds" >/dev/null 2>"$SOVEREIGN_CACHE/fuzz-$target.log") \
     || { tail -n 40 "$SOVEREIGN_CACHE/fuzz-$target.log"; die "fuzz target $target failed"; }
   grep -E '^Done [0-9]+ runs' "$SOVEREIGN_CACHE/fuzz-$target.log" | sed "s/^/$target: /" >&2 || true
 done

@@ -207,6 +207,18 @@ pub fn require_or_skip<T>(name: &str, result: Result<T, String>) -> Option<T> {
     }
 }
 
+/// Whether the heavy variant `what` of a VM test runs: drills that spend minutes
+/// waiting on real timeouts run only with `SOVEREIGN_HEAVY_TESTS=1`
+/// (`scripts/test.sh --heavy`), so the default run stays inside CI's time budget. A
+/// skipped variant says so on stderr, in the summary the runner prints.
+pub fn heavy_variant(what: &str) -> bool {
+    let on = std::env::var("SOVEREIGN_HEAVY_TESTS").as_deref() == Ok("1");
+    if !on {
+        eprintln!("SKIPPED heavy variant: {what} (SOVEREIGN_HEAVY_TESTS=1 or scripts/test.sh --heavy runs it)");
+    }
+    on
+}
+
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))

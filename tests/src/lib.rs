@@ -17,4 +17,4 @@ pub mod process;
 pub mod tailnode;
 pub mod vm;
 
-pub use artifacts::{vm_test, Artifacts};
+pub use artifacts::{heavy_variant, vm_test, Artifacts};
