@@ -175,6 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 let (spec, source) = vm.load(&env)?;
                 sovereign::commands::backup::restore_new_disk(spec, &env, &source, to, yes).await
             }
+            Command::Build(args) => sovereign::commands::build::run(&args),
             Command::Deploy(args) => sovereign::commands::deploy::run(&args, &env),
             Command::Logs { vm, log } => {
                 sovereign::commands::query::logs(&vm.load(&env)?.0, log.to_guest_log()).await

@@ -294,6 +294,9 @@ pub enum Command {
         #[command(subcommand)]
         action: DbAction,
     },
+    /// Build the VM's artifact set (kernel, root image, binaries) from this source tree
+    /// and print where it is: the step before `deploy --sql`.
+    Build(crate::commands::build::BuildArgs),
     /// Copy the arm64 artifact set to a rooted phone over adb (only what changed), verify
     /// it by SHA-256, and print the command that starts the VM there.
     Deploy(crate::commands::deploy::DeployArgs),
@@ -333,6 +336,34 @@ fn parse_stage(s: &str) -> Result<Stage, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    /// The seed's plan spells the phone workflow this way; every line must parse.
+    #[test]
+    fn the_seeds_commands_parse_as_written() {
+        for line in [
+            "build --sql",
+            "build --sql --arch x86_64",
+            "deploy --sql",
+            "start --sql",
+            "test --sql",
+            "status",
+            "stop --sql",
+        ] {
+            let argv = std::iter::once("sovereign").chain(line.split(' '));
+            if let Err(e) = Cli::try_parse_from(argv) {
+                panic!("`sovereign {line}` does not parse: {e}");
+            }
+        }
+        let c = Cli::try_parse_from(["sovereign", "build", "--sql"]).unwrap();
+        assert!(
+            matches!(&c.command, Command::Build(b) if b.arch == protocol::arch::Arch::Arm64),
+            "the phone's arch by default"
+        );
+        let e = Cli::try_parse_from(["sovereign", "build", "--arch", "riscv"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown architecture \"riscv\""), "{e}");
+    }
 
     #[test]
     fn cli_is_consistent() {

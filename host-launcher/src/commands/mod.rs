@@ -4,6 +4,7 @@
 
 pub mod app_roles;
 pub mod backup;
+pub mod build;
 pub mod console;
 pub mod db;
 pub mod deploy;
