@@ -7,7 +7,7 @@
 use crate::kernel;
 use crate::paths::{socket_path_fits, HostEnv, MAX_SOCKET_PATH};
 use crate::rundir::RunDir;
-use crate::spec::{Backend, DataDisk, Problem, Spec};
+use crate::spec::{Backend, DataDisk, Problem, Protection, Spec};
 use kernel_config::Arch;
 use nix::unistd::{access, AccessFlags};
 use protocol::config::{is_dns_label, is_sql_identifier};
@@ -295,12 +295,25 @@ fn check_vmm(spec: &Spec, host_arch: Option<Arch>, _env: &HostEnv, p: &mut Vec<P
                     ),
                 ));
             }
+            if v.protection != Protection::None && spec.arch != Arch::Arm64 {
+                p.push(Problem::new(
+                    "vmm.protection",
+                    v.protection,
+                    "protected VMs are a pKVM feature of arm64; on x86_64 use \"none\"",
+                ));
+            }
             if let Some(n) = v.swiotlb_mib {
                 if spec.arch != Arch::Arm64 {
                     p.push(Problem::new(
                         "vmm.swiotlb_mib",
                         n,
                         "crosvm accepts --swiotlb only in aarch64 builds",
+                    ));
+                } else if v.protection == Protection::None {
+                    p.push(Problem::new(
+                        "vmm.swiotlb_mib",
+                        n,
+                        "only a protected VM bounces its I/O through swiotlb; set vmm.protection = \"without-firmware\" or drop it",
                     ));
                 } else if !(1..=1024).contains(&n) {
                     p.push(Problem::new(
@@ -312,10 +325,10 @@ fn check_vmm(spec: &Spec, host_arch: Option<Arch>, _env: &HostEnv, p: &mut Vec<P
             }
         }
         Backend::Qemu => {
-            if v.protected_vm_without_firmware {
+            if v.protection != Protection::None {
                 p.push(Problem::new(
-                    "vmm.protected_vm_without_firmware",
-                    true,
+                    "vmm.protection",
+                    v.protection,
                     "is a crosvm option; the backend is qemu",
                 ));
             }
@@ -599,25 +612,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spec = good(dir.path());
         let env = env_in(dir.path(), false);
-        spec.vmm.protected_vm_without_firmware = true;
-        assert_eq!(
-            fields(&validate(&spec, &env)),
-            ["vmm.protected_vm_without_firmware"]
-        );
+        spec.vmm.protection = Protection::WithoutFirmware;
+        assert_eq!(fields(&validate(&spec, &env)), ["vmm.protection"]);
         spec.vmm.backend = Backend::Crosvm;
         spec.vmm.swiotlb_mib = Some(64);
         let p = validate(&spec, &env);
         if Arch::host() == Some(Arch::X86_64) {
-            assert_eq!(fields(&p), ["vmm.swiotlb_mib"]);
-            assert!(p[0].why.contains("aarch64"));
+            // An x86_64 guest cannot be protected, and has no --swiotlb.
+            assert_eq!(fields(&p), ["vmm.protection", "vmm.swiotlb_mib"]);
+            assert!(p[0].why.contains("pKVM feature of arm64"), "{}", p[0]);
+            assert!(p[1].why.contains("aarch64"));
         }
         // An arm64 guest under TCG is fine on any host, but not under crosvm on x86.
         spec.arch = Arch::Arm64;
         spec.kernel = dir.path().join("Image");
         spec.vmm.swiotlb_mib = None;
-        spec.vmm.protected_vm_without_firmware = false;
+        spec.vmm.protection = Protection::None;
         spec.vmm.backend = Backend::Qemu;
         assert_eq!(validate(&spec, &env), vec![]);
+        if Arch::host() == Some(Arch::Arm64) {
+            spec.vmm.backend = Backend::Crosvm;
+            spec.vmm.swiotlb_mib = Some(16);
+            assert_eq!(fields(&validate(&spec, &env)), ["vmm.swiotlb_mib"]);
+            spec.vmm.protection = Protection::WithoutFirmware;
+            assert_eq!(validate(&spec, &env), vec![]);
+            spec.vmm.backend = Backend::Qemu;
+            spec.vmm.swiotlb_mib = None;
+            spec.vmm.protection = Protection::None;
+        }
         if Arch::host() == Some(Arch::X86_64) {
             spec.vmm.backend = Backend::Crosvm;
             assert_eq!(fields(&validate(&spec, &env)), ["arch"]);

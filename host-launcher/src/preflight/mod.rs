@@ -7,11 +7,12 @@
 //! functions, listed in [`checks`]; Android-only ones in [`android_checks`]. This module
 //! runs them and renders the report; the checks live by what they look at: `access`
 //! (privileges and the VMM's device nodes), `software` (programs, kernel options,
-//! SELinux), `cid` (who holds the guest's CID) and `storage` (state directories and
-//! room for the data disk).
+//! SELinux), `hypervisor` (the phone's VM modes and crosvm's flags), `cid` (who holds
+//! the guest's CID) and `storage` (state directories and room for the data disk).
 
 mod access;
 mod cid;
+mod hypervisor;
 mod software;
 mod storage;
 
@@ -129,6 +130,7 @@ pub fn checks() -> Vec<CheckFn> {
         access::kvm,
         access::vsock_device,
         software::vmm_binary,
+        hypervisor::crosvm_flags,
         software::gvproxy,
         cid::cid_free,
         software::kernel_options,
@@ -137,10 +139,11 @@ pub fn checks() -> Vec<CheckFn> {
     ]
 }
 
-/// Checks that only mean something on Android: the SELinux mode (reported) and VMs
-/// the launcher did not start that hold the CID (another app's crosvm).
+/// Checks that only mean something on Android: the SELinux mode (reported), the VM
+/// modes the phone supports, and VMs the launcher did not start that hold the CID
+/// (another app's crosvm).
 pub fn android_checks() -> Vec<CheckFn> {
-    vec![software::selinux, cid::foreign_cid]
+    vec![software::selinux, hypervisor::modes, cid::foreign_cid]
 }
 
 /// Runs every applicable check.

@@ -3,7 +3,8 @@
 
 use super::{
     qemu_binary, AppSpec, Backend, BackupSpec, DataDisk, GuestSpec, OffsiteSpec, PostgresSpec,
-    Problem, ScheduleSpec, Spec, SpecError, TailscaleSpec, Timeouts, VmmSpec, DEFAULT_NAME,
+    Problem, Protection, ScheduleSpec, Spec, SpecError, TailscaleSpec, Timeouts, VmmSpec,
+    DEFAULT_NAME,
 };
 use crate::paths::{resolve, HostEnv, ANDROID_CROSVM};
 use kernel_config::Arch;
@@ -148,7 +149,7 @@ struct VmmFile {
     qemu_accel: Option<String>,
     vhost_device_vsock: Option<String>,
     gvproxy: Option<String>,
-    protected_vm_without_firmware: Option<bool>,
+    protection: Option<Protection>,
     swiotlb_mib: Option<u32>,
 }
 
@@ -339,7 +340,7 @@ fn resolve_file(
                 .vhost_device_vsock
                 .unwrap_or_else(|| "vhost-device-vsock".to_string()),
             gvproxy: f.vmm.gvproxy.unwrap_or_else(|| "gvproxy".to_string()),
-            protected_vm_without_firmware: f.vmm.protected_vm_without_firmware.unwrap_or(false),
+            protection: f.vmm.protection.unwrap_or_default(),
             swiotlb_mib: f.vmm.swiotlb_mib,
         },
         timeouts: Timeouts {

@@ -113,6 +113,35 @@ impl fmt::Display for Backend {
     }
 }
 
+/// Whether crosvm runs the guest as a protected VM (pKVM keeps its memory from the
+/// Android host). One field, so a spec cannot ask for half of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protection {
+    /// An ordinary VM: runs everywhere pKVM runs.
+    #[default]
+    None,
+    /// `--protected-vm-without-firmware`: protected, without pvmfw (arm64 crosvm only;
+    /// experimental in crosvm, and not every phone allows it).
+    WithoutFirmware,
+}
+
+impl Protection {
+    /// The spec's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protection::None => "none",
+            Protection::WithoutFirmware => "without-firmware",
+        }
+    }
+}
+
+impl fmt::Display for Protection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The data disk: PostgreSQL's `/data`, formatted ext4 by the guest when blank.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DataDisk {
@@ -240,9 +269,11 @@ pub struct VmmSpec {
     pub vhost_device_vsock: String,
     /// gvproxy.
     pub gvproxy: String,
-    /// crosvm `--protected-vm-without-firmware` (pKVM without pvmfw).
-    pub protected_vm_without_firmware: bool,
-    /// crosvm `--swiotlb <MiB>` (aarch64 crosvm builds only).
+    /// Protected VM or not (crosvm only).
+    #[serde(default)]
+    pub protection: Protection,
+    /// crosvm `--swiotlb <MiB>` for a protected VM (default: sized from the device
+    /// count, as Android's virtualization service does; aarch64 crosvm builds only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swiotlb_mib: Option<u32>,
 }

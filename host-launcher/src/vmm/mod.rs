@@ -4,13 +4,15 @@
 
 pub mod cmdline;
 pub mod crosvm;
+pub mod crosvm_flags;
 pub mod helpers;
 pub mod qemu;
 
 use crate::paths::HostEnv;
 use crate::rundir::{Role, RunDir};
 use crate::spec::{Backend, Spec};
-use std::path::PathBuf;
+use crate::vmm::crosvm_flags::CrosvmFlags;
+use std::path::{Path, PathBuf};
 
 /// One process to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,8 +55,24 @@ pub fn program(env: &HostEnv, configured: &str) -> String {
         .unwrap_or_else(|| configured.to_string())
 }
 
-/// Renders the launch plan of `spec`.
+/// What the crosvm `spec` names accepts: asked from the binary itself, or (when it
+/// cannot be run here, as in a dry run on another machine) what current crosvm accepts.
+pub fn crosvm_flags(spec: &Spec, env: &HostEnv) -> CrosvmFlags {
+    CrosvmFlags::probe(Path::new(&program(env, &spec.vmm.crosvm))).unwrap_or(CrosvmFlags::CURRENT)
+}
+
+/// Renders the launch plan of `spec`, asking crosvm (for that backend) which flags it
+/// knows.
 pub fn plan(spec: &Spec, env: &HostEnv) -> LaunchPlan {
+    let flags = match spec.vmm.backend {
+        Backend::Crosvm => crosvm_flags(spec, env),
+        Backend::Qemu => CrosvmFlags::CURRENT,
+    };
+    plan_with(spec, env, &flags)
+}
+
+/// Renders the launch plan of `spec` for a crosvm that accepts `flags` (pure).
+pub fn plan_with(spec: &Spec, env: &HostEnv, flags: &CrosvmFlags) -> LaunchPlan {
     let run = RunDir::new(&spec.run_dir);
     let cmdline = cmdline::kernel_cmdline(spec);
     let mut commands = Vec::new();
@@ -77,7 +95,7 @@ pub fn plan(spec: &Spec, env: &HostEnv) -> LaunchPlan {
     let (vmm_program, args) = match spec.vmm.backend {
         Backend::Crosvm => (
             program(env, &spec.vmm.crosvm),
-            crosvm::args(spec, &run, &cmdline),
+            crosvm::args(spec, &run, &cmdline, flags),
         ),
         Backend::Qemu => (
             program(env, &spec.vmm.qemu),
