@@ -137,6 +137,24 @@ mod tests {
     }
 
     #[test]
+    fn golden_x86_64_rendering() {
+        // crosvm on an x86_64 host (a Chromebook-like box): same shape, bzImage kernel.
+        let mut spec = phone_spec();
+        spec.arch = kernel_config::Arch::X86_64;
+        spec.kernel = "/data/sovereign/bzImage".into();
+        assert_eq!(
+            line(&spec, &CrosvmFlags::CURRENT),
+            format!(
+                "/apex/com.android.virt/bin/crosvm run --disable-sandbox --vsock cid=10 --mem 1024 --cpus 2 \
+                 --block path=/data/sovereign/root.img,ro=false,root=true \
+                 --block path=/data/sovereign/postgres.img,ro=false \
+                 --block path=/data/sovereign/backup.img,ro=false \
+                 --no-balloon --no-usb {TAIL} /data/sovereign/bzImage"
+            )
+        );
+    }
+
+    #[test]
     fn golden_protected_rendering() {
         let mut spec = phone_spec();
         spec.vmm.protection = Protection::WithoutFirmware;
