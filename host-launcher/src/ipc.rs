@@ -241,6 +241,21 @@ pub struct VmStatus {
     pub console_log: PathBuf,
     /// The supervisor log.
     pub supervisor_log: PathBuf,
+    /// The times the supervisor booted the VM again after its VMM died (`restart =
+    /// "on-failure"`), oldest first.
+    #[serde(default)]
+    pub restarts: Vec<VmRestart>,
+}
+
+/// One boot after the VMM died on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmRestart {
+    /// When (seconds since the epoch).
+    pub at_unix: u64,
+    /// Which process exited, and how.
+    pub exited: String,
+    /// The console's last lines before it ended.
+    pub console_tail: Vec<String>,
 }
 
 /// A connection to a supervisor.

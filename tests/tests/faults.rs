@@ -11,8 +11,10 @@
 //! wrong, `start` refuses, and then a hostile host end of the control channel: garbage,
 //! an oversize length, a frame cut mid-way, a peer that stays silent; PID 1 stays up,
 //! keeps serving and notices each within a bound; `stop` still shuts the guest down
-//! cleanly); a power cut; a full data disk; `stop` under load. With
-//! `SOVEREIGN_HEAVY_FAULTS=1`, also memory pressure to the OOM killer.
+//! cleanly); a power cut; a full data disk; `stop` under load; the VMM SIGKILLed
+//! under `restart = "on-failure"` (booted again without a command, and `stop` then
+//! stops it for good). As a heavy variant (`SOVEREIGN_HEAVY_TESTS=1`), also memory
+//! pressure to the OOM killer.
 //!
 //! Also here, since the VM runs with every secret in use: no secret (superuser and app
 //! passwords, the auth key) appears in any host process's arguments or environment, in
@@ -27,7 +29,7 @@ use sovereign_tests::load::{self, WriteLoad};
 use sovereign_tests::process::{kill, run, text, wait_for};
 use sovereign_tests::tailnode::TailNode;
 use sovereign_tests::vm::{Vm, VmOptions};
-use sovereign_tests::vm_test;
+use sovereign_tests::{heavy_variant, vm_test};
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -246,7 +248,6 @@ fn hostile_host_end(vm: &Vm) -> Vec<(Hostility, Duration)> {
 #[ignore = "VM test: needs root, QEMU and the artifact set; scripts/test.sh runs it"]
 fn every_fault_recovers_and_no_acknowledged_row_is_lost() {
     let Some(a) = vm_test("faults") else { return };
-    let heavy = std::env::var("SOVEREIGN_HEAVY_FAULTS").as_deref() == Ok("1");
     let mut lab = Lab::start(&a.tools, "faults").expect("lab");
     let opts = VmOptions {
         apps: vec!["vaultwarden".into()],
@@ -466,7 +467,7 @@ fn every_fault_recovers_and_no_acknowledged_row_is_lost() {
         "postgres refused writes; reserve released; drop freed the space".into()
     }));
 
-    if heavy {
+    if heavy_variant("faults: memory pressure up to the OOM killer") {
         table.push(fault("memory exhausted (OOM killer)", peer, &pgpass, &writes, || {
             let o = vm.query("select count(*) from (select array_agg(g) from generate_series(1, 400000000) g) x");
             assert!(o.is_err(), "the query cannot finish in 1 GiB");
@@ -509,6 +510,62 @@ fn every_fault_recovers_and_no_acknowledged_row_is_lost() {
         ),
     });
     let _ = vm.stop();
+
+    // The VMM dies on its own under `restart = "on-failure"` (the default on Android):
+    // the supervisor boots the VM again without a command, and `stop` then stops it
+    // for good.
+    let spec = std::fs::read_to_string(&vm.spec).unwrap();
+    std::fs::write(&vm.spec, format!("restart = \"on-failure\"\n{spec}")).unwrap();
+    vm.start_ok();
+    vm.query(&format!("truncate {}", load::TABLE))
+        .expect("a fresh count for this row");
+    let writes = WriteLoad::start(peer.ns_name(), &pgpass);
+    assert!(
+        writes
+            .first_ack_after(Instant::now() - Duration::from_secs(1), RECOVERY_DEADLINE)
+            .is_some(),
+        "writes after the restart-policy start: {:?}",
+        writes.last_failure()
+    );
+    table.push(fault(
+        "VMM SIGKILLed, restart = on-failure",
+        peer,
+        &pgpass,
+        &writes,
+        || {
+            kill(pid(&vm, "qemu-system"), nix::sys::signal::Signal::SIGKILL);
+            "booted again by the supervisor, no command".into()
+        },
+    ));
+    let status = vm.status();
+    assert_eq!(status["phase"], "up", "{status}");
+    let restarts = status["restarts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(restarts.len(), 1, "one restart recorded: {status}");
+    assert!(
+        restarts[0]["exited"]
+            .as_str()
+            .is_some_and(|e| e.contains("vmm") && e.contains("signal: 9")),
+        "the VMM's exit status is recorded: {}",
+        restarts[0]
+    );
+    assert!(
+        text(&vm.cli("status", &[])).contains("booted again 1 time(s) after its VMM died"),
+        "status says so"
+    );
+    let acked = writes.stop();
+    assert_eq!(lost(peer, &pgpass, acked), 0, "every acknowledged row");
+    let stopped = vm.stop();
+    assert!(stopped.status.success(), "stop: {}", text(&stopped));
+    std::thread::sleep(Duration::from_secs(10));
+    assert_eq!(
+        vm.pid_of("qemu-system"),
+        None,
+        "nothing boots the VM again after stop"
+    );
+    assert!(
+        vm.leftover_processes().is_empty(),
+        "nothing left after stop"
+    );
 
     println!("\n| fault | writes were out for | rows acknowledged | rows lost | note |");
     println!("|---|---|---|---|---|");

@@ -41,6 +41,7 @@ pub async fn gather(spec: &Spec) -> VmStatus {
         guest_error: Some("no supervisor is running".into()),
         console_log: spec.console_log.clone(),
         supervisor_log: spec.log_file("supervisor"),
+        restarts: vec![],
     }
 }
 
@@ -148,6 +149,18 @@ pub fn render(s: &VmStatus) -> String {
             p.role.name(),
             pid,
             if p.alive { "alive" } else { "not running" }
+        );
+    }
+    if let Some(last) = s.restarts.last() {
+        let ago = u64::try_from(now_unix())
+            .unwrap_or(0)
+            .saturating_sub(last.at_unix);
+        let _ = writeln!(
+            o,
+            "  ! booted again {} time(s) after its VMM died; the last {} ago ({}); the console before it is in the log",
+            s.restarts.len(),
+            human_duration(ago * 1000),
+            last.exited
         );
     }
     if !s.stages.is_empty() {

@@ -3,8 +3,8 @@
 
 use super::{
     qemu_binary, AppSpec, Backend, BackupSpec, DataDisk, GuestSpec, OffsiteSpec, PostgresSpec,
-    Problem, Protection, ScheduleSpec, Spec, SpecError, TailscaleSpec, Timeouts, VmmSpec,
-    DEFAULT_NAME,
+    Problem, Protection, RestartPolicy, ScheduleSpec, Spec, SpecError, TailscaleSpec, Timeouts,
+    VmmSpec, DEFAULT_NAME,
 };
 use crate::paths::{resolve, HostEnv, ANDROID_CROSVM};
 use kernel_config::Arch;
@@ -29,6 +29,7 @@ struct SpecFile {
     run_dir: Option<PathBuf>,
     secrets_dir: Option<PathBuf>,
     wait_for: Option<Stage>,
+    restart: Option<RestartPolicy>,
     #[serde(default)]
     data_disk: DataDiskFile,
     #[serde(default)]
@@ -274,6 +275,11 @@ fn resolve_file(
                 .unwrap_or_else(|| PathBuf::from("run").join(&name)),
         ),
         wait_for: f.wait_for.unwrap_or(Stage::Ready),
+        restart: f.restart.unwrap_or(if env.android {
+            RestartPolicy::OnFailure
+        } else {
+            RestartPolicy::No
+        }),
         data_disk: DataDisk {
             path: in_dir(
                 f.data_disk

@@ -113,6 +113,19 @@ impl fmt::Display for Backend {
     }
 }
 
+/// What the supervisor does when the VMM exits without being asked to: a database that
+/// stays down after crosvm dies is not a server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Stop everything and report (the default off Android, where a person is watching).
+    #[default]
+    No,
+    /// Boot the VM again, with a growing pause and at most a few times an hour (the
+    /// default on Android); never after `stop`.
+    OnFailure,
+}
+
 /// Whether crosvm runs the guest as a protected VM (pKVM keeps its memory from the
 /// Android host). One field, so a spec cannot ask for half of it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -359,6 +372,9 @@ pub struct Spec {
     pub secrets_dir: PathBuf,
     /// The stage at which `start` says "up" (`ready`, or `control` for boot-only images).
     pub wait_for: Stage,
+    /// What happens when the VMM dies on its own.
+    #[serde(default)]
+    pub restart: RestartPolicy,
     /// The data disk, `/dev/vdb`.
     pub data_disk: DataDisk,
     /// The backup disk, `/dev/vdc` (attached when backups are enabled).

@@ -1,6 +1,7 @@
 //! The VM's host processes: started in order (each after the previous one's socket
 //! exists), watched until they exit, and what an exit means: a failed boot while
-//! booting, a stop once up, except gvproxy, which is restarted a few times.
+//! booting, a stop once up, except gvproxy, which is restarted a few times, and the
+//! VMM under `restart = "on-failure"` (see `restart`).
 
 use super::failure::at_launch;
 use super::{Flow, Supervisor, FAILED_BOOT_SHUTDOWN};
@@ -86,6 +87,9 @@ impl Supervisor {
             if self.restart_gvproxy() {
                 return Flow::Continue;
             }
+        }
+        if let Some(flow) = self.restart_vm(role, status).await {
+            return flow;
         }
         if self.phase == Phase::Up {
             let report = self

@@ -9,7 +9,7 @@
 //! and routes each input to the module of its duty: `clients` (the supervisor socket),
 //! `events` (history and broadcast), `requests` (guest requests in flight), `guest` (the
 //! control channel), `progress` (stages and the GuestConfig), `launch` (processes and
-//! their exits), `teardown` (stopping), `failure` (the failure report) and `snapshot`
+//! their exits), `restart` (booting again after the VMM died), `teardown` (stopping), `failure` (the failure report) and `snapshot`
 //! (the status).
 
 mod clients;
@@ -20,6 +20,7 @@ mod launch;
 mod netrelay;
 mod progress;
 mod requests;
+mod restart;
 mod snapshot;
 mod teardown;
 mod transfers;
@@ -173,6 +174,8 @@ pub async fn run(run: RunDir) -> Result<i32, SuperviseError> {
         pending: PendingRequests::default(),
         guest_shutting_down: false,
         gvproxy_restarts: 0,
+        restart_budget: restart::RestartBudget::default(),
+        restarts: Vec::new(),
     };
     sup.main().await
 }
@@ -196,6 +199,8 @@ struct Supervisor {
     pending: PendingRequests,
     guest_shutting_down: bool,
     gvproxy_restarts: u32,
+    restart_budget: restart::RestartBudget,
+    restarts: Vec<crate::ipc::VmRestart>,
     console: ConsoleTail,
 }
 

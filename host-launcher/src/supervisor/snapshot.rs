@@ -26,6 +26,7 @@ impl Supervisor {
             guest_error: None,
             console_log: self.spec.console_log.clone(),
             supervisor_log: self.spec.log_file("supervisor"),
+            restarts: self.restarts.clone(),
         }
     }
 }
