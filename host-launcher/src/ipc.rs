@@ -245,6 +245,9 @@ pub struct VmStatus {
     /// "on-failure"`), oldest first.
     #[serde(default)]
     pub restarts: Vec<VmRestart>,
+    /// The boot script that starts the VM after a reboot, when `enable` installed one.
+    #[serde(default)]
+    pub autostart: Option<PathBuf>,
 }
 
 /// One boot after the VMM died on its own.

@@ -4,9 +4,10 @@
 //!
 //! One module per duty: [`spec`] and [`validate`] (the VM spec), [`preflight`] (is the
 //! host fit), [`vmm`] (command lines), [`supervisor`] with [`control`], [`console`] and
-//! [`readiness`] (the detached supervisor), [`ipc`] (its socket), [`commands`] (the CLI
-//! verbs).
+//! [`readiness`] (the detached supervisor), [`ipc`] (its socket), [`autostart`] (the
+//! boot script), [`commands`] (the CLI verbs).
 
+pub mod autostart;
 pub mod cli;
 pub mod commands;
 pub mod conninfo;

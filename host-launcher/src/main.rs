@@ -175,6 +175,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 let (spec, source) = vm.load(&env)?;
                 sovereign::commands::backup::restore_new_disk(spec, &env, &source, to, yes).await
             }
+            Command::Enable { vm } => {
+                let (spec, _) = vm.load(&env)?;
+                sovereign::commands::autostart::enable(&spec, vm.spec.as_deref(), &env)
+            }
+            Command::Disable { vm } => {
+                sovereign::commands::autostart::disable(&vm.load(&env)?.0, &env)
+            }
             Command::Build(args) => sovereign::commands::build::run(&args),
             Command::Deploy(args) => sovereign::commands::deploy::run(&args, &env),
             Command::Logs { vm, log } => {

@@ -16,6 +16,8 @@ pub const ANDROID_BASE_DIR: &str = "/data/sovereign";
 pub const LINUX_BASE_DIR: &str = "/var/lib/sovereign";
 /// crosvm as shipped by Android's virtualization APEX.
 pub const ANDROID_CROSVM: &str = "/apex/com.android.virt/bin/crosvm";
+/// Where KernelSU and Magisk run boot scripts from (`*.sh`, after boot, as root).
+pub const ANDROID_BOOT_SCRIPT_DIR: &str = "/data/adb/service.d";
 /// Overrides the state directory on non-Android hosts.
 pub const HOME_ENV: &str = "SOVEREIGN_HOME";
 /// Overrides the tool cache (`${XDG_CACHE_HOME:-$HOME/.cache}/sovereign`).
@@ -37,6 +39,8 @@ pub struct HostEnv {
     pub vhost_vsock_device: PathBuf,
     /// Root of the SELinux filesystem (`/sys/fs/selinux`).
     pub selinux_fs: PathBuf,
+    /// The root manager's boot-script directory ([`ANDROID_BOOT_SCRIPT_DIR`]).
+    pub boot_script_dir: PathBuf,
     /// Effective user id.
     pub euid: u32,
 }
@@ -73,6 +77,7 @@ impl HostEnv {
             kvm_device: PathBuf::from("/dev/kvm"),
             vhost_vsock_device: PathBuf::from("/dev/vhost-vsock"),
             selinux_fs: PathBuf::from("/sys/fs/selinux"),
+            boot_script_dir: PathBuf::from(ANDROID_BOOT_SCRIPT_DIR),
             euid: nix::unistd::geteuid().as_raw(),
         }
     }
@@ -168,6 +173,7 @@ mod tests {
             kvm_device: dir.path().join("kvm"),
             vhost_vsock_device: dir.path().join("vhost-vsock"),
             selinux_fs: dir.path().join("selinux"),
+            boot_script_dir: dir.path().join("service.d"),
             euid: 0,
         };
         assert_eq!(env.find_tool("gvproxy"), None);

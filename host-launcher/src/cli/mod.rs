@@ -294,6 +294,18 @@ pub enum Command {
         #[command(subcommand)]
         action: DbAction,
     },
+    /// Start the VM by itself after the phone reboots: installs a boot script in the
+    /// root manager's boot-script directory (/data/adb/service.d, run by KernelSU and
+    /// Magisk) that waits for Android to finish booting, then runs `start`.
+    Enable {
+        #[command(flatten)]
+        vm: VmArgs,
+    },
+    /// Remove the boot script `enable` installed (a running VM keeps running).
+    Disable {
+        #[command(flatten)]
+        vm: VmArgs,
+    },
     /// Build the VM's artifact set (kernel, root image, binaries) from this source tree
     /// and print where it is: the step before `deploy --sql`.
     Build(crate::commands::build::BuildArgs),
@@ -348,6 +360,8 @@ mod tests {
             "test --sql",
             "status",
             "stop --sql",
+            "enable --sql",
+            "disable --sql",
         ] {
             let argv = std::iter::once("sovereign").chain(line.split(' '));
             if let Err(e) = Cli::try_parse_from(argv) {

@@ -3,6 +3,7 @@
 //! not fit to start (validation, preflight).
 
 pub mod app_roles;
+pub mod autostart;
 pub mod backup;
 pub mod build;
 pub mod console;

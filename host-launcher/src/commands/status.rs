@@ -9,6 +9,13 @@ use crate::spec::{Backend, Spec};
 
 /// Gathers the status of `spec`'s VM.
 pub async fn gather(spec: &Spec) -> VmStatus {
+    let mut status = gather_vm(spec).await;
+    status.autostart = crate::autostart::installed(&crate::paths::HostEnv::detect(), &spec.name);
+    status
+}
+
+/// The supervisor's status of `spec`'s VM, or what the pid files say without one.
+async fn gather_vm(spec: &Spec) -> VmStatus {
     let spec = running_spec(spec);
     let run = RunDir::new(&spec.run_dir);
     if let Ok(mut c) = Client::connect(&run).await {
@@ -42,6 +49,7 @@ pub async fn gather(spec: &Spec) -> VmStatus {
         console_log: spec.console_log.clone(),
         supervisor_log: spec.log_file("supervisor"),
         restarts: vec![],
+        autostart: None,
     }
 }
 
@@ -248,6 +256,18 @@ pub fn render(s: &VmStatus) -> String {
             );
         }
     }
+    match (&s.autostart, s.backend.as_str()) {
+        (Some(p), _) => {
+            let _ = writeln!(o, "  after a reboot: starts by itself ({})", p.display());
+        }
+        (None, "crosvm") => {
+            let _ = writeln!(
+                o,
+                "  after a reboot: stays down (`sovereign enable` makes it start by itself)"
+            );
+        }
+        (None, _) => {}
+    }
     let _ = writeln!(o, "  console: {}", s.console_log.display());
     let _ = writeln!(o, "  log:     {}", s.supervisor_log.display());
     o
@@ -388,8 +408,61 @@ fn render_offsite(off: &protocol::backup::OffsiteStatus) -> String {
 }
 
 #[cfg(test)]
-mod backup_tests {
-    use super::render_backup;
+mod tests {
+    use super::{render, render_backup};
+    use crate::ipc::{Phase, VmStatus};
+
+    fn not_running(backend: &str) -> VmStatus {
+        VmStatus {
+            name: "sql".into(),
+            cid: 10,
+            backend: backend.into(),
+            phase: Phase::Up,
+            elapsed_ms: Some(1000),
+            processes: vec![],
+            stages: vec![],
+            control_connected: true,
+            hello: None,
+            devices: None,
+            guest: None,
+            guest_error: None,
+            console_log: "/data/sovereign/sql-console.log".into(),
+            supervisor_log: "/data/sovereign/sql-supervisor.log".into(),
+            restarts: vec![],
+            autostart: None,
+        }
+    }
+
+    #[test]
+    fn restarts_and_the_boot_script_are_said() {
+        let mut s = not_running("crosvm");
+        let text = render(&s);
+        assert!(
+            text.contains("after a reboot: stays down (`sovereign enable`"),
+            "{text}"
+        );
+        assert!(!text.contains("booted again"), "{text}");
+        s.autostart = Some("/data/adb/service.d/sovereign-sql.sh".into());
+        s.restarts.push(crate::ipc::VmRestart {
+            at_unix: 0,
+            exited: "vmm: signal: 9 (SIGKILL)".into(),
+            console_tail: vec![],
+        });
+        let text = render(&s);
+        assert!(
+            text.contains(
+                "after a reboot: starts by itself (/data/adb/service.d/sovereign-sql.sh)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("! booted again 1 time(s) after its VMM died")
+                && text.contains("(vmm: signal: 9 (SIGKILL))"),
+            "{text}"
+        );
+        // Under QEMU (a dev box) the boot script is not a thing to mention.
+        assert!(!render(&not_running("qemu")).contains("after a reboot"));
+    }
 
     #[test]
     fn a_filling_data_disk_is_warned_about_from_80_percent() {

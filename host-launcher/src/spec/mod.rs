@@ -482,6 +482,7 @@ pub(crate) mod tests {
             kvm_device: dir.join("dev-kvm"),
             vhost_vsock_device: dir.join("dev-vhost-vsock"),
             selinux_fs: dir.join("selinux"),
+            boot_script_dir: dir.join("adb/service.d"),
             euid: 0,
         }
     }

@@ -27,6 +27,7 @@ impl Supervisor {
             console_log: self.spec.console_log.clone(),
             supervisor_log: self.spec.log_file("supervisor"),
             restarts: self.restarts.clone(),
+            autostart: None,
         }
     }
 }

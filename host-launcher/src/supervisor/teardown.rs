@@ -31,7 +31,11 @@ pub fn remove_own_files(run: &RunDir) {
 
 impl Supervisor {
     /// Waits for `role` to exit (reaped by its watcher), up to `limit`.
-    pub(super) async fn wait_exit(&mut self, role: Role, limit: Duration) -> Option<std::process::ExitStatus> {
+    pub(super) async fn wait_exit(
+        &mut self,
+        role: Role,
+        limit: Duration,
+    ) -> Option<std::process::ExitStatus> {
         if !self.pids.contains_key(&role) {
             return None;
         }
