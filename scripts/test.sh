@@ -10,10 +10,13 @@
 #      end-to-end psql-over-Tailscale witness, app databases with Gitea as a real
 #      client, backups and restores, and the fault suite (root; never skipped here)
 #   5. fuzzes the wire codecs and the kernel command-line parser for a bounded time
-#   6. boots the arm64 guest under qemu-system-aarch64 to the control stage. With a
-#      cold cache its kernel takes ~10 min to build: by default (SOVEREIGN_ARM64_BOOT=auto)
-#      it runs when that kernel is cached or the run is early enough to afford it
-#      (SOVEREIGN_ARM64_BUDGET_MIN, default 40), and says so when it skips;
+#   6. the phone's guest under qemu-system-aarch64: the boot initramfs to the control
+#      stage, and the whole arm64 set (root image with PostgreSQL and tailscaled) to
+#      ready in a tailnet lab, answering psql from the second node. With a cold cache
+#      its kernel takes ~10 min and its root image ~6 min to build: by default
+#      (SOVEREIGN_ARM64_BOOT=auto) it runs when that kernel is cached or the run is early
+#      enough to afford it (SOVEREIGN_ARM64_BUDGET_MIN, default 40), and says so when it
+#      skips;
 #      SOVEREIGN_ARM64_BOOT=1 always runs it, 0 never
 # --heavy (or SOVEREIGN_HEAVY_TESTS=1) adds the drills that spend minutes waiting on real
 # timeouts (a full backup disk, a lost backup disk refilled) and fuzzes 300 s per target
@@ -79,8 +82,8 @@ if [ "$arm64_boot" = auto ]; then
   fi
 fi
 if [ "$arm64_boot" = 1 ]; then
-  step "arm64 boot test (qemu-system-aarch64, TCG)"
-  arm64=$(scripts/build-images.sh --arch arm64 --boot-only | tail -n1)
+  step "arm64 guest (qemu-system-aarch64, TCG): to control, and the whole phone guest to ready over the tailnet"
+  arm64=$(scripts/build-images.sh --arch arm64 | tail -n1)
   SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_ARM64_ARTIFACTS=$arm64 SOVEREIGN_REQUIRE_VM_TESTS=1 \
     cargo test -p sovereign-tests --locked --test arm64 -- --include-ignored --test-threads=1
 fi
