@@ -55,6 +55,8 @@ cloud=$(scripts/fetch-cloud-kernel.sh | tail -n1)
 # Gitea, the real app of the apps test (built once, ~3 min, then cached).
 scripts/build-go-tools.sh x86_64 --gitea
 
+[ "${SOVEREIGN_HEAVY_TESTS:-0}" = 1 ] \
+  || log "heavy variants skipped (the off-device drills on a full and on a lost backup disk, the OOM fault): scripts/test.sh --heavy runs them"
 step "static musl builds, then VM tests (QEMU TCG, real gvproxy, headscale, tailscale, PostgreSQL)"
 SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_CLOUD_KERNEL=$cloud/vmlinuz SOVEREIGN_REQUIRE_VM_TESTS=1 \
   cargo test -p sovereign-tests --locked --test static_builds \

@@ -210,7 +210,8 @@ pub fn require_or_skip<T>(name: &str, result: Result<T, String>) -> Option<T> {
 /// Whether the heavy variant `what` of a VM test runs: drills that spend minutes
 /// waiting on real timeouts run only with `SOVEREIGN_HEAVY_TESTS=1`
 /// (`scripts/test.sh --heavy`), so the default run stays inside CI's time budget. A
-/// skipped variant says so on stderr, in the summary the runner prints.
+/// skipped variant says so on stderr (shown with `--nocapture`); `scripts/test.sh`
+/// says which are skipped.
 pub fn heavy_variant(what: &str) -> bool {
     let on = std::env::var("SOVEREIGN_HEAVY_TESTS").as_deref() == Ok("1");
     if !on {
