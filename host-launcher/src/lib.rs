@@ -14,6 +14,7 @@ pub mod conninfo;
 pub mod console;
 pub mod control;
 pub mod deploy;
+pub mod disk_image;
 pub mod ipc;
 pub mod kernel;
 pub mod paths;

@@ -1,7 +1,7 @@
 //! Spec validation before anything starts: every field is checked and every failure is
 //! reported (one line each, naming the field and value), not just the first.
 //!
-//! Validation has no side effects; [`prepare_disk`] creates the disk images later,
+//! Validation has no side effects; [`crate::disk_image::prepare_disk`] creates the disk images later,
 //! once validation and preflight passed.
 
 use crate::kernel;
@@ -12,9 +12,7 @@ use kernel_config::Arch;
 use nix::unistd::{access, AccessFlags};
 use protocol::config::{is_dns_label, is_sql_identifier};
 use std::collections::HashSet;
-use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
-use thiserror::Error;
+use std::path::Path;
 
 /// Accepted guest memory, MiB.
 pub const MEMORY_RANGE: std::ops::RangeInclusive<u32> = 128..=65536;
@@ -415,51 +413,6 @@ fn writable(path: &Path) -> bool {
     access(path, AccessFlags::W_OK).is_ok()
 }
 
-/// What [`prepare_disk`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DiskAction {
-    /// The image existed and was left alone.
-    Existing,
-    /// A sparse image of this many bytes was created.
-    Created(u64),
-}
-
-/// Why a disk image could not be created.
-#[derive(Debug, Error)]
-#[error("cannot create the disk image {path} ({size_gib} GiB, sparse): {source}")]
-pub struct DiskError {
-    /// The image path.
-    pub path: PathBuf,
-    /// Its intended size.
-    pub size_gib: u64,
-    /// The I/O error.
-    #[source]
-    pub source: std::io::Error,
-}
-
-/// Creates a disk image sparse at its size when it does not exist yet (mode 0600). The
-/// guest formats a blank disk on first boot; an existing image is never touched.
-pub fn prepare_disk(d: &DataDisk) -> Result<DiskAction, DiskError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if d.path.exists() {
-        return Ok(DiskAction::Existing);
-    }
-    let err = |source| DiskError {
-        path: d.path.clone(),
-        size_gib: d.size_gib,
-        source,
-    };
-    let bytes = d.size_gib * 1024 * 1024 * 1024;
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&d.path)
-        .map_err(err)?;
-    f.set_len(bytes).map_err(err)?;
-    Ok(DiskAction::Created(bytes))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -486,20 +439,11 @@ mod tests {
     }
 
     #[test]
-    fn a_good_spec_has_no_problems_and_the_disk_is_created_sparse() {
+    fn a_good_spec_has_no_problems() {
         let dir = tempfile::tempdir().unwrap();
         let spec = good(dir.path());
         let env = env_in(dir.path(), false);
         assert_eq!(validate(&spec, &env), vec![]);
-        assert_eq!(
-            prepare_disk(&spec.data_disk).unwrap(),
-            DiskAction::Created(4 << 30)
-        );
-        let m = std::fs::metadata(&spec.data_disk.path).unwrap();
-        assert_eq!(m.len(), 4 << 30);
-        use std::os::unix::fs::MetadataExt;
-        assert!(m.blocks() < 64, "sparse: {} blocks", m.blocks());
-        assert_eq!(prepare_disk(&spec.data_disk).unwrap(), DiskAction::Existing);
     }
 
     #[test]
@@ -600,7 +544,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut spec = good(dir.path());
         let env = env_in(dir.path(), false);
-        spec.run_dir = PathBuf::from(format!("/{}", "r".repeat(100)));
+        spec.run_dir = std::path::PathBuf::from(format!("/{}", "r".repeat(100)));
         spec.console_log = dir.path().join("a,b.log");
         let p = validate(&spec, &env);
         assert_eq!(fields(&p), ["console_log", "run_dir"]);

@@ -176,7 +176,9 @@ fn prepare(spec: &Spec) -> anyhow::Result<()> {
     }
     let data_existed = spec.data_disk.path.exists();
     for (name, disk) in spec.extra_disks() {
-        if let validate::DiskAction::Created(bytes) = validate::prepare_disk(disk)? {
+        if let crate::disk_image::DiskAction::Created(bytes) =
+            crate::disk_image::prepare_disk(disk)?
+        {
             println!(
                 "  + created {name} disk {} ({} GiB, sparse; the guest formats it on first boot)",
                 disk.path.display(),
