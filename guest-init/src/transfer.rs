@@ -99,10 +99,20 @@ fn run(
     let config = guest.config.get().ok_or(TransferError::NotConfigured)?;
     let backups = || guest.backups.get().ok_or(TransferError::NoBackups);
     match transfer {
-        Transfer::ExportBackup => {
+        Transfer::ExportBackup { from_set } => {
             let backups = backups()?;
-            let (bytes, sha) = export::export(backups, dial(token)?)?;
-            Ok(("exported the backup repository".into(), bytes, sha))
+            // An unknown set is refused before the data connection opens, so the host
+            // gets the reason rather than a cut stream.
+            let selection = from_set
+                .as_deref()
+                .map(|label| export::select_from(backups, label))
+                .transpose()?;
+            let (bytes, sha) = export::export(backups, selection.as_ref(), dial(token)?)?;
+            let what = match from_set {
+                Some(label) => format!("exported the backup repository from set {label} on"),
+                None => "exported the backup repository".into(),
+            };
+            Ok((what, bytes, sha))
         }
         Transfer::RestoreFromExport { bytes, target } => {
             let backups = backups()?;

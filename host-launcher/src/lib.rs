@@ -15,6 +15,7 @@ pub mod console;
 pub mod control;
 pub mod deploy;
 pub mod disk_image;
+pub mod guest_clock;
 pub mod ipc;
 pub mod kernel;
 pub mod paths;

@@ -94,9 +94,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 BackupAction::Verify { vm } => {
                     sovereign::commands::backup::verify(&vm.load(&env)?.0).await
                 }
-                BackupAction::Export { vm, output } => {
-                    sovereign::commands::transfer::export(&vm.load(&env)?.0, output.as_deref())
-                }
+                BackupAction::Export { vm, set, output } => sovereign::commands::transfer::export(
+                    &vm.load(&env)?.0,
+                    set.as_deref(),
+                    output.as_deref(),
+                ),
             },
             Command::Db { action } => match action {
                 DbAction::List { vm, json } => {

@@ -226,13 +226,9 @@ pub fn guest_config(spec: &Spec) -> Result<GuestConfig, SecretError> {
             })
         })
         .collect::<Result<Vec<_>, SecretError>>()?;
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(crate::process::millis)
-        .ok();
     Ok(GuestConfig {
         hostname: spec.hostname.clone(),
-        host_time_unix_ms: now_ms,
+        host_time_unix_ms: crate::guest_clock::guest_now_unix_ms(),
         network: NetworkConfig::default(),
         tailscale: TailscaleConfig {
             auth_key: tailscale_auth_key(spec)?,

@@ -12,7 +12,12 @@ use serde::{Deserialize, Serialize};
 pub enum Transfer {
     /// Guest → host: a tar of the local backup repository (every set and the archived
     /// WAL), for a user without an off-device repository to keep a copy elsewhere.
-    ExportBackup,
+    ExportBackup {
+        /// Only from this set on: its full set, every later set, and the WAL from the
+        /// full set's start (what restoring to it or any later point reads).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_set: Option<String>,
+    },
     /// Host → guest: an export to restore from. It becomes the local repository (the
     /// current one is kept aside), then the database is restored from it to `target`.
     RestoreFromExport {
@@ -51,7 +56,7 @@ impl Transfer {
     /// Which way its bytes go.
     pub fn direction(&self) -> Direction {
         match self {
-            Transfer::ExportBackup | Transfer::DumpApp { .. } => Direction::ToHost,
+            Transfer::ExportBackup { .. } | Transfer::DumpApp { .. } => Direction::ToHost,
             Transfer::RestoreFromExport { .. } | Transfer::RestoreApp { .. } => Direction::ToGuest,
         }
     }
@@ -93,7 +98,10 @@ mod tests {
     #[test]
     fn transfers_say_their_direction_and_round_trip_as_json() {
         let all = [
-            Transfer::ExportBackup,
+            Transfer::ExportBackup { from_set: None },
+            Transfer::ExportBackup {
+                from_set: Some("20261202-160405F".into()),
+            },
             Transfer::RestoreFromExport {
                 bytes: 10,
                 target: RestoreTarget::Latest,
@@ -111,6 +119,7 @@ mod tests {
             dirs,
             [
                 Direction::ToHost,
+                Direction::ToHost,
                 Direction::ToGuest,
                 Direction::ToHost,
                 Direction::ToGuest
@@ -122,5 +131,7 @@ mod tests {
         }
         let json = serde_json::to_string(&Transfer::DumpApp { app: "a".into() }).unwrap();
         assert_eq!(json, r#"{"kind":"dump_app","app":"a"}"#);
+        let whole = serde_json::to_string(&Transfer::ExportBackup { from_set: None }).unwrap();
+        assert_eq!(whole, r#"{"kind":"export_backup"}"#);
     }
 }

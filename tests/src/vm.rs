@@ -189,7 +189,19 @@ impl Vm {
     /// `sovereign start`, which must succeed; returns what it printed. On failure the
     /// panic shows the launcher's output and the end of the guest's console.
     pub fn start_ok(&self) -> String {
-        let mut o = self.start();
+        self.start_ok_with_env(&[])
+    }
+
+    /// [`Vm::start_ok`] with the guest's clock `days` ahead of the host's (negative:
+    /// behind), for drills that need days to pass: retention, the backup schedule.
+    pub fn start_ok_days_ahead(&self, days: i64) -> String {
+        let secs = (days * 24 * 60 * 60).to_string();
+        self.start_ok_with_env(&[("SOVEREIGN_GUEST_CLOCK_OFFSET_SECS", &secs)])
+    }
+
+    fn start_ok_with_env(&self, env: &[(&str, &str)]) -> String {
+        let start = || run(self.command("start", &[]).envs(env.iter().copied()));
+        let mut o = start();
         if !o.status.success() && qemu_aborted_before_the_guest_ran(&text(&o)) {
             // Seen once in hundreds of boots: QEMU 10's TCG trips its own MSI-X
             // assertion while the guest kernel enumerates PCI. Not the code under test
@@ -198,7 +210,7 @@ impl Vm {
                 "NOTE: QEMU aborted on its own assertion before the guest reached init; starting once more:\n{}",
                 text(&o)
             );
-            o = self.start();
+            o = start();
         }
         let out = text(&o);
         if !o.status.success() {

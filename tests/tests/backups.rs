@@ -17,11 +17,15 @@
 //!    VM back on a new data disk, under its own tailnet name, with every archived row;
 //! 6. `backup export` writes the repository to a file; rows written after it are not
 //!    in it; a cut export is refused with nothing changed, and `restore --from-export`
-//!    of the whole file gives the rows of the export's time;
+//!    of the whole file gives the rows of the export's time; `backup export SET` after
+//!    a new full set leaves the older sets out and restores the same way;
 //! 7. `db dump forgejo`, changes, `db restore forgejo` gives the dumped rows back,
 //!    owned by the app, the changed database kept under another name; an app the spec
 //!    does not name is refused;
-//! 8. a backup disk that is not ours is left alone: postgres serves, status says why.
+//! 8. with a retention of one day and the guest's clock moved two, then four days
+//!    ahead, the scheduled full sets expire everything before the newest full set
+//!    older than the retention, and the window's start moves with it;
+//! 9. a backup disk that is not ours is left alone: postgres serves, status says why.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed step is a failed test
 
@@ -397,8 +401,9 @@ fn point_in_time_restore_gives_exactly_the_rows_committed_before_the_target() {
 
     export_round_trip(&vm, peer, &password);
     app_dump_round_trip(&vm, peer);
+    retention_expires_what_the_window_no_longer_needs(&vm, peer, &password);
 
-    // 8. A backup disk that is not ours (here: its superblock overwritten) is never
+    // 9. A backup disk that is not ours (here: its superblock overwritten) is never
     // formatted; postgres serves without archiving and status says why.
     let stopped = vm.stop();
     assert!(stopped.status.success(), "stop: {}", text(&stopped));
@@ -431,6 +436,112 @@ fn point_in_time_restore_gives_exactly_the_rows_committed_before_the_target() {
     assert!(stopped.status.success(), "stop: {}", text(&stopped));
 }
 
+/// A backup set as `backup list --json` gives it: label, type, start.
+fn catalog_sets(vm: &Vm) -> Vec<(String, String, i64)> {
+    let o = vm.cli("backup list", &["--json"]);
+    assert!(o.status.success(), "backup list: {}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["label"].as_str().unwrap().to_string(),
+                s["kind"].as_str().unwrap().to_string(),
+                s["started_unix"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// The newest full set of `sets` (label, start).
+fn newest_full(sets: &[(String, String, i64)]) -> (String, i64) {
+    sets.iter()
+        .filter(|s| s.1 == "full")
+        .max_by_key(|s| s.2)
+        .map(|s| (s.0.clone(), s.2))
+        .expect("a full set")
+}
+
+/// Boots the VM with its clock `days` ahead and waits for the full set the schedule
+/// takes by itself (a full is due every day); returns the sets after it.
+fn boot_days_ahead_until_a_new_full(vm: &Vm, days: i64) -> Vec<(String, String, i64)> {
+    let before = catalog_sets(vm);
+    let stopped = vm.stop();
+    assert!(stopped.status.success(), "stop: {}", text(&stopped));
+    let out = vm.start_ok_days_ahead(days);
+    assert!(out.contains("the guest's clock will be"), "{out}");
+    let newest_before = newest_full(&before).0;
+    let taken = wait_for(Duration::from_secs(600), Duration::from_secs(5), || {
+        let sets = catalog_sets(vm);
+        (newest_full(&sets).0 != newest_before).then_some(sets)
+    });
+    taken.unwrap_or_else(|| {
+        panic!(
+            "no scheduled full backup {days} days ahead: {}\n{}",
+            backup_status(vm),
+            text(&vm.cli("logs", &["pgbackrest"]))
+        )
+    })
+}
+
+/// Step 8: time-based retention (here one day, a full set due every day), with days passing
+/// by booting the guest with its clock moved ahead. pgBackRest keeps the newest full set
+/// older than the retention (the window needs it) and expires everything before it, and
+/// the recovery window's start moves with it. Rows are untouched.
+fn retention_expires_what_the_window_no_longer_needs(vm: &Vm, peer: &TailNode, password: &str) {
+    let spec = std::fs::read_to_string(&vm.spec).unwrap();
+    let spec = spec.replacen("[backup]\n", "[backup]\nretention_days = 1\n", 1)
+        + "[backup.schedule]\nfull_every_days = 1\n";
+    std::fs::write(&vm.spec, spec).unwrap();
+    // One more full set today, so that one set is older than the newest full.
+    let full = vm.cli("backup now", &["--type", "full"]);
+    assert!(full.status.success(), "backup now: {}", text(&full));
+    let today = catalog_sets(vm);
+    let (full_today, full_today_start) = newest_full(&today);
+    assert!(
+        today.iter().any(|s| s.2 < full_today_start),
+        "the drill has sets older than its newest full one to expire: {today:?}"
+    );
+
+    // Two days ahead: today's newest full is now older than the retention and is kept
+    // (it covers the window's start); every set before it is expired.
+    let ahead2 = boot_days_ahead_until_a_new_full(vm, 2);
+    assert!(
+        ahead2.iter().all(|s| s.2 >= full_today_start),
+        "sets before {full_today} are expired: {ahead2:?}"
+    );
+    assert!(
+        ahead2.iter().any(|s| s.0 == full_today),
+        "{full_today} is kept, the window needs it: {ahead2:?}"
+    );
+    let (full_2, full_2_start) = newest_full(&ahead2);
+
+    // Four days ahead: the full set of two days ahead is the newest past the
+    // retention; today's sets go, and the window starts at that set.
+    let ahead4 = boot_days_ahead_until_a_new_full(vm, 4);
+    assert!(
+        ahead4.iter().all(|s| s.2 >= full_2_start),
+        "sets before {full_2} are expired: {ahead4:?}"
+    );
+    assert_eq!(
+        ahead4.iter().filter(|s| s.1 == "full").count(),
+        2,
+        "{full_2} and the one just taken: {ahead4:?}"
+    );
+    let earliest = backup_status(vm)["window"]["earliest_unix"].as_i64();
+    assert!(
+        earliest.is_some_and(|e| e >= full_2_start),
+        "the window starts at {full_2}: {}",
+        backup_status(vm)
+    );
+    assert_eq!(count_rows(peer, password).as_deref(), Some("51|110"));
+    eprintln!(
+        "retention: today {today:?}\n  two days ahead {ahead2:?}\n  four days ahead {ahead4:?}, window from {earliest:?}"
+    );
+}
+
 fn count_rows(peer: &TailNode, password: &str) -> Option<String> {
     wait_for(Duration::from_secs(180), Duration::from_secs(3), || {
         let o = psql(
@@ -442,6 +553,20 @@ fn count_rows(peer: &TailNode, password: &str) -> Option<String> {
             .success()
             .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
     })
+}
+
+/// `restore --from-export FILE --to latest --yes`.
+fn restore_latest_from_export(vm: &Vm, file: &std::path::Path) -> Output {
+    vm.cli(
+        "restore",
+        &[
+            "--from-export",
+            file.to_str().unwrap(),
+            "--to",
+            "latest",
+            "--yes",
+        ],
+    )
 }
 
 /// 6. The repository out to a file and back; the database holds `51|110` before.
@@ -459,29 +584,11 @@ fn export_round_trip(vm: &Vm, peer: &TailNode, password: &str) {
     let cut = vm.home.path().join("cut.tar");
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    let refused = vm.cli(
-        "restore",
-        &[
-            "--from-export",
-            cut.to_str().unwrap(),
-            "--to",
-            "latest",
-            "--yes",
-        ],
-    );
+    let refused = restore_latest_from_export(vm, &cut);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
     assert_eq!(count_rows(peer, password).as_deref(), Some("57|205"));
 
-    let restored = vm.cli(
-        "restore",
-        &[
-            "--from-export",
-            file.to_str().unwrap(),
-            "--to",
-            "latest",
-            "--yes",
-        ],
-    );
+    let restored = restore_latest_from_export(vm, &file);
     assert!(
         restored.status.success(),
         "restore --from-export: {}\nconsole:\n{}",
@@ -498,6 +605,75 @@ fn export_round_trip(vm: &Vm, peer: &TailNode, password: &str) {
         count_rows(peer, password).as_deref(),
         Some("51|110"),
         "the rows of the export's time, not the ones written after it"
+    );
+    export_from_one_set_round_trip(vm, peer, password, size);
+}
+
+/// 6b. `backup export SET` after a new full set: the file holds that set and what
+/// follows, none of the older sets, and is smaller than the whole export (`whole`
+/// bytes); restoring from it gives the rows of its time, and the imported repository
+/// lists only the sets it holds.
+fn export_from_one_set_round_trip(vm: &Vm, peer: &TailNode, password: &str, whole: u64) {
+    let full = vm.cli("backup now", &["--type", "full"]);
+    assert!(full.status.success(), "backup now: {}", text(&full));
+    let sets = catalog_sets(vm);
+    let (newest, newest_start) = newest_full(&sets);
+    let older: Vec<&String> = sets
+        .iter()
+        .filter(|s| s.2 < newest_start)
+        .map(|s| &s.0)
+        .collect();
+    assert!(!older.is_empty(), "older sets to leave out: {sets:?}");
+
+    let file = vm.home.path().join("from-set.tar");
+    let out = vm.cli(
+        "backup export",
+        &[newest.as_str(), "--output", file.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "backup export SET: {}", text(&out));
+    let size = std::fs::metadata(&file).expect("the export file").len();
+    assert!(size < whole, "{size} bytes from one set on, {whole} whole");
+    let listing =
+        sovereign_tests::process::run(std::process::Command::new("tar").arg("-tf").arg(&file));
+    let names = String::from_utf8_lossy(&listing.stdout).to_string();
+    assert!(
+        names.contains(&format!("/{newest}/backup.manifest")),
+        "{names}"
+    );
+    for label in &older {
+        assert!(
+            !names.contains(label.as_str()),
+            "{label} is left out:\n{names}"
+        );
+    }
+    let unknown = vm.cli(
+        "backup export",
+        &["20000101-000000F", "--output", "/dev/null"],
+    );
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown).contains("no complete backup set \"20000101-000000F\""),
+        "{}",
+        text(&unknown)
+    );
+
+    insert_rows(peer, password, 300, 302);
+    let restored = restore_latest_from_export(vm, &file);
+    assert!(
+        restored.status.success(),
+        "restore --from-export of one set: {}\nconsole:\n{}",
+        text(&restored),
+        vm.console()
+    );
+    assert_eq!(count_rows(peer, password).as_deref(), Some("51|110"));
+    let after: Vec<String> = catalog_sets(vm).into_iter().map(|s| s.0).collect();
+    assert_eq!(
+        after.first(),
+        Some(&newest),
+        "the older sets are expired: {after:?}"
+    );
+    eprintln!(
+        "export from {newest} on: {size} bytes (whole: {whole}); sets after its import: {after:?}"
     );
 }
 

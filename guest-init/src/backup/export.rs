@@ -4,12 +4,15 @@
 //! that arrives during the walk is either in the tar whole or not at all, because
 //! pgBackRest writes each file under a temporary name first).
 //!
+//! An export can also start at one set (`backup export SET`, see [`super::export_set`]).
+//!
 //! An import is unpacked next to the repository, checked (only plain files and
 //! directories under `pgbackrest/`, the stream's SHA-256, a stanza's `backup.info`),
 //! and only then swapped in; the current repository is kept as
 //! `pgbackrest.before-import-<time>`, and put back if the restore from the import fails.
 
-use super::pgbackrest::{BACKUP_MOUNT, REPO1_PATH, STANZA};
+use super::export_set::{self, SetSelection};
+use super::pgbackrest::{self, BACKUP_MOUNT, REPO1_PATH, STANZA};
 use super::restore::{self, RestoreError};
 use super::{now_unix, Backups};
 use crate::boot::Guest;
@@ -49,27 +52,61 @@ pub enum ExportError {
     Unpack { path: String, source: io::Error },
     #[error("{0}; the repository from before the import is in place")]
     Restore(RestoreError),
+    #[error("there is no complete backup set {0:?} in the repository (backup list names them)")]
+    NoSuchSet(String),
+    #[error("reading the repository's sets: {0}")]
+    Catalog(String),
+    #[error("the export leaves out set {label}, and expiring it from the import failed: {why}")]
+    Expire { label: String, why: String },
 }
 
-/// Writes the repository as a tar into `out`; returns the payload's size and SHA-256.
-pub fn export(backups: &Backups, out: impl Write) -> Result<(u64, String), ExportError> {
+/// Every file, or those of an export from one set on.
+fn wanted_by(selection: Option<&SetSelection>) -> impl Fn(&Path) -> bool + '_ {
+    move |rel| selection.is_none_or(|s| s.wants(rel))
+}
+
+/// Writes the repository (all of it, or the part `selection` names, see
+/// [`select_from`]) as a tar into `out`; returns the payload's size and SHA-256.
+pub fn export(
+    backups: &Backups,
+    selection: Option<&SetSelection>,
+    out: impl Write,
+) -> Result<(u64, String), ExportError> {
     if let Some(why) = backups.unavailable() {
         return Err(ExportError::Unavailable(why));
     }
     let _work = backups.work_lock();
     let mut tar = tar::Builder::new(ChunkWriter::new(out));
     tar.follow_symlinks(false);
-    append_tree(&mut tar, Path::new(REPO1_PATH), Path::new(TOP))?;
+    let wanted = wanted_by(selection);
+    append_tree(&mut tar, Path::new(REPO1_PATH), Path::new(TOP), &wanted)?;
     let writer = tar.into_inner().map_err(ExportError::Stream)?;
     writer.finish().map_err(ExportError::Stream)
 }
 
-/// Appends `dir` and everything under it as `name/...`, in name order; files that
-/// vanish during the walk (expired, or a temporary name renamed) are skipped.
+/// What an export from set `label` on holds, from the repository's own catalog.
+pub fn select_from(backups: &Backups, label: &str) -> Result<SetSelection, ExportError> {
+    let json = backups
+        .pgbackrest("info", &["--output=json".into(), "--repo=1".into()])
+        .map_err(|e| ExportError::Catalog(e.to_string()))?;
+    let info = pgbackrest::parse_info(&json).map_err(|e| ExportError::Catalog(e.to_string()))?;
+    let sets: Vec<(String, i64)> = info
+        .sets
+        .iter()
+        .map(|s| (s.label.clone(), s.started_unix))
+        .collect();
+    export_set::select(label, &sets, &info.first_segments)
+        .ok_or_else(|| ExportError::NoSuchSet(label.to_string()))
+}
+
+/// Appends `dir` and everything under it that `wanted` takes (given its path below
+/// [`TOP`]) as `name/...`, in name order; files that vanish during the walk (expired,
+/// or a temporary name renamed) are skipped.
 fn append_tree<W: Write>(
     tar: &mut tar::Builder<W>,
     dir: &Path,
     name: &Path,
+    wanted: &dyn Fn(&Path) -> bool,
 ) -> Result<(), ExportError> {
     let read = |e: io::Error| ExportError::Read {
         path: dir.display().to_string(),
@@ -84,11 +121,14 @@ fn append_tree<W: Write>(
     for entry in entries {
         let path = entry.path();
         let inner = name.join(entry.file_name());
+        if !wanted(inner.strip_prefix(TOP).unwrap_or(&inner)) {
+            continue;
+        }
         let Ok(kind) = entry.file_type() else {
             continue;
         };
         if kind.is_dir() {
-            append_tree(tar, &path, &inner)?;
+            append_tree(tar, &path, &inner, wanted)?;
         } else if kind.is_file() && !entry.file_name().to_string_lossy().ends_with(".tmp") {
             match File::open(&path) {
                 Ok(mut f) => tar
@@ -123,7 +163,10 @@ pub fn restore_from_export(
     let stamp = now_unix();
     let incoming = PathBuf::from(format!("{BACKUP_MOUNT}/import-{stamp}.partial"));
     let received = unpack(input, &incoming);
-    let (size, sha) = match received {
+    let (size, sha) = match received.and_then(|done| {
+        expire_left_out_sets(backups, &incoming.join(TOP))?;
+        Ok(done)
+    }) {
         Ok(done) => done,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&incoming);
@@ -190,6 +233,52 @@ impl RepoSwap {
             Err(e) => log::error!("cannot put the previous repository back: {e}"),
         }
     }
+}
+
+/// An export from one set on lists older sets in its `backup.info` without holding
+/// them: expire those from the unpacked repository with pgBackRest's own
+/// `expire --set` (oldest first; each takes the sets built on it along), so that the
+/// repository says what it holds before it is used.
+fn expire_left_out_sets(backups: &Backups, repo: &Path) -> Result<(), ExportError> {
+    let catalog = backups
+        .catalog_at(repo)
+        .map_err(|e| ExportError::Catalog(e.to_string()))?;
+    let set_dir = |label: &str| repo.join("backup").join(STANZA).join(label);
+    let left_out: Vec<&str> = catalog
+        .sets
+        .iter()
+        .map(|s| s.label.as_str())
+        .filter(|l| !set_dir(l).is_dir())
+        .collect();
+    if left_out.is_empty() {
+        return Ok(());
+    }
+    let account = Account::lookup().map_err(|e| ExportError::Unavailable(e.to_string()))?;
+    for label in &left_out {
+        // pgBackRest removes the set's directory as it expires it; give it one to remove.
+        let dir = set_dir(label);
+        std::fs::create_dir(&dir)
+            .and_then(|()| give_to(&dir, &account))
+            .map_err(|e| ExportError::Unpack {
+                path: dir.display().to_string(),
+                source: e,
+            })?;
+    }
+    for label in left_out.iter().filter(|l| !l.contains('_')) {
+        let args = [
+            "--repo=1".to_string(),
+            format!("--repo1-path={}", repo.display()),
+            format!("--set={label}"),
+        ];
+        backups
+            .pgbackrest("expire", &args)
+            .map_err(|e| ExportError::Expire {
+                label: (*label).to_string(),
+                why: e.to_string(),
+            })?;
+        log::info!("import: expired set {label}, which the export leaves out");
+    }
+    Ok(())
 }
 
 /// Refuses an export the backup disk has no room for.
@@ -303,7 +392,7 @@ mod tests {
         std::fs::write(repo.join("backup/db/x.pgbackrest.tmp"), "half").unwrap();
         let mut wire = Vec::new();
         let mut tar = tar::Builder::new(ChunkWriter::new(&mut wire));
-        append_tree(&mut tar, &repo, Path::new(TOP)).unwrap();
+        append_tree(&mut tar, &repo, Path::new(TOP), &wanted_by(None)).unwrap();
         tar.into_inner().unwrap().finish().unwrap();
 
         let mut reader = ChunkReader::new(&wire[..]);

@@ -10,6 +10,7 @@
 
 pub mod archiving;
 pub mod export;
+pub mod export_set;
 pub mod identity;
 pub mod new_disk;
 pub mod offsite;

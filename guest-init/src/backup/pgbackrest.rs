@@ -149,6 +149,13 @@ struct InfoBackup {
     error: Option<bool>,
     #[serde(default)]
     database: Option<InfoBackupDb>,
+    #[serde(default)]
+    archive: Option<InfoBackupArchive>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InfoBackupArchive {
+    start: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -186,6 +193,8 @@ pub struct Info {
     pub sets: Vec<BackupSet>,
     /// Repositories that could not be read, with pgBackRest's message.
     pub broken_repos: Vec<(u8, String)>,
+    /// Each complete set's first WAL segment (label, segment name), where known.
+    pub first_segments: Vec<(String, String)>,
 }
 
 /// Reads `pgbackrest info --output=json`. A set pgBackRest marks as having errors
@@ -209,10 +218,20 @@ pub fn parse_info(json: &str) -> Result<Info, InfoError> {
     if !usable(stanza.status.code) && !some_repo_works {
         return Err(InfoError::Status(stanza.status.message));
     }
-    let mut sets: Vec<BackupSet> = stanza
+    let complete: Vec<InfoBackup> = stanza
         .backup
         .into_iter()
         .filter(|b| b.error != Some(true))
+        .collect();
+    let first_segments = complete
+        .iter()
+        .filter_map(|b| {
+            let start = b.archive.as_ref()?.start.clone()?;
+            Some((b.label.clone(), start))
+        })
+        .collect();
+    let mut sets: Vec<BackupSet> = complete
+        .into_iter()
         .filter_map(|b| {
             let kind = match b.kind.as_str() {
                 "full" => BackupKind::Full,
@@ -232,7 +251,11 @@ pub fn parse_info(json: &str) -> Result<Info, InfoError> {
         })
         .collect();
     sets.sort_by_key(|s| s.stopped_unix);
-    Ok(Info { sets, broken_repos })
+    Ok(Info {
+        sets,
+        broken_repos,
+        first_segments,
+    })
 }
 
 #[cfg(test)]
@@ -280,6 +303,7 @@ mod tests {
            "info":{"size":31000000,"delta":2000000,"repository":{"size":4000000,"delta":300000}},
            "error":false},
           {"label":"20261202-160405F","type":"full",
+           "archive":{"start":"000000010000000000000003","stop":"000000010000000000000003"},
            "timestamp":{"start":1764691445,"stop":1764691500},
            "info":{"size":30000000,"delta":30000000,"repository":{"size":3900000,"delta":3900000}},
            "error":false},
@@ -302,6 +326,13 @@ mod tests {
         assert_eq!(sets[1].kind, BackupKind::Diff);
         assert_eq!(sets[1].database_bytes, 31000000);
         assert_eq!(sets[1].repo, REPO_LOCAL);
+        assert_eq!(
+            parse_info(INFO).unwrap().first_segments,
+            [(
+                "20261202-160405F".to_string(),
+                "000000010000000000000003".to_string()
+            )]
+        );
     }
 
     #[test]

@@ -58,6 +58,10 @@ pub enum BackupAction {
     Export {
         #[command(flatten)]
         vm: VmArgs,
+        /// Only from this set on (a label from `backup list`): its full set, every later
+        /// set and the WAL from the full set's start; older sets are left out.
+        #[arg(value_name = "SET")]
+        set: Option<String>,
         /// Write here (as FILE.partial until the stream checked out) instead of stdout.
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,

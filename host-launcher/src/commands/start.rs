@@ -8,7 +8,7 @@ use crate::report::{failure_block, stage_line, stamp};
 use crate::rundir::{Role, RunDir};
 use crate::spec::{Spec, SpecError};
 use crate::supervisor::result_file;
-use crate::{preflight, process, secrets, validate, vmm};
+use crate::{guest_clock, preflight, process, secrets, validate, vmm};
 use anyhow::Context as _;
 use std::os::unix::fs::DirBuilderExt;
 use std::time::{Duration, Instant};
@@ -33,6 +33,17 @@ pub async fn run(
             }
         );
         return Ok(2);
+    }
+    match guest_clock::offset_secs() {
+        Ok(0) => {}
+        Ok(secs) => println!(
+            "note: the guest's clock will be {secs} s off the host's ({})",
+            guest_clock::OFFSET_VAR
+        ),
+        Err(e) => {
+            eprintln!("{e}");
+            return Ok(2);
+        }
     }
     let plan = vmm::plan(&spec, env);
     if dry_run {

@@ -99,13 +99,23 @@ fn send(spec: &Spec, path: &Path, what: impl FnOnce(u64) -> Transfer) -> anyhow:
     Ok(code)
 }
 
-/// `backup export [--output FILE]`: a tar of the backup disk's repository.
-pub fn export(spec: &Spec, output: Option<&Path>) -> anyhow::Result<i32> {
-    eprintln!(
-        "exporting the backup repository of VM {} (every set and the archived WAL) ...",
-        spec.name
-    );
-    receive(spec, Transfer::ExportBackup, output)
+/// `backup export [SET] [--output FILE]`: a tar of the backup disk's repository, or
+/// of the part a restore to SET or later reads.
+pub fn export(spec: &Spec, from_set: Option<&str>, output: Option<&Path>) -> anyhow::Result<i32> {
+    match from_set {
+        Some(label) => eprintln!(
+            "exporting the backup repository of VM {} from set {label} on (its full set, every later set, and the WAL from there) ...",
+            spec.name
+        ),
+        None => eprintln!(
+            "exporting the backup repository of VM {} (every set and the archived WAL) ...",
+            spec.name
+        ),
+    }
+    let transfer = Transfer::ExportBackup {
+        from_set: from_set.map(str::to_string),
+    };
+    receive(spec, transfer, output)
 }
 
 /// `restore --from-export FILE --to TARGET`.
