@@ -50,6 +50,9 @@ struct Shared {
     connected: AtomicBool,
     /// The live connection the tap reader writes to.
     current: Mutex<Option<Arc<File>>>,
+    /// Why the live connection was cut from outside the pump (the liveness watchdog),
+    /// reported instead of the read error the cut causes.
+    cut_reason: Mutex<Option<String>>,
 }
 
 /// A running forwarder.
@@ -164,7 +167,17 @@ impl Forwarder {
             });
             ever_connected = true;
 
-            let why = self.pump_in(&conn, tap, &mut frame, max);
+            let read_error = self.pump_in(&conn, tap, &mut frame, max);
+            let why = match self
+                .shared
+                .cut_reason
+                .lock()
+                .ok()
+                .and_then(|mut r| r.take())
+            {
+                Some(reason) => reason,
+                None => read_error,
+            };
 
             self.shared.connected.store(false, Ordering::SeqCst);
             if let Ok(mut cur) = self.shared.current.lock() {
@@ -223,8 +236,99 @@ impl Forwarder {
         }
     }
 
+    /// Cuts the live connection (if any) for `reason`: the pump reports the link lost
+    /// with that reason and dials again.
+    pub fn cut_current(&self, reason: String) {
+        let conn = self.shared.current.lock().ok().and_then(|g| g.clone());
+        if let Some(conn) = conn {
+            if let Ok(mut r) = self.shared.cut_reason.lock() {
+                *r = Some(reason);
+            }
+            cut(&conn);
+        }
+    }
+
     /// True while connected to gvproxy.
     pub fn is_connected(&self) -> bool {
         self.shared.connected.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    use std::sync::mpsc;
+
+    /// A forwarder on a fake tap (a datagram pair keeps frame boundaries) whose dialer
+    /// hands out one end of a fresh stream pair per dial; returns the forwarder, the
+    /// link events and the far ends ("gvproxy") as they are dialled.
+    fn forwarder() -> (
+        Forwarder,
+        mpsc::Receiver<LinkEvent>,
+        mpsc::Receiver<UnixStream>,
+        UnixDatagram,
+    ) {
+        let (tap, kernel) = UnixDatagram::pair().unwrap();
+        let (far_tx, far_rx) = mpsc::channel();
+        let far_tx = Mutex::new(far_tx);
+        let dial: Dialer = Box::new(move || {
+            let (near, far) = UnixStream::pair()?;
+            let _ = far_tx.lock().unwrap().send(far);
+            Ok(OwnedFd::from(near))
+        });
+        let (ev_tx, ev_rx) = mpsc::channel();
+        let ev_tx = Mutex::new(ev_tx);
+        let on_event: EventSink = Box::new(move |e| {
+            let _ = ev_tx.lock().unwrap().send(e);
+        });
+        let fwd = Forwarder::start(File::from(OwnedFd::from(tap)), 1500, dial, on_event).unwrap();
+        (fwd, ev_rx, far_rx, kernel)
+    }
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_cut_from_outside_is_reported_with_its_reason_and_redialled() {
+        let (fwd, events, far, _kernel) = forwarder();
+        let _first = far.recv_timeout(WAIT).unwrap();
+        assert_eq!(
+            events.recv_timeout(WAIT).unwrap(),
+            LinkEvent::Up { reconnect: false }
+        );
+        fwd.cut_current("the gateway did not answer".into());
+        assert_eq!(
+            events.recv_timeout(WAIT).unwrap(),
+            LinkEvent::Down("the gateway did not answer".into())
+        );
+        let _second = far.recv_timeout(WAIT).unwrap();
+        assert_eq!(
+            events.recv_timeout(WAIT).unwrap(),
+            LinkEvent::Up { reconnect: true }
+        );
+        assert_eq!(fwd.counters().reconnects, 1);
+    }
+
+    #[test]
+    fn frames_cross_both_ways_in_hyperkit_framing() {
+        let (fwd, events, far, kernel) = forwarder();
+        let mut gvproxy = far.recv_timeout(WAIT).unwrap();
+        assert_eq!(
+            events.recv_timeout(WAIT).unwrap(),
+            LinkEvent::Up { reconnect: false }
+        );
+        kernel.send(&[0xab; 60]).unwrap();
+        let mut got = [0u8; 62];
+        gvproxy.read_exact(&mut got).unwrap();
+        assert_eq!(&got[..2], &60u16.to_le_bytes());
+        assert!(got[2..].iter().all(|b| *b == 0xab));
+        let mut frame = 64u16.to_le_bytes().to_vec();
+        frame.extend([0xcd; 64]);
+        gvproxy.write_all(&frame).unwrap();
+        let mut back = [0u8; 128];
+        let n = kernel.recv(&mut back).unwrap();
+        assert_eq!(&back[..n], &[0xcd; 64][..]);
+        let c = fwd.counters();
+        assert_eq!((c.frames_out, c.frames_in), (1, 1));
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod firewall;
 pub mod forwarder;
+pub mod liveness;
 pub mod netlink;
 pub mod probe;
 pub mod tap;
@@ -28,6 +29,9 @@ pub const TAP_NAME: &str = "tap0";
 /// How long to wait after `POST /connect` before the first frame: gvproxy hijacks the
 /// connection and may drop bytes that arrive together with the request.
 pub const HANDSHAKE_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long the liveness watchdog waits for the gateway to answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What can go wrong bringing the network up.
 #[derive(Debug, Error)]
@@ -123,8 +127,9 @@ pub struct Network {
 }
 
 impl Network {
-    /// Creates and configures tap0, writes resolv.conf and starts the forwarder to
-    /// gvproxy at vsock host:`port`. Link changes are reported as the network stage.
+    /// Creates and configures tap0, writes resolv.conf, starts the forwarder to gvproxy
+    /// at vsock host:`port` and its liveness watchdog. Link changes are reported as the
+    /// network stage.
     pub fn start(
         cfg: &NetworkConfig,
         port: u32,
@@ -136,6 +141,18 @@ impl Network {
         };
         let network = Network::start_with(cfg, TAP_NAME, endpoint, Some(reporter))?;
         write_resolv_conf(cfg)?;
+        // The probe resolves through /etc/resolv.conf, which now names gvproxy.
+        let watched = network.forwarder.clone();
+        let dns = cfg.dns;
+        let probe: liveness::Probe = Box::new(move || {
+            probe::resolve_via(dns, probe::GATEWAY_NAME, PROBE_TIMEOUT)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        std::thread::Builder::new()
+            .name("net-liveness".into())
+            .spawn(move || liveness::watch(watched, probe))
+            .map_err(NetError::Threads)?;
         Ok(network)
     }
 
