@@ -130,16 +130,11 @@ pub async fn run(run: RunDir) -> Result<i32, SuperviseError> {
         }
     };
     if spec.vmm.backend == Backend::Crosvm {
-        let addr =
-            tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, protocol::ports::NETWORK_PORT);
-        match tokio_vsock::VsockListener::bind(addr) {
+        match ControlListener::vsock(protocol::ports::NETWORK_PORT) {
             Ok(l) => {
                 tokio::spawn(netrelay::serve(l, spec.cid, run.gvproxy_frames_socket()));
             }
-            Err(e) => log::error!(
-                "cannot listen on vsock port {}: {e}; the guest will have no network",
-                protocol::ports::NETWORK_PORT
-            ),
+            Err(e) => log::error!("{e}; the guest will have no network"),
         }
     }
     let data = match spec.vmm.backend {
