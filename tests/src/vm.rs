@@ -367,8 +367,62 @@ pub fn gvproxy_expose(api: &Path, local: &str, remote: &str) -> Result<(), Strin
     }
 }
 
+/// How much of each log a failed test prints.
+const FAILURE_TAIL_LINES: usize = 40;
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Vm {
+    /// Prints what a failed test needs to say why: the tails of the guest's tailscaled
+    /// and postgres logs (while the VM still runs), of every host log in the state
+    /// directory, and of the console.
+    fn print_failure_evidence(&self) {
+        eprintln!(
+            "--- evidence from {} after a failure",
+            self.home.path().display()
+        );
+        if !self.leftover_processes().is_empty() {
+            for log in ["tailscaled", "postgres"] {
+                let o = self.cli("logs", &[log]);
+                let text = String::from_utf8_lossy(&o.stdout);
+                eprintln!(
+                    "--- sovereign logs {log} (tail)\n{}",
+                    tail(&text, FAILURE_TAIL_LINES)
+                );
+            }
+            let o = self.cli("status", &[]);
+            eprintln!(
+                "--- sovereign status\n{}",
+                String::from_utf8_lossy(&o.stdout)
+            );
+        }
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.home.path())
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        logs.retain(|p| p.extension().is_some_and(|x| x == "log"));
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read(&log)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            eprintln!(
+                "--- {} (tail)\n{}",
+                log.display(),
+                tail(&text, FAILURE_TAIL_LINES)
+            );
+        }
+    }
+}
+
 impl Drop for Vm {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_failure_evidence();
+        }
         if !self.leftover_processes().is_empty() {
             let _ = self.cli("stop", &["--timeout", "10"]);
         }
