@@ -52,18 +52,13 @@ pub enum Event {
 /// Where the data disk is mounted.
 pub const DATA_DIR: &str = "/data";
 
-/// Milliseconds since the kernel booted (from /proc/uptime).
+/// Milliseconds since the kernel booted (CLOCK_BOOTTIME, like /proc/uptime but
+/// readable before /proc is mounted and to the millisecond).
 pub fn uptime_ms() -> u64 {
-    std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .next()
-                .and_then(|f| f.parse::<f64>().ok())
-        })
-        .map_or(0, |secs| Duration::from_secs_f64(secs.max(0.0)).as_millis())
-        .try_into()
-        .unwrap_or(u64::MAX)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
+        let ms = Duration::from(t).as_millis();
+        u64::try_from(ms).unwrap_or(u64::MAX)
+    })
 }
 
 /// Why a stage after `control` does not hold.
@@ -131,6 +126,7 @@ impl Guest {
             services: s.statuses(),
             data_disk: self.disk.usage(),
             backup: self.backups.get().map(|b| Box::new(b.status())),
+            init_memory: crate::own_memory::read(),
         }
     }
 

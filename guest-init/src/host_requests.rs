@@ -6,7 +6,7 @@
 use crate::boot::{Event, Guest};
 use crate::{log_files, net, postgres};
 use protocol::backup::{BackupAnswer, BackupRequest};
-use protocol::messages::{GuestMessage, HostMessage, QueryResult};
+use protocol::messages::{GuestMessage, HostMessage, Probe, QueryResult};
 use protocol::transfer::TransferAnswer;
 use protocol::{GuestConfig, Stage, StageReport};
 use std::sync::mpsc::{Receiver, Sender};
@@ -51,6 +51,33 @@ fn answer_later(
         guest.link.send(&refused(format!(
             "the guest cannot start a thread now: {e}"
         )));
+    }
+}
+
+/// Answers a request that needs the host's configuration: `job` builds the work from
+/// it, which runs on its own thread and is cut to fit one frame; before the
+/// configuration has arrived the request is refused at once.
+fn answer_configured<W>(
+    guest: &Guest,
+    id: u64,
+    wrap: fn(QueryResult) -> GuestMessage,
+    job: impl FnOnce(&GuestConfig) -> W,
+) where
+    W: FnOnce() -> QueryResult + Send + 'static,
+{
+    match guest.config.get() {
+        Some(config) => {
+            let work = job(config);
+            answer_later(
+                guest,
+                move || work().fit_to_frame(wrap),
+                |why| wrap(failed(id, why)),
+            );
+        }
+        None => {
+            let refused = wrap(failed(id, "the guest is not configured yet".into()));
+            guest.link.send(&refused);
+        }
     }
 }
 
@@ -128,25 +155,12 @@ pub fn serve(guest: &Arc<Guest>, events: &Receiver<Event>, config_tx: &Sender<Gu
                 "requested by the host",
                 Duration::from_secs(u64::from(deadline_secs)),
             ),
-            HostMessage::Query { id, sql } => match guest.config.get() {
-                Some(config) => {
+            HostMessage::Query { id, sql } => {
+                answer_configured(guest, id, GuestMessage::QueryResult, |config| {
                     let port = config.postgres.port;
-                    answer_later(
-                        guest,
-                        move || {
-                            postgres::query::run(id, &sql, port)
-                                .fit_to_frame(GuestMessage::QueryResult)
-                        },
-                        |why| GuestMessage::QueryResult(failed(id, why)),
-                    );
-                }
-                None => {
-                    guest.link.send(&GuestMessage::QueryResult(failed(
-                        id,
-                        "the guest is not configured yet".into(),
-                    )));
-                }
-            },
+                    move || postgres::query::run(id, &sql, port)
+                });
+            }
             HostMessage::Backup { id, request } => {
                 let g = Arc::clone(guest);
                 answer_later(
@@ -179,25 +193,24 @@ pub fn serve(guest: &Arc<Guest>, events: &Receiver<Event>, config_tx: &Sender<Gu
                 },
                 |why| GuestMessage::LogContents(failed(id, why)),
             ),
-            HostMessage::Probe { id, probe } => match guest.config.get() {
-                Some(config) => {
+            HostMessage::Probe {
+                id,
+                probe:
+                    Probe::Pgbench {
+                        mode,
+                        clients,
+                        seconds,
+                    },
+            } => answer_configured(guest, id, GuestMessage::ProbeResult, |config| {
+                let port = config.postgres.port;
+                move || result(id, postgres::pgbench::run(mode, clients, seconds, port))
+            }),
+            HostMessage::Probe { id, probe } => {
+                answer_configured(guest, id, GuestMessage::ProbeResult, |config| {
                     let (address, dns) = (config.network.address, config.network.dns);
-                    answer_later(
-                        guest,
-                        move || {
-                            result(id, net::probe::run(&probe, address, dns))
-                                .fit_to_frame(GuestMessage::ProbeResult)
-                        },
-                        |why| GuestMessage::ProbeResult(failed(id, why)),
-                    );
-                }
-                None => {
-                    guest.link.send(&GuestMessage::ProbeResult(failed(
-                        id,
-                        "the network is not configured yet".into(),
-                    )));
-                }
-            },
+                    move || result(id, net::probe::run(&probe, address, dns))
+                });
+            }
         }
     }
 }

@@ -21,6 +21,7 @@ pub mod kmsg;
 pub mod log_files;
 pub mod mounts;
 pub mod net;
+pub mod own_memory;
 pub mod owned_files;
 pub mod postgres;
 pub mod reaper;

@@ -16,6 +16,8 @@ fn main() {
 
 /// PID 1: never returns.
 fn pid1() -> ! {
+    // When the kernel handed over: the start of PID 1's own share of the boot.
+    let handed_over_ms = boot::uptime_ms();
     // Signals before anything else, so none is lost or acted on half-way.
     let sigfd = signals::install();
     // The kernel starts init with no PATH; every helper we run needs one. Set while
@@ -47,6 +49,7 @@ fn pid1() -> ! {
         version: env!("CARGO_PKG_VERSION").to_string(),
         kernel: kernel::release(),
         cmdline_warnings: warnings,
+        handed_over_ms: Some(handed_over_ms),
     });
     let (tx, rx) = std::sync::mpsc::channel();
     let boot_tx = tx.clone();

@@ -32,7 +32,8 @@ impl Reporter {
     }
 
     /// Records a stage transition and tells the console, the log and the host.
-    pub fn report(&self, report: StageReport) {
+    pub fn report(&self, mut report: StageReport) {
+        report.at_ms.get_or_insert_with(crate::boot::uptime_ms);
         let (stage, state) = (report.stage, report.state);
         let summary = report.detail.summary();
         match state {

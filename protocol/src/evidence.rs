@@ -126,6 +126,10 @@ pub struct InitEvidence {
     /// Kernel command-line keys that were ignored, and why.
     #[serde(default)]
     pub cmdline_warnings: Vec<String>,
+    /// When the kernel handed over to PID 1, in milliseconds since its start: where
+    /// PID 1's own share of the boot begins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handed_over_ms: Option<u64>,
 }
 
 impl fmt::Display for InitEvidence {
@@ -347,6 +351,7 @@ mod tests {
             version: "0.1.0".into(),
             kernel: "6.12.48-sovereign".into(),
             cmdline_warnings: vec![],
+            handed_over_ms: None,
         });
         assert_eq!(init.summary(), "PID 1 up, kernel 6.12.48-sovereign");
     }

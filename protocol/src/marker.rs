@@ -62,6 +62,8 @@ impl Marker {
                 stage: self.stage,
                 state: *state,
                 detail: detail.clone(),
+                // The console carries no clock: the control channel's report does.
+                at_ms: None,
             }),
             MarkerBody::DeviceReport(_) => None,
         }
@@ -106,6 +108,7 @@ mod tests {
                 version: "0.1.0".into(),
                 kernel: "6.12".into(),
                 cmdline_warnings: vec![],
+                handed_over_ms: None,
             },
         );
         let line = Marker::from_report(&report).to_line();

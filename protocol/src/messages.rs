@@ -12,8 +12,10 @@ pub use crate::devices::{DeviceKind, DeviceReport, Transport, VirtioDevice};
 /// Version of this message set, carried in [`Hello`]. Bump on incompatible changes.
 /// 2: stage evidence is typed ([`crate::evidence::StageDetail`]), device kinds and
 /// transports are enums. 3: backups (configuration, requests, status). 4: bulk
-/// transfers ([`crate::transfer`]).
-pub const PROTOCOL_VERSION: u32 = 5;
+/// transfers ([`crate::transfer`]). 5: a new TLS certificate for a running server
+/// ([`HostMessage::Tls`]). 6: pgbench inside the guest ([`Probe::Pgbench`]), stage
+/// reports stamped by the guest's clock, PID 1's memory in the status.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Guest → host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -206,6 +208,42 @@ pub enum Probe {
         /// How long to wait for the client.
         timeout_ms: u64,
     },
+    /// Run pgbench inside the guest against the local server over its unix socket, on
+    /// the tables a `pgbench -i` made in the `postgres` database: the baseline that
+    /// prices the whole network path when the same run comes over the tailnet.
+    Pgbench {
+        /// The built-in script.
+        mode: PgbenchMode,
+        /// Clients (and threads), 1 to [`PGBENCH_MAX_CLIENTS`].
+        clients: u16,
+        /// Duration, 1 to [`PGBENCH_MAX_SECONDS`].
+        seconds: u32,
+    },
+}
+
+/// Most clients a guest pgbench run may use (max_connections leaves room for apps).
+pub const PGBENCH_MAX_CLIENTS: u16 = 64;
+/// Longest guest pgbench run, in seconds.
+pub const PGBENCH_MAX_SECONDS: u32 = 600;
+
+/// pgbench's built-in scripts that a guest run may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PgbenchMode {
+    /// `-S`: one indexed SELECT per transaction.
+    SelectOnly,
+    /// The default TPC-B-like script: three UPDATEs, a SELECT and an INSERT.
+    TpcbLike,
+}
+
+impl PgbenchMode {
+    /// pgbench's name for the script (`-b NAME`).
+    pub fn builtin(self) -> &'static str {
+        match self {
+            PgbenchMode::SelectOnly => "select-only",
+            PgbenchMode::TpcbLike => "tpcb-like",
+        }
+    }
 }
 
 /// Who the guest is.
@@ -326,6 +364,18 @@ pub struct GuestStatus {
     /// Backups and WAL archiving, when the spec enables them.
     #[serde(default)]
     pub backup: Option<Box<crate::backup::BackupStatus>>,
+    /// PID 1's own memory now.
+    #[serde(default)]
+    pub init_memory: Option<ProcessMemory>,
+}
+
+/// A process's memory, for footprint figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessMemory {
+    /// Resident now (VmRSS, KiB).
+    pub rss_kib: u64,
+    /// The most it was ever resident (VmHWM, KiB).
+    pub peak_kib: u64,
 }
 
 /// A stage's latest state, without the bulky detail.

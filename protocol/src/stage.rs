@@ -99,6 +99,11 @@ pub struct StageReport {
     /// Stage-specific evidence, or the problem when failed or degraded.
     #[serde(default)]
     pub detail: StageDetail,
+    /// Milliseconds from the guest kernel's start to this transition, as the guest's
+    /// clock says (the host's clock only sees when the report arrived): where boot
+    /// time goes inside the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<u64>,
 }
 
 impl StageReport {
@@ -108,6 +113,7 @@ impl StageReport {
             stage,
             state: StageState::Started,
             detail: detail.into(),
+            at_ms: None,
         }
     }
 
@@ -117,6 +123,7 @@ impl StageReport {
             stage,
             state: StageState::Ready,
             detail: detail.into(),
+            at_ms: None,
         }
     }
 
@@ -126,6 +133,7 @@ impl StageReport {
             stage,
             state: StageState::Failed,
             detail: StageDetail::problem(why),
+            at_ms: None,
         }
     }
 
@@ -135,7 +143,14 @@ impl StageReport {
             stage,
             state: StageState::Degraded,
             detail: StageDetail::problem(why),
+            at_ms: None,
         }
+    }
+
+    /// This report, stamped `at_ms` after the guest kernel's start.
+    pub fn at(mut self, at_ms: u64) -> StageReport {
+        self.at_ms = Some(at_ms);
+        self
     }
 }
 

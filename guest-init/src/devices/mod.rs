@@ -52,9 +52,7 @@ pub fn take_census(wait: Duration, extra_modules: &[String]) -> DeviceReport {
         }
         Err(why) => report.kernel_config = why.to_string(),
     }
-    report.init_rss_kib = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| vm_rss_kib(&status));
+    report.init_rss_kib = crate::own_memory::read().map(|m| m.rss_kib);
     report
 }
 
@@ -80,34 +78,10 @@ pub fn verdict(report: &DeviceReport) -> Result<(), DevicesError> {
     Ok(())
 }
 
-/// The `VmRSS:` value (KiB) of a /proc/<pid>/status text.
-fn vm_rss_kib(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use protocol::messages::{Transport, VirtioDevice};
-
-    #[test]
-    fn vm_rss_is_read_from_proc_status() {
-        let status =
-            "Name:\tsovereign-init\nVmPeak:\t   9000 kB\nVmRSS:\t    2312 kB\nThreads:\t3\n";
-        assert_eq!(vm_rss_kib(status), Some(2312));
-        assert_eq!(vm_rss_kib("Name:\tkthreadd\nThreads:\t1\n"), None);
-        assert_eq!(vm_rss_kib("VmRSS:\tlots kB\n"), None);
-    }
-
-    #[test]
-    fn this_process_has_a_resident_size() {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        assert!(vm_rss_kib(&status).is_some_and(|k| k > 0), "{status}");
-    }
 
     #[test]
     fn the_verdict_needs_a_bound_vsock_and_every_driver() {

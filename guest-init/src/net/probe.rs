@@ -41,6 +41,8 @@ pub enum ProbeError {
     },
     #[error("{0} resolved to nothing")]
     Unresolved(String),
+    #[error("pgbench is a database run, not a network check")]
+    NotNetwork,
     #[error(transparent)]
     Firewall(#[from] super::firewall::FirewallError),
     #[error("no connection to {bind}:{port} within {timeout:?}")]
@@ -177,6 +179,7 @@ pub fn run(probe: &Probe, guest: Ipv4Addr, dns: Ipv4Addr) -> Result<String, Prob
             let _open = super::firewall::open_probe_port(*port)?;
             serve_once(guest, *port, reply, cap(*timeout_ms))
         }
+        Probe::Pgbench { .. } => Err(ProbeError::NotNetwork),
     }
 }
 

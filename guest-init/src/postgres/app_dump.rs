@@ -4,7 +4,6 @@
 //! touched, the current database is renamed to `<app>_before_restore_<time>`, and if
 //! `pg_restore` fails the new one is dropped and the old one takes its name back.
 
-use super::config::SOCKET_DIR;
 use super::{find_bin_dir, Account, PgError};
 use crate::command::{self, CommandError};
 use protocol::bulk::{ChunkReader, ChunkWriter};
@@ -80,16 +79,7 @@ pub fn check_app(cfg: &PostgresConfig, app: &str) -> Result<(), AppDumpError> {
 fn client(account: &Account, program: &str, port: u16, db: &str) -> Result<Command, PgError> {
     let bin = find_bin_dir(Path::new("/")).ok_or(PgError::NotInstalled)?;
     let mut c = account.command(bin.join(program));
-    c.args([
-        "-h",
-        SOCKET_DIR,
-        "-p",
-        &port.to_string(),
-        "-U",
-        "postgres",
-        "-d",
-        db,
-    ]);
+    c.args(super::superuser_over_socket(port)).args(["-d", db]);
     Ok(c)
 }
 

@@ -8,6 +8,7 @@
 
 pub mod app_dump;
 pub mod config;
+pub mod pgbench;
 pub mod query;
 pub mod tls;
 pub mod wal_budget;
@@ -96,22 +97,26 @@ impl Account {
     /// psql as the superuser over the unix socket, stopping at the first error.
     pub(crate) fn psql(&self, bin: &Path, port: u16, extra: &[&str]) -> Command {
         let mut c = self.command(bin.join("psql"));
-        c.args([
-            "-X",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            SOCKET_DIR,
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ]);
+        c.args(["-X", "-v", "ON_ERROR_STOP=1"])
+            .args(superuser_over_socket(port))
+            .args(["-d", "postgres"]);
         c.args(extra);
         c
     }
+}
+
+/// The connection options every client program shares: the superuser over the unix
+/// socket at `port` (the database is named per program: `-d` for most, a positional
+/// argument for pgbench, whose `-d` means debug).
+pub(crate) fn superuser_over_socket(port: u16) -> [String; 6] {
+    [
+        "-h".into(),
+        SOCKET_DIR.into(),
+        "-p".into(),
+        port.to_string(),
+        "-U".into(),
+        "postgres".into(),
+    ]
 }
 
 /// The running server.

@@ -120,7 +120,8 @@ impl LogName {
     }
 }
 
-/// The network checks `probe` can run in the guest.
+/// The checks `probe` can run in the guest: network paths, and pgbench on the local
+/// socket.
 #[derive(Debug, Subcommand)]
 pub enum ProbeCheck {
     /// Resolve NAME with the guest's resolver (gvproxy's DNS).
@@ -150,6 +151,28 @@ pub enum ProbeCheck {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// Run pgbench inside the guest over the unix socket, on tables a `pgbench -i` made
+    /// in the postgres database (the baseline for the same run over the tailnet).
+    Pgbench {
+        /// The built-in script.
+        #[arg(long, value_enum, default_value = "select-only")]
+        mode: PgbenchScript,
+        /// Clients (and threads), 1 to 64.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        clients: u16,
+        /// How long to run, 1 to 600 seconds.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=600))]
+        seconds: u32,
+    },
+}
+
+/// pgbench's built-in scripts, as `probe pgbench --mode` spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PgbenchScript {
+    /// One indexed SELECT per transaction.
+    SelectOnly,
+    /// Three UPDATEs, a SELECT and an INSERT per transaction.
+    TpcbLike,
 }
 
 impl ProbeCheck {
@@ -175,6 +198,18 @@ impl ProbeCheck {
                 port: *port,
                 reply: reply.clone(),
                 timeout_ms: timeout.saturating_mul(1000),
+            },
+            ProbeCheck::Pgbench {
+                mode,
+                clients,
+                seconds,
+            } => Probe::Pgbench {
+                mode: match mode {
+                    PgbenchScript::SelectOnly => protocol::messages::PgbenchMode::SelectOnly,
+                    PgbenchScript::TpcbLike => protocol::messages::PgbenchMode::TpcbLike,
+                },
+                clients: *clients,
+                seconds: *seconds,
             },
         }
     }
@@ -377,6 +412,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown architecture \"riscv\""), "{e}");
+    }
+
+    #[test]
+    fn a_guest_pgbench_run_is_bounded_and_names_the_field_it_refuses() {
+        let c =
+            Cli::try_parse_from(["sovereign", "probe", "pgbench", "--mode", "tpcb-like"]).unwrap();
+        let Command::Probe { check, .. } = &c.command else {
+            panic!("{c:?}")
+        };
+        assert_eq!(
+            check.to_probe(),
+            protocol::messages::Probe::Pgbench {
+                mode: protocol::messages::PgbenchMode::TpcbLike,
+                clients: 4,
+                seconds: 20
+            }
+        );
+        for (flag, value) in [
+            ("--clients", "65"),
+            ("--clients", "0"),
+            ("--seconds", "601"),
+        ] {
+            let e = Cli::try_parse_from(["sovereign", "probe", "pgbench", flag, value])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(flag) && e.contains(value), "{e}");
+        }
     }
 
     #[test]

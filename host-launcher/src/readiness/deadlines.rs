@@ -59,6 +59,8 @@ mod tests {
             status,
             elapsed_ms: None,
             summary: summary.into(),
+            guest_started_ms: None,
+            guest_ready_ms: None,
         }
     }
 

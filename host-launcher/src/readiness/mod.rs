@@ -71,6 +71,8 @@ impl Readiness {
                     status: StageStatus::Pending,
                     elapsed_ms: None,
                     summary: String::new(),
+                    guest_started_ms: None,
+                    guest_ready_ms: None,
                 })
                 .collect(),
             init_seen: false,
@@ -204,6 +206,23 @@ impl Readiness {
 
     fn on_report(&mut self, r: &StageReport, now: Instant, source: Source) -> Vec<Progress> {
         let summary = r.detail.summary();
+        if let protocol::StageDetail::Init(protocol::evidence::InitEvidence {
+            handed_over_ms: Some(at),
+            ..
+        }) = &r.detail
+        {
+            self.line_mut(Stage::Init)
+                .guest_started_ms
+                .get_or_insert(*at);
+        }
+        if let Some(at) = r.at_ms {
+            let line = self.line_mut(r.stage);
+            match r.state {
+                StageState::Started => _ = line.guest_started_ms.get_or_insert(at),
+                StageState::Ready => _ = line.guest_ready_ms.get_or_insert(at),
+                StageState::Degraded | StageState::Failed => {}
+            }
+        }
         if let Some(t) = r.detail.tailnet() {
             self.tailnet = Some(t.clone());
         }
@@ -461,6 +480,25 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_guests_own_clock_is_kept_per_stage_from_the_first_report() {
+        let t0 = Instant::now();
+        let mut r = Readiness::new(10, Stage::Ready, Timeouts::default(), t0);
+        let started = StageReport::started(Stage::Network, StageDetail::None).at(2_400);
+        r.on_stage_report(&started, t0);
+        r.on_stage_report(&ready(Stage::Network, StageDetail::None).at(2_650), t0);
+        // A replay of the same stage (a reconnect's greeting) keeps the first times.
+        r.on_stage_report(&ready(Stage::Network, StageDetail::None).at(9_000), t0);
+        // The console's markers carry no clock.
+        r.on_marker(&marker(&ready(Stage::Init, StageDetail::None)), t0);
+        let net = r.line(Stage::Network);
+        assert_eq!(
+            (net.guest_started_ms, net.guest_ready_ms),
+            (Some(2_400), Some(2_650))
+        );
+        assert_eq!(r.line(Stage::Init).guest_ready_ms, None);
+    }
+
+    #[test]
     fn a_full_boot_is_accepted_stage_by_stage() {
         let t0 = Instant::now();
         let mut r = Readiness::new(10, Stage::Ready, Timeouts::default(), t0);
@@ -471,6 +509,7 @@ pub(crate) mod tests {
                 version: "0.1.0".into(),
                 kernel: "6.12.48-sovereign".into(),
                 cmdline_warnings: vec![],
+                handed_over_ms: None,
             },
         ));
         let p = r.on_marker(&init, at(2600));

@@ -66,6 +66,13 @@ pub struct StageLine {
     pub elapsed_ms: Option<u64>,
     /// Short evidence (`vsock→vmw_vsock_virtio_transport, 2×virtio_blk`).
     pub summary: String,
+    /// When the guest started the stage, in milliseconds since its kernel started (by
+    /// the guest's clock; for `init`, when the kernel handed over to PID 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_started_ms: Option<u64>,
+    /// When the guest first reported the stage ready, by the same clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_ready_ms: Option<u64>,
 }
 
 /// What an input changed.

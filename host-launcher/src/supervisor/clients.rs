@@ -19,6 +19,17 @@ use tokio::sync::{mpsc, oneshot};
 const GUEST_REQUEST: Duration = Duration::from_secs(10);
 /// How long a query may take.
 const GUEST_QUERY: Duration = Duration::from_secs(120);
+
+/// How long a probe may take: a network check gets [`GUEST_QUERY`], a pgbench run its
+/// own duration and a minute to connect its clients and report.
+fn probe_deadline(probe: &protocol::messages::Probe) -> Duration {
+    match probe {
+        protocol::messages::Probe::Pgbench { seconds, .. } => {
+            Duration::from_secs(u64::from(*seconds) + 60)
+        }
+        _ => GUEST_QUERY,
+    }
+}
 /// How long a backup or restore may take (a full backup of a large database under
 /// emulation, or replaying a day of WAL).
 pub(super) const GUEST_BACKUP: Duration = Duration::from_secs(4 * 3600);
@@ -120,8 +131,9 @@ async fn serve_client(
             relay(&cmd, msg, Expect::Query(0), GUEST_QUERY).await
         }
         Request::Probe { probe } => {
+            let deadline = probe_deadline(&probe);
             let msg = HostMessage::Probe { id: 0, probe };
-            relay(&cmd, msg, Expect::Probe(0), GUEST_QUERY).await
+            relay(&cmd, msg, Expect::Probe(0), deadline).await
         }
         Request::ReadLog { log } => {
             let msg = HostMessage::ReadLog { id: 0, log };
