@@ -1,0 +1,468 @@
+//! The VM benchmark behind `scripts/bench.sh`: one VM under QEMU on a local tailnet,
+//! measured in the same run against its in-guest baseline:
+//!
+//! - boot to ready, per stage, on the first boot (initdb included) and on a later one,
+//!   by the host's clock (from the VMM's start) and by the guest's (from the kernel's
+//!   start), with PID 1's own share: from the kernel handing over to it until `control`;
+//! - PID 1's resident memory after ready and its peak under forwarding load (pgbench
+//!   over the tailnet at the most clients), the binaries' and the root image's sizes;
+//! - pgbench (select-only and tpcb-like at 1, 4 and 16 clients) from the second
+//!   tailnet node against the same run inside the guest over the unix socket
+//!   (`sovereign probe pgbench`): the ratio is what the whole network path costs.
+//!
+//! Prints a Markdown report and writes it to `target/bench/vm.md`, with a chart of both
+//! in `target/bench/vm.png`. Not a test: numbers, not assertions.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: a failed step ends it
+
+mod chart;
+
+use serde_json::Value;
+use sovereign_tests::artifacts::{missing_prerequisite, workspace_target_dir, Artifacts};
+use sovereign_tests::lab::Lab;
+use sovereign_tests::process::{run, text, wait_for};
+use sovereign_tests::tailnode::TailNode;
+use sovereign_tests::vm::Vm;
+use std::fmt::Write as _;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The peer's connection string: the VM by its tailnet name.
+const DSN: &str = "host=sql-vm port=5432 user=postgres dbname=postgres";
+/// pgbench's scale: 10 is 1M accounts, ~150 MiB, in cache on a 1 GiB VM.
+const SCALE: &str = "10";
+/// Client counts of the pgbench matrix.
+const CLIENTS: [u16; 3] = [1, 4, 16];
+/// Scripts of the pgbench matrix.
+const SCRIPTS: [&str; 2] = ["select-only", "tpcb-like"];
+
+fn fail(msg: &str) -> ! {
+    eprintln!("bench-vm: {msg}");
+    std::process::exit(1);
+}
+
+/// One stage of one boot.
+#[derive(Debug, Clone)]
+struct StageTime {
+    stage: String,
+    /// From the VMM's start, by the host's clock.
+    host_ms: Option<u64>,
+    /// From the kernel's start, by the guest's clock.
+    guest_started_ms: Option<u64>,
+    guest_ready_ms: Option<u64>,
+}
+
+/// The stage lines of `status --json` once up.
+fn stage_times(status: &Value) -> Vec<StageTime> {
+    status["stages"]
+        .as_array()
+        .map(|lines| {
+            lines
+                .iter()
+                .map(|l| StageTime {
+                    stage: l["stage"].as_str().unwrap_or("?").to_string(),
+                    host_ms: l["elapsed_ms"].as_u64(),
+                    guest_started_ms: l["guest_started_ms"].as_u64(),
+                    guest_ready_ms: l["guest_ready_ms"].as_u64(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn stage<'a>(times: &'a [StageTime], name: &str) -> Option<&'a StageTime> {
+    times.iter().find(|t| t.stage == name)
+}
+
+/// PID 1's share split by stage (ms, guest clock): `init` (handover to mounted and
+/// configured), `devices` (the census, waiting for drivers to bind included) and
+/// `control` (dialling the host, Hello, waiting for its configuration).
+fn pid1_split_ms(times: &[StageTime]) -> Option<[u64; 3]> {
+    let handed_over = stage(times, "init")?.guest_started_ms?;
+    let init = stage(times, "init")?.guest_ready_ms?;
+    let devices = stage(times, "devices")?.guest_ready_ms?;
+    let control = stage(times, "control")?.guest_ready_ms?;
+    Some([
+        init.checked_sub(handed_over)?,
+        devices.checked_sub(init)?,
+        control.checked_sub(devices)?,
+    ])
+}
+
+/// PID 1's own share of the boot: from the kernel handing over until `control` holds.
+fn pid1_share_ms(times: &[StageTime]) -> Option<u64> {
+    let handed_over = stage(times, "init")?.guest_started_ms?;
+    let control = stage(times, "control")?.guest_ready_ms?;
+    control.checked_sub(handed_over)
+}
+
+/// Boots the VM and returns its stage times.
+fn boot(vm: &Vm, what: &str) -> Vec<StageTime> {
+    eprintln!("==> {what}");
+    let o = vm.start();
+    if !o.status.success() {
+        fail(&format!("{what} failed:\n{}", text(&o)));
+    }
+    stage_times(&vm.status())
+}
+
+/// The font the chart's labels use: `$SOVEREIGN_BENCH_FONT`, else Debian's DejaVu Sans
+/// (fonts-dejavu-core, which scripts/ci-deps.sh installs).
+fn chart_font() -> std::path::PathBuf {
+    std::env::var_os("SOVEREIGN_BENCH_FONT")
+        .map(Into::into)
+        .unwrap_or_else(|| "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf".into())
+}
+
+/// A boot as the chart draws it: the kernel until PID 1, then each stage from the end of
+/// the one before to its own ready, by the guest's clock.
+fn chart_boot(label: &str, times: &[StageTime]) -> chart::Boot {
+    let mut spans = Vec::new();
+    let mut from = stage(times, "init").and_then(|t| t.guest_started_ms);
+    if let Some(handover) = from {
+        spans.push(("kernel".to_string(), 0.0, handover as f64 / 1000.0));
+    }
+    for t in times {
+        if let (Some(start), Some(end)) = (from, t.guest_ready_ms) {
+            spans.push((t.stage.clone(), start as f64 / 1000.0, end as f64 / 1000.0));
+            from = Some(end);
+        }
+    }
+    chart::Boot {
+        label: label.to_string(),
+        spans,
+    }
+}
+
+/// TPS and average latency (ms) from pgbench's report.
+fn pgbench_figures(report: &str) -> Option<(f64, f64)> {
+    let number_after = |prefix: &str| {
+        report.lines().find_map(|l| {
+            l.trim()
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|n| n.parse::<f64>().ok())
+        })
+    };
+    Some((number_after("tps = ")?, number_after("latency average = ")?))
+}
+
+/// The second node's pgbench: `$SOVEREIGN_BENCH_PG_BIN/pgbench` (scripts/bench.sh sets
+/// it), else the one on PATH.
+fn pgbench() -> String {
+    std::env::var("SOVEREIGN_BENCH_PG_BIN")
+        .map(|d| format!("{d}/pgbench"))
+        .unwrap_or_else(|_| "pgbench".into())
+}
+
+/// One pgbench run from the peer over the tailnet.
+fn over_tailnet(peer: &TailNode, password: &str, script: &str, clients: u16, secs: u32) -> String {
+    let n = clients.to_string();
+    let o = run(peer
+        .command(&pgbench())
+        .args([
+            "-n",
+            "-b",
+            script,
+            "-c",
+            &n,
+            "-j",
+            &n,
+            "-T",
+            &secs.to_string(),
+            DSN,
+        ])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "15"));
+    if !o.status.success() {
+        fail(&format!(
+            "pgbench over the tailnet ({script}, {clients}): {}",
+            text(&o)
+        ));
+    }
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The same run inside the guest over the unix socket.
+fn in_guest(vm: &Vm, script: &str, clients: u16, secs: u32) -> String {
+    let (n, s) = (clients.to_string(), secs.to_string());
+    let o = vm.cli(
+        "probe",
+        &[
+            "pgbench",
+            "--mode",
+            script,
+            "--clients",
+            &n,
+            "--seconds",
+            &s,
+        ],
+    );
+    if !o.status.success() {
+        fail(&format!(
+            "pgbench in the guest ({script}, {clients}): {}",
+            text(&o)
+        ));
+    }
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// PID 1's resident and peak memory (KiB) as the guest reports them.
+fn init_memory(vm: &Vm) -> Option<(u64, u64)> {
+    let s = vm.status();
+    let m = &s["guest"]["init_memory"];
+    Some((m["rss_kib"].as_u64()?, m["peak_kib"].as_u64()?))
+}
+
+fn secs(ms: Option<u64>) -> String {
+    ms.map_or("–".into(), |ms| format!("{:.2}", ms as f64 / 1000.0))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+fn boot_table(out: &mut String, first: &[StageTime], later: &[StageTime]) {
+    out.push_str(
+        "| stage | first boot: host s | guest started s | guest ready s | later boot: host s | guest started s | guest ready s |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for f in first {
+        let l = stage(later, &f.stage);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            f.stage,
+            secs(f.host_ms),
+            secs(f.guest_started_ms),
+            secs(f.guest_ready_ms),
+            secs(l.and_then(|l| l.host_ms)),
+            secs(l.and_then(|l| l.guest_started_ms)),
+            secs(l.and_then(|l| l.guest_ready_ms)),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nPID 1's own share (kernel hands over → control holds): first boot {} ms, later boot {} ms.\n",
+        pid1_share_ms(first).map_or("–".into(), |m| m.to_string()),
+        pid1_share_ms(later).map_or("–".into(), |m| m.to_string()),
+    );
+    for (label, times) in [("first boot", first), ("later boot", later)] {
+        if let Some([init, devices, control]) = pid1_split_ms(times) {
+            let _ = writeln!(
+                out,
+                "- {label}: init {init} ms, devices {devices} ms (waiting for drivers included), \
+                 control {control} ms (dialling the host and waiting for its configuration included)"
+            );
+        }
+    }
+    out.push('\n');
+}
+
+fn main() {
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| fail("usage: bench-vm ARTIFACT_DIR (scripts/bench.sh passes it)"));
+    if let Some(why) = missing_prerequisite() {
+        fail(&why);
+    }
+    let run_secs: u32 = std::env::var("SOVEREIGN_BENCH_PGBENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let a = Artifacts::in_dir(Path::new(&dir), "bzImage").unwrap_or_else(|e| fail(&e));
+    let mut lab = Lab::start(&a.tools, "benchvm").unwrap_or_else(|e| fail(&e));
+    let mut opts = lab.vm_options();
+    opts.data_disk_gib = 4;
+    opts.stage_timeout_secs = 300;
+    let vm = Vm::new(&a, &opts);
+
+    let first = boot(&vm, "first boot (initdb included)");
+    let after_ready = init_memory(&vm);
+    let password = vm.superuser_password();
+    let peer = lab.join_peer().unwrap_or_else(|e| fail(&e));
+    wait_for(Duration::from_secs(120), Duration::from_secs(3), || {
+        run(peer
+            .command("psql")
+            .args([DSN, "-c", "select 1"])
+            .env("PGPASSWORD", &password))
+        .status
+        .success()
+        .then_some(())
+    })
+    .unwrap_or_else(|| fail("psql from the peer never worked"));
+    eprintln!("==> pgbench -i -s {SCALE} (generated in the server)");
+    let init = run(peer
+        .command(&pgbench())
+        .args(["-i", "-s", SCALE, "-I", "dtGvp", DSN])
+        .env("PGPASSWORD", &password));
+    if !init.status.success() {
+        fail(&format!("pgbench -i: {}", text(&init)));
+    }
+
+    let mut rows = Vec::new();
+    let peak_under_load = AtomicU64::new(0);
+    for script in SCRIPTS {
+        for clients in CLIENTS {
+            eprintln!("==> pgbench {script}, {clients} client(s), {run_secs} s: tailnet, then in the guest");
+            let sampling = AtomicBool::new(clients == CLIENTS[CLIENTS.len() - 1]);
+            let tailnet = std::thread::scope(|s| {
+                s.spawn(|| {
+                    while sampling.load(Ordering::SeqCst) {
+                        if let Some((rss, _)) = init_memory(&vm) {
+                            peak_under_load.fetch_max(rss, Ordering::SeqCst);
+                        }
+                        std::thread::sleep(Duration::from_secs(2));
+                    }
+                });
+                let report = over_tailnet(peer, &password, script, clients, run_secs);
+                sampling.store(false, Ordering::SeqCst);
+                report
+            });
+            let guest = in_guest(&vm, script, clients, run_secs);
+            let t = pgbench_figures(&tailnet)
+                .unwrap_or_else(|| fail(&format!("no figures in {tailnet}")));
+            let g =
+                pgbench_figures(&guest).unwrap_or_else(|| fail(&format!("no figures in {guest}")));
+            eprintln!("    tailnet {:.0} TPS, guest {:.0} TPS", t.0, g.0);
+            rows.push((script, clients, t, g));
+        }
+    }
+    let peak_after_load = init_memory(&vm);
+
+    eprintln!("==> stop, then a later boot");
+    let o = vm.stop();
+    if !o.status.success() {
+        fail(&format!("stop failed:\n{}", text(&o)));
+    }
+    let later = boot(&vm, "later boot");
+    let o = vm.stop();
+    if !o.status.success() {
+        fail(&format!("stop failed:\n{}", text(&o)));
+    }
+
+    let mut out = String::from("## Boot to ready, per stage (QEMU TCG)\n\n");
+    boot_table(&mut out, &first, &later);
+    out.push_str("## pgbench: over the tailnet from the second node against inside the guest\n\n");
+    let _ = writeln!(
+        out,
+        "Scale {SCALE}, {run_secs} s per run; the ratio is tailnet TPS / in-guest TPS.\n\n\
+         | script | clients | tailnet TPS | latency ms | in-guest TPS | latency ms | ratio |\n\
+         |---|---|---|---|---|---|---|"
+    );
+    for (script, clients, t, g) in &rows {
+        let _ = writeln!(
+            out,
+            "| {script} | {clients} | {:.0} | {:.2} | {:.0} | {:.2} | {:.2} |",
+            t.0,
+            t.1,
+            g.0,
+            g.1,
+            t.0 / g.0
+        );
+    }
+    out.push_str("\n## Footprint\n\n| what | size |\n|---|---|\n");
+    let kib = |k: Option<u64>| k.map_or("–".into(), |k| format!("{:.2} MiB", k as f64 / 1024.0));
+    let _ = writeln!(
+        out,
+        "| PID 1 resident after ready | {} |",
+        kib(after_ready.map(|m| m.0))
+    );
+    let _ = writeln!(
+        out,
+        "| PID 1 resident under forwarding load (highest sample) | {} |",
+        kib(Some(peak_under_load.load(Ordering::SeqCst)).filter(|k| *k > 0))
+    );
+    let _ = writeln!(
+        out,
+        "| PID 1 peak resident (VmHWM) after the runs | {} |",
+        kib(peak_after_load.map(|m| m.1))
+    );
+    for (name, file) in [
+        (
+            "sovereign-init binary",
+            Path::new(&dir).join("sovereign-init"),
+        ),
+        ("sovereign binary", Path::new(&dir).join("sovereign")),
+    ] {
+        if let Ok(m) = std::fs::metadata(&file) {
+            let _ = writeln!(out, "| {name} | {} |", mib(m.len()));
+        }
+    }
+    if let Ok(m) = std::fs::metadata(&a.root_image) {
+        let _ = writeln!(
+            out,
+            "| root image (apparent / allocated) | {} / {} |",
+            mib(m.len()),
+            mib(m.blocks() * 512)
+        );
+    }
+    println!("{out}");
+    let dest = workspace_target_dir().join("bench");
+    if std::fs::create_dir_all(&dest).is_ok() {
+        let _ = std::fs::write(dest.join("vm.md"), &out);
+        eprintln!("written to {}", dest.join("vm.md").display());
+    }
+    let boots = [
+        chart_boot("first boot", &first),
+        chart_boot("later boot", &later),
+    ];
+    let bars: Vec<chart::Tps> = rows
+        .iter()
+        .map(|(script, clients, t, g)| chart::Tps {
+            label: format!(
+                "{} ×{clients}",
+                if *script == "select-only" {
+                    "S"
+                } else {
+                    "TPC-B"
+                }
+            ),
+            tailnet: t.0,
+            guest: g.0,
+        })
+        .collect();
+    let png = dest.join("vm.png");
+    match chart::use_font(&chart_font()).and_then(|()| chart::draw(&png, &boots, &bars)) {
+        Ok(()) => eprintln!("chart in {}", png.display()),
+        Err(e) => eprintln!("no chart: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pgbench_reports_are_read() {
+        let report = "transaction type: <builtin: select only>\nscaling factor: 10\n\
+                      latency average = 2.909 ms\ninitial connection time = 12.3 ms\n\
+                      tps = 1375.123456 (without initial connection time)\n";
+        assert_eq!(pgbench_figures(report), Some((1375.123456, 2.909)));
+        assert_eq!(pgbench_figures("pgbench: error: connection failed"), None);
+    }
+
+    #[test]
+    fn pid1s_share_runs_from_the_handover_to_control() {
+        let t = |stage: &str, started, ready| StageTime {
+            stage: stage.into(),
+            host_ms: None,
+            guest_started_ms: started,
+            guest_ready_ms: ready,
+        };
+        let times = [
+            t("init", Some(610), Some(640)),
+            t("control", Some(660), Some(690)),
+        ];
+        assert_eq!(pid1_share_ms(&times), Some(80));
+        assert_eq!(pid1_share_ms(&times[..1]), None);
+        let times = [
+            t("init", Some(610), Some(640)),
+            t("devices", None, Some(655)),
+            t("control", Some(656), Some(690)),
+        ];
+        assert_eq!(pid1_split_ms(&times), Some([30, 15, 35]));
+    }
+}
