@@ -61,3 +61,41 @@ go_arch() { deb_arch "$1"; }
 tools_path() {
   export PATH="$SOVEREIGN_CACHE/bin:$HOME/.cargo/bin:$PATH"
 }
+
+# pick_mirrors: sets mirror_args, mmdebstrap's mirror arguments for $SUITE: the
+# Debian archive this machine's apt already uses (no host is written into the repo),
+# with -updates and -security like mmdebstrap's own default. Empty: let mmdebstrap
+# choose.
+mirror_args=()
+pick_mirrors() {
+  local main="" security="" codename="" id=""
+  if [ -n "${SOVEREIGN_DEBIAN_MIRROR:-}" ]; then
+    main=$SOVEREIGN_DEBIAN_MIRROR
+    security=${SOVEREIGN_DEBIAN_SECURITY_MIRROR:-}
+  elif [ -r /etc/os-release ] && command -v apt-get >/dev/null; then
+    # shellcheck disable=SC1091
+    id=$(. /etc/os-release && echo "${ID:-}")
+    # shellcheck disable=SC1091
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    if [ "$id" = debian ] && [ -n "$codename" ]; then
+      local targets
+      # shellcheck disable=SC2016 # apt's own $(FIELD) syntax
+      targets=$(apt-get indextargets --no-release-info --format '$(REPO_URI) $(RELEASE)' \
+        'Identifier: Packages' 2>/dev/null | sort -u || true)
+      # The suite named by codename (else one named without a dash, like
+      # "stable"), and any *-security suite.
+      main=$(awk -v s="$codename" '$2 == s { print $1; exit }' <<<"$targets")
+      [ -n "$main" ] || main=$(awk '$2 !~ /-/ { print $1; exit }' <<<"$targets")
+      security=$(awk '$2 ~ /-security$/ { print $1; exit }' <<<"$targets")
+    fi
+  fi
+  if [ -z "$main" ]; then
+    log "no Debian mirror found in this machine's apt sources: using mmdebstrap's default"
+    return
+  fi
+  mirror_args=("deb ${main%/} $SUITE main" "deb ${main%/} $SUITE-updates main")
+  if [ -n "$security" ]; then
+    mirror_args+=("deb ${security%/} $SUITE-security main")
+  fi
+  log "Debian mirror: ${main%/}${security:+ (security: ${security%/})}"
+}
