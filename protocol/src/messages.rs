@@ -376,6 +376,16 @@ pub struct ProcessMemory {
     pub rss_kib: u64,
     /// The most it was ever resident (VmHWM, KiB).
     pub peak_kib: u64,
+    /// Of `rss_kib`, anonymous memory: heap, stacks (RssAnon, KiB). What a smaller
+    /// buffer or fewer threads would save.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anon_kib: Option<u64>,
+    /// Of `rss_kib`, pages of the binary itself (RssFile, KiB): code that ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_kib: Option<u64>,
+    /// Threads now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
 }
 
 /// A stage's latest state, without the bulky detail.
