@@ -4,8 +4,11 @@
 #   forwarder.txt  the quick forwarder variant (bench-forwarder.sh: ours against
 #                  upstream gvforwarder, both on this host against their own gvproxy)
 #   vm.md          bench-vm: boot to ready per stage (first and later boot, PID 1's own
-#                  share), PID 1's memory after ready and under forwarding load, sizes,
-#                  and pgbench over the tailnet against the same run inside the guest
+#                  share), boot to psql by name against the same packages booted with
+#                  systemd and upstream gvforwarder (build-peer-image.sh), PID 1's
+#                  memory after ready and under forwarding load against systemd's and
+#                  gvforwarder's, sizes, and pgbench over the tailnet against the same
+#                  run inside the guest
 #   summary.md     both, with the machine they ran on
 # Root (network namespaces, TAP and TUN devices); leaves nothing running. Optional:
 # SOVEREIGN_BENCH_PGBENCH_SECS (default 20), SOVEREIGN_BENCH_PG_BIN (a directory with
@@ -19,6 +22,8 @@ tools_path
 out=target/bench
 mkdir -p "$out"
 artifacts=$(scripts/build-images.sh --arch x86_64 | tail -n1)
+SOVEREIGN_BENCH_PEER=$(scripts/build-peer-image.sh | tail -n1)
+export SOVEREIGN_BENCH_PEER
 
 # The second node's pgbench (and pg_dump, pg_restore): Debian 12 ships pgbench only in
 # the server package, and its client tools are older than the guest's PostgreSQL 17.

@@ -14,8 +14,11 @@ use std::process::{Command, Output};
 pub struct VmOptions {
     /// Boot the boot-only initramfs instead of the full root image.
     pub initramfs: bool,
-    /// With `initramfs`: this initramfs instead of the artifact set's.
+    /// An initramfs: with `initramfs`, instead of the artifact set's; without, beside
+    /// the root image (a kernel that needs one to mount it, like Debian's).
     pub initrd: Option<PathBuf>,
+    /// A root image other than the artifact set's (the boot benchmark's systemd peer).
+    pub root_image: Option<PathBuf>,
     /// A kernel other than the artifact set's (e.g. the Debian cloud kernel).
     pub kernel: Option<PathBuf>,
     /// The stage `start` waits for.
@@ -47,6 +50,7 @@ impl Default for VmOptions {
         VmOptions {
             initramfs: false,
             initrd: None,
+            root_image: None,
             kernel: None,
             wait_for: "ready",
             login_server: None,
@@ -98,14 +102,15 @@ impl Vm {
                 .and_then(|f| f.set_len(64 << 20))
                 .expect("blank root disk");
         } else {
+            let source = opts.root_image.as_deref().unwrap_or(&a.root_image);
             assert!(
-                a.root_image.exists(),
+                source.exists(),
                 "{} is missing: this artifact set was built with --boot-only",
-                a.root_image.display()
+                source.display()
             );
             let o = run(Command::new("cp")
                 .args(["--sparse=always"])
-                .arg(&a.root_image)
+                .arg(source)
                 .arg(&root));
             assert!(o.status.success(), "copying the root image: {}", text(&o));
         }
@@ -116,8 +121,12 @@ impl Vm {
             toml_str(&root),
             opts.wait_for,
         );
-        if opts.initramfs {
-            let initrd = opts.initrd.as_deref().unwrap_or(&a.initramfs);
+        let initrd = if opts.initramfs {
+            Some(opts.initrd.as_deref().unwrap_or(&a.initramfs))
+        } else {
+            opts.initrd.as_deref()
+        };
+        if let Some(initrd) = initrd {
             spec.push_str(&format!("initrd = {}\n", toml_str(initrd)));
         }
         if let Some(arch) = opts.arch {

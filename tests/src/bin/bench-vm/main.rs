@@ -4,6 +4,10 @@
 //! - boot to ready, per stage, on the first boot (initdb included) and on a later one,
 //!   by the host's clock (from the VMM's start) and by the guest's (from the kernel's
 //!   start), with PID 1's own share: from the kernel handing over to it until `control`;
+//! - boot to the witness (psql from the second node by name answers) against the same
+//!   packages booted with systemd, Debian's cloud kernel and upstream gvforwarder
+//!   (`peer.rs`; the image is `$SOVEREIGN_BENCH_PEER`, from scripts/build-peer-image.sh),
+//!   and the resident memory of what stands in for PID 1 there;
 //! - PID 1's resident memory after ready and its peak under forwarding load (pgbench
 //!   over the tailnet at the most clients), the binaries' and the root image's sizes;
 //! - pgbench (select-only and tpcb-like at 1, 4 and 16 clients) from the second
@@ -16,7 +20,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: a failed step ends it
 
 mod chart;
+mod peer;
 
+use protocol::messages::ProcessMemory;
 use serde_json::Value;
 use sovereign_tests::artifacts::{missing_prerequisite, workspace_target_dir, Artifacts};
 use sovereign_tests::lab::Lab;
@@ -27,7 +33,7 @@ use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The peer's connection string: the VM by its tailnet name.
 const DSN: &str = "host=sql-vm port=5432 user=postgres dbname=postgres";
@@ -98,14 +104,29 @@ fn pid1_share_ms(times: &[StageTime]) -> Option<u64> {
     control.checked_sub(handed_over)
 }
 
-/// Boots the VM and returns its stage times.
-fn boot(vm: &Vm, what: &str) -> Vec<StageTime> {
+/// Boots the VM; returns its stage times and when psql from `peer` by name first
+/// answered (ms from launching `start`: the witness the systemd peer is timed to).
+fn boot(vm: &Vm, peer: &TailNode, what: &str) -> (Vec<StageTime>, Option<u64>) {
     eprintln!("==> {what}");
-    let o = vm.start();
-    if !o.status.success() {
-        fail(&format!("{what} failed:\n{}", text(&o)));
-    }
-    stage_times(&vm.status())
+    let t0 = Instant::now();
+    let password = || {
+        std::fs::read_to_string(vm.home.path().join("secrets/sql-postgres.password"))
+            .ok()
+            .map(|p| p.trim().to_string())
+    };
+    std::thread::scope(|s| {
+        let witness = s.spawn(|| peer::witness(peer, "sql-vm", password, t0));
+        let o = vm.start();
+        if !o.status.success() {
+            fail(&format!("{what} failed:\n{}", text(&o)));
+        }
+        let times = stage_times(&vm.status());
+        let witness_ms = witness.join().ok().flatten();
+        if let Some(ms) = witness_ms {
+            eprintln!("    psql answered after {:.2} s", ms as f64 / 1000.0);
+        }
+        (times, witness_ms)
+    })
 }
 
 /// The font the chart's labels use: `$SOVEREIGN_BENCH_FONT`, else Debian's DejaVu Sans
@@ -209,11 +230,9 @@ fn in_guest(vm: &Vm, script: &str, clients: u16, secs: u32) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// PID 1's resident and peak memory (KiB) as the guest reports them.
-fn init_memory(vm: &Vm) -> Option<(u64, u64)> {
-    let s = vm.status();
-    let m = &s["guest"]["init_memory"];
-    Some((m["rss_kib"].as_u64()?, m["peak_kib"].as_u64()?))
+/// PID 1's memory as the guest reports it.
+fn init_memory(vm: &Vm) -> Option<ProcessMemory> {
+    serde_json::from_value(vm.status()["guest"]["init_memory"].clone()).ok()
 }
 
 fn secs(ms: Option<u64>) -> String {
@@ -261,6 +280,95 @@ fn boot_table(out: &mut String, first: &[StageTime], later: &[StageTime]) {
     out.push('\n');
 }
 
+/// The witness against the systemd peer: launch to psql by name, first and later boot.
+fn systemd_table(out: &mut String, ours: [Option<u64>; 2], systemd: &[peer::PeerBoot; 2]) {
+    out.push_str(
+        "## Boot to psql by name, against the same packages under systemd\n\n\
+         From launching the VMM's companions to the first psql from the second node that \
+         answers, polled every 200 ms. The peer boots Debian's cloud kernel with its \
+         initramfs, systemd, and gvforwarder, tailscaled and PostgreSQL as units; Debian \
+         made its cluster when the image was built, so its first boot has no initdb.\n\n\
+         | boot | ours s | systemd peer s | ratio | the peer by systemd-analyze |\n\
+         |---|---|---|---|---|\n",
+    );
+    for ((label, ours), theirs) in ["first", "later"].iter().zip(ours).zip(systemd) {
+        let ratio = ours.map_or("–".into(), |o| {
+            format!("{:.2}", o as f64 / theirs.witness_ms as f64)
+        });
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {ratio} | {} |",
+            secs(ours),
+            secs(Some(theirs.witness_ms)),
+            theirs.startup.as_deref().unwrap_or("–"),
+        );
+    }
+    out.push('\n');
+}
+
+/// What stands in for PID 1 on the systemd peer, against PID 1.
+fn systemd_footprint(out: &mut String, ours_kib: Option<u64>, later: &peer::PeerBoot) {
+    let of = |names: &[&str]| -> u64 {
+        later
+            .rss_kib
+            .iter()
+            .filter(|(n, _)| names.contains(&n.as_str()))
+            .map(|(_, k)| k)
+            .sum()
+    };
+    if later.rss_kib.is_empty() {
+        out.push_str("| the systemd peer's resident memory | – (no report on its console) |\n");
+        return;
+    }
+    let systemd = of(&["systemd"]);
+    let daemons = of(&[
+        "systemd-journal",
+        "systemd-udevd",
+        "systemd-logind",
+        "dbus-daemon",
+    ]);
+    let forwarder = of(&["gvforwarder"]);
+    let whole = systemd + daemons + forwarder;
+    let mib = |kib: u64| format!("{:.2} MiB", kib as f64 / 1024.0);
+    let _ = writeln!(
+        out,
+        "| peer: systemd (PID 1) resident after boot | {} |",
+        mib(systemd)
+    );
+    let _ = writeln!(
+        out,
+        "| peer: journald, udevd, logind, dbus resident | {} |",
+        mib(daemons)
+    );
+    let _ = writeln!(out, "| peer: gvforwarder resident | {} |", mib(forwarder));
+    if let Some(ours) = ours_kib {
+        let _ = writeln!(
+            out,
+            "| PID 1 against all of those ({}) | {:.2}× |",
+            mib(whole),
+            ours as f64 / whole as f64
+        );
+    }
+}
+
+/// A systemd boot as the chart draws it: kernel, initrd and userspace to the default
+/// target, by systemd-analyze.
+fn chart_systemd_boot(label: &str, boot: &peer::PeerBoot) -> Option<chart::Boot> {
+    let (kernel, initrd, userspace) = boot.phases?;
+    Some(chart::Boot {
+        label: label.to_string(),
+        spans: vec![
+            ("kernel".to_string(), 0.0, kernel),
+            ("initrd".to_string(), kernel, kernel + initrd),
+            (
+                "systemd to its target".to_string(),
+                kernel + initrd,
+                kernel + initrd + userspace,
+            ),
+        ],
+    })
+}
+
 fn main() {
     let dir = std::env::args()
         .nth(1)
@@ -273,16 +381,34 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
     let a = Artifacts::in_dir(Path::new(&dir), "bzImage").unwrap_or_else(|e| fail(&e));
+    let peer_image = match std::env::var_os("SOVEREIGN_BENCH_PEER") {
+        Some(d) => Some(peer::PeerImage::open(Path::new(&d)).unwrap_or_else(|e| fail(&e))),
+        None => {
+            eprintln!(
+                "bench-vm: SOVEREIGN_BENCH_PEER is not set: no systemd peer (scripts/bench.sh builds it)"
+            );
+            None
+        }
+    };
     let mut lab = Lab::start(&a.tools, "benchvm").unwrap_or_else(|e| fail(&e));
     let mut opts = lab.vm_options();
     opts.data_disk_gib = 4;
     opts.stage_timeout_secs = 300;
+    let (login_server, key_file) = (lab.headscale.url.clone(), lab.vm_key_file.clone());
     let vm = Vm::new(&a, &opts);
+    let peer = lab.join_peer().unwrap_or_else(|e| fail(&e));
 
-    let first = boot(&vm, "first boot (initdb included)");
+    let systemd = peer_image.as_ref().map(|image| {
+        let pvm = peer::new_vm(&a, image, opts.clone());
+        peer::give_tailnet(&pvm, &login_server, &key_file).unwrap_or_else(|e| fail(&e));
+        let first = peer::boot(&pvm, peer, image, "first boot").unwrap_or_else(|e| fail(&e));
+        let later = peer::boot(&pvm, peer, image, "later boot").unwrap_or_else(|e| fail(&e));
+        [first, later]
+    });
+
+    let (first, first_witness) = boot(&vm, peer, "first boot (initdb included)");
     let after_ready = init_memory(&vm);
     let password = vm.superuser_password();
-    let peer = lab.join_peer().unwrap_or_else(|e| fail(&e));
     wait_for(Duration::from_secs(120), Duration::from_secs(3), || {
         run(peer
             .command("psql")
@@ -311,8 +437,8 @@ fn main() {
             let tailnet = std::thread::scope(|s| {
                 s.spawn(|| {
                     while sampling.load(Ordering::SeqCst) {
-                        if let Some((rss, _)) = init_memory(&vm) {
-                            peak_under_load.fetch_max(rss, Ordering::SeqCst);
+                        if let Some(m) = init_memory(&vm) {
+                            peak_under_load.fetch_max(m.rss_kib, Ordering::SeqCst);
                         }
                         std::thread::sleep(Duration::from_secs(2));
                     }
@@ -337,7 +463,7 @@ fn main() {
     if !o.status.success() {
         fail(&format!("stop failed:\n{}", text(&o)));
     }
-    let later = boot(&vm, "later boot");
+    let (later, later_witness) = boot(&vm, peer, "later boot");
     let o = vm.stop();
     if !o.status.success() {
         fail(&format!("stop failed:\n{}", text(&o)));
@@ -345,6 +471,9 @@ fn main() {
 
     let mut out = String::from("## Boot to ready, per stage (QEMU TCG)\n\n");
     boot_table(&mut out, &first, &later);
+    if let Some(systemd) = &systemd {
+        systemd_table(&mut out, [first_witness, later_witness], systemd);
+    }
     out.push_str("## pgbench: over the tailnet from the second node against inside the guest\n\n");
     let _ = writeln!(
         out,
@@ -368,8 +497,17 @@ fn main() {
     let _ = writeln!(
         out,
         "| PID 1 resident after ready | {} |",
-        kib(after_ready.map(|m| m.0))
+        kib(after_ready.map(|m| m.rss_kib))
     );
+    if let Some(m) = after_ready {
+        let _ = writeln!(
+            out,
+            "| of which anonymous (heap, stacks) / the binary's pages / threads | {} / {} / {} |",
+            kib(m.anon_kib),
+            kib(m.file_kib),
+            m.threads.map_or("–".into(), |t| t.to_string())
+        );
+    }
     let _ = writeln!(
         out,
         "| PID 1 resident under forwarding load (highest sample) | {} |",
@@ -378,8 +516,11 @@ fn main() {
     let _ = writeln!(
         out,
         "| PID 1 peak resident (VmHWM) after the runs | {} |",
-        kib(peak_after_load.map(|m| m.1))
+        kib(peak_after_load.map(|m| m.peak_kib))
     );
+    if let Some([_, later]) = &systemd {
+        systemd_footprint(&mut out, after_ready.map(|m| m.rss_kib), later);
+    }
     for (name, file) in [
         (
             "sovereign-init binary",
@@ -399,16 +540,27 @@ fn main() {
             mib(m.blocks() * 512)
         );
     }
+    if let Some(bytes) = peer_image.as_ref().and_then(peer::PeerImage::root_bytes) {
+        let _ = writeln!(
+            out,
+            "| the systemd peer's root image (apparent) | {} |",
+            mib(bytes)
+        );
+    }
     println!("{out}");
     let dest = workspace_target_dir().join("bench");
     if std::fs::create_dir_all(&dest).is_ok() {
         let _ = std::fs::write(dest.join("vm.md"), &out);
         eprintln!("written to {}", dest.join("vm.md").display());
     }
-    let boots = [
+    let mut boots = vec![
         chart_boot("first boot", &first),
         chart_boot("later boot", &later),
     ];
+    if let Some([f, l]) = &systemd {
+        boots.extend(chart_systemd_boot("systemd, first", f));
+        boots.extend(chart_systemd_boot("systemd, later", l));
+    }
     let bars: Vec<chart::Tps> = rows
         .iter()
         .map(|(script, clients, t, g)| chart::Tps {
