@@ -2,11 +2,15 @@
 # Benchmarks sovereign-init's tap0 <-> gvproxy forwarder against its peer, upstream
 # gvforwarder (gvisor-tap-vsock cmd/vm, same pinned version as gvproxy), in the same
 # run and on the same machine: each forwarder gets its own network namespace and its
-# own gvproxy (on a unix socket), and moves the same file from and to an HTTP server on
-# the host's loopback (reached as 192.168.127.254 through gvproxy's NAT).
-# Prints throughput (download, upload) and peak memory (VmHWM) of each forwarder and
-# the ratios sovereign/upstream. Root. Optional: SOVEREIGN_BENCH_MB (default 256),
-# SOVEREIGN_BENCH_ROUNDS (default 3); argument: the sovereign-init binary to measure.
+# own gvproxy (on a unix socket), and talks to servers on the host's loopback (reached
+# as 192.168.127.254 through gvproxy's NAT). Rounds alternate between the two.
+# Prints, for each forwarder: throughput both ways (median and spread of the rounds,
+# a file moved from and to an HTTP server), the forwarder's CPU seconds per GB moved,
+# peak memory (VmHWM), the TCP round trip (connect time through gvproxy, median of
+# 40), and frames per second with small packets (64-byte UDP datagrams from iperf3,
+# as received); then the ratios sovereign/upstream. Root. Optional:
+# SOVEREIGN_BENCH_MB (default 256), SOVEREIGN_BENCH_ROUNDS (default 3); argument: the
+# sovereign-init binary to measure.
 source "$(dirname "$0")/lib.sh"
 [ "$(id -u)" -eq 0 ] || die "run as root: the benchmark creates network namespaces and TAP devices"
 tools_path
@@ -75,28 +79,57 @@ start_pair() { # NAME: gvproxy + forwarder in namespace sov-bench-NAME; sets $fw
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+spread() { sort -n | awk 'NR == 1 {lo=$1} {hi=$1} END {printf "%.1f-%.1f", lo/1e6, hi/1e6}'; }
+# cpu_ticks PID: user + system time of a process, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-declare -A down up hwm
+iperf_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+iperf3 -s -B 127.0.0.1 -p "$iperf_port" >/dev/null 2>&1 &
+pids+=($!)
+
+declare -A fwd_pid down_all up_all ticks hwm rtt fps
 for name in sovereign upstream; do
   start_pair "$name"
-  ns=sov-bench-$name
-  d=() u=()
-  for _ in $(seq "$rounds"); do
-    d+=("$(ip netns exec "$ns" curl -s -o /dev/null -w '%{speed_download}' "http://192.168.127.254:$port/blob")")
-    u+=("$(ip netns exec "$ns" curl -s -o /dev/null -T "$work/www/blob" -w '%{speed_upload}' "http://192.168.127.254:$port/sink")")
+  fwd_pid[$name]=$fwd
+  ticks[$name]=0
+done
+for round in $(seq "$rounds"); do
+  for name in sovereign upstream; do
+    ns=sov-bench-$name
+    before=$(cpu_ticks "${fwd_pid[$name]}")
+    down_all[$name]+="$(ip netns exec "$ns" curl -s -o /dev/null -w '%{speed_download}' "http://192.168.127.254:$port/blob") "
+    up_all[$name]+="$(ip netns exec "$ns" curl -s -o /dev/null -T "$work/www/blob" -w '%{speed_upload}' "http://192.168.127.254:$port/sink") "
+    ticks[$name]=$(( ticks[$name] + $(cpu_ticks "${fwd_pid[$name]}") - before ))
   done
-  down[$name]=$(printf '%s\n' "${d[@]}" | median)
-  up[$name]=$(printf '%s\n' "${u[@]}" | median)
-  hwm[$name]=$(awk '/VmHWM/ {print $2}' "/proc/$fwd/status")
+  log "round $round of $rounds done"
+done
+for name in sovereign upstream; do
+  ns=sov-bench-$name
+  hwm[$name]=$(awk '/VmHWM/ {print $2}' "/proc/${fwd_pid[$name]}/status")
+  rtt[$name]=$(for _ in $(seq 40); do
+    ip netns exec "$ns" curl -s -o /dev/null -w '%{time_connect}\n' "http://192.168.127.254:$port/"
+  done | median)
+  fps[$name]=$(ip netns exec "$ns" iperf3 -c 192.168.127.254 -p "$iperf_port" -u -b 0 -l 64 -t 5 -J \
+    | jq '.end.sum.packets * (1 - .end.sum.lost_percent / 100) / .end.sum.seconds')
 done
 
-printf '\nforwarder benchmark: %s MiB each way, median of %s rounds, one gvproxy per forwarder\n' "$mb" "$rounds"
-printf '%-26s %14s %14s %14s\n' "" "download MB/s" "upload MB/s" "peak RSS KiB"
+hz=$(getconf CLK_TCK)
+gb=$(awk -v mb="$mb" -v r="$rounds" 'BEGIN {print mb * 1048576 * 2 * r / 1e9}')
+printf '\nforwarder benchmark: %s MiB each way per round, %s alternating rounds (median, min-max), one gvproxy per forwarder\n' "$mb" "$rounds"
+printf '%-24s %12s %12s %12s %12s %9s %10s %10s %11s\n' "" "down MB/s" "range" "up MB/s" "range" \
+  "CPU s/GB" "peak KiB" "TCP RTT ms" "64 B pkt/s"
+declare -A d u cpu
 for name in sovereign upstream; do
+  d[$name]=$(tr ' ' '\n' <<<"${down_all[$name]}" | grep . | median)
+  u[$name]=$(tr ' ' '\n' <<<"${up_all[$name]}" | grep . | median)
+  cpu[$name]=$(awk -v t="${ticks[$name]}" -v hz="$hz" -v gb="$gb" 'BEGIN {print t / hz / gb}')
   label=$([ "$name" = sovereign ] && echo "sovereign-init forward" || echo "gvforwarder (upstream)")
-  awk -v l="$label" -v d="${down[$name]}" -v u="${up[$name]}" -v m="${hwm[$name]}" \
-    'BEGIN {printf "%-26s %14.1f %14.1f %14d\n", l, d/1e6, u/1e6, m}'
+  awk -v l="$label" -v d="${d[$name]}" -v dr="$(tr ' ' '\n' <<<"${down_all[$name]}" | grep . | spread)" \
+    -v u="${u[$name]}" -v ur="$(tr ' ' '\n' <<<"${up_all[$name]}" | grep . | spread)" \
+    -v c="${cpu[$name]}" -v m="${hwm[$name]}" -v r="${rtt[$name]}" -v f="${fps[$name]}" \
+    'BEGIN {printf "%-24s %12.1f %12s %12.1f %12s %9.2f %10d %10.2f %11.0f\n", l, d/1e6, dr, u/1e6, ur, c, m, r*1000, f}'
 done
-awk -v ds="${down[sovereign]}" -v du="${down[upstream]}" -v us="${up[sovereign]}" -v uu="${up[upstream]}" \
-  -v ms="${hwm[sovereign]}" -v mu="${hwm[upstream]}" \
-  'BEGIN {printf "ratio sovereign/upstream: download %.2f, upload %.2f, peak RSS %.2f\n", ds/du, us/uu, ms/mu}'
+awk -v ds="${d[sovereign]}" -v du="${d[upstream]}" -v us="${u[sovereign]}" -v uu="${u[upstream]}" \
+  -v cs="${cpu[sovereign]}" -v cu="${cpu[upstream]}" -v ms="${hwm[sovereign]}" -v mu="${hwm[upstream]}" \
+  -v rs="${rtt[sovereign]}" -v ru="${rtt[upstream]}" -v fs="${fps[sovereign]}" -v fu="${fps[upstream]}" \
+  'BEGIN {printf "ratio sovereign/upstream: download %.2f, upload %.2f, CPU per GB %.2f, peak RSS %.2f, TCP RTT %.2f, small packets/s %.2f\n", ds/du, us/uu, cs/cu, ms/mu, rs/ru, fs/fu}'

@@ -2,7 +2,8 @@
 # Installs everything the build and the tests need on a Debian 12 machine, idempotently:
 # Debian packages (QEMU 10 and linux-source 6.12 from bookworm-backports), Go when the
 # machine has none, the Rust musl targets, a nightly toolchain for cargo-fuzz, and
-# vhost-device-vsock. fonts-dejavu-core gives the benchmark chart its labels.
+# vhost-device-vsock. fonts-dejavu-core gives the benchmark chart its labels; iperf3
+# sends the forwarder benchmark's small packets.
 # Re-running it is cheap: each step checks first.
 #   --main-job: only what scripts/demo.sh needs (no aarch64 target, no nightly
 #               toolchain, no cargo-fuzz: those serve the tests)
@@ -33,7 +34,7 @@ backports_pkgs=(qemu-system-x86 qemu-system-arm qemu-user-static qemu-utils linu
 pkgs=(bc flex bison libelf-dev libssl-dev dwarves gcc-aarch64-linux-gnu make cpio xz-utils
       zstd rsync mmdebstrap e2fsprogs iproute2 postgresql-client jq curl ca-certificates
       binfmt-support dpkg-dev busybox-static kmod file arch-test nftables
-      openssh-server openssh-client openssl fonts-dejavu-core)
+      openssh-server openssh-client openssl fonts-dejavu-core iperf3)
 missing=()
 for p in "${pkgs[@]}" "${backports_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
