@@ -20,15 +20,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: a failed step ends it
 
 mod chart;
+mod path;
 mod peer;
+mod report;
+mod stages;
 
 use protocol::messages::ProcessMemory;
-use serde_json::Value;
+use report::{boot_table, mib, path_table, systemd_footprint, systemd_table};
 use sovereign_tests::artifacts::{missing_prerequisite, workspace_target_dir, Artifacts};
 use sovereign_tests::lab::Lab;
 use sovereign_tests::process::{run, text, wait_for};
 use sovereign_tests::tailnode::TailNode;
 use sovereign_tests::vm::Vm;
+use stages::{stage, stage_times, StageTime};
 use std::fmt::Write as _;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -47,61 +51,6 @@ const SCRIPTS: [&str; 2] = ["select-only", "tpcb-like"];
 fn fail(msg: &str) -> ! {
     eprintln!("bench-vm: {msg}");
     std::process::exit(1);
-}
-
-/// One stage of one boot.
-#[derive(Debug, Clone)]
-struct StageTime {
-    stage: String,
-    /// From the VMM's start, by the host's clock.
-    host_ms: Option<u64>,
-    /// From the kernel's start, by the guest's clock.
-    guest_started_ms: Option<u64>,
-    guest_ready_ms: Option<u64>,
-}
-
-/// The stage lines of `status --json` once up.
-fn stage_times(status: &Value) -> Vec<StageTime> {
-    status["stages"]
-        .as_array()
-        .map(|lines| {
-            lines
-                .iter()
-                .map(|l| StageTime {
-                    stage: l["stage"].as_str().unwrap_or("?").to_string(),
-                    host_ms: l["elapsed_ms"].as_u64(),
-                    guest_started_ms: l["guest_started_ms"].as_u64(),
-                    guest_ready_ms: l["guest_ready_ms"].as_u64(),
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn stage<'a>(times: &'a [StageTime], name: &str) -> Option<&'a StageTime> {
-    times.iter().find(|t| t.stage == name)
-}
-
-/// PID 1's share split by stage (ms, guest clock): `init` (handover to mounted and
-/// configured), `devices` (the census, waiting for drivers to bind included) and
-/// `control` (dialling the host, Hello, waiting for its configuration).
-fn pid1_split_ms(times: &[StageTime]) -> Option<[u64; 3]> {
-    let handed_over = stage(times, "init")?.guest_started_ms?;
-    let init = stage(times, "init")?.guest_ready_ms?;
-    let devices = stage(times, "devices")?.guest_ready_ms?;
-    let control = stage(times, "control")?.guest_ready_ms?;
-    Some([
-        init.checked_sub(handed_over)?,
-        devices.checked_sub(init)?,
-        control.checked_sub(devices)?,
-    ])
-}
-
-/// PID 1's own share of the boot: from the kernel handing over until `control` holds.
-fn pid1_share_ms(times: &[StageTime]) -> Option<u64> {
-    let handed_over = stage(times, "init")?.guest_started_ms?;
-    let control = stage(times, "control")?.guest_ready_ms?;
-    control.checked_sub(handed_over)
 }
 
 /// Boots the VM; returns its stage times and when psql from `peer` by name first
@@ -235,122 +184,6 @@ fn init_memory(vm: &Vm) -> Option<ProcessMemory> {
     serde_json::from_value(vm.status()["guest"]["init_memory"].clone()).ok()
 }
 
-fn secs(ms: Option<u64>) -> String {
-    ms.map_or("–".into(), |ms| format!("{:.2}", ms as f64 / 1000.0))
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
-}
-
-fn boot_table(out: &mut String, first: &[StageTime], later: &[StageTime]) {
-    out.push_str(
-        "| stage | first boot: host s | guest started s | guest ready s | later boot: host s | guest started s | guest ready s |\n\
-         |---|---|---|---|---|---|---|\n",
-    );
-    for f in first {
-        let l = stage(later, &f.stage);
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {} | {} | {} | {} |",
-            f.stage,
-            secs(f.host_ms),
-            secs(f.guest_started_ms),
-            secs(f.guest_ready_ms),
-            secs(l.and_then(|l| l.host_ms)),
-            secs(l.and_then(|l| l.guest_started_ms)),
-            secs(l.and_then(|l| l.guest_ready_ms)),
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\nPID 1's own share (kernel hands over → control holds): first boot {} ms, later boot {} ms.\n",
-        pid1_share_ms(first).map_or("–".into(), |m| m.to_string()),
-        pid1_share_ms(later).map_or("–".into(), |m| m.to_string()),
-    );
-    for (label, times) in [("first boot", first), ("later boot", later)] {
-        if let Some([init, devices, control]) = pid1_split_ms(times) {
-            let _ = writeln!(
-                out,
-                "- {label}: init {init} ms, devices {devices} ms (waiting for drivers included), \
-                 control {control} ms (dialling the host and waiting for its configuration included)"
-            );
-        }
-    }
-    out.push('\n');
-}
-
-/// The witness against the systemd peer: launch to psql by name, first and later boot.
-fn systemd_table(out: &mut String, ours: [Option<u64>; 2], systemd: &[peer::PeerBoot; 2]) {
-    out.push_str(
-        "## Boot to psql by name, against the same packages under systemd\n\n\
-         From launching the VMM's companions to the first psql from the second node that \
-         answers, polled every 200 ms. The peer boots Debian's cloud kernel with its \
-         initramfs, systemd, and gvforwarder, tailscaled and PostgreSQL as units; Debian \
-         made its cluster when the image was built, so its first boot has no initdb.\n\n\
-         | boot | ours s | systemd peer s | ratio | the peer by systemd-analyze |\n\
-         |---|---|---|---|---|\n",
-    );
-    for ((label, ours), theirs) in ["first", "later"].iter().zip(ours).zip(systemd) {
-        let ratio = ours.map_or("–".into(), |o| {
-            format!("{:.2}", o as f64 / theirs.witness_ms as f64)
-        });
-        let _ = writeln!(
-            out,
-            "| {label} | {} | {} | {ratio} | {} |",
-            secs(ours),
-            secs(Some(theirs.witness_ms)),
-            theirs.startup.as_deref().unwrap_or("–"),
-        );
-    }
-    out.push('\n');
-}
-
-/// What stands in for PID 1 on the systemd peer, against PID 1.
-fn systemd_footprint(out: &mut String, ours_kib: Option<u64>, later: &peer::PeerBoot) {
-    let of = |names: &[&str]| -> u64 {
-        later
-            .rss_kib
-            .iter()
-            .filter(|(n, _)| names.contains(&n.as_str()))
-            .map(|(_, k)| k)
-            .sum()
-    };
-    if later.rss_kib.is_empty() {
-        out.push_str("| the systemd peer's resident memory | – (no report on its console) |\n");
-        return;
-    }
-    let systemd = of(&["systemd"]);
-    let daemons = of(&[
-        "systemd-journal",
-        "systemd-udevd",
-        "systemd-logind",
-        "dbus-daemon",
-    ]);
-    let forwarder = of(&["gvforwarder"]);
-    let whole = systemd + daemons + forwarder;
-    let mib = |kib: u64| format!("{:.2} MiB", kib as f64 / 1024.0);
-    let _ = writeln!(
-        out,
-        "| peer: systemd (PID 1) resident after boot | {} |",
-        mib(systemd)
-    );
-    let _ = writeln!(
-        out,
-        "| peer: journald, udevd, logind, dbus resident | {} |",
-        mib(daemons)
-    );
-    let _ = writeln!(out, "| peer: gvforwarder resident | {} |", mib(forwarder));
-    if let Some(ours) = ours_kib {
-        let _ = writeln!(
-            out,
-            "| PID 1 against all of those ({}) | {:.2}× |",
-            mib(whole),
-            ours as f64 / whole as f64
-        );
-    }
-}
-
 /// A systemd boot as the chart draws it: kernel, initrd and userspace to the default
 /// target, by systemd-analyze.
 fn chart_systemd_boot(label: &str, boot: &peer::PeerBoot) -> Option<chart::Boot> {
@@ -401,9 +234,21 @@ fn main() {
     let systemd = peer_image.as_ref().map(|image| {
         let pvm = peer::new_vm(&a, image, opts.clone());
         peer::give_tailnet(&pvm, &login_server, &key_file).unwrap_or_else(|e| fail(&e));
-        let first = peer::boot(&pvm, peer, image, "first boot").unwrap_or_else(|e| fail(&e));
-        let later = peer::boot(&pvm, peer, image, "later boot").unwrap_or_else(|e| fail(&e));
-        [first, later]
+        let (first, ()) =
+            peer::boot(&pvm, peer, image, "first boot", || ()).unwrap_or_else(|e| fail(&e));
+        let (later, figures) = peer::boot(&pvm, peer, image, "later boot", || {
+            path::measure(
+                peer,
+                peer::HOSTNAME,
+                &image.password(),
+                &pgbench(),
+                true,
+                run_secs,
+            )
+        })
+        .unwrap_or_else(|e| fail(&e));
+        let figures = figures.unwrap_or_else(|e| fail(&e));
+        ([first, later], figures)
     });
 
     let (first, first_witness) = boot(&vm, peer, "first boot (initdb included)");
@@ -427,6 +272,11 @@ fn main() {
     if !init.status.success() {
         fail(&format!("pgbench -i: {}", text(&init)));
     }
+
+    let ours_path = systemd.as_ref().map(|_| {
+        path::measure(peer, "sql-vm", &password, &pgbench(), false, run_secs)
+            .unwrap_or_else(|e| fail(&e))
+    });
 
     let mut rows = Vec::new();
     let peak_under_load = AtomicU64::new(0);
@@ -471,8 +321,11 @@ fn main() {
 
     let mut out = String::from("## Boot to ready, per stage (QEMU TCG)\n\n");
     boot_table(&mut out, &first, &later);
-    if let Some(systemd) = &systemd {
-        systemd_table(&mut out, [first_witness, later_witness], systemd);
+    if let Some((boots, theirs)) = &systemd {
+        systemd_table(&mut out, [first_witness, later_witness], boots);
+        if let Some(ours) = &ours_path {
+            path_table(&mut out, ours, theirs, run_secs);
+        }
     }
     out.push_str("## pgbench: over the tailnet from the second node against inside the guest\n\n");
     let _ = writeln!(
@@ -518,7 +371,7 @@ fn main() {
         "| PID 1 peak resident (VmHWM) after the runs | {} |",
         kib(peak_after_load.map(|m| m.peak_kib))
     );
-    if let Some([_, later]) = &systemd {
+    if let Some(([_, later], _)) = &systemd {
         systemd_footprint(&mut out, after_ready.map(|m| m.rss_kib), later);
     }
     for (name, file) in [
@@ -557,7 +410,7 @@ fn main() {
         chart_boot("first boot", &first),
         chart_boot("later boot", &later),
     ];
-    if let Some([f, l]) = &systemd {
+    if let Some(([f, l], _)) = &systemd {
         boots.extend(chart_systemd_boot("systemd, first", f));
         boots.extend(chart_systemd_boot("systemd, later", l));
     }
@@ -594,27 +447,5 @@ mod tests {
                       tps = 1375.123456 (without initial connection time)\n";
         assert_eq!(pgbench_figures(report), Some((1375.123456, 2.909)));
         assert_eq!(pgbench_figures("pgbench: error: connection failed"), None);
-    }
-
-    #[test]
-    fn pid1s_share_runs_from_the_handover_to_control() {
-        let t = |stage: &str, started, ready| StageTime {
-            stage: stage.into(),
-            host_ms: None,
-            guest_started_ms: started,
-            guest_ready_ms: ready,
-        };
-        let times = [
-            t("init", Some(610), Some(640)),
-            t("control", Some(660), Some(690)),
-        ];
-        assert_eq!(pid1_share_ms(&times), Some(80));
-        assert_eq!(pid1_share_ms(&times[..1]), None);
-        let times = [
-            t("init", Some(610), Some(640)),
-            t("devices", None, Some(655)),
-            t("control", Some(656), Some(690)),
-        ];
-        assert_eq!(pid1_split_ms(&times), Some([30, 15, 35]));
     }
 }

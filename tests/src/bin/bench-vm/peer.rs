@@ -376,9 +376,15 @@ fn power_down(running: &mut Running) -> bool {
     false
 }
 
-/// Boots the peer once, times psql from `peer` by name, reads its report, and powers
-/// it down.
-pub fn boot(vm: &Vm, peer: &TailNode, image: &PeerImage, what: &str) -> Result<PeerBoot, String> {
+/// Boots the peer once, times psql from `peer` by name, reads its report, runs
+/// `while_up`, and powers it down.
+pub fn boot<T>(
+    vm: &Vm,
+    peer: &TailNode,
+    image: &PeerImage,
+    what: &str,
+    while_up: impl FnOnce() -> T,
+) -> Result<(PeerBoot, T), String> {
     eprintln!("==> systemd peer: {what}");
     let t0 = Instant::now();
     let mut running = launch(vm)?;
@@ -401,16 +407,18 @@ pub fn boot(vm: &Vm, peer: &TailNode, image: &PeerImage, what: &str) -> Result<P
         witness_ms as f64 / 1000.0
     );
     let (startup, rss_kib) = read_report(&console, Duration::from_secs(120));
+    let extra = while_up();
     if !power_down(&mut running) {
         eprintln!("    the peer did not power down in time: killed");
     }
     drop(running);
-    Ok(PeerBoot {
+    let boot = PeerBoot {
         witness_ms,
         phases: startup.as_deref().and_then(startup_phases),
         startup,
         rss_kib,
-    })
+    };
+    Ok((boot, extra))
 }
 
 /// A VM home for the peer: our harness's spec with the peer's kernel, initrd and image.
