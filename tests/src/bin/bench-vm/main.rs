@@ -64,7 +64,7 @@ fn boot(vm: &Vm, peer: &TailNode, what: &str) -> (Vec<StageTime>, Option<u64>) {
             .map(|p| p.trim().to_string())
     };
     std::thread::scope(|s| {
-        let witness = s.spawn(|| peer::witness(peer, "sql-vm", password, t0));
+        let witness = s.spawn(|| peer::witness(peer, "sql-vm", password, t0, || false));
         let o = vm.start();
         if !o.status.success() {
             fail(&format!("{what} failed:\n{}", text(&o)));

@@ -16,7 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The peer's kernel command line: Debian's usual, with the console on the serial port.
-const CMDLINE: &str = "console=ttyS0 root=/dev/vda rw panic=-1";
+/// (printk.devkmsg=on: the report unit writes more lines than /dev/kmsg lets through
+/// by default.)
+const CMDLINE: &str = "console=ttyS0 root=/dev/vda rw panic=-1 printk.devkmsg=on";
 /// The tailnet name the peer's units give it.
 pub const HOSTNAME: &str = "sql-peer";
 /// What the peer's report unit prints before each of its lines.
@@ -92,14 +94,24 @@ pub fn give_tailnet(vm: &Vm, login_server: &str, key_file: &Path) -> Result<(), 
     let home = vm.home.path();
     let image = home.join("root.img");
     let server = home.join("login-server");
+    let env = home.join("tailscaled.env");
     let script = home.join("debugfs-tailnet.txt");
     let commands = format!(
         "write {} /etc/sovereign-peer/login-server\nwrite {} /etc/sovereign-peer/authkey\n\
-         sif /etc/sovereign-peer/authkey mode 0100600\n",
+         sif /etc/sovereign-peer/authkey mode 0100600\nwrite {} /etc/sovereign-peer/tailscaled.env\n",
         server.display(),
-        key_file.display()
+        key_file.display(),
+        env.display()
     );
+    // A plain-HTTP control server serves its DERP over plain HTTP too, which tailscaled
+    // only speaks when told (the guest's init does the same).
+    let env_text = if login_server.starts_with("http://") {
+        "TS_DEBUG_USE_DERP_HTTP=1\n"
+    } else {
+        ""
+    };
     std::fs::write(&server, login_server)
+        .and_then(|()| std::fs::write(&env, env_text))
         .and_then(|()| std::fs::write(&script, commands))
         .map_err(|e| e.to_string())?;
     let o = run(Command::new("debugfs")
@@ -157,13 +169,26 @@ fn paths_in(arg: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// The QEMU arguments for the peer: its own kernel command line, and a QMP socket in
-/// place of the (absent) monitor, for an ACPI power-down.
+/// The QEMU arguments for the peer: its own kernel command line, a QMP socket in
+/// place of the (absent) monitor, for an ACPI power-down, and only the root disk (the
+/// peer keeps its cluster there, as Debian does; our data and backup disks would be
+/// empty devices to it).
 fn peer_qemu_args(args: &[String], qmp: &Path) -> Vec<String> {
     let mut out = Vec::with_capacity(args.len() + 2);
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "-drive" | "-device" => {
+                let Some(value) = it.next() else { break };
+                let other_disk = if a == "-drive" {
+                    !value.contains(",id=root,")
+                } else {
+                    value.starts_with("virtio-blk-pci,") && !value.ends_with("drive=root")
+                };
+                if !other_disk {
+                    out.extend([a.clone(), value.clone()]);
+                }
+            }
             "-append" => {
                 it.next();
                 out.extend(["-append".to_string(), CMDLINE.to_string()]);
@@ -261,14 +286,16 @@ fn launch(vm: &Vm) -> Result<Running, String> {
 
 /// Polls psql from `peer` until `host` answers; milliseconds since `t0`. `password`
 /// is asked each time: ours exists only once `start` has written it.
+/// Gives up early when `gone` says the VM is no more.
 pub fn witness(
     peer: &TailNode,
     host: &str,
     password: impl Fn() -> Option<String>,
     t0: Instant,
+    mut gone: impl FnMut() -> bool,
 ) -> Option<u64> {
     let dsn = format!("host={host} port=5432 user=postgres dbname=postgres connect_timeout=2");
-    while t0.elapsed() < WITNESS_DEADLINE {
+    while t0.elapsed() < WITNESS_DEADLINE && !gone() {
         if let Some(password) = password() {
             let o = peer
                 .command("psql")
@@ -389,7 +416,14 @@ pub fn boot<T>(
     let t0 = Instant::now();
     let mut running = launch(vm)?;
     let console = running.console.clone();
-    let witness_ms = witness(peer, HOSTNAME, || Some(image.password()), t0).ok_or_else(|| {
+    let qemu_exited = || {
+        running
+            .children
+            .iter_mut()
+            .any(|(n, c)| n.starts_with("qemu-system") && !matches!(c.try_wait(), Ok(None)))
+    };
+    let found = witness(peer, HOSTNAME, || Some(image.password()), t0, qemu_exited);
+    let witness_ms = found.ok_or_else(|| {
         let tail: String = std::fs::read_to_string(&console)
             .unwrap_or_default()
             .lines()
@@ -400,7 +434,7 @@ pub fn boot<T>(
             .rev()
             .collect::<Vec<_>>()
             .join("\n");
-        format!("psql to {HOSTNAME} never answered; console:\n{tail}")
+        format!("psql to {HOSTNAME} never answered (or QEMU exited); console:\n{tail}")
     })?;
     eprintln!(
         "    psql answered after {:.2} s",
@@ -443,6 +477,16 @@ mod tests {
     #[test]
     fn qemu_gets_the_peers_cmdline_and_a_qmp_socket() {
         let args: Vec<String> = [
+            "-device",
+            "vhost-user-vsock-pci,chardev=vsock",
+            "-drive",
+            "file=/h/root.img,if=none,id=root,format=raw,cache=writeback",
+            "-device",
+            "virtio-blk-pci,drive=root",
+            "-drive",
+            "file=/h/postgres.img,if=none,id=data,format=raw,cache=writeback",
+            "-device",
+            "virtio-blk-pci,drive=data",
             "-kernel",
             "k",
             "-append",
@@ -456,6 +500,12 @@ mod tests {
         assert_eq!(
             out,
             [
+                "-device",
+                "vhost-user-vsock-pci,chardev=vsock",
+                "-drive",
+                "file=/h/root.img,if=none,id=root,format=raw,cache=writeback",
+                "-device",
+                "virtio-blk-pci,drive=root",
                 "-kernel",
                 "k",
                 "-append",
