@@ -10,6 +10,7 @@ use sovereign_tests::process::{run, text};
 use sovereign_tests::tailnode::TailNode;
 use sovereign_tests::vm::{Vm, VmOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -237,6 +238,13 @@ fn launch(vm: &Vm) -> Result<Running, String> {
         for p in args.iter().flat_map(|a| paths_in(a)) {
             if let Some(parent) = p.parent() {
                 let _ = std::fs::create_dir_all(parent);
+            }
+            // A killed gvproxy leaves its sockets behind, and the next one could not
+            // bind them (start clears its run directory the same way). QEMU only
+            // connects to the sockets it names.
+            let listener = !name.starts_with("qemu-system");
+            if listener && std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_socket()) {
+                let _ = std::fs::remove_file(&p);
             }
         }
         let args = if name.starts_with("qemu-system") {
