@@ -188,17 +188,19 @@ fn init_memory(vm: &Vm) -> Option<ProcessMemory> {
 /// target, by systemd-analyze.
 fn chart_systemd_boot(label: &str, boot: &peer::PeerBoot) -> Option<chart::Boot> {
     let (kernel, initrd, userspace) = boot.phases?;
+    let mut spans = vec![("kernel".to_string(), 0.0, kernel)];
+    // Debian's initramfs-tools leaves no initrd timestamps: its time is in the kernel's.
+    if initrd > 0.0 {
+        spans.push(("initrd".to_string(), kernel, kernel + initrd));
+    }
+    spans.push((
+        "systemd to its target".to_string(),
+        kernel + initrd,
+        kernel + initrd + userspace,
+    ));
     Some(chart::Boot {
         label: label.to_string(),
-        spans: vec![
-            ("kernel".to_string(), 0.0, kernel),
-            ("initrd".to_string(), kernel, kernel + initrd),
-            (
-                "systemd to its target".to_string(),
-                kernel + initrd,
-                kernel + initrd + userspace,
-            ),
-        ],
+        spans,
     })
 }
 
