@@ -32,6 +32,7 @@ pub mod marker;
 pub mod messages;
 pub mod offsite;
 pub mod ports;
+pub mod probe;
 pub mod provision;
 pub mod scram;
 pub mod stage;

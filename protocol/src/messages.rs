@@ -8,14 +8,19 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 pub use crate::devices::{DeviceKind, DeviceReport, Transport, VirtioDevice};
+pub use crate::probe::{
+    PgbenchMode, Probe, StreamDirection, PGBENCH_MAX_CLIENTS, PGBENCH_MAX_SECONDS,
+    STREAM_MAX_BYTES, STREAM_MAX_MS,
+};
 
 /// Version of this message set, carried in [`Hello`]. Bump on incompatible changes.
 /// 2: stage evidence is typed ([`crate::evidence::StageDetail`]), device kinds and
 /// transports are enums. 3: backups (configuration, requests, status). 4: bulk
 /// transfers ([`crate::transfer`]). 5: a new TLS certificate for a running server
 /// ([`HostMessage::Tls`]). 6: pgbench inside the guest ([`Probe::Pgbench`]), stage
-/// reports stamped by the guest's clock, PID 1's memory in the status.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// reports stamped by the guest's clock, PID 1's memory in the status. 7: bulk streams
+/// through the forwarder and over raw vsock ([`Probe::Stream`], [`Probe::VsockStream`]).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// Guest → host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,73 +182,6 @@ pub enum GuestLog {
     Kernel,
     /// pgBackRest's logs: WAL archiving (both halves of async push), backups, restores.
     Pgbackrest,
-}
-
-/// A network check the guest runs on the host's request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Probe {
-    /// Resolve a name with the guest's resolver (/etc/resolv.conf → gvproxy's DNS).
-    Dns {
-        /// Host name to resolve.
-        name: String,
-    },
-    /// Connect to `address` (`host:port`), send `send`, return what comes back (up to
-    /// 16 KiB) until the peer closes or `timeout_ms` passes.
-    Tcp {
-        /// Where to connect.
-        address: String,
-        /// Bytes to send first (may be empty).
-        send: String,
-        /// Overall deadline.
-        timeout_ms: u64,
-    },
-    /// Listen on the guest's network address at `port`, accept one connection within
-    /// `timeout_ms`, answer `reply`, close. Proves the inbound path (gvproxy's expose).
-    Serve {
-        /// TCP port to listen on.
-        port: u16,
-        /// What to send to the client.
-        reply: String,
-        /// How long to wait for the client.
-        timeout_ms: u64,
-    },
-    /// Run pgbench inside the guest against the local server over its unix socket, on
-    /// the tables a `pgbench -i` made in the `postgres` database: the baseline that
-    /// prices the whole network path when the same run comes over the tailnet.
-    Pgbench {
-        /// The built-in script.
-        mode: PgbenchMode,
-        /// Clients (and threads), 1 to [`PGBENCH_MAX_CLIENTS`].
-        clients: u16,
-        /// Duration, 1 to [`PGBENCH_MAX_SECONDS`].
-        seconds: u32,
-    },
-}
-
-/// Most clients a guest pgbench run may use (max_connections leaves room for apps).
-pub const PGBENCH_MAX_CLIENTS: u16 = 64;
-/// Longest guest pgbench run, in seconds.
-pub const PGBENCH_MAX_SECONDS: u32 = 600;
-
-/// pgbench's built-in scripts that a guest run may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PgbenchMode {
-    /// `-S`: one indexed SELECT per transaction.
-    SelectOnly,
-    /// The default TPC-B-like script: three UPDATEs, a SELECT and an INSERT.
-    TpcbLike,
-}
-
-impl PgbenchMode {
-    /// pgbench's name for the script (`-b NAME`).
-    pub fn builtin(self) -> &'static str {
-        match self {
-            PgbenchMode::SelectOnly => "select-only",
-            PgbenchMode::TpcbLike => "tpcb-like",
-        }
-    }
 }
 
 /// Who the guest is.

@@ -7,6 +7,7 @@ pub mod forwarder;
 pub mod liveness;
 pub mod netlink;
 pub mod probe;
+pub mod stream;
 pub mod tap;
 
 use crate::report::Reporter;

@@ -157,6 +157,12 @@ fn serve_once(
     }
 }
 
+/// The deadline of a stream probe: at least a second, at most
+/// [`protocol::messages::STREAM_MAX_MS`].
+fn stream_cap(ms: u64) -> Duration {
+    Duration::from_millis(ms.clamp(1000, protocol::messages::STREAM_MAX_MS))
+}
+
 /// Runs a host-requested probe; `guest` is the guest's own address (inbound probes
 /// listen only there, never on the tailnet).
 pub fn run(probe: &Probe, guest: Ipv4Addr, dns: Ipv4Addr) -> Result<String, ProbeError> {
@@ -180,6 +186,18 @@ pub fn run(probe: &Probe, guest: Ipv4Addr, dns: Ipv4Addr) -> Result<String, Prob
             serve_once(guest, *port, reply, cap(*timeout_ms))
         }
         Probe::Pgbench { .. } => Err(ProbeError::NotNetwork),
+        Probe::Stream {
+            address,
+            direction,
+            bytes,
+            timeout_ms,
+        } => super::stream::over_tcp(address, *direction, *bytes, stream_cap(*timeout_ms)),
+        Probe::VsockStream {
+            port,
+            direction,
+            bytes,
+            timeout_ms,
+        } => super::stream::over_vsock(*port, *direction, *bytes, stream_cap(*timeout_ms)),
     }
 }
 

@@ -164,6 +164,47 @@ pub enum ProbeCheck {
         #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=600))]
         seconds: u32,
     },
+    /// Move bulk data over TCP between the guest and ADDRESS through the forwarder and
+    /// gvproxy (the far end serves or sinks it and times it); prints the guest's figure.
+    Stream {
+        /// Where to connect, e.g. 192.168.127.254:5201 (the host's loopback via gvproxy).
+        address: String,
+        #[command(flatten)]
+        transfer: StreamTransfer,
+    },
+    /// The same over a vsock connection of its own to the host's PORT (no TCP, no
+    /// forwarder): the ceiling any forwarder works under. Under QEMU the host end is the
+    /// unix socket `<run dir>/vsock.sock_PORT`.
+    VsockStream {
+        /// The host's vsock port (not 1024 to 1026, which the VM's own channels use).
+        #[arg(value_parser = clap::value_parser!(u32).range(1027..))]
+        port: u32,
+        #[command(flatten)]
+        transfer: StreamTransfer,
+    },
+}
+
+/// Which way a stream goes, how much and for how long.
+#[derive(Debug, clap::Args)]
+pub struct StreamTransfer {
+    /// Send this many bytes from the guest (default: receive until the far end closes).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..=protocol::messages::STREAM_MAX_BYTES))]
+    upload: Option<u64>,
+    /// Give up after this many seconds, 1 to 600.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=600))]
+    timeout: u64,
+}
+
+impl StreamTransfer {
+    /// The wire fields: direction, bytes, deadline in ms.
+    fn to_wire(&self) -> (protocol::messages::StreamDirection, u64, u64) {
+        use protocol::messages::StreamDirection;
+        let ms = self.timeout.saturating_mul(1000);
+        match self.upload {
+            Some(bytes) => (StreamDirection::Upload, bytes, ms),
+            None => (StreamDirection::Download, 0, ms),
+        }
+    }
 }
 
 /// pgbench's built-in scripts, as `probe pgbench --mode` spells them.
@@ -211,6 +252,24 @@ impl ProbeCheck {
                 clients: *clients,
                 seconds: *seconds,
             },
+            ProbeCheck::Stream { address, transfer } => {
+                let (direction, bytes, timeout_ms) = transfer.to_wire();
+                Probe::Stream {
+                    address: address.clone(),
+                    direction,
+                    bytes,
+                    timeout_ms,
+                }
+            }
+            ProbeCheck::VsockStream { port, transfer } => {
+                let (direction, bytes, timeout_ms) = transfer.to_wire();
+                Probe::VsockStream {
+                    port: *port,
+                    direction,
+                    bytes,
+                    timeout_ms,
+                }
+            }
         }
     }
 }
@@ -285,8 +344,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "term")]
         signal: SignalArg,
     },
-    /// Check the network from inside the guest: resolve a name, connect out, or accept
-    /// one inbound connection (to prove gvproxy's path in each direction).
+    /// Check or measure from inside the guest: resolve a name, connect out, accept one
+    /// inbound connection (gvproxy's path each way), run pgbench, or stream bulk data.
     Probe {
         #[command(flatten)]
         vm: VmArgs,
@@ -412,6 +471,48 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown architecture \"riscv\""), "{e}");
+    }
+
+    #[test]
+    fn stream_probes_download_by_default_and_refuse_the_vms_own_ports() {
+        use protocol::messages::{Probe, StreamDirection};
+        let probe = |args: &[&str]| {
+            let argv = ["sovereign", "probe"].iter().chain(args).copied();
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Probe { check, .. }) => Ok(check.to_probe()),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        assert_eq!(
+            probe(&["stream", "192.168.127.254:5201"]),
+            Ok(Probe::Stream {
+                address: "192.168.127.254:5201".into(),
+                direction: StreamDirection::Download,
+                bytes: 0,
+                timeout_ms: 120_000
+            })
+        );
+        assert_eq!(
+            probe(&[
+                "vsock-stream",
+                "5201",
+                "--upload",
+                "1048576",
+                "--timeout",
+                "30"
+            ]),
+            Ok(Probe::VsockStream {
+                port: 5201,
+                direction: StreamDirection::Upload,
+                bytes: 1 << 20,
+                timeout_ms: 30_000
+            })
+        );
+        let e = probe(&["vsock-stream", "1024"]).unwrap_err();
+        assert!(e.contains("1024") && e.contains("<PORT>"), "{e}");
+        let e = probe(&["stream", "h:1", "--upload", "0"]).unwrap_err();
+        assert!(e.contains("--upload"), "{e}");
     }
 
     #[test]

@@ -21,11 +21,14 @@ const GUEST_REQUEST: Duration = Duration::from_secs(10);
 const GUEST_QUERY: Duration = Duration::from_secs(120);
 
 /// How long a probe may take: a network check gets [`GUEST_QUERY`], a pgbench run its
-/// own duration and a minute to connect its clients and report.
+/// own duration and a minute to connect its clients and report, a stream its own
+/// deadline and ten seconds to report.
 fn probe_deadline(probe: &protocol::messages::Probe) -> Duration {
+    use protocol::messages::{Probe, STREAM_MAX_MS};
     match probe {
-        protocol::messages::Probe::Pgbench { seconds, .. } => {
-            Duration::from_secs(u64::from(*seconds) + 60)
+        Probe::Pgbench { seconds, .. } => Duration::from_secs(u64::from(*seconds) + 60),
+        Probe::Stream { timeout_ms, .. } | Probe::VsockStream { timeout_ms, .. } => {
+            Duration::from_millis((*timeout_ms).min(STREAM_MAX_MS) + 10_000)
         }
         _ => GUEST_QUERY,
     }
