@@ -11,7 +11,7 @@ for bin in gvforwarder tailscale tailscaled; do
 done
 install -d -m 0700 "$root/etc/sovereign-peer"
 chroot "$root" systemctl enable gvforwarder.service tailscaled.service tailscale-up.service \
-  sovereign-peer-report.service
+  sovereign-peer-report.service sovereign-peer-stream.service
 # Nothing may wait for a keyboard on the console.
 chroot "$root" systemctl mask systemd-firstboot.service
 
