@@ -7,13 +7,16 @@
 #                  share), boot to psql by name against the same packages booted with
 #                  systemd and upstream gvforwarder (build-peer-image.sh), PID 1's
 #                  memory after ready and under forwarding load against systemd's and
-#                  gvforwarder's, sizes, and pgbench over the tailnet against the same
-#                  run inside the guest
+#                  gvforwarder's, sizes, pgbench over the tailnet against the same
+#                  run inside the guest, and the forwarder inside the VMs over real
+#                  vsock (ours against gvforwarder in the systemd image, alternating
+#                  rounds, CPU per GB, and the raw vsock stream rate as the ceiling)
 #   summary.md     both, with the machine they ran on
 # Root (network namespaces, TAP and TUN devices); leaves nothing running. Optional:
-# SOVEREIGN_BENCH_PGBENCH_SECS (default 20), SOVEREIGN_BENCH_PG_BIN (a directory with
-# pgbench; by default the guest's own, from the cached Debian tree), and
-# bench-forwarder.sh's variables.
+# SOVEREIGN_BENCH_PGBENCH_SECS (default 20), SOVEREIGN_BENCH_STREAM_MIB (bytes per
+# transfer inside the VMs, default 64) and SOVEREIGN_BENCH_STREAM_ROUNDS (default 3),
+# SOVEREIGN_BENCH_PG_BIN (a directory with pgbench; by default the guest's own, from
+# the cached Debian tree), and bench-forwarder.sh's variables.
 source "$(dirname "$0")/lib.sh"
 cd "$SOVEREIGN_ROOT"
 [ "$(id -u)" -eq 0 ] || die "run as root: the benchmarks create network namespaces and TAP/TUN devices"

@@ -1,5 +1,6 @@
-//! The report's PNG: boot to ready by stage (guest clock) for each boot, and pgbench's
-//! TPS over the tailnet beside the same run inside the guest.
+//! The report's PNG: boot to ready by stage (guest clock) for each boot, the
+//! forwarders' throughput inside the VMs beside raw vsock, and pgbench's TPS over the
+//! tailnet beside the same run inside the guest.
 
 use plotters::prelude::*;
 use std::path::Path;
@@ -13,14 +14,14 @@ pub struct Boot {
     pub spans: Vec<(String, f64, f64)>,
 }
 
-/// One pgbench pair.
-pub struct Tps {
-    /// "select-only ×4".
-    pub label: String,
-    /// Over the tailnet.
-    pub tailnet: f64,
-    /// Inside the guest.
-    pub guest: f64,
+/// A panel of grouped bars: one group per label, one bar per series in each.
+pub struct Bars {
+    /// The panel's title.
+    pub caption: String,
+    /// The series' names, in the legend ("over the tailnet", "inside the guest").
+    pub series: Vec<String>,
+    /// (group label, one value per series; NaN draws no bar).
+    pub groups: Vec<(String, Vec<f64>)>,
 }
 
 /// The category whose centre is at `v` on an axis of one unit per category, if `v` is
@@ -42,13 +43,28 @@ pub fn use_font(path: &Path) -> Result<(), String> {
         .map_err(|_| format!("{}: not a font plotters can read", path.display()))
 }
 
-/// Draws both panels into `path`.
-pub fn draw(path: &Path, boots: &[Boot], tps: &[Tps]) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| e.to_string();
-    let root = BitMapBackend::new(path, (1280, 520)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let (left, right) = root.split_horizontally(620);
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
+fn err(e: &dyn std::fmt::Display) -> String {
+    e.to_string()
+}
+
+/// Draws the boot panel and each bar panel side by side into `path`.
+pub fn draw(path: &Path, boots: &[Boot], panels: &[Bars]) -> Result<(), String> {
+    let width = 620 + 560 * u32::try_from(panels.len()).map_err(|e| err(&e))?;
+    let root = BitMapBackend::new(path, (width, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let (left, mut rest) = root.split_horizontally(620);
+    draw_boots(&left, boots)?;
+    for panel in panels {
+        let (this, next) = rest.split_horizontally(560);
+        draw_bars(&this, panel)?;
+        rest = next;
+    }
+    root.present().map_err(|e| err(&e))
+}
+
+fn draw_boots(left: &Area<'_>, boots: &[Boot]) -> Result<(), String> {
     let stages: Vec<String> = boots
         .iter()
         .flat_map(|b| b.spans.iter().map(|s| s.0.clone()))
@@ -63,7 +79,7 @@ pub fn draw(path: &Path, boots: &[Boot], tps: &[Tps]) -> Result<(), String> {
         .flat_map(|b| b.spans.iter().map(|s| s.2))
         .fold(1.0f64, f64::max);
     let rows = boots.len() as f64;
-    let mut c = ChartBuilder::on(&left)
+    let mut c = ChartBuilder::on(left)
         .caption(
             "Boot to ready by stage (guest clock, s)",
             ("sans-serif", 20),
@@ -106,44 +122,47 @@ pub fn draw(path: &Path, boots: &[Boot], tps: &[Tps]) -> Result<(), String> {
         .draw()
         .map_err(|e| err(&e))?;
 
-    let top = tps
+    Ok(())
+}
+
+fn draw_bars(area: &Area<'_>, panel: &Bars) -> Result<(), String> {
+    let groups = &panel.groups;
+    let top = groups
         .iter()
-        .map(|t| t.tailnet.max(t.guest))
+        .flat_map(|g| g.1.iter().copied())
+        .filter(|v| v.is_finite())
         .fold(1.0f64, f64::max);
-    let mut c = ChartBuilder::on(&right)
-        .caption(
-            "pgbench TPS: tailnet vs inside the guest",
-            ("sans-serif", 20),
-        )
+    let mut c = ChartBuilder::on(area)
+        .caption(panel.caption.as_str(), ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d(0f64..tps.len() as f64, 0f64..top * 1.1)
+        .build_cartesian_2d(0f64..groups.len() as f64, 0f64..top * 1.15)
         .map_err(|e| err(&e))?;
     c.configure_mesh()
         .disable_x_mesh()
-        .x_labels(tps.len() * 2 + 1)
+        .x_labels(groups.len() * 2 + 1)
         .x_label_formatter(&|x| {
             category_at(*x)
-                .and_then(|i| tps.get(i))
-                .map(|t| t.label.clone())
+                .and_then(|i| groups.get(i))
+                .map(|g| g.0.clone())
                 .unwrap_or_default()
         })
         .draw()
         .map_err(|e| err(&e))?;
-    type Side = (&'static str, RGBAColor, f64, fn(&Tps) -> f64);
-    let sides: [Side; 2] = [
-        ("over the tailnet", BLUE.to_rgba(), 0.1, |t| t.tailnet),
-        ("inside the guest", RED.to_rgba(), 0.5, |t| t.guest),
-    ];
-    for (name, color, offset, value) in sides {
-        let bars = tps.iter().enumerate().map(move |(i, t)| {
-            let x = i as f64 + offset;
-            Rectangle::new([(x, 0.0), (x + 0.38, value(t))], color.filled())
+    let width = 0.8 / panel.series.len().max(1) as f64;
+    let colors = [BLUE.to_rgba(), RED.to_rgba(), Palette99::pick(4).to_rgba()];
+    for (k, name) in panel.series.iter().enumerate() {
+        let color = colors[k % colors.len()];
+        let bars = groups.iter().enumerate().filter_map(move |(i, g)| {
+            let v = *g.1.get(k)?;
+            let x = i as f64 + 0.1 + width * k as f64;
+            v.is_finite()
+                .then(|| Rectangle::new([(x, 0.0), (x + width * 0.95, v)], color.filled()))
         });
         c.draw_series(bars)
             .map_err(|e| err(&e))?
-            .label(name)
+            .label(name.as_str())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
     }
     c.configure_series_labels()
@@ -152,7 +171,7 @@ pub fn draw(path: &Path, boots: &[Boot], tps: &[Tps]) -> Result<(), String> {
         .position(SeriesLabelPosition::UpperRight)
         .draw()
         .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -160,7 +179,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn both_panels_are_drawn_into_a_png() {
+    fn every_panel_is_drawn_into_a_png() {
         let font = super::super::chart_font();
         if !font.exists() {
             println!("skipped: no font at {} (fonts-dejavu-core)", font.display());
@@ -186,14 +205,24 @@ mod tests {
                 ],
             },
         ];
-        let tps = [Tps {
-            label: "S ×4".into(),
-            tailnet: 280.0,
-            guest: 1678.0,
-        }];
+        let panels = [
+            Bars {
+                caption: "Forwarder MB/s".into(),
+                series: vec!["ours".into(), "gvforwarder".into(), "raw vsock".into()],
+                groups: vec![
+                    ("down".into(), vec![61.0, 40.0, 120.0]),
+                    ("up".into(), vec![50.0, f64::NAN, 90.0]),
+                ],
+            },
+            Bars {
+                caption: "pgbench TPS".into(),
+                series: vec!["over the tailnet".into(), "inside the guest".into()],
+                groups: vec![("S ×4".into(), vec![280.0, 1678.0])],
+            },
+        ];
         let dir = tempfile::tempdir().unwrap();
         let png = dir.path().join("vm.png");
-        draw(&png, &boots, &tps).unwrap();
+        draw(&png, &boots, &panels).unwrap();
         let bytes = std::fs::read(&png).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
         if let Ok(keep) = std::env::var("SOVEREIGN_KEEP_CHART") {

@@ -12,7 +12,11 @@
 //!   over the tailnet at the most clients), the binaries' and the root image's sizes;
 //! - pgbench (select-only and tpcb-like at 1, 4 and 16 clients) from the second
 //!   tailnet node against the same run inside the guest over the unix socket
-//!   (`sovereign probe pgbench`): the ratio is what the whole network path costs.
+//!   (`sovereign probe pgbench`): the ratio is what the whole network path costs;
+//! - the forwarder inside the VMs over real vsock (`inside.rs`): bulk TCP both ways
+//!   through ours and through upstream gvforwarder in the systemd peer, both VMs up,
+//!   rounds alternating, with each forwarder's CPU and the whole VM's per GB, and the
+//!   raw vsock stream rate beside them.
 //!
 //! Prints a Markdown report and writes it to `target/bench/vm.md`, with a chart of both
 //! in `target/bench/vm.png`. Not a test: numbers, not assertions.
@@ -20,13 +24,14 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: a failed step ends it
 
 mod chart;
+mod inside;
 mod path;
 mod peer;
 mod report;
 mod stages;
 
 use protocol::messages::ProcessMemory;
-use report::{boot_table, mib, path_table, systemd_footprint, systemd_table};
+use report::{boot_table, forwarder_table, mib, path_table, systemd_footprint, systemd_table};
 use sovereign_tests::artifacts::{missing_prerequisite, workspace_target_dir, Artifacts};
 use sovereign_tests::lab::Lab;
 use sovereign_tests::process::{run, text, wait_for};
@@ -204,6 +209,51 @@ fn chart_systemd_boot(label: &str, boot: &peer::PeerBoot) -> Option<chart::Boot>
     })
 }
 
+/// A positive number from the environment, or `default`.
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
+}
+
+/// The forwarder inside the VMs (ours is up): alternating rounds against the systemd
+/// peer, booted once more with its stream unit on, then the raw vsock rate.
+fn forwarder_inside(
+    vm: &Vm,
+    peer: &TailNode,
+    peer_vm: Option<&(&peer::PeerImage, Vm)>,
+) -> inside::Streams {
+    let rounds = usize::try_from(env_number("SOVEREIGN_BENCH_STREAM_ROUNDS", 3)).unwrap_or(3);
+    let bytes = env_number("SOVEREIGN_BENCH_STREAM_MIB", 64) << 20;
+    eprintln!(
+        "==> the forwarder inside the VMs over real vsock: {rounds} alternating round(s) of {} MiB each way",
+        bytes >> 20
+    );
+    let (ours, theirs) = match peer_vm {
+        Some((image, pvm)) => {
+            let mut streams = inside::PeerStreams::listen().unwrap_or_else(|e| fail(&e));
+            peer::give_stream_port(pvm, streams.port()).unwrap_or_else(|e| fail(&e));
+            let (_, result) = peer::boot(pvm, peer, image, "forwarder rounds", |qemu| {
+                inside::rounds(vm, Some((&mut streams, qemu)), rounds, bytes)
+            })
+            .unwrap_or_else(|e| fail(&e));
+            result.unwrap_or_else(|e| fail(&e))
+        }
+        None => inside::rounds(vm, None, rounds, bytes).unwrap_or_else(|e| fail(&e)),
+    };
+    eprintln!("==> raw vsock, the same endpoints without TCP or forwarder");
+    let raw = inside::raw_vsock(vm, rounds, bytes).unwrap_or_else(|e| fail(&e));
+    inside::Streams {
+        ours,
+        theirs: peer_vm.is_some().then_some(theirs),
+        raw,
+        bytes,
+        rounds,
+    }
+}
+
 fn main() {
     let dir = std::env::args()
         .nth(1)
@@ -233,12 +283,15 @@ fn main() {
     let vm = Vm::new(&a, &opts);
     let peer = lab.join_peer().unwrap_or_else(|e| fail(&e));
 
-    let systemd = peer_image.as_ref().map(|image| {
+    let peer_vm = peer_image.as_ref().map(|image| {
         let pvm = peer::new_vm(&a, image, opts.clone());
         peer::give_tailnet(&pvm, &login_server, &key_file).unwrap_or_else(|e| fail(&e));
+        (image, pvm)
+    });
+    let systemd = peer_vm.as_ref().map(|(image, pvm)| {
         let (first, ()) =
-            peer::boot(&pvm, peer, image, "first boot", || ()).unwrap_or_else(|e| fail(&e));
-        let (later, figures) = peer::boot(&pvm, peer, image, "later boot", || {
+            peer::boot(pvm, peer, image, "first boot", |_| ()).unwrap_or_else(|e| fail(&e));
+        let (later, figures) = peer::boot(pvm, peer, image, "later boot", |_| {
             path::measure(
                 peer,
                 peer::HOSTNAME,
@@ -308,14 +361,14 @@ fn main() {
             rows.push((script, clients, t, g));
         }
     }
-    let peak_after_load = init_memory(&vm);
-
     eprintln!("==> stop, then a later boot");
     let o = vm.stop();
     if !o.status.success() {
         fail(&format!("stop failed:\n{}", text(&o)));
     }
     let (later, later_witness) = boot(&vm, peer, "later boot");
+    let streams = forwarder_inside(&vm, peer, peer_vm.as_ref());
+    let peak_after_load = init_memory(&vm);
     let o = vm.stop();
     if !o.status.success() {
         fail(&format!("stop failed:\n{}", text(&o)));
@@ -329,6 +382,7 @@ fn main() {
             path_table(&mut out, ours, theirs, run_secs);
         }
     }
+    forwarder_table(&mut out, &streams);
     out.push_str("## pgbench: over the tailnet from the second node against inside the guest\n\n");
     let _ = writeln!(
         out,
@@ -416,23 +470,24 @@ fn main() {
         boots.extend(chart_systemd_boot("systemd, first", f));
         boots.extend(chart_systemd_boot("systemd, later", l));
     }
-    let bars: Vec<chart::Tps> = rows
-        .iter()
-        .map(|(script, clients, t, g)| chart::Tps {
-            label: format!(
-                "{} ×{clients}",
-                if *script == "select-only" {
+    let tps = chart::Bars {
+        caption: "pgbench TPS: tailnet vs inside the guest".into(),
+        series: vec!["over the tailnet".into(), "inside the guest".into()],
+        groups: rows
+            .iter()
+            .map(|(script, clients, t, g)| {
+                let name = if *script == "select-only" {
                     "S"
                 } else {
                     "TPC-B"
-                }
-            ),
-            tailnet: t.0,
-            guest: g.0,
-        })
-        .collect();
+                };
+                (format!("{name} ×{clients}"), vec![t.0, g.0])
+            })
+            .collect(),
+    };
     let png = dest.join("vm.png");
-    match chart::use_font(&chart_font()).and_then(|()| chart::draw(&png, &boots, &bars)) {
+    let panels = [streams.chart(), tps];
+    match chart::use_font(&chart_font()).and_then(|()| chart::draw(&png, &boots, &panels)) {
         Ok(()) => eprintln!("chart in {}", png.display()),
         Err(e) => eprintln!("no chart: {e}"),
     }

@@ -115,15 +115,39 @@ pub fn give_tailnet(vm: &Vm, login_server: &str, key_file: &Path) -> Result<(), 
         .and_then(|()| std::fs::write(&env, env_text))
         .and_then(|()| std::fs::write(&script, commands))
         .map_err(|e| e.to_string())?;
+    debugfs(&image, &script)
+}
+
+/// Runs a debugfs command file against the image, read-write.
+fn debugfs(image: &Path, script: &Path) -> Result<(), String> {
     let o = run(Command::new("debugfs")
         .arg("-w")
         .arg("-f")
-        .arg(&script)
-        .arg(&image));
+        .arg(script)
+        .arg(image));
     if !o.status.success() {
         return Err(format!("debugfs on {}: {}", image.display(), text(&o)));
     }
     Ok(())
+}
+
+/// Writes the forwarder benchmark's control port into the copied image: the peer's
+/// stream unit runs only when it is there (so the timed boots run without it).
+pub fn give_stream_port(vm: &Vm, port: u16) -> Result<(), String> {
+    let home = vm.home.path();
+    let (file, script) = (home.join("stream.port"), home.join("debugfs-stream.txt"));
+    std::fs::write(&file, format!("{port}\n"))
+        .and_then(|()| {
+            std::fs::write(
+                &script,
+                format!(
+                    "rm /etc/sovereign-peer/stream.port\nwrite {} /etc/sovereign-peer/stream.port\n",
+                    file.display()
+                ),
+            )
+        })
+        .map_err(|e| e.to_string())?;
+    debugfs(&home.join("root.img"), &script)
 }
 
 /// The processes of one peer boot; killed when dropped.
@@ -412,13 +436,13 @@ fn power_down(running: &mut Running) -> bool {
 }
 
 /// Boots the peer once, times psql from `peer` by name, reads its report, runs
-/// `while_up`, and powers it down.
+/// `while_up` (given QEMU's pid), and powers it down.
 pub fn boot<T>(
     vm: &Vm,
     peer: &TailNode,
     image: &PeerImage,
     what: &str,
-    while_up: impl FnOnce() -> T,
+    while_up: impl FnOnce(Option<u32>) -> T,
 ) -> Result<(PeerBoot, T), String> {
     eprintln!("==> systemd peer: {what}");
     let t0 = Instant::now();
@@ -449,7 +473,12 @@ pub fn boot<T>(
         witness_ms as f64 / 1000.0
     );
     let (startup, rss_kib) = read_report(&console, Duration::from_secs(120));
-    let extra = while_up();
+    let qemu = running
+        .children
+        .iter()
+        .find(|(n, _)| n.starts_with("qemu-system"))
+        .map(|(_, c)| c.id());
+    let extra = while_up(qemu);
     if !power_down(&mut running) {
         eprintln!("    the peer did not power down in time: killed");
     }

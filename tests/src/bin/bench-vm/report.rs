@@ -1,5 +1,6 @@
 //! The report's Markdown tables.
 
+use crate::inside::{cpu_s_per_gb, spread, Samples, Streams};
 use crate::stages::{pid1_share_ms, pid1_split_ms, stage, StageTime};
 use crate::{path, peer};
 use std::fmt::Write as _;
@@ -150,4 +151,81 @@ pub fn systemd_footprint(out: &mut String, ours_kib: Option<u64>, later: &peer::
             ours as f64 / whole as f64
         );
     }
+}
+
+/// The forwarder inside the VMs: throughput each way as median and range, CPU per GB,
+/// the ratios, and how near each comes to raw vsock.
+pub fn forwarder_table(out: &mut String, s: &Streams) {
+    let peer = if s.theirs.is_some() {
+        "alternating with the systemd peer's, both VMs up"
+    } else {
+        "no systemd peer in this run (SOVEREIGN_BENCH_PEER unset)"
+    };
+    let _ = writeln!(
+        out,
+        "## The forwarder inside the VMs, over real vsock\n\n\
+         TCP between each guest and this host's loopback through gvproxy, {} MiB per \
+         transfer, {} round(s) per forwarder, {peer}, timed at the host's end. \
+         Forwarder CPU is what each guest's procfs says its forwarder spent (PID 1's two \
+         pump threads; gvforwarder's process); VM CPU is QEMU's CPU time on the host \
+         (the guest's kernel, forwarder and virtio together, under TCG).\n\n\
+         | figure | sovereign-init | gvforwarder (systemd peer) | ratio |\n|---|---|---|---|",
+        s.bytes >> 20,
+        s.rounds
+    );
+    let rate = |v: &[crate::inside::Sample]| spread(v.iter().map(|x| x.mb_s));
+    let show = |m: Option<(f64, f64, f64)>| {
+        m.map_or("–".into(), |(med, lo, hi)| {
+            format!("{med:.1} ({lo:.1}–{hi:.1})")
+        })
+    };
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "–".into(),
+    };
+    let theirs = s.theirs.as_ref();
+    type Pick = fn(&Samples) -> &[crate::inside::Sample];
+    let ways: [(&str, Pick); 2] = [
+        ("host → guest MB/s, median (range)", |x| &x.down),
+        ("guest → host MB/s, median (range)", |x| &x.up),
+    ];
+    for (label, pick) in ways {
+        let (a, b) = (rate(pick(&s.ours)), theirs.and_then(|t| rate(pick(t))));
+        let _ = writeln!(
+            out,
+            "| {label} | {} | {} | {} |",
+            show(a),
+            show(b),
+            ratio(a.map(|m| m.0), b.map(|m| m.0))
+        );
+    }
+    type Cpu = fn(&crate::inside::Sample) -> Option<u64>;
+    let cpus: [(&str, Cpu); 2] = [
+        ("forwarder CPU s per GB", |x| x.forwarder_cpu_ms),
+        ("whole VM CPU s per GB", |x| x.vm_cpu_ms),
+    ];
+    for (label, pick) in cpus {
+        let (a, b) = (
+            cpu_s_per_gb(&s.ours, pick),
+            theirs.and_then(|t| cpu_s_per_gb(t, pick)),
+        );
+        let f = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2}"));
+        let _ = writeln!(out, "| {label} | {} | {} | {} |", f(a), f(b), ratio(a, b));
+    }
+    for (label, pick) in ways {
+        let raw = rate(pick(&s.raw)).map(|m| m.0);
+        let pct = |m: Option<(f64, f64, f64)>| match (m, raw) {
+            (Some(m), Some(r)) if r > 0.0 => format!("{:.0}%", 100.0 * m.0 / r),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| share of raw vsock ({} MB/s), {} | {} | {} | |",
+            raw.map_or("–".into(), |r| format!("{r:.1}")),
+            label.split(" MB/s").next().unwrap_or(label),
+            pct(rate(pick(&s.ours))),
+            pct(theirs.and_then(|t| rate(pick(t))))
+        );
+    }
+    out.push('\n');
 }
