@@ -8,6 +8,7 @@
 
 pub mod app_dump;
 pub mod config;
+mod files;
 pub mod pgbench;
 pub mod query;
 pub mod tls;
@@ -17,6 +18,7 @@ use crate::command::{self, CommandError};
 use crate::owned_files::{self, OwnedFileError, Owner};
 use crate::supervised::{CommandFactory, Supervised};
 use config::SOCKET_DIR;
+use files::{data_disk_bytes, initdb, write_config, Settings};
 use nix::sys::signal::Signal;
 use nix::unistd::User;
 use protocol::config::PostgresConfig;
@@ -131,20 +133,6 @@ pub struct Postgres {
     /// reconfiguration may be under way).
     listen: std::sync::Mutex<Vec<String>>,
     version: String,
-}
-
-/// What the configuration files are rendered from, besides the listen addresses.
-#[derive(Debug, Clone)]
-struct Settings {
-    port: u16,
-    superuser_from_tailnet: bool,
-    jit: bool,
-    /// postgresql.conf lines for continuous archiving, when backups run.
-    archive: Option<String>,
-    /// WAL sized to the data disk.
-    wal: WalBudget,
-    /// Whether the launcher's certificate is installed (`ssl = on`).
-    tls: bool,
 }
 
 impl Postgres {
@@ -365,38 +353,6 @@ impl Postgres {
     }
 }
 
-/// The size of the data disk the cluster lives on (0 when it cannot be read).
-fn data_disk_bytes() -> u64 {
-    let mount = Path::new(DATA_DIR).parent().unwrap_or(Path::new(DATA_DIR));
-    crate::disk_watch::usage_at(mount, false).map_or(0, |u| u.total_bytes)
-}
-
-/// Writes postgresql.conf and pg_hba.conf into the data directory.
-fn write_config(account: Account, settings: &Settings, listen: &[String]) -> Result<(), PgError> {
-    let data = Path::new(DATA_DIR);
-    let mut conf =
-        config::render_postgresql_conf(settings.port, listen, settings.jit, &settings.wal);
-    if let Some(archive) = &settings.archive {
-        conf.push_str(archive);
-    }
-    if settings.tls {
-        conf.push_str(&tls::conf_lines());
-    }
-    owned_files::write_file(
-        &data.join("postgresql.conf"),
-        conf.as_bytes(),
-        0o600,
-        account.owner,
-    )?;
-    owned_files::write_file(
-        &data.join("pg_hba.conf"),
-        config::render_pg_hba(settings.superuser_from_tailnet).as_bytes(),
-        0o600,
-        account.owner,
-    )?;
-    Ok(())
-}
-
 fn start_server(bin: &Path, account: Account) -> Supervised {
     let postgres = bin.join("postgres");
     let make: CommandFactory = Box::new(move || {
@@ -414,30 +370,4 @@ fn start_server(bin: &Path, account: Account) -> Supervised {
         c
     });
     Supervised::start("postgres", Signal::SIGINT, make)
-}
-
-/// `initdb` on a blank data directory. It gets no password at all: host connections
-/// are refused in the first pg_hba.conf, which [`write_config`] replaces before the
-/// server starts, and [`Postgres::bring_up`] sets the superuser's password as a SCRAM
-/// verifier. So no password ever sits in a file or reaches another process.
-fn initdb(bin: &Path, account: Account) -> Result<(), PgError> {
-    log::info!("postgres: first boot, running initdb in {DATA_DIR}");
-    command::run(
-        account.command(bin.join("initdb")).args([
-            "-D",
-            DATA_DIR,
-            "-U",
-            "postgres",
-            "--auth-local=peer",
-            "--auth-host=reject",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--locale-provider=builtin",
-            "--builtin-locale=C.UTF-8",
-            "--data-checksums",
-        ]),
-        &[],
-    )?;
-    Ok(())
 }
