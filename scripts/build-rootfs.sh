@@ -245,7 +245,7 @@ fi
 
 # Sanity checks on the tree before it becomes an image.
 pg_bin=$staging/usr/lib/postgresql/$PG_MAJOR/bin
-for f in postgres initdb pg_ctl; do
+for f in postgres initdb pg_ctl pg_basebackup pg_rewind pg_controldata; do
   [ -x "$pg_bin/$f" ] || die "PostgreSQL $PG_MAJOR: $pg_bin/$f missing from the Debian tree"
 done
 grep -q '^postgres:' "$staging/etc/passwd" || die "no postgres user in the Debian tree"

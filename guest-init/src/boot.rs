@@ -369,7 +369,12 @@ fn start_postgres(
         None => None,
     };
     let archive = backups.and_then(|b| b.archive_settings());
-    let pg = Arc::new(Postgres::start(&config.postgres, &listen, archive)?);
+    let pg = Arc::new(Postgres::start(
+        &config.postgres,
+        &config.hostname,
+        &listen,
+        archive,
+    )?);
     guest.running().postgres = Some(Arc::clone(&pg));
     if let Some(what) = restored {
         log::warn!("{what}; waiting for recovery to finish");

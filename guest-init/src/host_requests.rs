@@ -132,7 +132,7 @@ pub fn serve(guest: &Arc<Guest>, events: &Receiver<Event>, config_tx: &Sender<Gu
             Err(_) => guest.shutdown("event channel closed", Duration::from_secs(5)),
         };
         match msg {
-            HostMessage::Config(config) => accept_config(guest, config, config_tx),
+            HostMessage::Config(config) => accept_config(guest, *config, config_tx),
             HostMessage::Ping => {
                 guest.link.send(&GuestMessage::Pong);
             }

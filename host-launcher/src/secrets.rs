@@ -240,6 +240,7 @@ pub fn guest_config(spec: &Spec) -> Result<GuestConfig, SecretError> {
             apps,
             superuser_from_tailnet: spec.postgres.superuser_from_tailnet,
             tls: Some(server_tls(spec)?),
+            replication: None,
         },
         backup: spec.guest_backup(offsite_key(spec)?).map(Box::new),
     })

@@ -186,6 +186,9 @@ pub struct PostgresConfig {
     /// tailnet name; `None` serves plain connections only.
     #[serde(default)]
     pub tls: Option<TlsMaterial>,
+    /// Streaming replication with a peer VM; `None` for a single node.
+    #[serde(default)]
+    pub replication: Option<Box<crate::replication::ReplicationConfig>>,
 }
 
 /// A server certificate with its key (PEM), so postgres serves TLS that clients verify
@@ -396,6 +399,7 @@ mod tests {
                 port: 5432,
                 superuser_from_tailnet: true,
                 tls: None,
+                replication: None,
                 apps: vec![AppDatabase {
                     name: "vaultwarden".into(),
                     password: Secret::new("vaultwarden-pass"),

@@ -18,6 +18,7 @@
 //! - [`bulk`]: the chunked, SHA-256-checked streams of exports and dumps.
 //! - [`transfer`]: what a bulk transfer carries, asked for and answered.
 //! - [`scram`], [`provision`]: SCRAM verifiers and the SQL that provisions roles.
+//! - [`replication`]: a node's role, its peer, and the replication status query.
 
 pub mod arch;
 pub mod backup;
@@ -34,6 +35,7 @@ pub mod offsite;
 pub mod ports;
 pub mod probe;
 pub mod provision;
+pub mod replication;
 pub mod scram;
 pub mod stage;
 pub mod transfer;

@@ -20,7 +20,8 @@ pub use crate::probe::{
 /// ([`HostMessage::Tls`]). 6: pgbench inside the guest ([`Probe::Pgbench`]), stage
 /// reports stamped by the guest's clock, PID 1's memory in the status. 7: bulk streams
 /// through the forwarder and over raw vsock ([`Probe::Stream`], [`Probe::VsockStream`]).
-pub const PROTOCOL_VERSION: u32 = 7;
+/// 8: streaming replication with a peer ([`crate::replication::ReplicationConfig`]).
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// Guest → host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,7 +63,7 @@ pub enum GuestMessage {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HostMessage {
     /// The guest's configuration, sent after Hello.
-    Config(GuestConfig),
+    Config(Box<GuestConfig>),
     /// Stop services in order and power off; services get `deadline_secs` in total.
     Shutdown {
         /// Seconds the guest may take before it forces the power-off.

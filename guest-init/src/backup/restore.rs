@@ -343,6 +343,7 @@ fn start_server(guest: &Guest, backups: &Backups) -> Result<Arc<Postgres>, PgErr
         .unwrap_or_default();
     Ok(Arc::new(Postgres::start(
         &config.postgres,
+        &config.hostname,
         &listen,
         backups.archive_settings(),
     )?))

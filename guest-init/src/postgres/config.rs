@@ -86,8 +86,9 @@ pub fn render_postgresql_conf(port: u16, listen: &[String], jit: bool, wal: &Wal
 
 /// pg_hba.conf: peer over the unix socket, scram-sha-256 from the tailnet, nothing else.
 /// Without `superuser_from_tailnet`, `postgres` is rejected over TCP (the first matching
-/// line decides) and keeps only the unix socket.
-pub fn render_pg_hba(superuser_from_tailnet: bool) -> String {
+/// line decides) and keeps only the unix socket. With `replication`, the replication
+/// role may stream from the tailnet too.
+pub fn render_pg_hba(superuser_from_tailnet: bool, replication: bool) -> String {
     let mut s = String::from(
         "# Written by sovereign-init on every boot; edits here are overwritten.\n\
          # TYPE  DATABASE  USER  ADDRESS  METHOD\n\
@@ -101,15 +102,33 @@ pub fn render_pg_hba(superuser_from_tailnet: bool) -> String {
     for net in ALLOWED_NETWORKS {
         s.push_str(&format!("host    all       all   {net}  scram-sha-256\n"));
     }
+    if replication {
+        let role = protocol::replication::REPLICATION_ROLE;
+        for net in ALLOWED_NETWORKS {
+            s.push_str(&format!(
+                "host    replication  {role}  {net}  scram-sha-256\n"
+            ));
+        }
+    }
     s
 }
 
 /// SQL that sets the superuser's password and creates each app's role and database
 /// (see [`protocol::provision`]), each verifier with a salt of its own.
 pub fn render_provisioning(cfg: &PostgresConfig, salt: impl Fn() -> [u8; 16]) -> String {
-    let mut sql = provision::superuser_sql(&cfg.superuser_password, &salt());
+    // With a synchronous replica, a commit waits for it; provisioning must not (it runs
+    // before any replica can have connected).
+    let mut sql = String::from("SET synchronous_commit = local;\n");
+    sql.push_str(&provision::superuser_sql(&cfg.superuser_password, &salt()));
     for app in &cfg.apps {
         sql.push_str(&provision::app_sql(app, &salt()));
+    }
+    if let Some(r) = &cfg.replication {
+        sql.push_str(&protocol::replication::role_sql(
+            &r.password,
+            &salt(),
+            &r.peer,
+        ));
     }
     sql
 }
@@ -128,19 +147,28 @@ mod tests {
 
     #[test]
     fn hba_allows_only_the_tailnet() {
-        let closed = render_pg_hba(false);
+        let closed = render_pg_hba(false, false);
         let rules: Vec<&str> = closed.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(rules.len(), 5);
         assert!(rules[1].contains(" postgres ") && rules[1].ends_with("reject"));
         assert!(rules[2].contains(" postgres ") && rules[2].ends_with("reject"));
-        let hba = render_pg_hba(true);
-        assert!(!hba.contains("reject"));
+        let hba = render_pg_hba(true, false);
+        assert!(!hba.contains("reject") && !hba.contains("replication"));
         let rules: Vec<&str> = hba.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(rules.len(), 3);
         assert!(rules[0].starts_with("local") && rules[0].ends_with("peer"));
         assert!(rules[1].contains("100.64.0.0/10") && rules[1].ends_with("scram-sha-256"));
         assert!(rules[2].contains("fd7a:115c:a1e0::/48") && rules[2].ends_with("scram-sha-256"));
         assert!(!hba.contains("trust") && !hba.contains("0.0.0.0") && !hba.contains("md5"));
+        let replicating = render_pg_hba(false, true);
+        let streams: Vec<&str> = replicating
+            .lines()
+            .filter(|l| l.contains(" replication "))
+            .collect();
+        assert_eq!(streams.len(), 2, "{replicating}");
+        assert!(streams
+            .iter()
+            .all(|l| l.contains(" replicator ") && l.ends_with("scram-sha-256")));
     }
 
     #[test]
@@ -167,6 +195,7 @@ mod tests {
             port: 5432,
             superuser_from_tailnet: true,
             tls: None,
+            replication: None,
             apps: vec![AppDatabase {
                 name: "forgejo".into(),
                 password: Secret::new("forgejo-secret-pw"),

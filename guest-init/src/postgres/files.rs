@@ -22,6 +22,8 @@ pub(super) struct Settings {
     pub(super) wal: WalBudget,
     /// Whether the launcher's certificate is installed (`ssl = on`).
     pub(super) tls: bool,
+    /// postgresql.conf lines for streaming replication with the peer, when configured.
+    pub(super) replication: Option<String>,
 }
 
 /// The size of the data disk the cluster lives on (0 when it cannot be read).
@@ -45,6 +47,9 @@ pub(super) fn write_config(
     if settings.tls {
         conf.push_str(&tls::conf_lines());
     }
+    if let Some(replication) = &settings.replication {
+        conf.push_str(replication);
+    }
     owned_files::write_file(
         &data.join("postgresql.conf"),
         conf.as_bytes(),
@@ -53,7 +58,11 @@ pub(super) fn write_config(
     )?;
     owned_files::write_file(
         &data.join("pg_hba.conf"),
-        config::render_pg_hba(settings.superuser_from_tailnet).as_bytes(),
+        config::render_pg_hba(
+            settings.superuser_from_tailnet,
+            settings.replication.is_some(),
+        )
+        .as_bytes(),
         0o600,
         account.owner,
     )?;

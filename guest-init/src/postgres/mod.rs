@@ -11,6 +11,7 @@ pub mod config;
 mod files;
 pub mod pgbench;
 pub mod query;
+pub mod replication;
 pub mod tls;
 pub mod wal_budget;
 
@@ -56,6 +57,8 @@ pub enum PgError {
     NotListening(String),
     #[error("the restored server stopped during recovery; its last log lines: {0}")]
     RecoveryFailed(String),
+    #[error(transparent)]
+    Replication(#[from] replication::ReplicationError),
 }
 
 /// Which `postgres` account to run as.
@@ -139,9 +142,12 @@ impl Postgres {
     /// Initialises (first boot), configures and starts the server under supervision.
     /// Readiness and provisioning are [`Postgres::bring_up`], so a server that fails
     /// them is still owned by the caller (and stopped at shutdown). `archive` holds the
-    /// postgresql.conf lines for continuous archiving when backups run.
+    /// postgresql.conf lines for continuous archiving when backups run. With a peer,
+    /// the data directory is first made what replication asks for
+    /// ([`replication::prepare`]); `hostname` is this node's tailnet name.
     pub fn start(
         cfg: &PostgresConfig,
+        hostname: &str,
         listen: &[String],
         archive: Option<String>,
     ) -> Result<Postgres, PgError> {
@@ -153,6 +159,16 @@ impl Postgres {
         if let Some(material) = &cfg.tls {
             tls::install(material, account.owner)?;
         }
+        let replication_conf = match &cfg.replication {
+            Some(r) => {
+                replication::write_passfile(r, account)?;
+                let peer = replication::Peer::find(r, cfg.port);
+                let prepared = replication::prepare(&bin, account, r, &peer, hostname)?;
+                log::info!("postgres: replication with {}: {prepared:?}", r.peer);
+                Some(replication::conf_lines(r, &peer, hostname))
+            }
+            None => None,
+        };
         if !data.join("PG_VERSION").exists() {
             initdb(&bin, account)?;
         } else {
@@ -172,6 +188,7 @@ impl Postgres {
             archive,
             wal: WalBudget::for_disk(data_disk_bytes()),
             tls: cfg.tls.is_some(),
+            replication: replication_conf,
         };
         write_config(account, &settings, listen)?;
         Ok(Postgres {
@@ -267,6 +284,11 @@ impl Postgres {
     /// Sets the passwords and creates the app roles and databases; the SQL (with the
     /// SCRAM verifiers) goes to psql's stdin, never into a file or an argument.
     fn provision(&self, cfg: &PostgresConfig) -> Result<(), PgError> {
+        if replication::is_standby() {
+            // A replica is read-only: its roles and passwords are the primary's.
+            log::info!("postgres: a replica; roles and passwords come from the primary");
+            return Ok(());
+        }
         let sql = config::render_provisioning(cfg, || config::random_salt().unwrap_or([7; 16]));
         command::run_with_input(
             &mut self.account.psql(&self.bin, self.port, &["-q", "-f", "-"]),

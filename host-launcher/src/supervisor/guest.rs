@@ -310,7 +310,7 @@ impl Supervisor {
             self.channel.current.clone(),
             secrets::guest_config(&self.spec),
         ) {
-            if let Err(e) = conn.send(HostMessage::Config(config)).await {
+            if let Err(e) = conn.send(HostMessage::Config(Box::new(config))).await {
                 log::warn!("cannot resend GuestConfig: {e}");
             }
         }

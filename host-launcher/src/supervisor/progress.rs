@@ -122,7 +122,7 @@ impl Supervisor {
                     .map(|r| r.fail_now(Stage::Control, reason, now));
             }
         };
-        match conn.send(HostMessage::Config(config)).await {
+        match conn.send(HostMessage::Config(Box::new(config))).await {
             Ok(()) => {
                 log::info!("GuestConfig sent on connection {}", conn.id);
                 self.readiness
