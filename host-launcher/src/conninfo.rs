@@ -21,6 +21,34 @@ pub struct Target<'a> {
     /// With `Some(path)`: require TLS and verify the server against the CA certificate
     /// at `path` on the client's machine (`sslmode=verify-full`).
     pub verify_with_ca: Option<&'a str>,
+    /// A two-node cluster: the other VM's tailnet name, tried after `host`, and which of
+    /// the two the client wants.
+    pub cluster: Option<(&'a str, Session)>,
+}
+
+/// Which server of a two-node cluster a client wants (libpq's `target_session_attrs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Session {
+    /// Whichever takes writes: the primary, wherever it is after a promotion.
+    ReadWrite,
+    /// A replica when one answers, else the primary (read-only clients).
+    PreferStandby,
+}
+
+impl Session {
+    fn libpq(self) -> &'static str {
+        match self {
+            Session::ReadWrite => "read-write",
+            Session::PreferStandby => "prefer-standby",
+        }
+    }
+
+    fn jdbc(self) -> &'static str {
+        match self {
+            Session::ReadWrite => "primary",
+            Session::PreferStandby => "preferSecondary",
+        }
+    }
 }
 
 /// The forms `db url` prints.
@@ -73,47 +101,90 @@ fn shell_quote(s: &str) -> String {
 /// The connection string for `t` in `format`.
 pub fn render(t: &Target<'_>, format: Format) -> String {
     let mut s = render_plain(t, format);
+    let mut first_uri_parameter = true;
+    let mut uri_parameter = |s: &mut String, p: String| {
+        s.push(if first_uri_parameter { '?' } else { '&' });
+        first_uri_parameter = false;
+        s.push_str(&p);
+    };
+    if let Some((_, session)) = t.cluster {
+        match format {
+            Format::Uri => {
+                uri_parameter(&mut s, format!("target_session_attrs={}", session.libpq()))
+            }
+            Format::Keyvalue => s.push_str(&format!(" target_session_attrs={}", session.libpq())),
+            Format::Jdbc => s.push_str(&format!("&targetServerType={}", session.jdbc())),
+            Format::Env => s.push_str(&format!("\nPGTARGETSESSIONATTRS={}", session.libpq())),
+        }
+    }
     if let Some(ca) = t.verify_with_ca {
-        s.push_str(&match format {
-            Format::Uri => format!("?sslmode=verify-full&sslrootcert={}", pct(ca)),
-            Format::Keyvalue => format!(" sslmode=verify-full sslrootcert={}", libpq_quote(ca)),
-            Format::Jdbc => format!("&sslmode=verify-full&sslrootcert={}", pct(ca)),
-            Format::Env => format!("\nPGSSLMODE=verify-full\nPGSSLROOTCERT={}", shell_quote(ca)),
-        });
+        match format {
+            Format::Uri => uri_parameter(
+                &mut s,
+                format!("sslmode=verify-full&sslrootcert={}", pct(ca)),
+            ),
+            Format::Keyvalue => s.push_str(&format!(
+                " sslmode=verify-full sslrootcert={}",
+                libpq_quote(ca)
+            )),
+            Format::Jdbc => s.push_str(&format!("&sslmode=verify-full&sslrootcert={}", pct(ca))),
+            Format::Env => s.push_str(&format!(
+                "\nPGSSLMODE=verify-full\nPGSSLROOTCERT={}",
+                shell_quote(ca)
+            )),
+        }
     }
     s
 }
 
+/// `host:port` of every server, comma-separated (URI and JDBC forms).
+fn host_ports(t: &Target<'_>) -> String {
+    match t.cluster {
+        Some((other, _)) => format!("{}:{},{other}:{}", t.host, t.port, t.port),
+        None => format!("{}:{}", t.host, t.port),
+    }
+}
+
+/// The hosts and the ports as libpq's two parallel lists.
+fn host_and_port_lists(t: &Target<'_>) -> (String, String) {
+    match t.cluster {
+        Some((other, _)) => (
+            format!("{},{other}", t.host),
+            format!("{},{}", t.port, t.port),
+        ),
+        None => (t.host.to_string(), t.port.to_string()),
+    }
+}
+
 fn render_plain(t: &Target<'_>, format: Format) -> String {
+    let (hosts, ports) = host_and_port_lists(t);
     match format {
         Format::Uri => format!(
-            "postgresql://{}:{}@{}:{}/{}",
+            "postgresql://{}:{}@{}/{}",
             pct(t.user),
             pct(t.password),
-            t.host,
-            t.port,
+            host_ports(t),
             pct(t.dbname)
         ),
         Format::Keyvalue => format!(
             "host={} port={} dbname={} user={} password={}",
-            t.host,
-            t.port,
+            hosts,
+            ports,
             libpq_quote(t.dbname),
             libpq_quote(t.user),
             libpq_quote(t.password)
         ),
         Format::Jdbc => format!(
-            "jdbc:postgresql://{}:{}/{}?user={}&password={}",
-            t.host,
-            t.port,
+            "jdbc:postgresql://{}/{}?user={}&password={}",
+            host_ports(t),
             pct(t.dbname),
             pct(t.user),
             pct(t.password)
         ),
         Format::Env => format!(
             "PGHOST={}\nPGPORT={}\nPGDATABASE={}\nPGUSER={}\nPGPASSWORD={}",
-            shell_quote(t.host),
-            t.port,
+            shell_quote(&hosts),
+            ports,
             shell_quote(t.dbname),
             shell_quote(t.user),
             shell_quote(t.password)
@@ -135,7 +206,40 @@ mod tests {
             user: "forgejo",
             password,
             verify_with_ca: None,
+            cluster: None,
         }
+    }
+
+    #[test]
+    fn a_cluster_lists_both_hosts_and_asks_for_the_primary() {
+        let t = Target {
+            cluster: Some(("sql-replica", Session::ReadWrite)),
+            verify_with_ca: Some("/ca.crt"),
+            ..target("pw")
+        };
+        assert_eq!(
+            render(&t, Format::Uri),
+            "postgresql://forgejo:pw@sql-vm:5432,sql-replica:5432/forgejo?target_session_attrs=read-write&sslmode=verify-full&sslrootcert=%2Fca.crt"
+        );
+        assert_eq!(
+            render(&t, Format::Keyvalue),
+            "host=sql-vm,sql-replica port=5432,5432 dbname='forgejo' user='forgejo' password='pw' target_session_attrs=read-write sslmode=verify-full sslrootcert='/ca.crt'"
+        );
+        assert!(render(&t, Format::Jdbc).starts_with(
+            "jdbc:postgresql://sql-vm:5432,sql-replica:5432/forgejo?user=forgejo&password=pw&targetServerType=primary&"
+        ));
+        let env = render(&t, Format::Env);
+        assert!(
+            env.contains("PGHOST='sql-vm,sql-replica'\nPGPORT=5432,5432\n"),
+            "{env}"
+        );
+        assert!(env.contains("\nPGTARGETSESSIONATTRS=read-write"), "{env}");
+        let reads = Target {
+            cluster: Some(("sql-vm", Session::PreferStandby)),
+            verify_with_ca: None,
+            ..target("pw")
+        };
+        assert!(render(&reads, Format::Keyvalue).ends_with(" target_session_attrs=prefer-standby"));
     }
 
     #[test]

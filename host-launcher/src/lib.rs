@@ -22,6 +22,7 @@ pub mod paths;
 pub mod preflight;
 pub mod process;
 pub mod readiness;
+pub mod replica_credentials;
 pub mod report;
 pub mod rundir;
 pub mod secrets;

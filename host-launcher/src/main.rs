@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use sovereign::cli::{BackupAction, Cli, Command, DbAction};
+use sovereign::cli::{BackupAction, Cli, Command, DbAction, ReplicaAction};
 use sovereign::paths::HostEnv;
 use sovereign::rundir::RunDir;
 
@@ -100,6 +100,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     output.as_deref(),
                 ),
             },
+            Command::Replica {
+                action: ReplicaAction::Credentials { vm, out },
+            } => sovereign::commands::replica::credentials(&vm.load(&env)?.0, out.as_deref()),
+            Command::Promote { vm } => {
+                sovereign::commands::replica::promote(&vm.load(&env)?.0).await
+            }
+            Command::Rejoin { vm, yes } => {
+                let (spec, source) = vm.load(&env)?;
+                sovereign::commands::replica::rejoin(spec, &env, &source, yes).await
+            }
             Command::Db { action } => match action {
                 DbAction::List { vm, json } => {
                     sovereign::commands::db::list(&vm.load(&env)?.0, json).await
@@ -109,11 +119,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     app,
                     format,
                     verify_full,
+                    read_only,
                 } => sovereign::commands::db::url(
                     &vm.load(&env)?.0,
                     &app,
                     format,
                     verify_full.as_deref(),
+                    read_only,
                 ),
                 DbAction::Drop {
                     vm,

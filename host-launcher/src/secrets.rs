@@ -7,6 +7,7 @@ use crate::spec::Spec;
 use protocol::config::{
     AppDatabase, GuestConfig, NetworkConfig, PostgresConfig, Secret, TailscaleConfig,
 };
+use protocol::replication::ReplicationConfig;
 use rand::distr::{Alphanumeric, SampleString};
 use std::fs::{DirBuilder, OpenOptions};
 use std::io::Write;
@@ -129,7 +130,8 @@ pub fn offsite_key(spec: &Spec) -> Result<Option<Secret>, SecretError> {
 pub fn ensure_all(spec: &Spec) -> Result<Vec<PathBuf>, SecretError> {
     let mut created = Vec::new();
     let files = std::iter::once(&spec.postgres.superuser_password_file)
-        .chain(spec.apps.iter().map(|a| &a.password_file));
+        .chain(spec.apps.iter().map(|a| &a.password_file))
+        .chain(spec.replication.iter().map(|r| &r.password_file));
     for f in files {
         if ensure_password_file(f)? {
             created.push(f.clone());
@@ -240,7 +242,20 @@ pub fn guest_config(spec: &Spec) -> Result<GuestConfig, SecretError> {
             apps,
             superuser_from_tailnet: spec.postgres.superuser_from_tailnet,
             tls: Some(server_tls(spec)?),
-            replication: None,
+            replication: spec
+                .replication
+                .as_ref()
+                .map(|r| {
+                    Ok::<_, SecretError>(ReplicationConfig {
+                        role: r.role,
+                        peer: r.peer.clone(),
+                        password: read_secret(&r.password_file)?,
+                        synchronous: r.synchronous,
+                        rejoin: r.rejoin,
+                    })
+                })
+                .map(|r| r.map(Box::new))
+                .transpose()?,
         },
         backup: spec.guest_backup(offsite_key(spec)?).map(Box::new),
     })

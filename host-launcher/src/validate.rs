@@ -64,6 +64,9 @@ pub fn validate(spec: &Spec, env: &HostEnv) -> Vec<Problem> {
         ));
     }
 
+    if let Some(r) = &spec.replication {
+        p.extend(r.problems(&spec.hostname));
+    }
     check_kernel(spec, &mut p);
     if let Some(initrd) = &spec.initrd {
         check_readable_file("initrd", initrd, &mut p);

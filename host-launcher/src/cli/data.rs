@@ -92,8 +92,14 @@ pub enum DbAction {
         format: crate::conninfo::Format,
         /// Require TLS and verify the server (`sslmode=verify-full`) with the CA
         /// certificate at CA_FILE on the app's machine (save `sovereign db ca` there).
+        /// With a replica (the spec's [replication]), both VMs are listed; with --verify-full,
+        /// CA_FILE must then hold both hosts' CA certificates (`db ca` on each).
         #[arg(long, value_name = "CA_FILE")]
         verify_full: Option<String>,
+        /// For read-only clients of a two-node cluster: a replica first
+        /// (`target_session_attrs=prefer-standby`) instead of the primary.
+        #[arg(long)]
+        read_only: bool,
     },
     /// Drop a database the spec no longer names (an orphan, or a copy `db restore`
     /// kept): asks first (`--yes` for scripts) and dumps it before dropping.

@@ -122,6 +122,20 @@ impl LogName {
     }
 }
 
+/// `replica` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ReplicaAction {
+    /// On the primary's host: print (or write, mode 0600) the replication password and
+    /// the cluster's passwords, for the replica's spec (`replication.credentials_file`).
+    Credentials {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Write to FILE (mode 0600) instead of printing.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
 /// The verbs.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -229,6 +243,28 @@ pub enum Command {
         /// (the current one is kept aside), then the database is restored from it.
         #[arg(long, value_name = "FILE")]
         from_export: Option<PathBuf>,
+    },
+    /// A two-node cluster: what a replica's host needs from the primary's.
+    Replica {
+        /// What to do.
+        #[command(subcommand)]
+        action: ReplicaAction,
+    },
+    /// Make this VM, a replica, the primary (PostgreSQL's promotion: a new timeline).
+    /// Its peer, the old primary, must then `rejoin` before it runs again.
+    Promote {
+        #[command(flatten)]
+        vm: VmArgs,
+    },
+    /// Start this VM, a former primary, as the replica of its peer: with the VM stopped,
+    /// its data disk is copied aside (kept), then pg_rewind gives up the writes the peer
+    /// never received and the VM follows the peer.
+    Rejoin {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Do not ask for confirmation (the copy of the data disk is still made).
+        #[arg(long)]
+        yes: bool,
     },
     /// App databases: dumps and restores of one app.
     Db {

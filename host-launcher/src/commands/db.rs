@@ -283,11 +283,14 @@ pub fn ca(spec: &Spec) -> anyhow::Result<i32> {
 
 /// `db url APP [--format] [--verify-full CA]`: needs only the spec and the app's
 /// password file.
+/// With a `[replication]` table the string names both VMs: `read_only` asks for a
+/// replica first, otherwise libpq looks for the one that takes writes.
 pub fn url(
     spec: &Spec,
     app: &str,
     format: Format,
     verify_with_ca: Option<&str>,
+    read_only: bool,
 ) -> anyhow::Result<i32> {
     let Some(a) = spec.apps.iter().find(|a| a.name == app) else {
         let names: Vec<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
@@ -311,6 +314,16 @@ pub fn url(
         user: &a.name,
         password: password.expose(),
         verify_with_ca,
+        cluster: spec.replication.as_ref().map(|r| {
+            (
+                r.peer.as_str(),
+                if read_only {
+                    conninfo::Session::PreferStandby
+                } else {
+                    conninfo::Session::ReadWrite
+                },
+            )
+        }),
     };
     println!("{}", conninfo::render(&target, format));
     Ok(0)

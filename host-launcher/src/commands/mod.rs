@@ -11,6 +11,7 @@ pub mod db;
 pub mod deploy;
 pub mod orphan;
 pub mod query;
+pub mod replica;
 pub mod start;
 pub mod status;
 pub mod stop;

@@ -182,6 +182,12 @@ fn prepare(spec: &Spec) -> anyhow::Result<()> {
     let log_dir = spec.log_dir();
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create {}", log_dir.display()))?;
+    for f in crate::replica_credentials::import(spec)? {
+        println!(
+            "  + took {} from the replica credentials file (mode 0600)",
+            f.display()
+        );
+    }
     for f in secrets::ensure_all(spec)? {
         println!("  + generated {} (mode 0600)", f.display());
     }

@@ -61,21 +61,31 @@ const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 pub async fn run(spec: &Spec, json: bool, watch: bool) -> anyhow::Result<i32> {
     loop {
         let s = gather(spec).await;
-        let database = if s.control_connected {
-            super::db::view(spec).await
+        let (database, replication) = if s.control_connected {
+            (
+                super::db::view(spec).await,
+                super::replica::status(spec).await,
+            )
         } else {
-            None
+            (None, None)
         };
         if json {
             let mut v = serde_json::to_value(&s)?;
             if let Some(map) = v.as_object_mut() {
                 map.insert("database".into(), serde_json::to_value(&database)?);
+                map.insert("replication".into(), serde_json::to_value(&replication)?);
             }
             println!("{}", serde_json::to_string_pretty(&v)?);
         } else {
             let mut text = render(&s);
             if let Some(d) = &database {
                 text.push_str(&super::db::render_view(d));
+            }
+            if let Some(r) = &replication {
+                text.push_str(&super::replica::render_status(
+                    r,
+                    spec.data_disk.size_gib << 30,
+                ));
             }
             if watch {
                 // Home and clear, then the table: redrawn in place.

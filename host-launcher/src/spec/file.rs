@@ -48,6 +48,7 @@ struct SpecFile {
     vmm: VmmFile,
     #[serde(default)]
     timeouts: TimeoutsFile,
+    replication: Option<super::replication::ReplicationFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -322,6 +323,9 @@ fn resolve_file(
             device_wait_secs: f.guest.device_wait_secs.unwrap_or(10),
             cmdline_extra: f.guest.cmdline_extra.unwrap_or_default(),
         },
+        replication: f
+            .replication
+            .map(|r| r.resolve(in_dir, &secrets_dir, &name)),
         postgres: PostgresSpec {
             port: f.postgres.port.unwrap_or(5432),
             superuser_password_file: f

@@ -10,9 +10,11 @@
 
 mod file;
 mod problem;
+mod replication;
 
 pub use file::{with_app_added, BUILTIN_APPS};
 pub use problem::{Problem, SpecError};
+pub use replication::ReplicationSpec;
 
 use kernel_config::Arch;
 use protocol::Stage;
@@ -319,6 +321,9 @@ pub struct Spec {
     pub guest: GuestSpec,
     /// PostgreSQL.
     pub postgres: PostgresSpec,
+    /// Streaming replication with a peer VM; `None` for a single node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication: Option<ReplicationSpec>,
     /// Application roles and databases.
     #[serde(default)]
     pub apps: Vec<AppSpec>,

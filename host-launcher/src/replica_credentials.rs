@@ -1,0 +1,243 @@
+//! The credentials file a replica's host needs from the primary's: the replication
+//! password, and the cluster's superuser and app passwords (a replica is a copy of the
+//! primary, so its roles and passwords are the primary's; after a promotion the same
+//! connection strings keep working). Written 0600 by `sovereign replica credentials`,
+//! imported into the replica host's own secret files on every start.
+
+use crate::secrets::{read_secret, SecretError};
+use crate::spec::Spec;
+use protocol::config::Secret;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// Why credentials could not be written or read (never shows a value).
+#[derive(Debug, Error)]
+pub enum CredentialsError {
+    #[error("the spec of VM {0} has no [replication] table: name the peer (replication.peer) and this VM's role first")]
+    NoReplication(String),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("credentials file {path}: {why}")]
+    Bad {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The file's contents.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialsFile {
+    /// The primary's tailnet name (for the reader; the spec names the peer).
+    primary: String,
+    replication_password: String,
+    superuser_password: String,
+    #[serde(default)]
+    apps: BTreeMap<String, String>,
+}
+
+/// The credentials of `spec`'s cluster as TOML, from this host's secret files.
+pub fn render(spec: &Spec) -> Result<String, CredentialsError> {
+    let r = spec
+        .replication
+        .as_ref()
+        .ok_or_else(|| CredentialsError::NoReplication(spec.name.clone()))?;
+    let file = CredentialsFile {
+        primary: spec.hostname.clone(),
+        replication_password: read_secret(&r.password_file)?.expose().to_string(),
+        superuser_password: read_secret(&spec.postgres.superuser_password_file)?
+            .expose()
+            .to_string(),
+        apps: spec
+            .apps
+            .iter()
+            .map(|a| {
+                Ok((
+                    a.name.clone(),
+                    read_secret(&a.password_file)?.expose().to_string(),
+                ))
+            })
+            .collect::<Result<_, SecretError>>()?,
+    };
+    let body = toml::to_string(&file).map_err(|e| CredentialsError::Bad {
+        path: PathBuf::from("-"),
+        why: e.to_string(),
+    })?;
+    Ok(format!(
+        "# sovereign replica credentials of {} (keep it 0600; it holds the cluster's passwords)\n{body}",
+        spec.hostname
+    ))
+}
+
+/// Writes [`render`]'s text to `path`, mode 0600, replacing it.
+pub fn write(spec: &Spec, path: &Path) -> Result<(), CredentialsError> {
+    let text = render(spec)?;
+    let err = |source| CredentialsError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(text.as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// On a host whose spec names a credentials file: makes this host's secret files
+/// (replication, superuser, each app of the spec that the file has) hold its values.
+/// Returns the files it changed.
+pub fn import(spec: &Spec) -> Result<Vec<PathBuf>, CredentialsError> {
+    let Some((r, path)) = spec
+        .replication
+        .as_ref()
+        .and_then(|r| r.credentials_file.as_ref().map(|p| (r, p)))
+    else {
+        return Ok(Vec::new());
+    };
+    read_secret(path)?; // refuses a file others can read
+    let text = std::fs::read_to_string(path).map_err(|e| CredentialsError::Bad {
+        path: path.clone(),
+        why: e.to_string(),
+    })?;
+    let file: CredentialsFile = toml::from_str(&text).map_err(|e| CredentialsError::Bad {
+        path: path.clone(),
+        why: e.to_string().trim().replace('\n', " "),
+    })?;
+    let mut wanted = vec![
+        (r.password_file.clone(), file.replication_password),
+        (
+            spec.postgres.superuser_password_file.clone(),
+            file.superuser_password,
+        ),
+    ];
+    for app in &spec.apps {
+        if let Some(pw) = file.apps.get(&app.name) {
+            wanted.push((app.password_file.clone(), pw.clone()));
+        }
+    }
+    let mut changed = Vec::new();
+    for (target, value) in wanted {
+        if value.len() < 8 {
+            return Err(CredentialsError::Bad {
+                path: path.clone(),
+                why: format!(
+                    "a password for {} is shorter than 8 characters",
+                    target.display()
+                ),
+            });
+        }
+        let current = read_secret(&target).ok();
+        if current.as_ref().map(Secret::expose) != Some(value.as_str()) {
+            write_secret(&target, &value)?;
+            changed.push(target);
+        }
+    }
+    Ok(changed)
+}
+
+/// Replaces a secret file atomically, mode 0600 (its directory 0700).
+fn write_secret(path: &Path, value: &str) -> Result<(), CredentialsError> {
+    let err = |source| CredentialsError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    let tmp = path.with_extension("import");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(format!("{value}\n").as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::tests::env_in;
+
+    fn spec(dir: &Path, text: &str) -> Spec {
+        Spec::parse(text, dir, &env_in(dir, false), "test.toml").unwrap()
+    }
+
+    #[test]
+    fn the_replicas_host_takes_the_clusters_passwords() {
+        let a = tempfile::tempdir().unwrap();
+        let primary = spec(
+            a.path(),
+            "[replication]\nrole = \"primary\"\npeer = \"sql-replica\"\n[[apps]]\nname = \"forgejo\"\n",
+        );
+        crate::secrets::ensure_all(&primary).unwrap();
+        let creds = a.path().join("out.credentials");
+        write(&primary, &creds).unwrap();
+        let mode = std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let b = tempfile::tempdir().unwrap();
+        let replica = spec(
+            b.path(),
+            &format!(
+                "hostname = \"sql-replica\"\n[replication]\nrole = \"replica\"\npeer = \"sql-vm\"\ncredentials_file = {:?}\n[[apps]]\nname = \"forgejo\"\n",
+                creds.display().to_string()
+            ),
+        );
+        let changed = import(&replica).unwrap();
+        assert_eq!(changed.len(), 3, "{changed:?}");
+        let same = |x: &Path, y: &Path| read_secret(x).unwrap() == read_secret(y).unwrap();
+        assert!(same(
+            &primary.postgres.superuser_password_file,
+            &replica.postgres.superuser_password_file
+        ));
+        assert!(same(
+            &primary.apps[0].password_file,
+            &replica.apps[0].password_file
+        ));
+        let (p, r) = (
+            primary.replication.unwrap(),
+            replica.replication.clone().unwrap(),
+        );
+        assert!(same(&p.password_file, &r.password_file));
+        assert!(
+            import(&replica).unwrap().is_empty(),
+            "a second start changes nothing"
+        );
+
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = import(&replica).unwrap_err().to_string();
+        assert!(e.contains("mode 644"), "{e}");
+    }
+
+    #[test]
+    fn a_spec_without_replication_has_no_credentials() {
+        let a = tempfile::tempdir().unwrap();
+        let e = render(&spec(a.path(), "")).unwrap_err().to_string();
+        assert!(e.contains("[replication]"), "{e}");
+    }
+}
