@@ -65,9 +65,11 @@ SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_CLOUD_KERNEL=$cloud/vmlinuz SOVEREIGN_R
 SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_REQUIRE_VM_TESTS=1 \
   cargo test -p sovereign-tests --locked --test faults -- --include-ignored --nocapture
 
+# The fuzz builds (sanitizers, nightly) live in the cache: cargo rebuilds what changed,
+# and a warm run skips the two minutes of building them from nothing.
 step "fuzzing the codecs (${fuzz_seconds}s per target)"
 for target in hyperkit_frames control_frames kernel_cmdline; do
-  (cd fuzz && cargo +nightly fuzz run "$target" -- -max_total_time="$fuzz_seconds" >/dev/null 2>"$SOVEREIGN_CACHE/fuzz-$target.log") \
+  (cd fuzz && cargo +nightly fuzz run "$target" --target-dir "$SOVEREIGN_CACHE/fuzz-target" -- -max_total_time="$fuzz_seconds" >/dev/null 2>"$SOVEREIGN_CACHE/fuzz-$target.log") \
     || { tail -n 40 "$SOVEREIGN_CACHE/fuzz-$target.log"; die "fuzz target $target failed"; }
   grep -E '^Done [0-9]+ runs' "$SOVEREIGN_CACHE/fuzz-$target.log" | sed "s/^/$target: /" >&2 || true
 done
