@@ -61,9 +61,10 @@ step "static musl builds, then VM tests (QEMU TCG, real gvproxy, headscale, tail
 SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_CLOUD_KERNEL=$cloud/vmlinuz SOVEREIGN_REQUIRE_VM_TESTS=1 \
   cargo test -p sovereign-tests --locked --test static_builds \
     --test boot --test forwarder --test network --test postgres --test e2e --test apps --test backups --test offsite -- --include-ignored --test-threads=1
-# The fault suite prints its table (fault, outage, rows acknowledged, rows lost).
+# The fault suite prints its table (fault, outage, rows acknowledged, rows lost); the
+# replica test its lag, the synchronous commit cost and the time from promote to a write.
 SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_REQUIRE_VM_TESTS=1 \
-  cargo test -p sovereign-tests --locked --test faults -- --include-ignored --nocapture
+  cargo test -p sovereign-tests --locked --test faults --test replica -- --include-ignored --nocapture
 
 # The fuzz builds (sanitizers, nightly) live in the cache: cargo rebuilds what changed,
 # and a warm run skips the two minutes of building them from nothing.

@@ -46,10 +46,14 @@ pub fn pgpass(dir: &Path, password: &str) -> PathBuf {
     path
 }
 
-fn insert(ns: &str, pgpass: &Path, n: usize) -> Result<(), String> {
+/// Where the load writes unless told otherwise: the VM by name, as the superuser.
+pub const DEFAULT_CONNINFO: &str =
+    "host=sql-vm port=5432 user=postgres dbname=postgres connect_timeout=5";
+
+fn insert(ns: &str, pgpass: &Path, conninfo: &str, n: usize) -> Result<(), String> {
     let out = Command::new("ip")
         .args(["netns", "exec", ns, "psql"])
-        .arg("host=sql-vm port=5432 user=postgres dbname=postgres connect_timeout=5")
+        .arg(conninfo)
         .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c"])
         .arg(format!(
             "insert into {TABLE} (n) values ({n}) on conflict do nothing"
@@ -67,19 +71,26 @@ fn insert(ns: &str, pgpass: &Path, n: usize) -> Result<(), String> {
 impl WriteLoad {
     /// Starts writing from inside network namespace `ns` (the second node's).
     pub fn start(ns: &str, pgpass: &Path) -> WriteLoad {
+        WriteLoad::start_to(ns, pgpass, DEFAULT_CONNINFO)
+    }
+
+    /// [`WriteLoad::start`] with a connection string of its own (e.g. both VMs of a
+    /// cluster, `target_session_attrs=read-write`).
+    pub fn start_to(ns: &str, pgpass: &Path, conninfo: &str) -> WriteLoad {
         let log = Arc::new(Mutex::new(Log::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (log, stop, ns, pgpass) = (
+            let (log, stop, ns, pgpass, conninfo) = (
                 Arc::clone(&log),
                 Arc::clone(&stop),
                 ns.to_string(),
                 pgpass.to_path_buf(),
+                conninfo.to_string(),
             );
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let n = log.lock().map(|l| l.acked.len() + 1).unwrap_or(1);
-                    match insert(&ns, &pgpass, n) {
+                    match insert(&ns, &pgpass, &conninfo, n) {
                         Ok(()) => {
                             if let Ok(mut l) = log.lock() {
                                 l.acked.push(Instant::now());

@@ -43,6 +43,10 @@ pub struct VmOptions {
     pub data_disk_gib: u32,
     /// Lines of the spec's `[backup]` table (e.g. `archive_timeout_secs = 10`).
     pub backup_toml: String,
+    /// The VM's host name and tailnet name.
+    pub hostname: &'static str,
+    /// Tables added at the end of the spec (e.g. `[replication]`).
+    pub extra_toml: String,
 }
 
 impl Default for VmOptions {
@@ -62,6 +66,8 @@ impl Default for VmOptions {
             boot_timeout_secs: None,
             data_disk_gib: 4,
             backup_toml: String::new(),
+            hostname: "sql-vm",
+            extra_toml: String::new(),
         }
     }
 }
@@ -115,8 +121,9 @@ impl Vm {
             assert!(o.status.success(), "copying the root image: {}", text(&o));
         }
         let mut spec = format!(
-            "name = \"sql\"\ncid = 10\nmemory_mib = 1024\ncpus = 2\nhostname = \"sql-vm\"\n\
+            "name = \"sql\"\ncid = 10\nmemory_mib = 1024\ncpus = 2\nhostname = \"{}\"\n\
              kernel = {}\nroot_image = {}\nwait_for = \"{}\"\n",
+            opts.hostname,
             toml_str(opts.kernel.as_deref().unwrap_or(&a.kernel)),
             toml_str(&root),
             opts.wait_for,
@@ -163,6 +170,7 @@ impl Vm {
             "[vmm]\nbackend = \"qemu\"\n[timeouts]\ninit = {init}\ndevices = {devices}\ncontrol = {t}\nnetwork = {t}\n\
              tailscale = {t}\npostgres = {t}\nshutdown = 60\n"
         ));
+        spec.push_str(&opts.extra_toml);
         let spec_path = home.path().join("sql.toml");
         std::fs::write(&spec_path, spec).expect("write spec");
         Vm {
