@@ -3,7 +3,7 @@
 
 use crate::spec::DataDisk;
 use std::fs::OpenOptions;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// What [`prepare_disk`] did.
@@ -26,6 +26,21 @@ pub struct DiskError {
     /// The I/O error.
     #[source]
     pub source: std::io::Error,
+}
+
+/// Where a disk image is kept when a step replaces or rewrites it (a restore onto a new
+/// disk, a rejoin): beside it, named `<image>.<why>-<unix seconds>`, never overwritten
+/// by a later one.
+pub fn kept_copy_path(image: &Path, why: &str) -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let name = image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    image.with_file_name(format!("{name}.{why}-{stamp}"))
 }
 
 /// Creates a disk image sparse at its size when it does not exist yet (mode 0600). The

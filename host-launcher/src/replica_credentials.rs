@@ -4,13 +4,12 @@
 //! connection strings keep working). Written 0600 by `sovereign replica credentials`,
 //! imported into the replica host's own secret files on every start.
 
-use crate::secrets::{read_secret, SecretError};
+use crate::secrets::{read_secret, write_private, SecretError};
 use crate::spec::Spec;
 use protocol::config::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -86,21 +85,10 @@ pub fn render(spec: &Spec) -> Result<String, CredentialsError> {
 /// Writes [`render`]'s text to `path`, mode 0600, replacing it.
 pub fn write(spec: &Spec, path: &Path) -> Result<(), CredentialsError> {
     let text = render(spec)?;
-    let err = |source| CredentialsError::Write {
+    write_private(path, text.as_bytes()).map_err(|source| CredentialsError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(text.as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    })
 }
 
 /// On a host whose spec names a credentials file: makes this host's secret files
@@ -165,17 +153,7 @@ fn write_secret(path: &Path, value: &str) -> Result<(), CredentialsError> {
         std::fs::create_dir_all(dir).map_err(err)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
     }
-    let tmp = path.with_extension("import");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(format!("{value}\n").as_bytes()).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
+    write_private(path, format!("{value}\n").as_bytes()).map_err(err)
 }
 
 #[cfg(test)]

@@ -179,19 +179,26 @@ pub fn stash_env_auth_key(spec: &mut Spec) -> Result<Option<PathBuf>, SecretErro
         .mode(0o700)
         .create(&spec.secrets_dir)
         .map_err(create)?;
-    let tmp = path.with_extension("authkey.tmp");
+    write_private(&path, format!("{key}\n").as_bytes()).map_err(create)?;
+    spec.tailscale.auth_key_file = Some(path.clone());
+    Ok(Some(path))
+}
+
+/// Replaces `path` with `bytes`, mode 0600, atomically (a sibling `.tmp` file, synced,
+/// renamed over it): how every secret file this launcher writes gets its value.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let _ = std::fs::remove_file(&tmp);
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&tmp)
-        .map_err(create)?;
-    f.write_all(format!("{key}\n").as_bytes()).map_err(create)?;
-    f.sync_all().map_err(create)?;
-    std::fs::rename(&tmp, &path).map_err(create)?;
-    spec.tailscale.auth_key_file = Some(path.clone());
-    Ok(Some(path))
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Where the auth key will come from, for output (never the key itself).

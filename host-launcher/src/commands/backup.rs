@@ -190,15 +190,7 @@ pub async fn restore_new_disk(
     }
     let data = spec.data_disk.path.clone();
     if data.exists() {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let name = data
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let aside = data.with_file_name(format!("{name}.before-restore-{stamp}"));
+        let aside = crate::disk_image::kept_copy_path(&data, "before-restore");
         let question = format!(
             "Start VM {} on a new data disk restored to {target}? The current {} is moved to {} (kept).",
             spec.name,

@@ -112,15 +112,7 @@ pub async fn rejoin(mut spec: Spec, env: &HostEnv, source: &str, yes: bool) -> a
     }
     let data = spec.data_disk.path.clone();
     if data.exists() {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let name = data
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let copy = data.with_file_name(format!("{name}.before-rejoin-{stamp}"));
+        let copy = crate::disk_image::kept_copy_path(&data, "before-rejoin");
         let question = format!(
             "Make VM {} a replica of {peer}? Writes it took that {peer} never received are given up (pg_rewind). {} is copied to {} first (kept).",
             spec.name,
