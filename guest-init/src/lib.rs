@@ -24,6 +24,7 @@ pub mod net;
 pub mod own_memory;
 pub mod owned_files;
 pub mod postgres;
+pub mod processes;
 pub mod reaper;
 pub mod report;
 pub mod running;

@@ -34,20 +34,23 @@ pub(super) fn start_watch(backups: &Arc<super::Backups>) {
     }
 }
 
+/// pgBackRest's program name, as `/proc/PID/comm` shows it.
+const PGBACKREST: &str = "pgbackrest";
+
 /// Ends any pgBackRest process left from a server that was stopped (an async
 /// archive-push outlives its postgres and would go on working through the old
 /// cluster's WAL queue) and empties the archive-push spool, whose status files describe
 /// that old queue. Called before a restored (or put back) cluster starts.
 pub fn forget_old_archiving() {
-    let pids = pgbackrest_pids();
+    let pids = crate::processes::named(PGBACKREST);
     for pid in &pids {
         let _ = nix::sys::signal::kill(*pid, nix::sys::signal::Signal::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !pgbackrest_pids().is_empty() && Instant::now() < deadline {
+    while !crate::processes::named(PGBACKREST).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    for pid in pgbackrest_pids() {
+    for pid in crate::processes::named(PGBACKREST) {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     }
     if !pids.is_empty() {
@@ -65,24 +68,6 @@ pub fn forget_old_archiving() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => log::warn!("cannot empty {}: {e}", out.display()),
     }
-}
-
-/// Processes whose program is pgBackRest (their command line starts with its path or
-/// name).
-fn pgbackrest_pids() -> Vec<nix::unistd::Pid> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let program = cmdline.split(|b| *b == 0).next()?;
-            let name = program.rsplit(|b| *b == b'/').next()?;
-            (name == b"pgbackrest").then(|| nix::unistd::Pid::from_raw(pid))
-        })
-        .collect()
 }
 
 /// The span a restore can reach: from the end of the oldest set to the newest
