@@ -317,6 +317,17 @@ fn a_replica_follows_takes_over_and_the_old_primary_rejoins() {
         .find(|l| l.contains("refusing to start as a primary"))
         .unwrap_or_default();
     println!("the old primary, started again: {}", refusal.trim());
+    // The power cut left the dead server's postmaster.pid; its PID may belong to any
+    // process of the new boot, so the guest must clear it or pg_rewind's crash recovery
+    // refuses the directory.
+    let console = primary.console();
+    let cleared = console
+        .lines()
+        .find(|l| l.contains("removed postmaster.pid of a server that did not stop"));
+    let Some(cleared) = cleared else {
+        panic!("the stale lock file of the power-cut server was not cleared:\n{console}");
+    };
+    println!("{}", cleared.trim());
     let _ = primary.stop();
     wait_for(Duration::from_secs(60), Duration::from_secs(1), || {
         primary.leftover_processes().is_empty().then_some(())

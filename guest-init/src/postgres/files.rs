@@ -69,6 +69,42 @@ pub(super) fn write_config(
     Ok(())
 }
 
+/// The lock file a postmaster keeps in its data directory.
+const LOCK_FILE: &str = "postmaster.pid";
+
+/// Removes the data directory's `postmaster.pid` when no postgres process is alive in
+/// this VM, so the lock file can only be a leftover of a server that did not stop (a
+/// power cut, a killed VM). PostgreSQL keeps a lock file whose PID is alive, and in a
+/// fresh guest the PID of the last boot's postmaster is often taken by some other
+/// process of this boot (boots run the same programs in the same order), so without
+/// this the server, or the crash recovery pg_rewind runs, may refuse the directory.
+/// While any postgres process lives (`live_postgres`, from [`crate::processes::named`]),
+/// the file stays for PostgreSQL's own checks. Returns the PID the removed file named.
+pub(super) fn clear_stale_lock(
+    data: &Path,
+    live_postgres: &[nix::unistd::Pid],
+) -> Result<Option<String>, PgError> {
+    let lock = data.join(LOCK_FILE);
+    let Ok(contents) = std::fs::read_to_string(&lock) else {
+        return Ok(None);
+    };
+    if !live_postgres.is_empty() {
+        log::info!(
+            "postgres: keeping {LOCK_FILE}: postgres processes still run ({live_postgres:?})"
+        );
+        return Ok(None);
+    }
+    let pid = contents.lines().next().unwrap_or("").trim().to_string();
+    std::fs::remove_file(&lock).map_err(|source| PgError::StaleLock {
+        path: lock.clone(),
+        source,
+    })?;
+    log::info!(
+        "postgres: removed {LOCK_FILE} of a server that did not stop (PID {pid} of an earlier boot; no postgres runs in this VM)"
+    );
+    Ok(Some(pid))
+}
+
 /// `initdb` on a blank data directory. It gets no password at all: host connections
 /// are refused in the first pg_hba.conf, which [`write_config`] replaces before the
 /// server starts, and [`super::Postgres::bring_up`] sets the superuser's password as a SCRAM
@@ -93,4 +129,28 @@ pub(super) fn initdb(bin: &Path, account: Account) -> Result<(), PgError> {
         &[],
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::unistd::Pid;
+
+    #[test]
+    fn a_lock_file_goes_only_when_no_postgres_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(clear_stale_lock(dir.path(), &[]).unwrap(), None);
+
+        let lock = dir.path().join(LOCK_FILE);
+        std::fs::write(&lock, "137\n/data/postgres\n1796392000\n5432\n").unwrap();
+        let alive = [Pid::from_raw(140)];
+        assert_eq!(clear_stale_lock(dir.path(), &alive).unwrap(), None);
+        assert!(lock.exists(), "kept while a postgres process lives");
+
+        assert_eq!(
+            clear_stale_lock(dir.path(), &[]).unwrap().as_deref(),
+            Some("137")
+        );
+        assert!(!lock.exists());
+    }
 }

@@ -19,7 +19,7 @@ use crate::command::{self, CommandError};
 use crate::owned_files::{self, OwnedFileError, Owner};
 use crate::supervised::{CommandFactory, Supervised};
 use config::SOCKET_DIR;
-use files::{data_disk_bytes, initdb, write_config, Settings};
+use files::{clear_stale_lock, data_disk_bytes, initdb, write_config, Settings};
 use nix::sys::signal::Signal;
 use nix::unistd::User;
 use protocol::config::PostgresConfig;
@@ -59,6 +59,11 @@ pub enum PgError {
     RecoveryFailed(String),
     #[error(transparent)]
     Replication(#[from] replication::ReplicationError),
+    #[error("cannot remove the stale lock file {path}: {source}")]
+    StaleLock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Which `postgres` account to run as.
@@ -156,6 +161,7 @@ impl Postgres {
         let data = Path::new(DATA_DIR);
         owned_files::prepare_dir(data, 0o700, account.owner)?;
         owned_files::prepare_dir(Path::new(SOCKET_DIR), 0o2775, account.owner)?;
+        clear_stale_lock(data, &crate::processes::named("postgres"))?;
         if let Some(material) = &cfg.tls {
             tls::install(material, account.owner)?;
         }
