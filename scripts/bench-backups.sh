@@ -14,4 +14,4 @@ scripts/ci-deps.sh
 tools_path
 artifacts=$(scripts/build-images.sh --arch x86_64 | tail -n1)
 cargo build --release --locked -p sovereign-tests --bin bench-backups >&2
-exec target/release/bench-backups "$artifacts"
+exec "$(cargo_target_dir)"/release/bench-backups "$artifacts"

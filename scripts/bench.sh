@@ -56,7 +56,7 @@ scripts/bench-forwarder.sh "$artifacts/sovereign-init" | tee "$out/forwarder.txt
 
 log "the VM: boot per stage, footprint, pgbench over the tailnet against inside the guest"
 cargo build --release --locked -p sovereign-tests --bin bench-vm >&2
-target/release/bench-vm "$artifacts" >/dev/null
+"$(cargo_target_dir)"/release/bench-vm "$artifacts" >/dev/null
 
 {
   printf '# Benchmarks\n\n'

@@ -47,7 +47,7 @@ cd "$SOVEREIGN_ROOT"
 
 log "building sovereign-init and sovereign for $target"
 cargo build --release --locked --target "$target" -p sovereign-init -p sovereign >&2
-bin=target/$target/release
+bin=$(cargo_target_dir)/$target/release
 install -m 0755 "$bin/sovereign-init" "$out/sovereign-init"
 install -m 0755 "$bin/sovereign" "$out/sovereign"
 

@@ -123,7 +123,7 @@ done
 log "building the config checker (cargo build -p sovereign-kernel-config --release)"
 cargo build --quiet --release -p sovereign-kernel-config --bin sovereign-kconfig >&2 \
   || die "cannot build sovereign-kconfig"
-kconfig=${CARGO_TARGET_DIR:-$SOVEREIGN_ROOT/target}/release/sovereign-kconfig
+kconfig=$(cargo_target_dir)/release/sovereign-kconfig
 [ -x "$kconfig" ] || die "cargo built sovereign-kconfig but $kconfig does not exist"
 
 # --- configure ----------------------------------------------------------------------------

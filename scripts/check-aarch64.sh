@@ -9,7 +9,7 @@ cd "$SOVEREIGN_ROOT"
 target=aarch64-unknown-linux-musl
 cargo build --release --locked --target "$target" -p sovereign -p sovereign-init >&2
 for bin in sovereign sovereign-init; do
-  f=target/$target/release/$bin
+  f=$(cargo_target_dir)/$target/release/$bin
   desc=$(file -b "$f")
   case "$desc" in
     *"ARM aarch64"*static*|*"ARM aarch64"*"statically linked"*) log "$bin: $desc" ;;
@@ -17,7 +17,7 @@ for bin in sovereign sovereign-init; do
   esac
 done
 qemu=$(command -v qemu-aarch64-static || command -v qemu-aarch64) || die "qemu-aarch64 is needed (scripts/ci-deps.sh)"
-sov=target/$target/release/sovereign
+sov=$(cargo_target_dir)/$target/release/sovereign
 "$qemu" "$sov" --help >/dev/null || die "sovereign --help failed under $qemu"
 
 work=$(mktemp -d)

@@ -11,4 +11,4 @@ scripts/ci-deps.sh --main-job
 tools_path
 artifacts=$(scripts/build-images.sh --arch x86_64 | tail -n1)
 cargo build --release --locked -p sovereign-tests --bin sovereign-demo >&2
-exec target/release/sovereign-demo "$artifacts"
+exec "$(cargo_target_dir)"/release/sovereign-demo "$artifacts"

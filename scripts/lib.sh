@@ -17,6 +17,10 @@ VHOST_DEVICE_VSOCK_VERSION=0.3.0
 GITEA_VERSION=v1.25.0
 KERNEL_SERIES=6.12
 
+# Cargo's target directory: $CARGO_TARGET_DIR when set (test.sh keeps it in the cache),
+# else the workspace's target/.
+cargo_target_dir() { printf '%s\n' "${CARGO_TARGET_DIR:-$SOVEREIGN_ROOT/target}"; }
+
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 

@@ -21,7 +21,9 @@
 # --heavy (or SOVEREIGN_HEAVY_TESTS=1) adds the drills that spend minutes waiting on real
 # timeouts (a full backup disk, a lost backup disk refilled) and fuzzes 300 s per target
 # instead of 30; CI runs the default set, which fits its time budget.
-# Heavy artifacts are cached under ${XDG_CACHE_HOME:-$HOME/.cache}/sovereign.
+# Heavy artifacts are cached under ${XDG_CACHE_HOME:-$HOME/.cache}/sovereign, cargo's
+# builds among them (cargo-target/, unless CARGO_TARGET_DIR is set; started over past
+# SOVEREIGN_TARGET_CAP_MIB, default 12288).
 source "$(dirname "$0")/lib.sh"
 for arg in "$@"; do
   case "$arg" in
@@ -39,6 +41,16 @@ step() { log "[$(( $(date +%s) - start ))s] $*"; }
 step "dependencies"
 scripts/ci-deps.sh
 tools_path
+# Cargo's builds (host, both musl targets, the tests) live in the cache too: a fresh
+# clone then recompiles only the workspace's own crates, not every dependency. Cargo
+# decides what is stale; past a size cap the directory starts over.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$SOVEREIGN_CACHE/cargo-target}
+target_cap_mib=${SOVEREIGN_TARGET_CAP_MIB:-12288}
+if [ -d "$CARGO_TARGET_DIR" ] \
+  && [ "$(du -sm "$CARGO_TARGET_DIR" | cut -f1)" -gt "$target_cap_mib" ]; then
+  log "cargo's target directory in the cache is past ${target_cap_mib} MiB: starting it over"
+  rm -rf "$CARGO_TARGET_DIR"
+fi
 
 step "format, lints, unit tests"
 cargo fmt --all -- --check
