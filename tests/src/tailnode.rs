@@ -5,9 +5,11 @@
 
 use crate::netns::NetNs;
 use crate::process::{run, text, wait_for, Daemon};
+use std::ffi::OsStr;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 /// A tailscaled + CLI pair in a namespace.
@@ -132,6 +134,39 @@ impl TailNode {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.ns_name, program]);
         c
+    }
+
+    /// psql in the node's namespace with `sql` written to its stdin (unaligned, tuples
+    /// only, quiet, stopping at the first error), `env` set for libpq (a password or a
+    /// password file). Stdin stays open, so a caller can hold the session;
+    /// `wait_with_output` closes it and collects the result.
+    pub fn psql_script(&self, conninfo: &str, env: &[(&str, &OsStr)], sql: &str) -> Child {
+        let mut child = self
+            .command("psql")
+            .args([
+                conninfo,
+                "-X",
+                "-A",
+                "-t",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-f",
+                "-",
+            ])
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("psql in the peer's namespace");
+        child
+            .stdin
+            .as_mut()
+            .expect("psql's stdin is piped")
+            .write_all(sql.as_bytes())
+            .expect("the script reaches psql");
+        child
     }
 }
 

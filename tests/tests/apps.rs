@@ -18,10 +18,9 @@ use sovereign_tests::process::{run, text, wait_for};
 use sovereign_tests::tailnode::TailNode;
 use sovereign_tests::vm::Vm;
 use sovereign_tests::vm_test;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 use std::time::Duration;
 
 /// The unprivileged user Gitea runs as (it refuses root).
@@ -36,31 +35,7 @@ fn psql(peer: &TailNode, conninfo: &str, sql: &str) -> Output {
 
 /// psql started with `sql` written to its stdin, left running.
 fn psql_child(peer: &TailNode, conninfo: &str, sql: &str) -> Child {
-    let mut child = peer
-        .command("psql")
-        .args([
-            conninfo,
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-f",
-            "-",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql in the peer's namespace");
-    child
-        .stdin
-        .as_mut()
-        .unwrap()
-        .write_all(sql.as_bytes())
-        .unwrap();
-    child
+    peer.psql_script(conninfo, &[], sql)
 }
 
 /// `sovereign db url APP ARGS...`, trimmed; fails the test when it fails.

@@ -51,35 +51,10 @@ fn psql_as(peer: &TailNode, who: &str, password: &str, sql: &str) -> Output {
 
 /// psql from the peer with a whole connection string (a URI or key/value pairs).
 fn psql_with(peer: &TailNode, conninfo: &str, password: Option<&str>, sql: &str) -> Output {
-    use std::io::Write;
-    let mut command = peer.command("psql");
-    if let Some(password) = password {
-        command.env("PGPASSWORD", password);
-    }
-    let mut child = command
-        .args([
-            conninfo,
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-f",
-            "-",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("psql in the peer's namespace");
-    child
-        .stdin
-        .take()
+    let env = password.map(|p| ("PGPASSWORD", std::ffi::OsStr::new(p)));
+    peer.psql_script(conninfo, env.as_slice(), sql)
+        .wait_with_output()
         .unwrap()
-        .write_all(sql.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 fn psql_ok(peer: &TailNode, password: &str, sql: &str) -> String {

@@ -18,10 +18,8 @@ use sovereign_tests::process::{kill, run, text, wait_for};
 use sovereign_tests::tailnode::TailNode;
 use sovereign_tests::vm::{Vm, VmOptions};
 use sovereign_tests::vm_test;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 /// The lag the replica must stay within under the steady load.
@@ -34,32 +32,11 @@ const CLUSTER: &str = "host=sql-vm,sql-replica port=5432,5432 user=postgres dbna
 
 /// psql on the second node, statements on stdin, password from `pgpass`.
 fn peer_psql(peer: &TailNode, pgpass: &Path, conninfo: &str, sql: &str) -> Result<String, String> {
-    let mut child = peer
-        .command("psql")
-        .args([
-            conninfo,
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-f",
-            "-",
-        ])
-        .env("PGPASSFILE", pgpass)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("psql in the peer's namespace");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(sql.as_bytes())
+    let env = [("PGPASSFILE", pgpass.as_os_str())];
+    let o = peer
+        .psql_script(conninfo, &env, sql)
+        .wait_with_output()
         .unwrap();
-    let o = child.wait_with_output().unwrap();
     if o.status.success() {
         Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
     } else {
