@@ -22,10 +22,6 @@ pub struct BackupConfig {
     pub full_every_days: u32,
     /// A differential backup when the newest set is this many days old (0: none).
     pub diff_every_days: u32,
-    /// Restore onto a new, blank data disk before postgres first starts
-    /// (`sovereign restore --new-disk`); `None` on every ordinary boot.
-    #[serde(default)]
-    pub restore_on_boot: Option<RestoreTarget>,
     /// repo2, off the device: an SFTP server reached over the tailnet by name.
     #[serde(default)]
     pub offsite: Option<OffsiteConfig>,
@@ -47,7 +43,6 @@ impl BackupConfig {
             retention_days: 7,
             full_every_days: 7,
             diff_every_days: 1,
-            restore_on_boot: None,
             offsite: None,
         }
     }

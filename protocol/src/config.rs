@@ -2,6 +2,7 @@
 //! has said hello. Secrets (auth key, passwords) travel only here: never on the kernel
 //! command line, the console or a log, which is why they are wrapped in [`Secret`].
 
+pub use crate::names::{app_name_problem, is_dns_label, is_password, is_sql_identifier};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::Ipv4Addr;
@@ -121,6 +122,41 @@ pub struct GuestConfig {
     /// spec turns backups off.
     #[serde(default)]
     pub backup: Option<Box<crate::backup::BackupConfig>>,
+    /// A request for this boot alone; `None` on every ordinary boot.
+    #[serde(default)]
+    pub request: Option<BootRequest>,
+}
+
+/// What one boot is asked to do to the data disk before postgres starts (`sovereign
+/// rejoin`, `sovereign restore --new-disk`). The host sends it in the configuration of
+/// the first boot its supervisor starts and in no other: a restart after a crash must
+/// not run it again (a second rewind would throw away every write since). Once the
+/// guest begins the work it records it on the data disk itself, so a power cut midway
+/// is finished or undone by the next boot without the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BootRequest {
+    /// Become the peer's replica: rewind onto its timeline with `pg_rewind`, or with
+    /// `fresh`, discard this node's cluster and copy the peer anew (the host kept a copy
+    /// of the disk first either way).
+    Rejoin {
+        /// Copy the peer anew instead of rewinding.
+        #[serde(default)]
+        fresh: bool,
+    },
+    /// Restore the backup repository onto the blank data disk before postgres first
+    /// starts on it.
+    RestoreOntoNewDisk {
+        /// What to restore to.
+        target: crate::backup::RestoreTarget,
+    },
+    /// The same from an export the host sends during this boot
+    /// ([`crate::transfer::Transfer::ImportExport`]): it becomes the backup disk's
+    /// repository first (a lost phone, and only the export and its passphrase left).
+    ImportOntoNewDisk {
+        /// What to restore to.
+        target: crate::backup::RestoreTarget,
+    },
 }
 
 /// The guest's side of gvproxy's network (defaults match gvproxy's defaults).
@@ -139,6 +175,22 @@ pub struct NetworkConfig {
     pub dns: Ipv4Addr,
     /// Link MTU; must match gvproxy's `-mtu`.
     pub mtu: u16,
+}
+
+impl NetworkConfig {
+    /// The host as gvproxy's NAT presents it (its default configuration maps this
+    /// address to the host's loopback): the one address on the subnet besides the
+    /// gateway that the guest may send to.
+    pub const HOST_ALIAS: Ipv4Addr = Ipv4Addr::new(192, 168, 127, 254);
+
+    /// The guest's subnet as `network/prefix` (`192.168.127.0/24`).
+    pub fn subnet(&self) -> String {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len.min(32)))
+            .unwrap_or(0);
+        let network = Ipv4Addr::from(u32::from(self.address) & mask);
+        format!("{network}/{}", self.prefix_len)
+    }
 }
 
 impl Default for NetworkConfig {
@@ -189,6 +241,25 @@ pub struct PostgresConfig {
     /// Streaming replication with a peer VM; `None` for a single node.
     #[serde(default)]
     pub replication: Option<Box<crate::replication::ReplicationConfig>>,
+    /// The VM's memory, MiB: the server's memory settings follow it
+    /// ([`crate::pg_settings::for_memory`]).
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u32,
+    /// The spec's `[postgres.settings]`: tunables by name, checked by
+    /// [`crate::pg_settings::check`], written after the derived ones.
+    #[serde(default)]
+    pub settings: std::collections::BTreeMap<String, String>,
+}
+
+fn default_memory_mib() -> u32 {
+    1024
+}
+
+impl PostgresConfig {
+    /// `max_connections` as the server will have it.
+    pub fn max_connections(&self) -> u32 {
+        crate::pg_settings::max_connections(self.memory_mib, &self.settings)
+    }
 }
 
 /// A server certificate with its key (PEM), so postgres serves TLS that clients verify
@@ -223,12 +294,8 @@ pub struct AppDatabase {
 }
 
 /// Sessions an app may hold when its spec says nothing: two apps at the default stay
-/// well inside the guest's `max_connections` (50).
+/// well inside the smallest `max_connections` (50).
 pub const DEFAULT_CONNECTION_LIMIT: u32 = 20;
-
-/// The largest connection limit an app may have: `max_connections` (50) less what is
-/// kept for the superuser and PID 1's own sessions.
-pub const MAX_CONNECTION_LIMIT: u32 = 45;
 
 fn default_connection_limit() -> u32 {
     DEFAULT_CONNECTION_LIMIT
@@ -246,6 +313,8 @@ pub enum ConfigError {
         /// What is expected instead.
         why: &'static str,
     },
+    #[error(transparent)]
+    Setting(#[from] crate::pg_settings::SettingError),
 }
 
 fn invalid(field: &'static str, value: impl fmt::Display, why: &'static str) -> ConfigError {
@@ -254,30 +323,6 @@ fn invalid(field: &'static str, value: impl fmt::Display, why: &'static str) -> 
         value: value.to_string(),
         why,
     }
-}
-
-/// True for a DNS label: 1–63 of `a-z0-9-`, not starting or ending with `-`.
-pub fn is_dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-}
-
-/// True for a PostgreSQL identifier we are willing to create unquoted.
-pub fn is_sql_identifier(s: &str) -> bool {
-    let mut bytes = s.bytes();
-    matches!(bytes.next(), Some(b'a'..=b'z' | b'_'))
-        && s.len() <= 63
-        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-}
-
-/// True for a password we accept: 8–128 printable ASCII characters (so SCRAM's SASLprep
-/// step is the identity and the guest can hash it exactly as PostgreSQL would).
-pub fn is_password(s: &str) -> bool {
-    (8..=128).contains(&s.len()) && s.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
 impl GuestConfig {
@@ -319,12 +364,8 @@ impl GuestConfig {
             return Err(invalid("postgres.port", pg.port, "must not be 0"));
         }
         for app in &pg.apps {
-            if !is_sql_identifier(&app.name) || app.name == "postgres" {
-                return Err(invalid(
-                    "postgres.apps.name",
-                    &app.name,
-                    "must be a lowercase SQL identifier other than 'postgres'",
-                ));
+            if let Some(why) = app_name_problem(&app.name) {
+                return Err(invalid("postgres.apps.name", &app.name, why));
             }
             if !is_password(app.password.expose()) {
                 return Err(invalid(
@@ -333,13 +374,17 @@ impl GuestConfig {
                     "must be 8-128 printable ASCII characters",
                 ));
             }
-            if !(1..=MAX_CONNECTION_LIMIT).contains(&app.connection_limit) {
+            let most = crate::pg_settings::max_app_connection_limit(pg.max_connections());
+            if !(1..=most).contains(&app.connection_limit) {
                 return Err(invalid(
                     "postgres.apps.connection_limit",
                     app.connection_limit,
-                    "must be 1 to 45 (the guest allows 50 connections and keeps some for the superuser)",
+                    "must be 1 to max_connections less 5 (kept for the superuser and PID 1)",
                 ));
             }
+        }
+        if let Err(e) = crate::pg_settings::check_all(&pg.settings, pg.memory_mib) {
+            return Err(ConfigError::Setting(e));
         }
         if let Some(b) = &self.backup {
             b.validate()?;
@@ -400,6 +445,8 @@ mod tests {
                 superuser_from_tailnet: true,
                 tls: None,
                 replication: None,
+                memory_mib: 1024,
+                settings: Default::default(),
                 apps: vec![AppDatabase {
                     name: "vaultwarden".into(),
                     password: Secret::new("vaultwarden-pass"),
@@ -409,7 +456,28 @@ mod tests {
             backup: Some(Box::new(crate::backup::BackupConfig::with_defaults(
                 "/dev/vdc",
             ))),
+            request: None,
         }
+    }
+
+    #[test]
+    fn a_boot_request_travels_tagged_and_is_absent_by_default() {
+        let mut c = sample();
+        let plain = serde_json::to_value(&c).unwrap();
+        assert_eq!(plain["request"], serde_json::Value::Null);
+        c.request = Some(BootRequest::Rejoin { fresh: true });
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            json["request"],
+            serde_json::json!({"kind": "rejoin", "fresh": true})
+        );
+        assert_eq!(serde_json::from_value::<GuestConfig>(json).unwrap(), c);
+        let restore: BootRequest = serde_json::from_value(serde_json::json!({
+            "kind": "restore_onto_new_disk",
+            "target": {"kind": "latest"}
+        }))
+        .unwrap();
+        assert!(matches!(restore, BootRequest::RestoreOntoNewDisk { .. }));
     }
 
     #[test]
@@ -508,6 +576,17 @@ mod tests {
         assert!(!is_sql_identifier("1x"));
         assert!(!is_sql_identifier("a-b"));
         assert!(!is_sql_identifier(""));
+        assert_eq!(app_name_problem("forgejo"), None);
+        for reserved in [
+            "postgres",
+            "replicator",
+            "pg_x",
+            "template1",
+            "templates",
+            "public",
+        ] {
+            assert!(app_name_problem(reserved).is_some(), "{reserved}");
+        }
         assert!(is_dns_label("sql-vm"));
         assert!(!is_dns_label("-x"));
     }

@@ -135,6 +135,7 @@ mod tests {
             cid: 10,
             kernel_release: "6.12.48-sovereign".into(),
             boot_time_ms: 1234,
+            session: None,
         })
     }
 

@@ -67,12 +67,18 @@ impl StageDetail {
             StageDetail::Control(c) => c.to_string(),
             StageDetail::Network(n) => n.to_string(),
             StageDetail::Tailscale(t) => format!("{} {}", t.name, t.ips.join(",")),
-            StageDetail::Postgres(p) => format!(
-                "{} {}, listening on {}",
-                p.state,
-                p.version,
-                p.listen.join(",")
-            ),
+            StageDetail::Postgres(p) => {
+                let s = format!(
+                    "{} {}, listening on {}",
+                    p.state,
+                    p.version,
+                    p.listen.join(",")
+                );
+                if !p.recovered.is_empty() {
+                    return format!("{}; {}", shorten(&s, 160), p.recovered.join("; "));
+                }
+                s
+            }
             StageDetail::Ready(r) => r.to_string(),
             StageDetail::Problem(p) => p.message.clone(),
         };
@@ -338,10 +344,28 @@ mod tests {
             version: "postgres (PostgreSQL) 17.12".into(),
             data_dir: "/data/postgres".into(),
             listen: vec!["localhost".into(), "100.64.0.2".into()],
+            recovered: vec![],
         });
         assert_eq!(
             pg.summary(),
             "ready postgres (PostgreSQL) 17.12, listening on localhost,100.64.0.2"
+        );
+        // What a boot finished or undid is never cut: it is why the user looks.
+        let note = format!(
+            "the first boot's initdb was interrupted{}",
+            "; more".repeat(40)
+        );
+        let recovered = StageDetail::from(PostgresInfo {
+            state: ServerState::Ready,
+            version: "postgres (PostgreSQL) 17.12".into(),
+            data_dir: "/data/postgres".into(),
+            listen: vec!["localhost".into()],
+            recovered: vec![note.clone()],
+        });
+        assert!(
+            recovered.summary().ends_with(&note),
+            "{}",
+            recovered.summary()
         );
         let long = StageDetail::problem("x".repeat(500));
         assert_eq!(long.summary().chars().count(), 160);

@@ -6,6 +6,7 @@
 //! - [`messages`]: the messages carried on it, in both directions.
 //! - [`devices`]: the guest's device census.
 //! - [`config`]: the configuration the host hands the guest (including secrets).
+//! - [`names`]: what hostnames, app names and passwords may be.
 //! - [`stage`]: the boot stages whose names are part of the interface.
 //! - [`evidence`]: what each stage report proves, one type per stage.
 //! - [`marker`]: the `SOVEREIGN <stage> <json>` console lines.
@@ -13,12 +14,13 @@
 //! - [`backup`], [`offsite`]: backups, restores and the off-device copy.
 //! - [`arch`]: the guest architectures.
 //! - [`hyperkit`]: gvproxy's Ethernet frame framing (u16 little-endian length).
-//! - [`backup`]: backup configuration, requests, answers and status.
 //! - [`ports`]: well-known vsock CIDs and ports.
 //! - [`bulk`]: the chunked, SHA-256-checked streams of exports and dumps.
 //! - [`transfer`]: what a bulk transfer carries, asked for and answered.
 //! - [`scram`], [`provision`]: SCRAM verifiers and the SQL that provisions roles.
+//! - [`pg_settings`]: the server's settings derived from memory, and the spec's overrides.
 //! - [`replication`]: a node's role, its peer, and the replication status query.
+//! - [`status`]: what `sovereign status` reports, as one typed value.
 
 pub mod arch;
 pub mod backup;
@@ -31,13 +33,16 @@ pub mod hyperkit;
 pub mod manifest;
 pub mod marker;
 pub mod messages;
+pub mod names;
 pub mod offsite;
+pub mod pg_settings;
 pub mod ports;
 pub mod probe;
 pub mod provision;
 pub mod replication;
 pub mod scram;
 pub mod stage;
+pub mod status;
 pub mod transfer;
 
 pub use arch::Arch;

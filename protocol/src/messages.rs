@@ -21,7 +21,11 @@ pub use crate::probe::{
 /// reports stamped by the guest's clock, PID 1's memory in the status. 7: bulk streams
 /// through the forwarder and over raw vsock ([`Probe::Stream`], [`Probe::VsockStream`]).
 /// 8: streaming replication with a peer ([`crate::replication::ReplicationConfig`]).
-pub const PROTOCOL_VERSION: u32 = 8;
+/// 9: one-boot requests ([`crate::config::BootRequest`]), the primary's fence in the
+/// status, promotion as a guest request, and what a boot finished or undid.
+/// 10: a session token for the boot's first connection ([`HostMessage::Session`]),
+/// carried by every reconnect's Hello.
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// Guest → host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +51,8 @@ pub enum GuestMessage {
     BackupAnswer(crate::backup::BackupAnswer),
     /// Answer to [`HostMessage::Transfer`].
     TransferAnswer(crate::transfer::TransferAnswer),
+    /// Answer to [`HostMessage::Promote`].
+    PromoteResult(QueryResult),
     /// Answer to [`HostMessage::Ping`].
     Pong,
     /// Sent every [`crate::control::HEARTBEAT_INTERVAL`]: the guest is alive.
@@ -62,6 +68,12 @@ pub enum GuestMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HostMessage {
+    /// This boot's session token, sent to the boot's first connection before anything
+    /// else; the guest puts it in the Hello of every reconnect (see [`Hello::session`]).
+    Session {
+        /// Random, made by the host for this boot.
+        token: String,
+    },
     /// The guest's configuration, sent after Hello.
     Config(Box<GuestConfig>),
     /// Stop services in order and power off; services get `deadline_secs` in total.
@@ -132,6 +144,17 @@ pub enum HostMessage {
     /// of this start lacks. The guest installs it and has postgres reload; nothing is
     /// answered (the next TLS handshake shows it).
     Tls(crate::config::TlsMaterial),
+    /// Make this replica the primary (`sovereign promote`), answered by
+    /// [`GuestMessage::PromoteResult`] with the same `id`. The guest refuses while its
+    /// WAL receiver streams or the peer answers as the cluster's primary, unless
+    /// `force`: two nodes that can see each other must never both take writes.
+    Promote {
+        /// Echoed in the answer.
+        id: u64,
+        /// Promote even though the old primary still answers (it fences itself once it
+        /// sees this node on the newer timeline).
+        force: bool,
+    },
     /// Liveness check, answered by [`GuestMessage::Pong`] (measures a round trip).
     Ping,
     /// Sent every [`crate::control::HEARTBEAT_INTERVAL`]: the host is alive.
@@ -196,6 +219,12 @@ pub struct Hello {
     pub kernel_release: String,
     /// Milliseconds since the guest kernel booted.
     pub boot_time_ms: u64,
+    /// The token the host handed this boot's first connection ([`HostMessage::Session`]):
+    /// `None` on that first connection, required on every later one. PID 1 dials before
+    /// any other guest process exists and keeps the token in its memory only, so a
+    /// reconnect that carries it is PID 1's.
+    #[serde(default)]
+    pub session: Option<String>,
 }
 
 /// Frame counters of the tap0 ↔ gvproxy forwarder.
@@ -257,6 +286,10 @@ pub struct PostgresInfo {
     pub data_dir: String,
     /// Addresses it listens on.
     pub listen: Vec<String>,
+    /// What this boot finished or undid of a step that a power cut or a stop
+    /// interrupted (an initdb, a copy of the peer, a rewind, a restore), one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recovered: Vec<String>,
 }
 
 /// A supervised guest process.
@@ -306,6 +339,9 @@ pub struct GuestStatus {
     /// PID 1's own memory now.
     #[serde(default)]
     pub init_memory: Option<ProcessMemory>,
+    /// A primary with a peer: whether it may take writes, by its guard.
+    #[serde(default)]
+    pub fence: Option<crate::replication::Fence>,
 }
 
 /// A process's memory, for footprint figures.

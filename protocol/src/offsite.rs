@@ -24,6 +24,9 @@ pub struct OffsiteConfig {
     pub host_key: String,
     /// The client's private key (OpenSSH format).
     pub private_key: crate::config::Secret,
+    /// The passphrase repo2 is encrypted with (pgBackRest's `aes-256-cbc`): the server
+    /// holds only ciphertext. The same passphrase encrypts exports on the host.
+    pub passphrase: crate::config::Secret,
 }
 
 impl OffsiteConfig {
@@ -35,6 +38,13 @@ impl OffsiteConfig {
                 field: "backup.offsite.private_key",
                 value: "(not shown)".into(),
                 why: "must be a private key in OpenSSH or PEM format (ssh-keygen -t ed25519)",
+            });
+        }
+        if !is_passphrase(self.passphrase.expose()) {
+            return Err(ConfigError::Invalid {
+                field: "backup.passphrase",
+                value: "(not shown)".into(),
+                why: "must be 20-256 printable ASCII characters without spaces",
             });
         }
         Ok(())
@@ -113,6 +123,12 @@ impl OffsiteConfig {
     }
 }
 
+/// True for a backup passphrase we accept: 20-256 printable ASCII characters without
+/// spaces (it goes into pgbackrest.conf as one value).
+pub fn is_passphrase(s: &str) -> bool {
+    (20..=256).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// repo2 in the guest's status: where it is and how its backups went.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OffsiteStatus {
@@ -152,6 +168,7 @@ mod tests {
             private_key: crate::config::Secret::new(
                 "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n-----END OPENSSH PRIVATE KEY-----\n",
             ),
+            passphrase: crate::config::Secret::new("a-long-backup-passphrase-1234"),
         }
     }
 
@@ -161,7 +178,7 @@ mod tests {
         c.offsite = Some(offsite());
         assert_eq!(c.validate(), Ok(()));
         type Spoil = fn(&mut OffsiteConfig);
-        let cases: [(Spoil, &str); 8] = [
+        let cases: [(Spoil, &str); 9] = [
             (|o| o.host = "100.64.0.2".into(), "backup.offsite.host"),
             (
                 |o| o.host = "fd7a:115c:a1e0::2".into(),
@@ -175,6 +192,10 @@ mod tests {
             (
                 |o| o.private_key = crate::config::Secret::new("hunter2hunter2"),
                 "backup.offsite.private_key",
+            ),
+            (
+                |o| o.passphrase = crate::config::Secret::new("too short"),
+                "backup.passphrase",
             ),
         ];
         for (spoil, field) in cases {

@@ -14,6 +14,11 @@ pub const NETWORK_PORT: u32 = 1024;
 /// transfer, see [`crate::bulk`].
 pub const DATA_PORT: u32 = 1026;
 
+/// The guest's source ports for its connections to the host: below 1024, so only PID 1
+/// (the one guest process with `CAP_NET_BIND_SERVICE`) can bind them. On crosvm the
+/// host refuses a connection from any other port.
+pub const RESERVED_SOURCE_PORTS: std::ops::RangeInclusive<u32> = 600..=1023;
+
 /// The CID of the default `sql` VM.
 pub const DEFAULT_GUEST_CID: u32 = 10;
 

@@ -10,10 +10,14 @@ use crate::scram;
 /// Turns statement logging off for this session (a superuser setting).
 const QUIET: &str = "SET log_statement = 'none';\n";
 
-/// Sets the superuser's password.
+/// Sets the superuser's password, and takes CONNECT on the maintenance and template
+/// databases from PUBLIC: an app's role reaches its own database and no other (the
+/// superuser needs no grant; the replication role is granted `postgres` by name).
 pub fn superuser_sql(password: &Secret, salt: &[u8; 16]) -> String {
     format!(
-        "{QUIET}ALTER ROLE postgres PASSWORD '{}';\n",
+        "{QUIET}ALTER ROLE postgres PASSWORD '{}';\n\
+         REVOKE CONNECT ON DATABASE postgres FROM PUBLIC;\n\
+         REVOKE CONNECT ON DATABASE template1 FROM PUBLIC;\n",
         scram::verifier(password.expose(), salt)
     )
 }

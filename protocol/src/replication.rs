@@ -44,10 +44,11 @@ pub struct ReplicationConfig {
     /// Commits wait until the peer has the WAL on disk (`synchronous_standby_names`).
     #[serde(default)]
     pub synchronous: bool,
-    /// Rewind this node's data onto the peer's timeline (`pg_rewind`) and start it as
-    /// the peer's replica: `sovereign rejoin`.
+    /// A primary whose peer does not answer at boot waits for it instead of starting:
+    /// nothing can then rule out that the peer was promoted meanwhile (safety over
+    /// availability).
     #[serde(default)]
-    pub rejoin: bool,
+    pub require_peer_at_boot: bool,
 }
 
 /// The replication slot (and `application_name`) of the node called `hostname`: its
@@ -65,8 +66,12 @@ pub fn slot_name(hostname: &str) -> String {
         .collect()
 }
 
-/// Creates (or updates) [`REPLICATION_ROLE`] with `password` as a SCRAM verifier and
-/// lets it read what `pg_rewind` reads from a source server (the grants PostgreSQL's
+/// Creates (or updates) [`REPLICATION_ROLE`] with `password` as a SCRAM verifier, lets
+/// it into `postgres` (where the peer's fence asks for [`IDENTITY_SQL`]), has the server
+/// drop its connections within ~20 s once the other end is gone (a replica or a copy cut
+/// by a power cut would otherwise hold its slot for the minutes TCP takes to give up,
+/// and the replica could not stream again until then), and lets it read what
+/// `pg_rewind` reads from a source server (the grants PostgreSQL's
 /// documentation lists, instead of a superuser over the network); then
 /// [`slot_sql`] for the peer. Run by the primary's superuser; psql input (`\gexec`).
 pub fn role_sql(password: &Secret, salt: &[u8; 16], peer: &str) -> String {
@@ -75,6 +80,11 @@ pub fn role_sql(password: &Secret, salt: &[u8; 16], peer: &str) -> String {
         "SET log_statement = 'none';\n\
          SELECT 'CREATE ROLE {r} REPLICATION LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{r}')\\gexec\n\
          ALTER ROLE {r} REPLICATION LOGIN PASSWORD '{}';\n\
+         GRANT CONNECT ON DATABASE postgres TO {r};\n\
+         ALTER ROLE {r} SET tcp_user_timeout = 15000;\n\
+         ALTER ROLE {r} SET tcp_keepalives_idle = 5;\n\
+         ALTER ROLE {r} SET tcp_keepalives_interval = 5;\n\
+         ALTER ROLE {r} SET tcp_keepalives_count = 3;\n\
          GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean) TO {r};\n\
          GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_file(text, boolean) TO {r};\n\
          GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO {r};\n\
@@ -94,26 +104,38 @@ pub fn slot_sql(peer: &str) -> String {
     )
 }
 
-/// One line, `|`-separated, that [`ReplicationStatus::parse`] reads; psql runs it with
-/// `-A -t`. The `\if` keeps functions that fail during recovery off the replica.
+/// The status query: one JSON object that [`ReplicationStatus`] reads; psql runs it
+/// with `-A -t`. The `\if` keeps functions that fail during recovery off the replica.
 pub const STATUS_SQL: &str = r"select pg_is_in_recovery() as standby \gset
 \if :standby
-select 'replica',
-  coalesce((select received_tli from pg_stat_wal_receiver), (select timeline_id from pg_control_checkpoint())),
-  coalesce((select status from pg_stat_wal_receiver), 'not streaming'),
-  coalesce((select sender_host from pg_stat_wal_receiver), ''),
-  coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint, 0),
-  coalesce(extract(epoch from now() - pg_last_xact_replay_timestamp())::bigint, -1),
-  '', -1;
+select json_build_object(
+  'role', 'replica',
+  'timeline', coalesce((select received_tli from pg_stat_wal_receiver), (select timeline_id from pg_control_checkpoint())),
+  'state', coalesce((select status from pg_stat_wal_receiver), 'not streaming'),
+  'peer', coalesce((select sender_host from pg_stat_wal_receiver), ''),
+  'lag_bytes', pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint,
+  'lag_seconds', extract(epoch from now() - pg_last_xact_replay_timestamp())::bigint,
+  'slots', '[]'::json);
 \else
-select 'primary',
-  ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int,
-  coalesce((select state || coalesce(' ' || sync_state, '') from pg_stat_replication limit 1), 'no replica connected'),
-  coalesce((select application_name from pg_stat_replication limit 1), ''),
-  coalesce((select pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint from pg_stat_replication limit 1), -1),
-  coalesce((select extract(epoch from replay_lag)::bigint from pg_stat_replication limit 1), 0),
-  coalesce((select string_agg(slot_name || case when active then '' else ' (inactive)' end, ',') from pg_replication_slots where slot_type = 'physical'), ''),
-  coalesce((select max(pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn))::bigint from pg_replication_slots where slot_type = 'physical'), -1);
+with replicas as (
+  -- The one sender to show: a replica before a copy still running or cut off
+  -- (pg_basebackup's own senders), a streaming one first.
+  select * from pg_stat_replication
+  order by application_name = 'pg_basebackup', state <> 'streaming', backend_start desc
+  limit 1)
+select json_build_object(
+  'role', 'primary',
+  'timeline', ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int,
+  'state', coalesce((select state || coalesce(' ' || sync_state, '') from replicas), 'no replica connected'),
+  'peer', coalesce((select application_name from replicas), ''),
+  'lag_bytes', (select pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint from replicas),
+  'lag_seconds', (select coalesce(extract(epoch from replay_lag)::bigint, 0) from replicas),
+  'slots', coalesce((select json_agg(json_build_object(
+      'name', slot_name,
+      'active', active,
+      'wal_status', coalesce(wal_status, ''),
+      'retained_bytes', pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint) order by slot_name)
+    from pg_replication_slots where slot_type = 'physical'), '[]'::json));
 \endif
 ";
 
@@ -136,38 +158,97 @@ pub struct ReplicationStatus {
     /// replayed transaction (grows when the primary is idle); `None` when unknown.
     pub lag_seconds: Option<u64>,
     /// The primary's physical replication slots.
-    pub slots: String,
-    /// WAL the slots hold back on the primary's disk; `None` without slots.
-    pub slot_retained_bytes: Option<u64>,
+    #[serde(default)]
+    pub slots: Vec<SlotStatus>,
+}
+
+/// One physical replication slot on a primary: the WAL it holds back for its replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotStatus {
+    /// The slot (the replica's [`slot_name`]).
+    pub name: String,
+    /// Whether its replica streams through it now.
+    pub active: bool,
+    /// PostgreSQL's `wal_status`: `reserved`, `extended`, `unreserved` (past
+    /// `max_slot_wal_keep_size`: invalidated at the next checkpoint) or `lost` (the
+    /// replica must be copied anew).
+    pub wal_status: String,
+    /// WAL it holds back on this node's disk; `None` when it holds none (lost).
+    pub retained_bytes: Option<u64>,
+}
+
+impl SlotStatus {
+    /// True when PostgreSQL gave up the WAL this slot's replica still needed.
+    pub fn lost(&self) -> bool {
+        self.wal_status == "lost"
+    }
 }
 
 impl ReplicationStatus {
-    /// Reads [`STATUS_SQL`]'s line; `None` when it is not one.
-    pub fn parse(line: &str) -> Option<ReplicationStatus> {
-        let f: Vec<&str> = line.trim().split('|').collect();
-        let [role, timeline, state, peer, lag_bytes, lag_seconds, slots, retained] = f.as_slice()
-        else {
-            return None;
-        };
-        let opt = |s: &str| -> Option<Option<u64>> {
-            let v: i64 = s.parse().ok()?;
-            Some(u64::try_from(v).ok())
-        };
-        Some(ReplicationStatus {
-            role: match *role {
-                "primary" => Role::Primary,
-                "replica" => Role::Replica,
-                _ => return None,
-            },
-            timeline: timeline.parse().ok()?,
-            state: state.to_string(),
-            peer: peer.to_string(),
-            lag_bytes: opt(lag_bytes)?,
-            lag_seconds: opt(lag_seconds)?,
-            slots: slots.to_string(),
-            slot_retained_bytes: opt(retained)?,
-        })
+    /// Reads [`STATUS_SQL`]'s output (psql's, the JSON object on one line); `None` when
+    /// there is none.
+    pub fn parse(output: &str) -> Option<ReplicationStatus> {
+        output
+            .lines()
+            .find_map(|l| serde_json::from_str(l.trim()).ok())
     }
+}
+
+/// One node's identity as it reports it: which cluster, on which timeline, and whether
+/// it is a replica. What the fence compares; [`IDENTITY_SQL`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    /// `pg_control_system()`'s system identifier: the same on every node of a cluster.
+    pub system_identifier: String,
+    /// The timeline it writes (a primary) or last recovered (a replica).
+    pub timeline: u32,
+    /// True on a replica.
+    pub in_recovery: bool,
+}
+
+impl NodeIdentity {
+    /// Reads [`IDENTITY_SQL`]'s output; `None` when there is none.
+    pub fn parse(output: &str) -> Option<NodeIdentity> {
+        output
+            .lines()
+            .find_map(|l| serde_json::from_str(l.trim()).ok())
+    }
+}
+
+/// A node's identity as one JSON object; any role that may log in can run it (the
+/// functions are PUBLIC's), so a node asks its peer as [`REPLICATION_ROLE`].
+pub const IDENTITY_SQL: &str = "select json_build_object(\
+'system_identifier', (select system_identifier::text from pg_control_system()), \
+'timeline', case when pg_is_in_recovery() then (select timeline_id from pg_control_checkpoint()) \
+else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end, \
+'in_recovery', pg_is_in_recovery())";
+
+/// Whether a primary with a peer may take writes, as its guard last judged it (shown by
+/// `sovereign status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Fence {
+    /// The peer answered and is no newer primary of this cluster.
+    Clear {
+        /// When the peer last answered (seconds since the epoch, the guest's clock).
+        peer_seen_unix: i64,
+    },
+    /// The peer has not answered since this node became a primary: nothing rules out
+    /// that it was promoted meanwhile.
+    Unconfirmed {
+        /// What was tried.
+        reason: String,
+        /// Since when.
+        since_unix: i64,
+    },
+    /// This node stopped taking writes (postgres is stopped, its data kept) because the
+    /// peer is the primary by the fence's rules.
+    Fenced {
+        /// Why, and what to do.
+        reason: String,
+        /// Since when.
+        since_unix: i64,
+    },
 }
 
 #[cfg(test)]
@@ -195,21 +276,36 @@ mod tests {
     }
 
     #[test]
-    fn both_sides_status_lines_read() {
+    fn both_sides_status_objects_read() {
         let p = ReplicationStatus::parse(
-            "primary|2|streaming async|sql_replica|1024|0|sql_replica|33554432\n",
+            "{\"role\" : \"primary\", \"timeline\" : 2, \"state\" : \"streaming async\", \"peer\" : \"sql_replica\", \"lag_bytes\" : 1024, \"lag_seconds\" : 0, \"slots\" : [{\"name\" : \"sql_replica\", \"active\" : true, \"wal_status\" : \"reserved\", \"retained_bytes\" : 33554432}]}\n",
         )
         .unwrap();
         assert_eq!(p.role, Role::Primary);
         assert_eq!(p.timeline, 2);
         assert_eq!(p.lag_bytes, Some(1024));
-        assert_eq!(p.slot_retained_bytes, Some(32 << 20));
-        let r = ReplicationStatus::parse("replica|1|streaming|100.64.0.1|0|-1||-1").unwrap();
+        assert_eq!(p.slots[0].retained_bytes, Some(32 << 20));
+        assert!(!p.slots[0].lost());
+        let r = ReplicationStatus::parse(
+            "{\"role\" : \"replica\", \"timeline\" : 1, \"state\" : \"streaming\", \"peer\" : \"100.64.0.1\", \"lag_bytes\" : 0, \"lag_seconds\" : null, \"slots\" : []}",
+        )
+        .unwrap();
         assert_eq!(r.role, Role::Replica);
         assert_eq!(r.lag_seconds, None);
-        assert_eq!(r.slot_retained_bytes, None);
-        assert!(ReplicationStatus::parse("standby|1|x|y|0|0||0").is_none());
-        assert!(ReplicationStatus::parse("primary|1|x").is_none());
+        assert!(r.slots.is_empty());
+        assert!(ReplicationStatus::parse("{\"role\": \"standby\"}").is_none());
+        assert!(ReplicationStatus::parse("psql: error").is_none());
+    }
+
+    #[test]
+    fn identities_read_from_json() {
+        let id = NodeIdentity::parse(
+            "{\"system_identifier\" : \"7441234567890123456\", \"timeline\" : 2, \"in_recovery\" : false}",
+        )
+        .unwrap();
+        assert_eq!(id.system_identifier, "7441234567890123456");
+        assert_eq!((id.timeline, id.in_recovery), (2, false));
+        assert!(NodeIdentity::parse("").is_none());
     }
 
     #[test]
@@ -219,7 +315,7 @@ mod tests {
             peer: "sql-vm".into(),
             password: Secret::new("replicate-me"),
             synchronous: false,
-            rejoin: false,
+            require_peer_at_boot: false,
         };
         assert!(!format!("{c:?}").contains("replicate-me"));
         let json = serde_json::to_string(&c).unwrap();

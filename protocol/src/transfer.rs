@@ -27,6 +27,13 @@ pub enum Transfer {
         /// Where to.
         target: RestoreTarget,
     },
+    /// Host → guest, during a boot asked to [`crate::config::BootRequest::ImportOntoNewDisk`]:
+    /// an export that becomes the local repository (the current one is kept aside); the
+    /// boot then restores from it onto the new data disk.
+    ImportExport {
+        /// The export's size.
+        bytes: u64,
+    },
     /// Guest → host: `pg_dump -Fc` of one database: an app's, an orphan's, or a
     /// copy a restore kept.
     DumpApp {
@@ -57,7 +64,9 @@ impl Transfer {
     pub fn direction(&self) -> Direction {
         match self {
             Transfer::ExportBackup { .. } | Transfer::DumpApp { .. } => Direction::ToHost,
-            Transfer::RestoreFromExport { .. } | Transfer::RestoreApp { .. } => Direction::ToGuest,
+            Transfer::RestoreFromExport { .. }
+            | Transfer::ImportExport { .. }
+            | Transfer::RestoreApp { .. } => Direction::ToGuest,
         }
     }
 }
