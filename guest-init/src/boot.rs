@@ -7,59 +7,37 @@
 //! | `devices`   | modules, the census, the running kernel's options       |
 //! | `control`   | dial the host, say Hello, wait for the configuration    |
 //! | `network`   | input policy; tap0 ↔ vsock to gvproxy, gateway answers  |
-//! | `tailscale` | the data disk, then tailscaled and the join             |
-//! | `postgres`  | backup disk and pgBackRest (if on); initdb or reuse, start, provision, listen on the tailnet |
+//! | `tailscale` | the data and backup disks, then tailscaled and the join |
+//! | `postgres`  | this boot's request, initdb or reuse, start, provision, listen on the tailnet |
 //! | `ready`     | every stage above holds                                 |
 //!
 //! Two threads share the work: this one serves the host ([`crate::host_requests`])
 //! from the moment the control channel exists, while a bring-up thread runs the slow
-//! stages and then keeps postgres listening on the tailnet. So the host can always ask
-//! for status or stop the guest, even in the middle of a stage.
+//! stages and then keeps postgres listening on the tailnet ([`crate::upkeep`]). So the
+//! host can always ask for status or stop the guest, even in the middle of a stage.
+//! Their shared state is [`crate::guest::Guest`]; nothing imports this module: it is
+//! the sequence, and only `main` starts it.
 
 use crate::backup::Backups;
+use crate::clock::uptime_ms;
 use crate::cmdline::BootConfig;
 use crate::control::ControlLink;
-use crate::datadisk::{DataDisk, DiskError};
+use crate::disks::{Disk, DiskError, DATA_MOUNT};
+use crate::guest::{Event, Guest};
 use crate::mounts::MountError;
 use crate::net::{NetError, Network};
 use crate::postgres::{PgError, Postgres};
-use crate::report::Reporter;
-use crate::running::Running;
+use crate::stages::Reporter;
 use crate::tailscale::{Tailscale, TailscaleError};
-use crate::{devices, host_requests, shutdown};
-use protocol::evidence::{
-    ControlEvidence, DevicesEvidence, InitEvidence, NetworkEvidence, ReadyEvidence,
-};
-use protocol::messages::{
-    GuestMessage, GuestStatus, Hello, HostMessage, PostgresInfo, TailnetInfo,
-};
-use protocol::messages::{GuestService, ServiceSignal};
+use crate::{devices, host_requests};
+use protocol::config::BootRequest;
+use protocol::evidence::{ControlEvidence, DevicesEvidence, InitEvidence, NetworkEvidence};
+use protocol::messages::{Hello, HostMessage, PostgresInfo, TailnetInfo};
 use protocol::{GuestConfig, Stage, StageReport, StageState};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-
-/// What the serving thread reacts to.
-#[derive(Debug)]
-pub enum Event {
-    /// A message from the host.
-    Host(HostMessage),
-    /// A signal asked for power-off (SIGTERM, SIGINT, SIGPWR).
-    PowerOff(String),
-}
-
-/// Where the data disk is mounted.
-pub const DATA_DIR: &str = "/data";
-
-/// Milliseconds since the kernel booted (CLOCK_BOOTTIME, like /proc/uptime but
-/// readable before /proc is mounted and to the millisecond).
-pub fn uptime_ms() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
-        let ms = Duration::from(t).as_millis();
-        u64::try_from(ms).unwrap_or(u64::MAX)
-    })
-}
 
 /// Why a stage after `control` does not hold.
 #[derive(Debug, Error)]
@@ -69,7 +47,7 @@ pub enum StageError {
     #[error(transparent)]
     Network(#[from] NetError),
     #[error("data disk: {0}")]
-    DataDisk(Arc<DiskError>),
+    Disk(Arc<DiskError>),
     #[error(transparent)]
     Tailscale(#[from] TailscaleError),
     #[error(transparent)]
@@ -78,96 +56,6 @@ pub enum StageError {
     Restore(#[from] crate::backup::restore::RestoreError),
     #[error("running on localhost only: no tailnet address to listen on")]
     NoTailnet,
-    #[error("not every stage holds: {0}")]
-    NotReady(String),
-}
-
-/// State shared by the serving and bring-up threads.
-#[derive(Debug)]
-pub struct Guest {
-    /// Stage reports, for the host and the console.
-    pub reporter: Arc<Reporter>,
-    /// What was started, for status and shutdown.
-    running: Mutex<Running>,
-    /// The data disk's mount.
-    pub(crate) disk: DataDisk,
-    /// The control channel.
-    pub link: ControlLink,
-    /// The host's configuration, once accepted.
-    pub config: OnceLock<GuestConfig>,
-    /// Backups, once the spec's backup settings were applied.
-    pub backups: OnceLock<Arc<Backups>>,
-}
-
-/// Why a service could not be signalled on the host's request.
-#[derive(Debug, thiserror::Error)]
-pub enum SignalError {
-    #[error("{0} is not running")]
-    NotRunning(GuestService),
-    #[error("{0} has no process right now (restarting)")]
-    Restarting(GuestService),
-}
-
-impl Guest {
-    /// What was started so far (a brief lock; clone the `Arc`s out).
-    pub fn running(&self) -> MutexGuard<'_, Running> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The guest's status for the host.
-    pub fn status(&self) -> GuestStatus {
-        let s = self.running();
-        GuestStatus {
-            uptime_ms: uptime_ms(),
-            stages: self.reporter.summary(),
-            network: s.network.as_ref().map(|n| n.counters()),
-            tailnet: s.tailscale.as_ref().and_then(|t| t.current()),
-            postgres: s.postgres.as_ref().map(|p| p.info()),
-            services: s.statuses(),
-            data_disk: self.disk.usage(),
-            backup: self.backups.get().map(|b| Box::new(b.status())),
-            init_memory: crate::own_memory::read(),
-        }
-    }
-
-    /// Sends `signal` to a supervised service; its supervisor restarts it after an
-    /// unexpected exit, as always. Returns what happened, for the host.
-    pub fn signal_service(
-        &self,
-        service: GuestService,
-        signal: ServiceSignal,
-    ) -> Result<String, SignalError> {
-        let sig = match signal {
-            ServiceSignal::Term => nix::sys::signal::Signal::SIGTERM,
-            ServiceSignal::Kill => nix::sys::signal::Signal::SIGKILL,
-            ServiceSignal::Hup => nix::sys::signal::Signal::SIGHUP,
-            ServiceSignal::Int => nix::sys::signal::Signal::SIGINT,
-        };
-        let running = self.running();
-        let supervised = match service {
-            GuestService::Postgres => running.postgres.as_ref().map(|p| p.service().clone()),
-            GuestService::Tailscaled => running.tailscale.as_ref().map(|t| t.service().clone()),
-        };
-        drop(running);
-        let supervised = supervised.ok_or(SignalError::NotRunning(service))?;
-        let pid = supervised
-            .send_signal(sig)
-            .ok_or(SignalError::Restarting(service))?;
-        log::warn!("{service} (pid {pid}): {sig} sent on the host's request");
-        Ok(format!("{sig} sent to {service} (pid {pid})"))
-    }
-
-    /// Tells the host, then stops everything in order and powers off.
-    pub fn shutdown(&self, reason: &str, deadline: Duration) -> ! {
-        self.link.send(&GuestMessage::ShuttingDown {
-            reason: reason.to_string(),
-        });
-        let mut disks = vec![&self.disk];
-        if let Some(b) = self.backups.get() {
-            disks.push(b.disk());
-        }
-        shutdown::run(reason, deadline, &mut self.running(), &disks)
-    }
 }
 
 /// Runs the early stages, then serves the host until shutdown; never returns.
@@ -187,14 +75,7 @@ pub fn run(
         verdict.map(|()| evidence)
     });
     let link = dial_host(&boot, &reporter, event_tx);
-    let guest = Arc::new(Guest {
-        reporter,
-        running: Mutex::default(),
-        disk: DataDisk::data(DATA_DIR),
-        link,
-        config: OnceLock::new(),
-        backups: OnceLock::new(),
-    });
+    let guest = Arc::new(Guest::new(reporter, Disk::data(DATA_MOUNT), link));
     let (config_tx, config_rx) = std::sync::mpsc::channel::<GuestConfig>();
     let bringer = Arc::clone(&guest);
     let spawned = std::thread::Builder::new()
@@ -204,8 +85,10 @@ pub fn run(
                 bring_up(&boot, &config, &bringer);
                 loop {
                     std::thread::sleep(Duration::from_secs(5));
+                    crate::upkeep::grow_disks(&bringer);
                     crate::upkeep::watch_space(&bringer);
                     crate::upkeep::follow_tailnet(&bringer);
+                    crate::upkeep::watch_slots(&bringer);
                 }
             }
         });
@@ -223,6 +106,7 @@ fn dial_host(boot: &BootConfig, reporter: &Arc<Reporter>, event_tx: Sender<Event
         cid: vsock::get_local_cid().unwrap_or(0),
         kernel_release: devices::kernel::release(),
         boot_time_ms: uptime_ms(),
+        session: None,
     };
     let cid = hello.cid;
     reporter.set_hello(hello);
@@ -246,8 +130,19 @@ fn dial_host(boot: &BootConfig, reporter: &Arc<Reporter>, event_tx: Sender<Event
     link
 }
 
-/// The stages that need the host's configuration, in order.
-fn bring_up(boot: &BootConfig, config: &GuestConfig, guest: &Guest) {
+/// Whether the stages may go on: not once power-off was asked for (a stage begun after
+/// it would be cut off midway, as a first boot's initdb once was); said once.
+fn may_go_on(stage: Stage) -> bool {
+    if crate::lifecycle::stop::requested() {
+        log::warn!("not starting the {stage} stage: shutdown was requested");
+        return false;
+    }
+    true
+}
+
+/// The stages that need the host's configuration, in order; none begins once shutdown
+/// was requested.
+fn bring_up(boot: &BootConfig, config: &GuestConfig, guest: &Arc<Guest>) {
     let r = &guest.reporter;
     apply_identity(config);
     r.report(StageReport::ready(
@@ -258,16 +153,20 @@ fn bring_up(boot: &BootConfig, config: &GuestConfig, guest: &Guest) {
             hostname: Some(config.hostname.clone()),
         },
     ));
-    r.run(Stage::Network, || start_network(boot, config, guest));
-    let disk = mount_data_disk(boot, guest);
-    if let (Ok(()), Some(b)) = (&disk, &config.backup) {
-        let data_bytes = guest.disk.usage().map_or(0, |u| u.total_bytes);
-        let backups = Backups::prepare(b, config.postgres.port, data_bytes);
-        let _ = guest.backups.set(Arc::new(backups));
+    if !may_go_on(Stage::Network) {
+        return;
     }
-    let keeps_identity = guest.backups.get().is_some_and(|b| b.usable());
+    r.run(Stage::Network, || start_network(boot, config, guest));
+    if !may_go_on(Stage::Tailscale) {
+        return;
+    }
+    let mut disk = Ok(());
     let tailnet = r.run(Stage::Tailscale, || {
-        disk.clone().map_err(StageError::DataDisk)?;
+        disk = mount_disks(boot, config, guest);
+        disk.clone().map_err(StageError::Disk)?;
+        // The node's identity is kept on the backup disk too, so a lost data disk
+        // does not make the VM a new node under a taken name.
+        let keeps_identity = guest.backups.get().is_some_and(|b| b.usable());
         if keeps_identity {
             crate::backup::identity::restore_if_missing();
         }
@@ -277,11 +176,17 @@ fn bring_up(boot: &BootConfig, config: &GuestConfig, guest: &Guest) {
         }
         Ok::<_, StageError>(info)
     });
+    if !may_go_on(Stage::Postgres) {
+        return;
+    }
     r.run(Stage::Postgres, || {
-        disk.clone().map_err(StageError::DataDisk)?;
+        disk.clone().map_err(StageError::Disk)?;
         start_postgres(config, tailnet.as_ref(), guest)
     });
-    report_ready(r);
+    if config.postgres.replication.is_some() {
+        crate::fence_guard::spawn(Arc::clone(guest));
+    }
+    r.report_ready();
     if r.state(Stage::Postgres) == Some(StageState::Ready) {
         if let Some(b) = guest.backups.get() {
             b.start_schedule();
@@ -315,8 +220,11 @@ fn start_network(
     config: &GuestConfig,
     guest: &Guest,
 ) -> Result<NetworkEvidence, StageError> {
-    let input_policy =
-        crate::net::firewall::apply(config.postgres.port, crate::tailscale::TAILSCALE_PORT)?;
+    let input_policy = crate::net::firewall::apply(
+        config.postgres.port,
+        crate::tailscale::TAILSCALE_PORT,
+        &config.network,
+    )?;
     let net = &config.network;
     let network = Arc::new(Network::start(
         net,
@@ -336,10 +244,20 @@ fn start_network(
 }
 
 /// The data disk holds both tailscaled's state and the database; its failure fails
-/// both stages (each gets the error).
-fn mount_data_disk(boot: &BootConfig, guest: &Guest) -> Result<(), Arc<DiskError>> {
+/// both stages (each gets the error). The backup disk follows it (when backups are
+/// on); its own troubles only turn backups off, which status says.
+fn mount_disks(
+    boot: &BootConfig,
+    config: &GuestConfig,
+    guest: &Guest,
+) -> Result<(), Arc<DiskError>> {
     let info = guest.disk.mount(&boot.data_disk).map_err(Arc::new)?;
     log::info!("data disk: {info}");
+    if let Some(b) = &config.backup {
+        let data_bytes = guest.disk.usage().map_or(0, |u| u.total_bytes);
+        let backups = Backups::prepare(b, config.postgres.port, data_bytes);
+        let _ = guest.backups.set(Arc::new(backups));
+    }
     Ok(())
 }
 
@@ -356,7 +274,9 @@ fn join_tailnet(config: &GuestConfig, guest: &Guest) -> Result<TailnetInfo, Stag
 }
 
 /// `postgres`: the server starts even without a tailnet (on localhost, owned by
-/// `guest`), but the stage holds only when it answers on the tailnet addresses.
+/// `guest`), but the stage holds only when it answers on the tailnet addresses. This
+/// boot's request (a rejoin, a restore onto a new disk) is carried out first, and what
+/// an interrupted earlier boot left is finished or undone.
 fn start_postgres(
     config: &GuestConfig,
     tailnet: Option<&TailnetInfo>,
@@ -364,51 +284,49 @@ fn start_postgres(
 ) -> Result<PostgresInfo, StageError> {
     let listen = tailnet.map(|t| t.ips.clone()).unwrap_or_default();
     let backups = guest.backups.get();
-    let restored = match backups.and_then(|b| b.restore_on_boot().map(|t| (b, t))) {
-        Some((b, target)) => Some(crate::backup::new_disk::onto_new_disk(b, target)?),
-        None => None,
+    let (restore, rejoin) = match &config.request {
+        Some(BootRequest::RestoreOntoNewDisk { target }) => (
+            Some(crate::backup::new_disk::Request {
+                target,
+                from_export: false,
+            }),
+            None,
+        ),
+        Some(BootRequest::ImportOntoNewDisk { target }) => (
+            Some(crate::backup::new_disk::Request {
+                target,
+                from_export: true,
+            }),
+            None,
+        ),
+        Some(BootRequest::Rejoin { fresh }) => (None, Some(*fresh)),
+        None => (None, None),
     };
+    let on_boot = crate::backup::new_disk::on_boot(backups.map(|b| &**b), restore)?;
     let archive = backups.and_then(|b| b.archive_settings());
-    let pg = Arc::new(Postgres::start(
-        &config.postgres,
-        &config.hostname,
-        &listen,
-        archive,
-    )?);
+    let pg = Postgres::start(&config.postgres, &config.hostname, &listen, archive, rejoin)?
+        .with_recovered(on_boot.recovered);
+    let pg = Arc::new(pg);
     guest.running().postgres = Some(Arc::clone(&pg));
-    if let Some(what) = restored {
+    if let Some(fence) = pg.boot_fence() {
+        if let Ok(mut f) = guest.fence.lock() {
+            *f = Some(fence);
+        }
+    }
+    if let Some(what) = on_boot.restored {
         log::warn!("{what}; waiting for recovery to finish");
-        pg.wait_promoted(Duration::from_secs(3600))?;
+        let promoted = pg.wait_promoted(Duration::from_secs(3600));
+        if let Some(b) = backups {
+            b.recovery_finished();
+        }
+        promoted?;
+        crate::backup::unfinished::marker()
+            .clear()
+            .map_err(PgError::Durable)?;
     }
     pg.bring_up(&config.postgres)?;
     if tailnet.is_none() {
         return Err(StageError::NoTailnet);
     }
     Ok(pg.info())
-}
-
-/// Reports `ready` when every earlier stage holds, or why not (once).
-pub(crate) fn report_ready(reporter: &Reporter) {
-    let pending: Vec<String> = Stage::ALL
-        .into_iter()
-        .filter(|s| !matches!(s, Stage::Init | Stage::Ready))
-        .filter_map(|s| match reporter.state(s) {
-            Some(StageState::Ready) => None,
-            Some(state) => Some(format!("{s} {state}")),
-            None => Some(format!("{s} not reached")),
-        })
-        .collect();
-    if pending.is_empty() {
-        reporter.report(StageReport::ready(
-            Stage::Ready,
-            ReadyEvidence {
-                uptime_ms: uptime_ms(),
-            },
-        ));
-    } else if reporter.state(Stage::Ready).is_none() {
-        reporter.report(StageReport::failed(
-            Stage::Ready,
-            StageError::NotReady(pending.join(", ")).to_string(),
-        ));
-    }
 }

@@ -1,7 +1,7 @@
 //! Running a helper program to completion (mkfs, e2fsck, initdb, psql, tailscale) with
 //! its output captured, through the reaper (never std's `wait`).
 
-use crate::reaper::{self, Exit};
+use crate::lifecycle::reaper::{self, Exit};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::fs::File;
@@ -349,7 +349,10 @@ mod tests {
 
     #[test]
     fn a_streamed_child_passes_its_output_on_and_its_stderr_back() {
-        reaper::tests::in_child_process("command::tests::stream_body", "SOVEREIGN_STREAM_TEST");
+        reaper::tests::in_child_process(
+            concat!(module_path!(), "::stream_body"),
+            "SOVEREIGN_STREAM_TEST",
+        );
     }
 
     /// Needs a reaper, so it runs in its own process (see the test above).

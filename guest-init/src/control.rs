@@ -3,6 +3,11 @@
 //! (re)connection starts with the greeting (Hello, the device report, the stages so
 //! far), so a restarted host supervisor catches up without asking.
 //!
+//! The first connection of a boot is handed a session token
+//! ([`HostMessage::Session`]); it stays in this process's memory and goes into the Hello
+//! of every reconnect, which is how the host tells PID 1's reconnects from another
+//! guest process dialling the same port (see `vsock_dial` for the source port).
+//!
 //! Liveness does not rely on the transport delivering a close: the guest sends a
 //! heartbeat every [`HEARTBEAT_INTERVAL`] and drops a connection on which no complete
 //! message arrived for [`PEER_SILENCE_LIMIT`] (a host that vanished, or one that sends
@@ -66,6 +71,8 @@ pub type Greeting = Box<dyn Fn() -> Vec<GuestMessage> + Send + Sync>;
 pub struct ControlLink {
     stream: Arc<Mutex<Option<VsockStream>>>,
     connected: Arc<AtomicBool>,
+    /// This boot's session token, once the host handed it over.
+    session: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for ControlLink {
@@ -129,6 +136,7 @@ impl ControlLink {
         let link = ControlLink {
             stream: Arc::new(Mutex::new(None)),
             connected: Arc::new(AtomicBool::new(false)),
+            session: Arc::new(Mutex::new(None)),
         };
         let worker = link.clone();
         let spawned = std::thread::Builder::new()
@@ -146,7 +154,7 @@ impl ControlLink {
         let mut attempts: u64 = 0;
         loop {
             attempts += 1;
-            let mut stream = match VsockStream::connect_with_cid_port(HOST_CID, port) {
+            let mut stream = match crate::vsock_dial::dial(HOST_CID, port) {
                 Ok(s) => s,
                 Err(e) => {
                     // Log the first failure and then every 10th, not every attempt.
@@ -184,7 +192,10 @@ impl ControlLink {
             }
             self.connected.store(true, Ordering::SeqCst);
             let mut greeted = true;
-            for msg in greeting() {
+            for mut msg in greeting() {
+                if let GuestMessage::Hello(hello) = &mut msg {
+                    hello.session = self.session.lock().ok().and_then(|s| s.clone());
+                }
                 greeted &= self.send(&msg);
             }
             if greeted {
@@ -218,8 +229,19 @@ impl ControlLink {
             match next_message(stream, &mut reader)? {
                 Next::Message(msg) => {
                     last_heard = Instant::now();
-                    if *msg != HostMessage::Heartbeat && incoming.send(*msg).is_err() {
-                        return Ok(());
+                    match *msg {
+                        HostMessage::Heartbeat => {}
+                        HostMessage::Session { token } => {
+                            if let Ok(mut s) = self.session.lock() {
+                                *s = Some(token);
+                            }
+                            log::info!("control: this boot's session token received");
+                        }
+                        msg => {
+                            if incoming.send(msg).is_err() {
+                                return Ok(());
+                            }
+                        }
                     }
                 }
                 Next::Idle => {}

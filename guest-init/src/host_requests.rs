@@ -3,10 +3,10 @@
 //! as long as PID 1 runs. Slow answers (psql, probes, log reads) run on their own
 //! threads so the serving thread is never held up.
 
-use crate::boot::{Event, Guest};
+use crate::guest::{Event, Guest};
 use crate::{log_files, net, postgres};
 use protocol::backup::{BackupAnswer, BackupRequest};
-use protocol::messages::{GuestMessage, HostMessage, Probe, QueryResult};
+use protocol::messages::{GuestLog, GuestMessage, HostMessage, Probe, QueryResult};
 use protocol::transfer::TransferAnswer;
 use protocol::{GuestConfig, Stage, StageReport};
 use std::sync::mpsc::{Receiver, Sender};
@@ -136,8 +136,8 @@ pub fn serve(guest: &Arc<Guest>, events: &Receiver<Event>, config_tx: &Sender<Gu
             HostMessage::Ping => {
                 guest.link.send(&GuestMessage::Pong);
             }
-            // Consumed by the control link's liveness check; nothing to answer.
-            HostMessage::Heartbeat => {}
+            // Consumed by the control link (liveness, the session token); never here.
+            HostMessage::Heartbeat | HostMessage::Session { .. } => {}
             HostMessage::SignalService {
                 id,
                 service,
@@ -186,11 +186,17 @@ pub fn serve(guest: &Arc<Guest>, events: &Receiver<Event>, config_tx: &Sender<Gu
                 );
             }
             HostMessage::Tls(material) => reload_tls(guest, material),
+            HostMessage::Promote { id, force } => {
+                let g = Arc::clone(guest);
+                answer_later(
+                    guest,
+                    move || GuestMessage::PromoteResult(result(id, promote(&g, force))),
+                    |why| GuestMessage::PromoteResult(failed(id, why)),
+                );
+            }
             HostMessage::ReadLog { id, log } => answer_later(
                 guest,
-                move || {
-                    result(id, log_files::read_tail(log)).fit_to_frame(GuestMessage::LogContents)
-                },
+                move || result(id, read_log(log)).fit_to_frame(GuestMessage::LogContents),
                 |why| GuestMessage::LogContents(failed(id, why)),
             ),
             HostMessage::Probe {
@@ -213,6 +219,40 @@ pub fn serve(guest: &Arc<Guest>, events: &Receiver<Event>, config_tx: &Sender<Gu
             }
         }
     }
+}
+
+/// The end of `log`, printable, from the service that owns it.
+fn read_log(log: GuestLog) -> Result<String, log_files::LogReadError> {
+    let bytes = match log {
+        GuestLog::Postgres => postgres::logs::tail(log_files::MAX_TAIL)?,
+        GuestLog::Tailscaled => log_files::tail_of(
+            std::path::Path::new(crate::tailscale::LOG),
+            log_files::MAX_TAIL,
+        )?,
+        GuestLog::Kernel => {
+            let ring = crate::kmsg::read_ring().join("\n").into_bytes();
+            let cut = ring.len().saturating_sub(log_files::MAX_TAIL);
+            ring[cut..].to_vec()
+        }
+        GuestLog::Pgbackrest => crate::backup::pgbackrest::log_tail(log_files::MAX_TAIL),
+    };
+    Ok(log_files::printable(&bytes))
+}
+
+/// Promotes this replica (on its own thread: it asks the peer and waits for recovery to
+/// end).
+fn promote(guest: &Guest, force: bool) -> Result<String, String> {
+    let cfg = guest
+        .config
+        .get()
+        .and_then(|c| c.postgres.replication.as_ref())
+        .ok_or("this VM's spec has no [replication] table: there is nothing to promote")?;
+    let pg = guest
+        .running()
+        .postgres
+        .clone()
+        .ok_or("postgres is not running")?;
+    postgres::replication::promote::promote(&pg, cfg, force).map_err(|e| e.to_string())
 }
 
 /// Carries out a backup request (on its own thread: backups and restores take minutes).

@@ -1,9 +1,10 @@
-//! The guest's own log files: their ends read for the host (`sovereign logs`), small
-//! enough for one control frame, and their size kept bounded on the data disk. Only the
-//! end of a file is ever read (a seek, then at most [`MAX_TAIL`] bytes), and files are
-//! opened without following symlinks: the postgres user can write in its log directory.
+//! Reading and bounding log files: their ends read for the host (`sovereign logs`),
+//! small enough for one control frame, and their size kept bounded on the data disk.
+//! Only the end of a file is ever read (a seek, then at most [`MAX_TAIL`] bytes), and
+//! files are opened without following symlinks: the postgres user can write in its log
+//! directory. Each service owns its logs and where they are (`postgres::logs`,
+//! `tailscale`, `backup::pgbackrest`); this module knows only files.
 
-use protocol::messages::GuestLog;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
@@ -18,9 +19,6 @@ pub const MAX_TAIL: usize = 24 * 1024;
 /// rotated: copied to `<name>.1` (replacing the previous copy) and truncated, so each
 /// takes at most twice this on the data disk.
 pub const ROTATE_AT: u64 = 8 << 20;
-
-/// tailscaled's output.
-pub const TAILSCALED_LOG: &str = "/data/tailscale/tailscaled.log";
 
 /// A log that could not be read or rotated.
 #[derive(Debug, Error)]
@@ -71,72 +69,20 @@ fn open_no_follow(path: &Path) -> Result<File, LogReadError> {
         .map_err(io_error(path))
 }
 
-fn tail_of(path: &Path, max: usize) -> Result<Vec<u8>, LogReadError> {
+/// The last `max` bytes of the file at `path`.
+pub fn tail_of(path: &Path, max: usize) -> Result<Vec<u8>, LogReadError> {
     let mut f = open_no_follow(path)?;
     tail_bytes(&mut f, max).map_err(io_error(path))
 }
 
 /// The newest regular file in `dir`.
-fn newest(dir: &Path) -> Option<PathBuf> {
+pub fn newest(dir: &Path) -> Option<PathBuf> {
     std::fs::read_dir(dir)
         .ok()?
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
         .map(|e| e.path())
-}
-
-fn postgres_tail(max: usize) -> Result<Vec<u8>, LogReadError> {
-    let mut all = tail_of(Path::new(crate::postgres::STARTUP_LOG), max).unwrap_or_default();
-    if let Some(p) = newest(&Path::new(crate::postgres::DATA_DIR).join("log")) {
-        all.extend(tail_of(&p, max)?);
-    }
-    let cut = all.len().saturating_sub(max);
-    Ok(all.split_off(cut))
-}
-
-/// The end of `log`, printable.
-pub fn read_tail(log: GuestLog) -> Result<String, LogReadError> {
-    let bytes = match log {
-        GuestLog::Postgres => postgres_tail(MAX_TAIL)?,
-        GuestLog::Tailscaled => tail_of(Path::new(TAILSCALED_LOG), MAX_TAIL)?,
-        GuestLog::Kernel => {
-            let ring = crate::kmsg::read_ring().join("\n").into_bytes();
-            let cut = ring.len().saturating_sub(MAX_TAIL);
-            ring[cut..].to_vec()
-        }
-        GuestLog::Pgbackrest => {
-            let mut out = Vec::new();
-            let each = MAX_TAIL / PGBACKREST_LOGS.len();
-            for name in PGBACKREST_LOGS {
-                let path = Path::new(crate::backup::pgbackrest::WORK_DIR)
-                    .join("log")
-                    .join(name);
-                out.extend_from_slice(format!("==> {name} <==\n").as_bytes());
-                match tail_of(&path, each) {
-                    Ok(t) => out.extend_from_slice(&t),
-                    Err(e) => out.extend_from_slice(format!("({e})\n").as_bytes()),
-                }
-            }
-            out
-        }
-    };
-    Ok(printable(&bytes))
-}
-
-/// pgBackRest's log files (under `<work dir>/log`), as `logs pgbackrest` shows them.
-pub const PGBACKREST_LOGS: [&str; 4] = [
-    "sovereign-archive-push.log",
-    "sovereign-archive-push-async.log",
-    "sovereign-backup.log",
-    "sovereign-restore.log",
-];
-
-/// The last `n` lines of PostgreSQL's output, joined with ` | ` (for error messages).
-pub fn postgres_last_lines(n: usize) -> String {
-    let text = printable(&postgres_tail(MAX_TAIL).unwrap_or_default());
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 /// Rotates `path` when it has grown past `limit`: copies it to `<path>.1` and truncates

@@ -4,7 +4,8 @@
 
 use protocol::evidence::InitEvidence;
 use sovereign_init::devices::{census, kernel};
-use sovereign_init::{boot, cmdline, console, kmsg, mounts, net, reaper, signals};
+use sovereign_init::lifecycle::{reaper, signals};
+use sovereign_init::{boot, clock, cmdline, console, guest, kmsg, mounts, net};
 use std::time::Duration;
 
 fn main() {
@@ -17,7 +18,7 @@ fn main() {
 /// PID 1: never returns.
 fn pid1() -> ! {
     // When the kernel handed over: the start of PID 1's own share of the boot.
-    let handed_over_ms = boot::uptime_ms();
+    let handed_over_ms = clock::uptime_ms();
     // Signals before anything else, so none is lost or acted on half-way.
     let sigfd = signals::install();
     // The kernel starts init with no PATH; every helper we run needs one. Set while
@@ -68,7 +69,7 @@ fn pid1() -> ! {
                     }
                     signals::SignalAction::PowerOff(sig) => {
                         log::info!("received {sig}: powering off");
-                        let _ = tx.send(boot::Event::PowerOff(format!("received {sig}")));
+                        let _ = tx.send(guest::Event::PowerOff(format!("received {sig}")));
                     }
                     signals::SignalAction::Ignore(sig) => log::debug!("ignoring {sig}"),
                 },

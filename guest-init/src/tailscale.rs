@@ -3,7 +3,7 @@
 //! 0600 file that is removed right after, and `--login-server` when one is configured.
 
 use crate::command::{self, CommandError};
-use crate::supervised::{CommandFactory, Supervised};
+use crate::lifecycle::service::{CommandFactory, Service};
 use nix::sys::signal::Signal;
 use protocol::config::TailscaleConfig;
 use protocol::messages::TailnetInfo;
@@ -18,6 +18,8 @@ const TAILSCALE: &str = "/usr/local/bin/tailscale";
 const STATE_DIR: &str = "/data/tailscale";
 const SOCKET: &str = "/run/tailscale/tailscaled.sock";
 const AUTH_KEY_FILE: &str = "/run/tailscale/auth-key";
+/// tailscaled's output, on the data disk.
+pub const LOG: &str = "/data/tailscale/tailscaled.log";
 /// tailscaled's UDP port (fixed, so a gvproxy port forward could pin it).
 pub const TAILSCALE_PORT: u16 = 41641;
 
@@ -58,7 +60,7 @@ pub enum TailscaleError {
 /// The running tailscaled and how to query it.
 #[derive(Debug)]
 pub struct Tailscale {
-    service: Supervised,
+    service: Service,
 }
 
 /// The fields of `tailscale status --json` we use.
@@ -161,11 +163,15 @@ impl Tailscale {
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             )
             .env("HOME", STATE_DIR)
+            // No port mapping: the only "router" is gvproxy, which maps nothing and
+            // sends a NAT-PMP, PCP or SSDP probe out of the host as its own traffic.
+            // The packet policy drops them too (net::firewall); this way none is made.
+            .env("TS_DISABLE_PORTMAPPER", "1")
             .stdout(std::process::Stdio::null());
             if let Ok(log) = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(crate::log_files::TAILSCALED_LOG)
+                .open(LOG)
             {
                 c.stderr(log);
             }
@@ -174,7 +180,7 @@ impl Tailscale {
             }
             c
         });
-        let service = Supervised::start("tailscaled", Signal::SIGTERM, make);
+        let service = Service::start("tailscaled", Signal::SIGTERM, make);
         Ok(Tailscale { service })
     }
 
@@ -292,12 +298,12 @@ impl Tailscale {
     }
 
     /// Stops tailscaled (SIGTERM, then SIGKILL when the budget's grace is spent).
-    pub fn stop(&self, budget: crate::shutdown::StopBudget) {
+    pub fn stop(&self, budget: crate::lifecycle::stop::StopBudget) {
         self.service.stop(budget);
     }
 
     /// The supervised process, for status.
-    pub fn service(&self) -> &Supervised {
+    pub fn service(&self) -> &Service {
         &self.service
     }
 }

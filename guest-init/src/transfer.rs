@@ -6,7 +6,7 @@
 //! [`HostMessage::Transfer`]: protocol::HostMessage::Transfer
 
 use crate::backup::export;
-use crate::boot::Guest;
+use crate::guest::Guest;
 use crate::postgres::app_dump;
 use protocol::bulk::TransferHeader;
 use protocol::ports::{DATA_PORT, HOST_CID};
@@ -47,7 +47,7 @@ impl std::io::Read for SmallWrites {
 
 /// Opens the data connection for `token`.
 fn dial(token: &str) -> std::io::Result<SmallWrites> {
-    let mut stream = VsockStream::connect_with_cid_port(HOST_CID, DATA_PORT)?;
+    let mut stream = crate::vsock_dial::dial(HOST_CID, DATA_PORT)?;
     stream.set_read_timeout(Some(STALL_LIMIT))?;
     stream.set_write_timeout(Some(STALL_LIMIT))?;
     let header = protocol::encode_frame(&TransferHeader {
@@ -90,6 +90,25 @@ pub enum TransferError {
     AppDump(#[from] app_dump::AppDumpError),
 }
 
+/// How long an import waits for the backup disk to be ready.
+const BACKUPS_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The backups once the boot has set them up.
+fn wait_for_backups(
+    guest: &Guest,
+) -> Result<&std::sync::Arc<crate::backup::Backups>, TransferError> {
+    let until = std::time::Instant::now() + BACKUPS_WAIT;
+    loop {
+        if let Some(b) = guest.backups.get() {
+            return Ok(b);
+        }
+        if std::time::Instant::now() > until || crate::lifecycle::stop::requested() {
+            return Err(TransferError::NoBackups);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 /// The transfer itself: (what was done, payload bytes, SHA-256) or why not.
 fn run(
     guest: &Guest,
@@ -121,6 +140,13 @@ fn run(
                 guest, backups, stream, *bytes, target,
             )?)
         }
+        Transfer::ImportExport { bytes } => {
+            // Sent as soon as the control channel is up: the backup disk is mounted in
+            // the tailscale stage.
+            let backups = wait_for_backups(guest)?;
+            let stream = dial(token)?;
+            Ok(export::import_only(backups, stream, *bytes)?)
+        }
         Transfer::DumpApp { app } => {
             app_dump::check_dumpable(app)?;
             let stream = dial(token)?;
@@ -135,7 +161,7 @@ fn run(
                 app,
                 stream,
                 *bytes,
-                crate::backup::now_unix(),
+                crate::clock::now_unix(),
             )?)
         }
     }

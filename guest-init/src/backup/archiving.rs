@@ -42,15 +42,15 @@ const PGBACKREST: &str = "pgbackrest";
 /// cluster's WAL queue) and empties the archive-push spool, whose status files describe
 /// that old queue. Called before a restored (or put back) cluster starts.
 pub fn forget_old_archiving() {
-    let pids = crate::processes::named(PGBACKREST);
+    let pids = crate::lifecycle::pids::named(PGBACKREST);
     for pid in &pids {
         let _ = nix::sys::signal::kill(*pid, nix::sys::signal::Signal::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !crate::processes::named(PGBACKREST).is_empty() && Instant::now() < deadline {
+    while !crate::lifecycle::pids::named(PGBACKREST).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    for pid in crate::processes::named(PGBACKREST) {
+    for pid in crate::lifecycle::pids::named(PGBACKREST) {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     }
     if !pids.is_empty() {
@@ -89,20 +89,21 @@ pub fn window(sets: &[BackupSet], archive: &ArchiveState) -> Option<RecoveryWind
     })
 }
 
-/// Reads psql's `wal|time|failed wal|failed time` line.
-pub(super) fn parse_archiver(line: &str) -> ArchiveState {
-    let mut f = line.trim().split('|').map(str::trim);
-    let mut text = || f.next().filter(|s| !s.is_empty()).map(str::to_string);
-    let last_archived_wal = text();
-    let last_archived_unix = text().and_then(|s| s.parse().ok());
-    let last_failed_wal = text();
-    let last_failed_unix = text().and_then(|s| s.parse().ok());
-    ArchiveState {
-        last_archived_wal,
-        last_archived_unix,
-        last_failed_wal,
-        last_failed_unix,
-    }
+/// `pg_stat_archiver` as one JSON object in [`ArchiveState`]'s fields.
+pub(super) const ARCHIVER_SQL: &str = "select json_build_object(\
+     'last_archived_wal', last_archived_wal, \
+     'last_archived_unix', extract(epoch from last_archived_time)::bigint, \
+     'last_failed_wal', last_failed_wal, \
+     'last_failed_unix', extract(epoch from last_failed_time)::bigint) \
+     from pg_stat_archiver";
+
+/// Reads [`ARCHIVER_SQL`]'s output; what cannot be read is an archiver with no
+/// history.
+pub(super) fn parse_archiver(output: &str) -> ArchiveState {
+    output
+        .lines()
+        .find_map(|l| serde_json::from_str(l.trim()).ok())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -111,8 +112,10 @@ mod tests {
     use protocol::backup::BackupKind;
 
     #[test]
-    fn archiver_line_parses_with_blanks() {
-        let a = parse_archiver("000000010000000000000003|1764691500||\n");
+    fn the_archiver_object_parses_with_nulls() {
+        let a = parse_archiver(
+            "{\"last_archived_wal\" : \"000000010000000000000003\", \"last_archived_unix\" : 1764691500, \"last_failed_wal\" : null, \"last_failed_unix\" : null}\n",
+        );
         assert_eq!(
             a.last_archived_wal.as_deref(),
             Some("000000010000000000000003")
@@ -120,9 +123,10 @@ mod tests {
         assert_eq!(a.last_archived_unix, Some(1764691500));
         assert_eq!(a.last_failed_wal, None);
         assert!(!a.failing());
-        let f = parse_archiver("|||");
-        assert_eq!(f, ArchiveState::default());
-        let failing = parse_archiver("00000001000000000000000A|100|00000001000000000000000B|160");
+        assert_eq!(parse_archiver("psql: error"), ArchiveState::default());
+        let failing = parse_archiver(
+            "{\"last_archived_wal\" : \"00000001000000000000000A\", \"last_archived_unix\" : 100, \"last_failed_wal\" : \"00000001000000000000000B\", \"last_failed_unix\" : 160}",
+        );
         assert!(failing.failing());
     }
 

@@ -13,9 +13,10 @@
 
 use super::export_set::{self, SetSelection};
 use super::pgbackrest::{self, BACKUP_MOUNT, REPO1_PATH, STANZA};
-use super::restore::{self, RestoreError};
-use super::{now_unix, Backups};
-use crate::boot::Guest;
+use super::restore::{self, move_dir, RestoreError};
+use super::Backups;
+use crate::clock::now_unix;
+use crate::guest::Guest;
 use crate::postgres::Account;
 use protocol::backup::RestoreTarget;
 use protocol::bulk::{ChunkReader, ChunkWriter};
@@ -147,26 +148,30 @@ fn append_tree<W: Write>(
     Ok(())
 }
 
-/// Receives an export of `bytes` bytes from `input`, makes it the repository and
-/// restores the database from it to `target`. Returns what was done.
-pub fn restore_from_export(
-    guest: &Guest,
+/// The directory an import unpacks into, on the backup disk.
+fn incoming_dir(stamp: i64) -> PathBuf {
+    PathBuf::from(format!("{BACKUP_MOUNT}/import-{stamp}.partial"))
+}
+
+/// Receives an export of `bytes` bytes from `input` into a directory on the backup disk
+/// (removed again when anything fails), without the sets it left out; returns the swap
+/// that makes it the repository, that directory, and the export's size and SHA-256.
+fn receive(
     backups: &Backups,
     input: impl Read,
     bytes: u64,
-    target: &RestoreTarget,
-) -> Result<(String, u64, String), ExportError> {
+) -> Result<(RepoSwap, PathBuf, u64, String), ExportError> {
     if let Some(why) = backups.unavailable() {
         return Err(ExportError::Unavailable(why));
     }
     check_space(bytes)?;
     let stamp = now_unix();
-    let incoming = PathBuf::from(format!("{BACKUP_MOUNT}/import-{stamp}.partial"));
-    let received = unpack(input, &incoming);
-    let (size, sha) = match received.and_then(|done| {
+    let incoming = incoming_dir(stamp);
+    let received = unpack(input, &incoming).and_then(|done| {
         expire_left_out_sets(backups, &incoming.join(TOP))?;
         Ok(done)
-    }) {
+    });
+    let (size, sha) = match received {
         Ok(done) => done,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&incoming);
@@ -178,6 +183,38 @@ pub fn restore_from_export(
         aside: PathBuf::from(format!("{REPO1_PATH}.before-import-{stamp}")),
         swapped: Cell::new(false),
     };
+    Ok((swap, incoming, size, sha))
+}
+
+/// Removes what imports a power cut or a stop interrupted left on the backup disk
+/// (their unpacked files; the export file itself is the user's, on the host).
+pub fn clear_unfinished_imports() {
+    let Ok(entries) = std::fs::read_dir(BACKUP_MOUNT) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with("import-") && name.ends_with(".partial") {
+            match crate::durable::remove_tree(&e.path()) {
+                Ok(()) => log::warn!(
+                    "removed {name} on the backup disk: what an interrupted import had unpacked"
+                ),
+                Err(err) => log::warn!("cannot remove {name}: {err}"),
+            }
+        }
+    }
+}
+
+/// Receives an export of `bytes` bytes from `input`, makes it the repository and
+/// restores the database from it to `target`. Returns what was done.
+pub fn restore_from_export(
+    guest: &Guest,
+    backups: &Backups,
+    input: impl Read,
+    bytes: u64,
+    target: &RestoreTarget,
+) -> Result<(String, u64, String), ExportError> {
+    let (swap, incoming, size, sha) = receive(backups, input, bytes)?;
     let _work = backups.work_lock();
     let restored = restore::run_locked(guest, backups, target, Some(&swap));
     let _ = std::fs::remove_dir_all(&incoming);
@@ -194,6 +231,29 @@ pub fn restore_from_export(
     }
 }
 
+/// Receives an export of `bytes` bytes and makes it the repository (the current one is
+/// kept aside), for a boot that restores onto a new data disk from it
+/// ([`super::new_disk`]); returns what was done.
+pub fn import_only(
+    backups: &Backups,
+    input: impl Read,
+    bytes: u64,
+) -> Result<(String, u64, String), ExportError> {
+    let (swap, incoming, size, sha) = receive(backups, input, bytes)?;
+    let swapped = swap.swap_in().map_err(ExportError::Restore);
+    let _ = std::fs::remove_dir_all(&incoming);
+    swapped?;
+    backups.import_arrived();
+    Ok((
+        format!(
+            "the export is now the backup disk's repository (the previous one is kept as {}); the boot restores from it",
+            swap.aside.display()
+        ),
+        size,
+        sha,
+    ))
+}
+
 /// An unpacked export waiting to become the repository, and where the current
 /// repository goes meanwhile.
 #[derive(Debug)]
@@ -205,6 +265,11 @@ pub struct RepoSwap {
 }
 
 impl RepoSwap {
+    /// Where the repository from before the import waits while the import is tried.
+    pub(super) fn aside_path(&self) -> PathBuf {
+        self.aside.clone()
+    }
+
     /// Moves the repository aside and the export into its place.
     pub(super) fn swap_in(&self) -> Result<(), RestoreError> {
         let repo = Path::new(REPO1_PATH);
@@ -359,14 +424,6 @@ fn give_to(path: &Path, account: &Account) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-fn move_dir(from: &Path, to: &Path) -> Result<(), RestoreError> {
-    std::fs::rename(from, to).map_err(|source| RestoreError::Move {
-        from: from.display().to_string(),
-        to: to.display().to_string(),
-        source,
-    })
 }
 
 #[cfg(test)]

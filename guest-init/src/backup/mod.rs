@@ -9,6 +9,7 @@
 //! fill the data disk) and status says point-in-time recovery is broken.
 
 pub mod archiving;
+mod catalog;
 pub mod export;
 pub mod export_set;
 pub mod identity;
@@ -19,22 +20,22 @@ pub mod restore;
 mod runs;
 pub mod schedule;
 pub mod shipping;
+mod stanza;
+pub mod unfinished;
 
 use crate::command;
-use crate::datadisk::{DataDisk, DiskError};
+use crate::disks::{Disk, DiskError};
 use crate::owned_files::{self, Owner};
 use crate::postgres::wal_budget::WalBudget;
-use crate::postgres::{find_bin_dir, Account};
-use pgbackrest::{
-    BACKUP_MOUNT, CONFIG_FILE, LOCAL_CONFIG_FILE, OFFSITE_CONFIG_FILE, REPO1_PATH, WORK_DIR,
-};
+use crate::postgres::Account;
+use pgbackrest::{Repos, BACKUP_MOUNT, REPO1_PATH, WORK_DIR};
 use protocol::backup::{
-    ArchiveState, BackupCatalog, BackupConfig, BackupRun, BackupSet, BackupStatus, OffsiteStatus,
-    REPO_LOCAL, REPO_OFFSITE,
+    ArchiveState, BackupConfig, BackupRun, BackupSet, BackupStatus, OffsiteStatus, REPO_LOCAL,
+    REPO_OFFSITE,
 };
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use thiserror::Error;
 
 /// The label of the backup filesystem.
@@ -42,6 +43,9 @@ pub const BACKUP_LABEL: &str = "sovereign-backup";
 
 /// How often the backup thread asks the schedule.
 const TICK: Duration = Duration::from_secs(30);
+
+/// How often the backup thread reads repo2's sets (repo1's: every tick).
+const OFFSITE_REFRESH: Duration = Duration::from_secs(600);
 
 /// Why backups cannot run.
 #[derive(Debug, Error)]
@@ -60,14 +64,6 @@ pub enum BackupError {
     Unavailable(String),
 }
 
-/// Seconds since the epoch, now.
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 #[derive(Debug, Default)]
 struct State {
     /// Why backups do not work, when they don't.
@@ -84,6 +80,10 @@ struct State {
     shipped: Option<(String, i64)>,
     /// Why the last shipping round stopped short, when it did.
     ship_problem: Option<String>,
+    /// Whether repo2's stanza was made (or found) this boot.
+    offsite_stanza: bool,
+    /// When repo2's sets were last read.
+    offsite_refreshed: Option<std::time::Instant>,
     archive: ArchiveState,
 }
 
@@ -105,10 +105,12 @@ impl State {
 pub struct Backups {
     cfg: BackupConfig,
     pg_port: u16,
-    disk: DataDisk,
+    disk: Disk,
     account: Option<Account>,
     /// Held by a backup or a restore: one at a time.
     work: Mutex<()>,
+    /// Set once an export this boot waits for became the repository.
+    imported: (Mutex<bool>, std::sync::Condvar),
     state: Mutex<State>,
 }
 
@@ -120,9 +122,10 @@ impl Backups {
         let b = Backups {
             cfg: cfg.clone(),
             pg_port,
-            disk: DataDisk::new(BACKUP_MOUNT, BACKUP_LABEL),
+            disk: Disk::new(BACKUP_MOUNT, BACKUP_LABEL),
             account: Account::lookup().ok(),
             work: Mutex::new(()),
+            imported: (Mutex::new(false), std::sync::Condvar::new()),
             state: Mutex::default(),
         };
         if let Err(e) = b.prepare_files(data_disk_bytes) {
@@ -136,6 +139,7 @@ impl Backups {
         let owner = self.owner()?;
         let info = self.disk.mount(Path::new(&self.cfg.device))?;
         log::info!("backup disk: {info}");
+        export::clear_unfinished_imports();
         owned_files::prepare_dir(Path::new(REPO1_PATH), 0o750, owner)?;
         for dir in [
             WORK_DIR,
@@ -146,35 +150,28 @@ impl Backups {
             owned_files::prepare_dir(Path::new(dir), 0o750, owner)?;
         }
         owned_files::prepare_dir(Path::new("/run/pgbackrest"), 0o750, owner)?;
+        self.recovery_finished();
+        let root = Owner { uid: 0, gid: 0 };
+        for dir in [
+            pgbackrest::ROOT_RUN_DIR.to_string(),
+            format!("{WORK_DIR}/log-root"),
+            format!("{WORK_DIR}/spool-root"),
+        ] {
+            owned_files::prepare_dir(Path::new(&dir), 0o700, root)?;
+        }
         if let Some(o) = &self.cfg.offsite {
-            offsite::write_credentials(o, owner)?;
+            offsite::write_credentials(o)?;
         }
         // A share of the data disk may wait for an unreachable repository; past it
         // pgBackRest drops WAL instead of filling the disk.
         let queue_mib = WalBudget::for_disk(data_disk_bytes).archive_queue_mib;
-        let conf = pgbackrest::render_config(&self.cfg, self.pg_port, queue_mib);
-        owned_files::write_file(Path::new(CONFIG_FILE), conf.as_bytes(), 0o640, owner)?;
-        let local_only = BackupConfig {
-            offsite: None,
-            ..self.cfg.clone()
-        };
-        let conf = pgbackrest::render_config(&local_only, self.pg_port, queue_mib);
-        owned_files::write_file(Path::new(LOCAL_CONFIG_FILE), conf.as_bytes(), 0o640, owner)?;
-        if self.cfg.offsite.is_some() {
-            let full = pgbackrest::render_config(&self.cfg, self.pg_port, queue_mib);
-            // Without repo1, and without the queue bound: with it, archive-push looks
-            // for PostgreSQL's archive_status beside the file, which only pg_wal has.
-            let offsite_only: String = full
-                .lines()
-                .filter(|l| !l.starts_with("repo1-") && !l.starts_with("archive-push-queue-max"))
-                .map(|l| format!("{l}\n"))
-                .collect();
-            owned_files::write_file(
-                Path::new(OFFSITE_CONFIG_FILE),
-                offsite_only.as_bytes(),
-                0o640,
-                owner,
-            )?;
+        for repos in Repos::needed(&self.cfg) {
+            let conf = pgbackrest::render_config(&self.cfg, repos, self.pg_port, queue_mib);
+            let path = Path::new(repos.config_file());
+            match repos.runs_as_root() {
+                true => owned_files::write_file(path, conf.as_bytes(), 0o600, root)?,
+                false => owned_files::write_file(path, conf.as_bytes(), 0o640, owner)?,
+            }
         }
         Ok(())
     }
@@ -197,109 +194,35 @@ impl Backups {
             .then(|| pgbackrest::archive_settings(&self.cfg))
     }
 
-    /// Runs a pgBackRest command as postgres; its error output on failure.
+    /// Runs a pgBackRest command on the repositories its `--repo=N` names (both without
+    /// one; see [`Repos::for_args`]); its error output on failure.
     fn pgbackrest(&self, command_name: &str, extra: &[String]) -> Result<String, BackupError> {
-        let account = self
-            .account
-            .ok_or_else(|| BackupError::Unavailable("user 'postgres' not found".into()))?;
-        let mut cmd = account.command(pgbackrest::PROGRAM);
-        cmd.args(pgbackrest::args(command_name, extra));
-        Ok(command::run(&mut cmd, &[])?.stdout)
+        self.pgbackrest_on(Repos::for_args(extra), command_name, extra)
     }
 
-    /// Creates the stanza (idempotent; needs the running server), once per boot after
-    /// postgres is up. Until it exists, WAL pushes fail and status says so.
-    pub fn create_stanza(&self) {
-        if self.lock().problem.is_some() {
-            return;
-        }
-        let _ = self.unreachable(REPO_OFFSITE);
-        let Err(e) = self.pgbackrest("stanza-create", &[]) else {
-            log::info!("pgbackrest: stanza {} ready", pgbackrest::STANZA);
-            return;
+    /// Runs a pgBackRest command with the configuration of `repos`: as postgres for
+    /// repo1 alone, as root when repo2 is in it ([`Repos::runs_as_root`]).
+    pub(super) fn pgbackrest_on(
+        &self,
+        repos: Repos,
+        command_name: &str,
+        extra: &[String],
+    ) -> Result<String, BackupError> {
+        let args = pgbackrest::args_with(repos.config_file(), command_name, extra);
+        let mut cmd = if repos.runs_as_root() {
+            std::process::Command::new(pgbackrest::PROGRAM)
+        } else {
+            self.account
+                .ok_or_else(|| BackupError::Unavailable("user 'postgres' not found".into()))?
+                .command(pgbackrest::PROGRAM)
         };
-        if self.cfg.offsite.is_some() {
-            // stanza-create acts on every repository and knows no --repo: with repo2
-            // out of reach, create it on repo1 alone, and on repo2 when it answers.
-            log::warn!(
-                "pgbackrest stanza-create with repo2 failed ({e}); creating it on repo1 only"
-            );
-            let local = self.pgbackrest_local("stanza-create");
-            if local.is_ok() {
-                log::info!("pgbackrest: stanza {} ready on repo1", pgbackrest::STANZA);
-                return;
-            }
-        }
-        log::error!("pgbackrest stanza-create failed: {e}");
-        self.lock().problem = Some(format!("stanza-create failed: {e}"));
-    }
-
-    /// Runs a pgBackRest command against repo1 alone (its own configuration file).
-    fn pgbackrest_local(&self, command_name: &str) -> Result<String, BackupError> {
-        let account = self
-            .account
-            .ok_or_else(|| BackupError::Unavailable("user 'postgres' not found".into()))?;
-        let mut cmd = account.command(pgbackrest::PROGRAM);
-        cmd.args(pgbackrest::args_with(LOCAL_CONFIG_FILE, command_name, &[]));
+        cmd.args(args);
         Ok(command::run(&mut cmd, &[])?.stdout)
     }
 
     /// Why backups cannot run, if they cannot.
     fn unavailable(&self) -> Option<String> {
         self.lock().problem.clone()
-    }
-
-    /// Re-reads the sets from the repository.
-    fn refresh_catalog(&self) -> Result<Vec<BackupSet>, BackupError> {
-        let json = self.pgbackrest("info", &["--output=json".to_string()])?;
-        let info = pgbackrest::parse_info(&json)?;
-        let mut st = self.lock();
-        st.sets = info.sets.clone();
-        st.broken_repos = info.broken_repos;
-        Ok(info.sets)
-    }
-
-    /// Re-reads `pg_stat_archiver`: what reached the repository, and what failed.
-    pub(super) fn refresh_archive(&self) -> Result<(), BackupError> {
-        let account = self
-            .account
-            .ok_or_else(|| BackupError::Unavailable("user 'postgres' not found".into()))?;
-        let bin = find_bin_dir(Path::new("/")).ok_or(crate::postgres::PgError::NotInstalled)?;
-        let sql = "select coalesce(last_archived_wal, ''), \
-                   coalesce(extract(epoch from last_archived_time)::bigint::text, ''), \
-                   coalesce(last_failed_wal, ''), \
-                   coalesce(extract(epoch from last_failed_time)::bigint::text, '') \
-                   from pg_stat_archiver";
-        let out = command::run_with_input(
-            &mut account.psql(&bin, self.pg_port, &["-A", "-t", "-F", "|", "-f", "-"]),
-            sql.as_bytes(),
-            &[],
-        )?;
-        self.lock().archive = archiving::parse_archiver(&out.stdout);
-        Ok(())
-    }
-
-    /// The catalog for `backup list`: the sets and the window.
-    pub fn catalog(&self) -> Result<BackupCatalog, BackupError> {
-        if let Some(why) = self.unavailable() {
-            return Err(BackupError::Unavailable(why));
-        }
-        let sets = self.refresh_catalog()?;
-        let _ = self.refresh_archive();
-        let window = archiving::window(&sets, &self.lock().archive);
-        Ok(BackupCatalog { sets, window })
-    }
-
-    /// The catalog of a repository unpacked at `repo` (an import not yet swapped in).
-    pub(crate) fn catalog_at(&self, repo: &Path) -> Result<BackupCatalog, BackupError> {
-        let extra = [
-            "--output=json".to_string(),
-            "--repo=1".to_string(),
-            format!("--repo1-path={}", repo.display()),
-        ];
-        let sets = pgbackrest::parse_info(&self.pgbackrest("info", &extra)?)?.sets;
-        let window = archiving::window(&sets, &self.lock().archive);
-        Ok(BackupCatalog { sets, window })
     }
 
     /// `pgbackrest verify`: reads every file of the repository back and checks it;
@@ -313,6 +236,11 @@ impl Backups {
             &["--output=text".to_string(), "--verbose".to_string()],
         )?;
         Ok(out.trim().to_string())
+    }
+
+    /// Grows the backup disk's filesystem when the host made the disk larger.
+    pub fn grow_disk_if_device_grew(&self) -> Option<String> {
+        self.disk.grow_if_device_grew()
     }
 
     /// What status shows.
@@ -360,13 +288,12 @@ impl Backups {
         let Ok(_work) = self.work.try_lock() else {
             return; // a backup or restore is under way
         };
-        let sets = match self.refresh_catalog() {
-            Ok(s) => s,
-            Err(e) => {
-                log::warn!("backups: cannot read the catalog: {e}");
-                return;
-            }
-        };
+        if let Err(e) = self.refresh_repo(REPO_LOCAL) {
+            log::warn!("backups: cannot read the catalog: {e}");
+            return;
+        }
+        self.refresh_offsite_now_and_then();
+        let sets = self.lock().sets.clone();
         for repo in self.repos() {
             let last_failure = self
                 .lock()
@@ -376,11 +303,9 @@ impl Backups {
                 .filter(|r| !r.ok())
                 .map(|r| r.started_unix);
             let of_repo: Vec<BackupSet> = sets.iter().filter(|s| s.repo == repo).cloned().collect();
-            if let Some(kind) = schedule::due(now_unix(), &of_repo, &self.cfg, last_failure) {
-                if repo == REPO_OFFSITE {
-                    // A repository that was unreachable at boot has no stanza yet.
-                    self.create_stanza();
-                }
+            if let Some(kind) =
+                schedule::due(crate::clock::now_unix(), &of_repo, &self.cfg, last_failure)
+            {
                 self.run_locked(kind, repo);
             }
         }
@@ -409,12 +334,31 @@ impl Backups {
         }
     }
 
-    /// The repository's sets, read now (no server needed).
-    pub(crate) fn sets_now(&self) -> Result<Vec<BackupSet>, BackupError> {
-        if let Some(why) = self.unavailable() {
-            return Err(BackupError::Unavailable(why));
+    /// Says that the export the boot waits for is the repository now.
+    pub(crate) fn import_arrived(&self) {
+        let (done, cv) = &self.imported;
+        *done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+    }
+
+    /// Waits up to `limit` for [`Backups::import_arrived`]; false when it did not come
+    /// (or a stop was asked for).
+    pub(crate) fn wait_for_import(&self, limit: std::time::Duration) -> bool {
+        let (done, cv) = &self.imported;
+        let until = std::time::Instant::now() + limit;
+        let mut arrived = done.lock().unwrap_or_else(|p| p.into_inner());
+        while !*arrived {
+            let now = std::time::Instant::now();
+            if now >= until || crate::lifecycle::stop::requested() {
+                return false;
+            }
+            let step = (until - now).min(std::time::Duration::from_secs(1));
+            arrived = cv
+                .wait_timeout(arrived, step)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
         }
-        self.refresh_catalog()
+        true
     }
 
     /// Holds off scheduled backups while a restore runs.
@@ -428,9 +372,43 @@ impl Backups {
         archiving::forget_old_archiving();
     }
 
-    /// Runs a pgBackRest restore into the (empty) data directory.
+    /// Runs a pgBackRest restore into the (empty) data directory. From repo2 the
+    /// restored server's `restore_command` (run by postgres) needs repo2's key and
+    /// passphrase: a postgres-readable copy is written for the time it recovers,
+    /// removed by [`Backups::recovery_finished`].
     pub(crate) fn restore_into_data_dir(&self, extra: &[String]) -> Result<(), BackupError> {
-        self.pgbackrest("restore", extra).map(|_| ())
+        let mut args = extra.to_vec();
+        if let (Repos::Offsite, Some(o)) = (Repos::for_args(extra), &self.cfg.offsite) {
+            let owner = self.owner()?;
+            offsite::write_recovery_key(o, owner)?;
+            let conf = pgbackrest::render_config(&self.cfg, Repos::Recovery, self.pg_port, 0);
+            let path = Repos::Recovery.config_file();
+            owned_files::write_file(Path::new(path), conf.as_bytes(), 0o600, owner)?;
+            args.push(format!(
+                "--recovery-option=restore_command={} --config={path} --stanza={} archive-get %f \"%p\"",
+                pgbackrest::PROGRAM,
+                pgbackrest::STANZA
+            ));
+            log::warn!("restoring from repo2: postgres may read its key until recovery ends");
+        }
+        self.pgbackrest("restore", &args).map(|_| ())
+    }
+
+    /// Removes what a recovery from repo2 needed postgres to read (see
+    /// [`Backups::restore_into_data_dir`]); called once the restored server is promoted
+    /// or gave up, and at every boot.
+    pub(crate) fn recovery_finished(&self) {
+        for f in [
+            Repos::Recovery.config_file(),
+            offsite::RECOVERY_KEY_FILE,
+            offsite::RECOVERY_KNOWN_HOSTS,
+        ] {
+            match std::fs::remove_file(f) {
+                Ok(()) => log::info!("removed {f}: recovery from repo2 is over"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => log::error!("cannot remove {f}: {e}"),
+            }
+        }
     }
 
     /// True when the backup disk and pgBackRest's files are ready.
@@ -438,13 +416,8 @@ impl Backups {
         self.lock().problem.is_none()
     }
 
-    /// The restore a new data disk asks for (`sovereign restore --new-disk`), if any.
-    pub fn restore_on_boot(&self) -> Option<&protocol::backup::RestoreTarget> {
-        self.cfg.restore_on_boot.as_ref()
-    }
-
     /// The backup disk's gate, for shutdown.
-    pub fn disk(&self) -> &DataDisk {
+    pub fn disk(&self) -> &Disk {
         &self.disk
     }
 }

@@ -9,11 +9,13 @@ use protocol::backup::OffsiteConfig;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-/// The client's private key, readable by postgres only.
-pub const KEY_FILE: &str = "/run/pgbackrest/offsite.key";
+/// The client's private key, readable by root only: code running as postgres (a
+/// superuser's `COPY ... TO PROGRAM`) must not be able to log in to the server and
+/// delete the off-device copies.
+pub const KEY_FILE: &str = "/run/pgbackrest-root/offsite.key";
 
 /// The known-hosts file: the server's host key and nothing else.
-pub const KNOWN_HOSTS: &str = "/run/pgbackrest/offsite-known-hosts";
+pub const KNOWN_HOSTS: &str = "/run/pgbackrest-root/offsite-known-hosts";
 
 /// The hosts file, where the server's tailnet name is pinned to its tailnet address.
 const HOSTS_FILE: &str = "/etc/hosts";
@@ -21,15 +23,26 @@ const HOSTS_FILE: &str = "/etc/hosts";
 /// Marks the line of [`HOSTS_FILE`] this module owns.
 const HOSTS_MARK: &str = "# sovereign: backup.offsite";
 
-/// Writes the key and the known-hosts file.
-pub fn write_credentials(cfg: &OffsiteConfig, owner: Owner) -> Result<(), OwnedFileError> {
+/// Writes the key and the known-hosts file, root's alone.
+pub fn write_credentials(cfg: &OffsiteConfig) -> Result<(), OwnedFileError> {
+    write_key_and_host(cfg, Owner { uid: 0, gid: 0 }, KEY_FILE, KNOWN_HOSTS)
+}
+
+/// Writes the private key and the server's host key to `key_file` and `hosts_file`,
+/// owned by `owner`, readable by it alone.
+fn write_key_and_host(
+    cfg: &OffsiteConfig,
+    owner: Owner,
+    key_file: &str,
+    hosts_file: &str,
+) -> Result<(), OwnedFileError> {
     let mut key = cfg.private_key.expose().trim().to_string();
     key.push('\n');
-    owned_files::write_file(Path::new(KEY_FILE), key.as_bytes(), 0o600, owner)?;
+    owned_files::write_file(Path::new(key_file), key.as_bytes(), 0o600, owner)?;
     owned_files::write_file(
-        Path::new(KNOWN_HOSTS),
+        Path::new(hosts_file),
         known_hosts(cfg).as_bytes(),
-        0o644,
+        0o600,
         owner,
     )
 }
@@ -46,21 +59,49 @@ fn known_hosts(cfg: &OffsiteConfig) -> String {
     }
 }
 
-/// The pgbackrest.conf lines for repo2 (in `[global]`).
-pub fn config_lines(cfg: &OffsiteConfig, retention_days: u32) -> String {
+/// A copy of the key postgres may read, only while a server restored from repo2
+/// replays WAL from it (see [`super::Backups::recovery_finished`]).
+pub const RECOVERY_KEY_FILE: &str = "/run/pgbackrest/recovery-offsite.key";
+
+/// The server's host key where postgres's `restore_command` can read it during that
+/// recovery ([`KNOWN_HOSTS`] is in root's directory).
+pub const RECOVERY_KNOWN_HOSTS: &str = "/run/pgbackrest/recovery-known-hosts";
+
+/// Writes the copies of the key and the known-hosts file for a recovery from repo2,
+/// postgres's.
+pub fn write_recovery_key(cfg: &OffsiteConfig, owner: Owner) -> Result<(), OwnedFileError> {
+    write_key_and_host(cfg, owner, RECOVERY_KEY_FILE, RECOVERY_KNOWN_HOSTS)
+}
+
+/// How long a connection to the server may stay silent (pgBackRest's default, 60 s,
+/// is how long every attempt waits when the server is out of reach: a backup and each
+/// read of repo2's catalog). Nothing on a working tailnet stalls for this long.
+const IO_TIMEOUT_SECS: u32 = 20;
+
+/// The pgbackrest.conf lines for repo2 (in `[global]`), with the key at `key_file`.
+pub fn config_lines(
+    cfg: &OffsiteConfig,
+    retention_days: u32,
+    key_file: &str,
+    known_hosts_file: &str,
+) -> String {
     format!(
         "repo2-type=sftp\n\
          repo2-path={path}\n\
          repo2-sftp-host={host}\n\
          repo2-sftp-host-port={port}\n\
          repo2-sftp-host-user={user}\n\
-         repo2-sftp-private-key-file={KEY_FILE}\n\
+         repo2-sftp-private-key-file={key_file}\n\
          repo2-sftp-host-key-check-type=strict\n\
          repo2-sftp-host-key-hash-type=sha256\n\
-         repo2-sftp-known-host={KNOWN_HOSTS}\n\
+         repo2-sftp-known-host={known_hosts_file}\n\
          repo2-bundle=y\n\
          repo2-retention-full-type=time\n\
-         repo2-retention-full={retention_days}\n",
+         repo2-retention-full={retention_days}\n\
+         repo2-cipher-type=aes-256-cbc\n\
+         repo2-cipher-pass={passphrase}\n\
+         io-timeout={IO_TIMEOUT_SECS}\n",
+        passphrase = cfg.passphrase.expose(),
         path = cfg.path,
         host = cfg.host,
         port = cfg.port,
@@ -128,6 +169,7 @@ mod tests {
             private_key: Secret::new(
                 "-----BEGIN OPENSSH PRIVATE KEY-----\nk\n-----END OPENSSH PRIVATE KEY-----",
             ),
+            passphrase: Secret::new("a-long-backup-passphrase-1234"),
         }
     }
 
@@ -141,12 +183,16 @@ mod tests {
             known_hosts(&cfg(2222)),
             "[backup-box]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHost\n"
         );
-        let conf = config_lines(&cfg(2222), 7);
+        let conf = config_lines(&cfg(2222), 7, KEY_FILE, KNOWN_HOSTS);
         for line in [
             "repo2-type=sftp",
+            "repo2-sftp-private-key-file=/run/pgbackrest-root/offsite.key",
+            "repo2-cipher-type=aes-256-cbc",
+            "repo2-cipher-pass=a-long-backup-passphrase-1234",
             "repo2-sftp-host=backup-box",
             "repo2-sftp-host-port=2222",
             "repo2-sftp-host-key-check-type=strict",
+            "repo2-sftp-known-host=/run/pgbackrest-root/offsite-known-hosts",
             "repo2-retention-full=7",
         ] {
             assert!(conf.lines().any(|l| l == line), "{line} in {conf}");

@@ -5,21 +5,32 @@
 
 use protocol::backup::{BackupConfig, BackupKind, BackupSet, REPO_LOCAL};
 use serde::Deserialize;
+use std::path::Path;
 use thiserror::Error;
 
 /// The one stanza (pgBackRest's name for a cluster and its repositories).
 pub const STANZA: &str = "sovereign";
 
-/// The configuration file, rewritten on every boot (tmpfs: nothing stale survives).
-pub const CONFIG_FILE: &str = "/run/pgbackrest/pgbackrest.conf";
+/// Where root's pgBackRest runs keep their configuration, lock and credentials (tmpfs,
+/// 0700 root): everything that names repo2 holds its SFTP key and its cipher
+/// passphrase, and no other guest account may read those.
+pub const ROOT_RUN_DIR: &str = "/run/pgbackrest-root";
 
-/// The same without repo2: for PostgreSQL's `archive_command` (WAL reaches repo2 by
-/// [`super::shipping`], never through the archiver) and for the one command that knows
-/// no `--repo` (stanza-create) when repo2 is out of reach.
+/// The configuration with both repositories (root only): the catalog and `verify`.
+pub const CONFIG_FILE: &str = "/run/pgbackrest-root/pgbackrest.conf";
+
+/// repo1 alone, run as postgres: PostgreSQL's `archive_command` (WAL reaches repo2 by
+/// [`super::shipping`], never through the archiver), repo1's backups, restores and
+/// expiry. repo1's files stay postgres's.
 pub const LOCAL_CONFIG_FILE: &str = "/run/pgbackrest/pgbackrest-repo1.conf";
 
-/// The same with repo2 alone, for pushing shipped WAL into it.
-pub const OFFSITE_CONFIG_FILE: &str = "/run/pgbackrest/pgbackrest-repo2.conf";
+/// repo2 alone (root only): its backups, restores and the shipped WAL.
+pub const OFFSITE_CONFIG_FILE: &str = "/run/pgbackrest-root/pgbackrest-repo2.conf";
+
+/// repo2 alone for postgres: the `restore_command` of a server restored from repo2
+/// reads WAL with it while it recovers; written for that restore and removed once the
+/// server is promoted.
+pub const RECOVERY_CONFIG_FILE: &str = "/run/pgbackrest/pgbackrest-recovery.conf";
 
 /// Where the backup disk is mounted; repo1 lives under it.
 pub const BACKUP_MOUNT: &str = "/backup";
@@ -32,28 +43,143 @@ pub const REPO1_PATH: &str = "/backup/pgbackrest";
 /// or it stops taking WAL and the WAL it leaves behind keeps the disk full.
 pub const WORK_DIR: &str = "/backup/work";
 
+/// pgBackRest's log files, as `logs pgbackrest` shows them: postgres's runs (repo1) log
+/// under `<work dir>/log`, root's (anything with repo2) under `<work dir>/log-root`.
+pub const LOGS: [&str; 6] = [
+    "log/sovereign-archive-push.log",
+    "log/sovereign-archive-push-async.log",
+    "log/sovereign-backup.log",
+    "log/sovereign-restore.log",
+    "log-root/sovereign-backup.log",
+    "log-root/sovereign-restore.log",
+];
+
+/// Where each of [`LOGS`] is.
+pub fn log_paths() -> [std::path::PathBuf; 6] {
+    LOGS.map(|name| Path::new(WORK_DIR).join(name))
+}
+
+/// The ends of pgBackRest's logs, each under its name, `max` bytes in all.
+pub fn log_tail(max: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let each = max / LOGS.len();
+    for (name, path) in LOGS.iter().zip(log_paths()) {
+        out.extend_from_slice(format!("==> {name} <==\n").as_bytes());
+        match crate::log_files::tail_of(&path, each) {
+            Ok(t) => out.extend_from_slice(&t),
+            Err(e) => out.extend_from_slice(format!("({e})\n").as_bytes()),
+        }
+    }
+    out
+}
+
 /// The pgBackRest binary in the root image.
 pub const PROGRAM: &str = "/usr/bin/pgbackrest";
 
-/// Renders pgbackrest.conf. `queue_max_mib` bounds the WAL the async archiver keeps
-/// queued while the repository is unreachable: past it, pgBackRest drops WAL (and
-/// says so) rather than letting the data disk fill up, which breaks point-in-time
-/// recovery (status then says so) but never the database.
-pub fn render_config(cfg: &BackupConfig, pg_port: u16, queue_max_mib: u64) -> String {
+/// Which repositories one configuration file names. pgBackRest acts on every
+/// repository its configuration lists, so each use that must leave one of them alone
+/// gets a file without it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Repos {
+    /// repo1 and, when configured, repo2: backups, restores, the catalog.
+    Both,
+    /// repo1 alone: PostgreSQL's `archive_command`, and stanza-create with repo2 away.
+    Local,
+    /// repo2 alone: pushing shipped WAL into it.
+    Offsite,
+    /// repo2 alone as postgres: the `restore_command` of a recovery from repo2.
+    Recovery,
+}
+
+impl Repos {
+    /// Whether its commands run as root: every configuration that names repo2, whose key
+    /// and passphrase are root's alone. repo1 alone runs as postgres, so its files stay
+    /// postgres's (a root run would leave root-owned files postgres's runs cannot read).
+    pub fn runs_as_root(self) -> bool {
+        matches!(self, Repos::Both | Repos::Offsite)
+    }
+
+    /// The set a command's `--repo=N` argument names; both without one.
+    pub fn for_args(extra: &[String]) -> Repos {
+        if extra.iter().any(|a| a == "--repo=1") {
+            Repos::Local
+        } else if extra.iter().any(|a| a == "--repo=2") {
+            Repos::Offsite
+        } else {
+            Repos::Both
+        }
+    }
+
+    /// The file this set's configuration is written to.
+    pub fn config_file(self) -> &'static str {
+        match self {
+            Repos::Both => CONFIG_FILE,
+            Repos::Local => LOCAL_CONFIG_FILE,
+            Repos::Offsite => OFFSITE_CONFIG_FILE,
+            Repos::Recovery => RECOVERY_CONFIG_FILE,
+        }
+    }
+
+    /// The sets a configuration needs a file for: repo2's alone only when it exists.
+    pub fn needed(cfg: &BackupConfig) -> Vec<Repos> {
+        let mut sets = vec![Repos::Both, Repos::Local];
+        if cfg.offsite.is_some() {
+            sets.push(Repos::Offsite);
+        }
+        sets
+    }
+}
+
+/// Renders pgbackrest.conf for one set of repositories. `queue_max_mib` bounds the WAL
+/// the async archiver keeps queued while the repository is unreachable: past it,
+/// pgBackRest drops WAL (and says so) rather than letting the data disk fill up, which
+/// breaks point-in-time recovery (status then says so) but never the database. The
+/// bound only goes with repo1: with it, archive-push looks for PostgreSQL's
+/// archive_status beside the file, which only pg_wal has, not the shipping queue.
+pub fn render_config(cfg: &BackupConfig, repos: Repos, pg_port: u16, queue_max_mib: u64) -> String {
+    let local = match repos {
+        Repos::Offsite | Repos::Recovery => String::new(),
+        Repos::Both | Repos::Local => format!(
+            "repo1-path={REPO1_PATH}\n\
+             repo1-retention-full-type=time\n\
+             repo1-retention-full={retention}\n\
+             repo1-bundle=y\n\
+             archive-push-queue-max={queue_max_mib}MiB\n",
+            retention = cfg.retention_days,
+        ),
+    };
+    let offsite = match (repos, &cfg.offsite) {
+        (Repos::Both | Repos::Offsite, Some(o)) => super::offsite::config_lines(
+            o,
+            cfg.retention_days,
+            super::offsite::KEY_FILE,
+            super::offsite::KNOWN_HOSTS,
+        ),
+        (Repos::Recovery, Some(o)) => super::offsite::config_lines(
+            o,
+            cfg.retention_days,
+            super::offsite::RECOVERY_KEY_FILE,
+            super::offsite::RECOVERY_KNOWN_HOSTS,
+        ),
+        _ => String::new(),
+    };
+    // Root's runs keep their lock, spool and logs apart: a file root makes where
+    // postgres's runs write would lock them out of it.
+    let (run_dir, log_dir, spool_dir) = if repos.runs_as_root() {
+        (ROOT_RUN_DIR, "log-root", "spool-root")
+    } else {
+        ("/run/pgbackrest", "log", "spool")
+    };
     format!(
         "# Written by sovereign-init on every boot from the host's backup settings.\n\
          [global]\n\
-         repo1-path={REPO1_PATH}\n\
-         repo1-retention-full-type=time\n\
-         repo1-retention-full={retention}\n\
-         repo1-bundle=y\n\
+         {local}\
          compress-type=lz4\n\
          archive-async=y\n\
-         archive-push-queue-max={queue_max_mib}MiB\n\
          archive-timeout=120\n\
-         spool-path={WORK_DIR}/spool\n\
-         lock-path=/run/pgbackrest/lock\n\
-         log-path={WORK_DIR}/log\n\
+         spool-path={WORK_DIR}/{spool_dir}\n\
+         lock-path={run_dir}/lock\n\
+         log-path={WORK_DIR}/{log_dir}\n\
          log-level-console=warn\n\
          log-level-stderr=warn\n\
          log-level-file=info\n\
@@ -64,14 +190,9 @@ pub fn render_config(cfg: &BackupConfig, pg_port: u16, queue_max_mib: u64) -> St
          [{STANZA}]\n\
          pg1-path={data}\n\
          pg1-port={pg_port}\n\
+         pg1-user=postgres\n\
          pg1-socket-path={socket}\n",
-        offsite = cfg
-            .offsite
-            .as_ref()
-            .map(|o| super::offsite::config_lines(o, cfg.retention_days))
-            .unwrap_or_default(),
-        retention = cfg.retention_days,
-        data = crate::postgres::DATA_DIR,
+        data = crate::postgres::CLUSTER_DIR,
         socket = crate::postgres::config::SOCKET_DIR,
     )
 }
@@ -202,7 +323,15 @@ pub struct Info {
 /// restore point. An interrupted backup never appears in `info` at all. The stanza is
 /// an error only when no repository can be read.
 pub fn parse_info(json: &str) -> Result<Info, InfoError> {
-    let stanzas: Vec<InfoStanza> = serde_json::from_str(json)?;
+    // A repository read with another passphrase decrypts to noise, and pgBackRest
+    // quotes that noise, raw control bytes included, in the repository's status
+    // message: JSON no parser accepts. Outside strings a control character can only
+    // be whitespace, so a space in its place keeps the structure and the message.
+    let json: String = json
+        .chars()
+        .map(|c| if u32::from(c) < 0x20 { ' ' } else { c })
+        .collect();
+    let stanzas: Vec<InfoStanza> = serde_json::from_str(&json)?;
     let stanza = stanzas
         .into_iter()
         .find(|s| s.name == STANZA)
@@ -216,7 +345,17 @@ pub fn parse_info(json: &str) -> Result<Info, InfoError> {
         .collect();
     let some_repo_works = stanza.repo.iter().any(|r| usable(r.status.code));
     if !usable(stanza.status.code) && !some_repo_works {
-        return Err(InfoError::Status(stanza.status.message));
+        // The stanza's own message is a summary ("other"); the repositories' say why.
+        let why = if broken_repos.is_empty() {
+            stanza.status.message
+        } else {
+            broken_repos
+                .iter()
+                .map(|(_, m)| m.trim())
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
+        return Err(InfoError::Status(why));
     }
     let complete: Vec<InfoBackup> = stanza
         .backup
@@ -268,7 +407,7 @@ mod tests {
 
     #[test]
     fn config_has_time_retention_async_archiving_and_a_bounded_queue() {
-        let c = render_config(&cfg(), 5432, 1024);
+        let c = render_config(&cfg(), Repos::Local, 5432, 1024);
         for line in [
             "repo1-path=/backup/pgbackrest",
             "repo1-retention-full-type=time",
@@ -291,6 +430,71 @@ mod tests {
                 "--config=/run/pgbackrest/pgbackrest-repo1.conf --stanza=sovereign archive-push %p'"
             ),
             "{a}"
+        );
+    }
+
+    fn with_offsite() -> BackupConfig {
+        BackupConfig {
+            offsite: Some(protocol::backup::OffsiteConfig {
+                host: "backup-node".into(),
+                port: 22,
+                user: "sovereign".into(),
+                path: "/srv/repo".into(),
+                host_key: "ssh-ed25519 AAAA".into(),
+                private_key: protocol::config::Secret::new("-----BEGIN OPENSSH PRIVATE KEY-----"),
+                passphrase: protocol::config::Secret::new("a-long-backup-passphrase-1234"),
+            }),
+            ..cfg()
+        }
+    }
+
+    #[test]
+    fn each_set_of_repositories_names_only_its_own() {
+        let c = with_offsite();
+        let has = |repos, prefix: &str| {
+            render_config(&c, repos, 5432, 64)
+                .lines()
+                .any(|l| l.starts_with(prefix))
+        };
+        assert_eq!(
+            Repos::needed(&c),
+            [Repos::Both, Repos::Local, Repos::Offsite]
+        );
+        assert_eq!(Repos::needed(&cfg()), [Repos::Both, Repos::Local]);
+        assert!(has(Repos::Both, "repo1-path=") && has(Repos::Both, "repo2-path="));
+        assert!(has(Repos::Local, "repo1-path=") && !has(Repos::Local, "repo2-"));
+        assert!(has(Repos::Offsite, "repo2-path=") && !has(Repos::Offsite, "repo1-"));
+        // The queue bound needs pg_wal's archive_status, which only repo1's pushes have.
+        assert!(!has(Repos::Offsite, "archive-push-queue-max"));
+        assert!(has(Repos::Local, "archive-push-queue-max=64MiB"));
+        // What names repo2 runs as root, with root's lock and logs; repo1 as postgres.
+        assert!(Repos::Both.runs_as_root() && Repos::Offsite.runs_as_root());
+        assert!(!Repos::Local.runs_as_root() && !Repos::Recovery.runs_as_root());
+        assert!(has(Repos::Offsite, "lock-path=/run/pgbackrest-root/lock"));
+        assert!(has(Repos::Local, "lock-path=/run/pgbackrest/lock"));
+        assert!(has(
+            Repos::Recovery,
+            "repo2-sftp-private-key-file=/run/pgbackrest/recovery"
+        ));
+        // postgres's restore_command reads the host key where postgres can.
+        assert!(has(
+            Repos::Recovery,
+            "repo2-sftp-known-host=/run/pgbackrest/recovery-known-hosts"
+        ));
+        // postgres's runs log where postgres can write.
+        let recovery = render_config(&c, Repos::Recovery, 5432, 64);
+        assert!(
+            recovery.lines().any(|l| l == "log-path=/backup/work/log"),
+            "{recovery}"
+        );
+        assert_eq!(Repos::for_args(&["--repo=2".into()]), Repos::Offsite);
+        assert_eq!(Repos::for_args(&["--repo=1".into()]), Repos::Local);
+        assert_eq!(Repos::for_args(&[]), Repos::Both);
+        // Without repo2 configured, Both names repo1 alone.
+        let both = render_config(&cfg(), Repos::Both, 5432, 64);
+        assert!(
+            both.contains("repo1-path=") && !both.contains("repo2-"),
+            "{both}"
         );
     }
 
@@ -379,6 +583,20 @@ mod tests {
                 "000000010000000000000001",
                 "/x/y"
             ]
+        );
+    }
+
+    #[test]
+    fn a_repository_read_with_another_passphrase_still_parses_and_says_why() {
+        // What pgBackRest 2.55 prints for an encrypted repository read with another
+        // cipher-pass: the decrypted noise, control bytes and all, in the message.
+        let info = "[{\"archive\":[],\"backup\":[],\"cipher\":\"aes-256-cbc\",\"db\":[],\"name\":\"sovereign\",\"repo\":[{\"cipher\":\"aes-256-cbc\",\"key\":2,\"status\":{\"code\":99,\"message\":\"[FormatError] unable to load info file '/r/backup/sovereign/backup.info':\\nFormatError: key/value found outside of section at line 1: \u{7}\u{11}o\u{fffd}#\u{1f}\tb\u{0}\"}}],\"status\":{\"code\":99,\"message\":\"other\"}}]";
+        let e = parse_info(info).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "the repository's stanza is not usable: [FormatError] unable to load info file"
+            ),
+            "{e}"
         );
     }
 

@@ -10,11 +10,12 @@
 //! be undone by hand.
 
 use super::export::RepoSwap;
-use super::{now_unix, BackupError, Backups};
-use crate::boot::Guest;
+use super::{unfinished, BackupError, Backups};
+use crate::clock::now_unix;
 use crate::command;
-use crate::postgres::{find_bin_dir, Account, PgError, Postgres, DATA_DIR};
-use crate::shutdown::StopBudget;
+use crate::guest::Guest;
+use crate::lifecycle::stop::StopBudget;
+use crate::postgres::{find_bin_dir, Account, PgError, Postgres, CLUSTER_DIR};
 use protocol::backup::{utc_text, BackupCatalog, BackupSet, RestoreTarget, REPO_LOCAL};
 use protocol::{Stage, StageReport};
 use std::path::{Path, PathBuf};
@@ -33,6 +34,8 @@ const SPACE_MARGIN: u64 = 256 << 20;
 pub enum RestoreError {
     #[error("the repository holds no backup set yet: take one with `sovereign backup now`")]
     NoSets,
+    #[error("the export to restore from did not arrive within {0} minutes")]
+    NoExport(u64),
     #[error("no backup set is labelled {label:?}; the sets are: {known}")]
     UnknownSet { label: String, known: String },
     #[error("{time:?} is not a time PostgreSQL reads: {why}")]
@@ -55,6 +58,8 @@ pub enum RestoreError {
         to: String,
         source: std::io::Error,
     },
+    #[error("recording the restore on the data disk: {0}")]
+    Marker(String),
     #[error(transparent)]
     Backup(#[from] BackupError),
     #[error(transparent)]
@@ -89,6 +94,9 @@ pub(super) fn run_locked(
     let Some(config) = guest.config.get() else {
         return Err(RestoreError::NoServer);
     };
+    if crate::lifecycle::stop::requested() {
+        return Err(PgError::ShuttingDown.into());
+    }
     let old = guest
         .running()
         .postgres
@@ -119,9 +127,21 @@ pub(super) fn run_locked(
     drop(old);
 
     let stamp = now_unix();
-    let data = PathBuf::from(DATA_DIR);
-    let kept = PathBuf::from(format!("{DATA_DIR}.before-restore-{stamp}"));
-    move_dir(&data, &kept)?;
+    let data = PathBuf::from(CLUSTER_DIR);
+    let kept = PathBuf::from(format!("{CLUSTER_DIR}.before-restore-{stamp}"));
+    // Recorded before anything moves: a power cut from here until the restored server
+    // takes over is undone by the next boot (unfinished.rs).
+    unfinished::marker()
+        .set(&unfinished::Restore::InPlace {
+            target: what.clone(),
+            kept: kept.clone(),
+            repo_aside: import.map(RepoSwap::aside_path),
+        })
+        .map_err(|e| RestoreError::Marker(e.to_string()))?;
+    if let Err(e) = move_dir(&data, &kept) {
+        let _ = unfinished::marker().clear();
+        return Err(e);
+    }
     let restored = match import.map(RepoSwap::swap_in).transpose() {
         Ok(_) => restore_and_start(guest, backups, &args),
         Err(e) => Err(e),
@@ -138,7 +158,8 @@ pub(super) fn run_locked(
         }
         Err(e) => {
             log::error!("restore to {what} failed: {e}; putting the previous data back");
-            let failed = PathBuf::from(format!("{DATA_DIR}.failed-restore-{stamp}"));
+            let _ = unfinished::marker().clear();
+            let failed = PathBuf::from(format!("{CLUSTER_DIR}.failed-restore-{stamp}"));
             if let Some(swap) = import {
                 swap.swap_back();
             }
@@ -252,20 +273,26 @@ fn read_time(time: &str, port: u16) -> Result<(i64, String), RestoreError> {
         &mut account.psql(
             &bin,
             port,
-            &["-A", "-t", "-F", "|", "-v", &format!("t={time}"), "-f", "-"],
+            &["-A", "-t", "-v", &format!("t={time}"), "-f", "-"],
         ),
-        b"select extract(epoch from :'t'::timestamptz)::bigint, \
-          to_char(:'t'::timestamptz at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS') || '+00';\n",
+        b"select json_build_object('unix', extract(epoch from :'t'::timestamptz)::bigint, \
+          'pgbackrest', to_char(:'t'::timestamptz at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.MS') || '+00');\n",
         4096,
     )
     .map_err(|e| bad(e.to_string()))?;
     if !out.exit.success() {
         return Err(bad(out.stderr.trim().replace("psql:<stdin>:1: ", "")));
     }
-    let line = out.stdout.trim();
-    line.split_once('|')
-        .and_then(|(epoch, text)| Some((epoch.parse().ok()?, text.to_string())))
-        .ok_or_else(|| bad(line.to_string()))
+    /// The time as PostgreSQL read it.
+    #[derive(serde::Deserialize)]
+    struct ReadTime {
+        unix: i64,
+        pgbackrest: String,
+    }
+    let text = out.stdout.trim();
+    serde_json::from_str::<ReadTime>(text)
+        .map(|t| (t.unix, t.pgbackrest))
+        .map_err(|_| bad(text.to_string()))
 }
 
 /// The RFC 3339 forms (`2026-12-02T16:04:05Z`, `...T16:04:05.5+01:00`) in pgBackRest's
@@ -292,7 +319,8 @@ fn check_space(catalog: &BackupCatalog) -> Result<(), RestoreError> {
         .map(|s| s.database_bytes)
         .max()
         .unwrap_or(0);
-    let Some(usage) = crate::disk_watch::usage_at(Path::new(crate::boot::DATA_DIR), false) else {
+    let Some(usage) = crate::disk_watch::usage_at(Path::new(crate::disks::DATA_MOUNT), false)
+    else {
         return Ok(());
     };
     if usage.available_bytes < need + SPACE_MARGIN {
@@ -312,14 +340,19 @@ fn restore_and_start(
     args: &[String],
 ) -> Result<Arc<Postgres>, RestoreError> {
     let account = Account::lookup()?;
-    crate::owned_files::prepare_dir(Path::new(DATA_DIR), 0o700, account.owner())
+    crate::owned_files::prepare_dir(Path::new(CLUSTER_DIR), 0o700, account.owner())
         .map_err(PgError::Prepare)?;
     backups.forget_old_archiving();
     log::info!("pgbackrest restore {}", args.join(" "));
     backups.restore_into_data_dir(args)?;
     let pg = start_server(guest, backups)?;
-    let promoted = pg
-        .wait_promoted(RECOVERY_DEADLINE)
+    let recovered = pg.wait_promoted(RECOVERY_DEADLINE);
+    backups.recovery_finished();
+    let promoted = recovered
+        .and_then(|()| {
+            // The restored server takes writes from here: a power cut now must keep it.
+            unfinished::marker().clear().map_err(PgError::Durable)
+        })
         .and_then(|()| bring_up(guest, &pg));
     if let Err(e) = promoted {
         pg.stop(StopBudget {
@@ -346,6 +379,7 @@ fn start_server(guest: &Guest, backups: &Backups) -> Result<Arc<Postgres>, PgErr
         &config.hostname,
         &listen,
         backups.archive_settings(),
+        None,
     )?))
 }
 
@@ -364,11 +398,12 @@ fn start_again(guest: &Guest, backups: &Backups) -> Result<(), PgError> {
     bring_up(guest, &pg)
 }
 
-fn move_dir(from: &Path, to: &Path) -> Result<(), RestoreError> {
-    std::fs::rename(from, to).map_err(|source| RestoreError::Move {
+/// Renames a directory durably (the boot after a power cut sees the rename or not).
+pub(super) fn move_dir(from: &Path, to: &Path) -> Result<(), RestoreError> {
+    crate::durable::rename(from, to).map_err(|e| RestoreError::Move {
         from: from.display().to_string(),
         to: to.display().to_string(),
-        source,
+        source: e.source,
     })
 }
 
@@ -389,7 +424,7 @@ fn forget_older_copies(kept: &Path) {
     let Some(name) = kept.file_name().and_then(|n| n.to_str()) else {
         return;
     };
-    let Ok(entries) = std::fs::read_dir(crate::boot::DATA_DIR) else {
+    let Ok(entries) = std::fs::read_dir(crate::disks::DATA_MOUNT) else {
         return;
     };
     for e in entries.flatten() {

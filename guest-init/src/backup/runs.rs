@@ -1,7 +1,8 @@
 //! Backup runs: one to each configured repository, each outcome kept for status, and
 //! whether repo2 can be reached before one is tried.
 
-use super::{now_unix, offsite, BackupError, Backups};
+use super::{offsite, BackupError, Backups};
+use crate::clock::now_unix;
 use protocol::backup::{BackupKind, BackupRun, REPO_LOCAL, REPO_OFFSITE};
 use std::time::Instant;
 
@@ -23,7 +24,15 @@ impl Backups {
         let started_unix = now_unix();
         let start = Instant::now();
         log::info!("pgbackrest: {kind} backup to repo{repo} starting");
-        let outcome = match self.unavailable().or_else(|| self.unreachable(repo)) {
+        let stanza = match repo {
+            REPO_OFFSITE => self.offsite_stanza().err().map(|e| e.to_string()),
+            _ => None,
+        };
+        let outcome = match self
+            .unavailable()
+            .or_else(|| self.unreachable(repo))
+            .or(stanza)
+        {
             Some(why) => Err(BackupError::Unavailable(why)),
             None => self.pgbackrest(
                 "backup",
@@ -31,7 +40,11 @@ impl Backups {
             ),
         };
         let duration_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let _ = self.refresh_catalog();
+        // A failed run adds no set: only a run that made one is read back (a repo2 that
+        // did not answer would not answer the read either).
+        if outcome.is_ok() {
+            let _ = self.refresh_repo(repo);
+        }
         let newest = self
             .lock()
             .sets

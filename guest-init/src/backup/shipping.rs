@@ -6,9 +6,9 @@
 //! and repo2 lacks (`archive-get` from repo1, `archive-push` into repo2), oldest first,
 //! history files before segments; repo2 only ever lags, and says by how much.
 
-use super::pgbackrest::{self, OFFSITE_CONFIG_FILE, WORK_DIR};
-use super::{now_unix, BackupError, Backups};
-use crate::command;
+use super::pgbackrest::{self, Repos, WORK_DIR};
+use super::{BackupError, Backups};
+use crate::clock::now_unix;
 use protocol::backup::{REPO_LOCAL, REPO_OFFSITE};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -62,6 +62,7 @@ impl Backups {
         {
             return Err(BackupError::Unavailable(why));
         }
+        self.offsite_stanza()?;
         let list = |repo: u8| -> Result<BTreeSet<String>, BackupError> {
             let json = self.pgbackrest(
                 "repo-ls",
@@ -103,18 +104,14 @@ impl Backups {
         Ok(missing.len())
     }
 
-    /// `archive-push` of one file into repo2 (its own configuration, synchronous).
+    /// `archive-push` of one file into repo2 (its own configuration, as root,
+    /// synchronous).
     fn push_to_offsite(&self, path: &str) -> Result<(), BackupError> {
-        let account = self
-            .account
-            .ok_or_else(|| BackupError::Unavailable("user 'postgres' not found".into()))?;
-        let mut cmd = account.command(pgbackrest::PROGRAM);
-        cmd.args(pgbackrest::args_with(
-            OFFSITE_CONFIG_FILE,
+        self.pgbackrest_on(
+            Repos::Offsite,
             "archive-push",
             &["--no-archive-async".into(), path.to_string()],
-        ));
-        command::run(&mut cmd, &[])?;
+        )?;
         Ok(())
     }
 }

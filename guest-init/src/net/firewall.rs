@@ -1,10 +1,15 @@
-//! The guest's input policy, loaded with `nft` (Debian's nftables) from a ruleset on
-//! its stdin: replies to the guest's own connections, tailscaled's WireGuard port,
-//! PostgreSQL on the tailnet interface, and nothing else. tailscaled runs with
+//! The guest's packet policy, loaded with `nft` (Debian's nftables) from a ruleset on
+//! its stdin. In: replies to the guest's own connections, tailscaled's WireGuard port,
+//! PostgreSQL on the tailnet interface, and nothing else. Out on tap0: nothing for
+//! gvproxy's own subnet but its resolver and the host alias, and no multicast or
+//! broadcast. gvproxy answers only DNS itself and sends everything else out of the
+//! host as its own traffic, so a port-mapping probe to the gateway (NAT-PMP, udp 5351)
+//! or an SSDP search would leave the machine on the host's uplink. tailscaled runs with
 //! `--netfilter-mode=off`, so this table is the whole policy. Inbound probes the host
 //! asks for (to prove gvproxy's forwarding) open their port only while they listen.
 
 use crate::command::{self, CommandError};
+use protocol::config::NetworkConfig;
 use protocol::evidence::InputPolicy;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,10 +27,11 @@ pub enum FirewallError {
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
-/// The ruleset for a server on `pg_port`, with tailscaled on `wireguard_port`.
-pub fn ruleset(pg_port: u16, wireguard_port: u16) -> String {
+/// The ruleset for a server on `pg_port`, with tailscaled on `wireguard_port`, on
+/// gvproxy's network `net`.
+pub fn ruleset(pg_port: u16, wireguard_port: u16, net: &NetworkConfig) -> String {
     format!(
-        "# Written by sovereign-init: the guest's whole input policy.\n\
+        "# Written by sovereign-init: the guest's whole packet policy.\n\
          table inet {TABLE}\n\
          delete table inet {TABLE}\n\
          table inet {TABLE} {{\n\
@@ -40,8 +46,19 @@ pub fn ruleset(pg_port: u16, wireguard_port: u16) -> String {
          \t\tiifname \"tailscale0\" tcp dport {pg_port} accept comment \"PostgreSQL on the tailnet\"\n\
          \t\tiifname \"{tap}\" tcp dport @probe_ports accept comment \"inbound probes the host asked for\"\n\
          \t}}\n\
+         \tchain output {{\n\
+         \t\ttype filter hook output priority filter; policy accept;\n\
+         \t\toifname \"{tap}\" ip daddr {dns} meta l4proto {{ tcp, udp }} th dport 53 accept comment \"gvproxy's resolver\"\n\
+         \t\toifname \"{tap}\" ip daddr {host} accept comment \"the host, through gvproxy's NAT\"\n\
+         \t\toifname \"{tap}\" ip daddr {subnet} drop comment \"nothing else on gvproxy's subnet: gvproxy would send it out of the host\"\n\
+         \t\toifname \"{tap}\" ip daddr {{ 224.0.0.0/4, 255.255.255.255 }} drop comment \"no multicast or broadcast (SSDP)\"\n\
+         \t\toifname \"{tap}\" meta nfproto ipv6 drop comment \"gvproxy's network is IPv4\"\n\
+         \t}}\n\
          }}\n",
         tap = super::TAP_NAME,
+        dns = net.dns,
+        host = NetworkConfig::HOST_ALIAS,
+        subnet = net.subnet(),
     )
 }
 
@@ -51,15 +68,19 @@ pub const NFT: &str = "/usr/sbin/nft";
 /// Loads the policy (atomically: nft applies the whole script or nothing). An image
 /// without nft (the boot-only test initramfs, which runs neither postgres nor
 /// tailscaled) gets none, and says so; the root image build refuses an image without it.
-pub fn apply(pg_port: u16, wireguard_port: u16) -> Result<InputPolicy, FirewallError> {
+pub fn apply(
+    pg_port: u16,
+    wireguard_port: u16,
+    net: &NetworkConfig,
+) -> Result<InputPolicy, FirewallError> {
     if !std::path::Path::new(NFT).exists() {
         log::warn!("{NFT} is not in this image: no input policy");
         return Ok(InputPolicy::Absent);
     }
-    let rules = ruleset(pg_port, wireguard_port);
+    let rules = ruleset(pg_port, wireguard_port, net);
     command::run_with_input(Command::new(NFT).args(["-f", "-"]), rules.as_bytes(), &[])?;
     ACTIVE.store(true, Ordering::SeqCst);
-    log::info!("input policy loaded: tailnet postgres on {pg_port}, tailscaled on udp {wireguard_port}, nothing else");
+    log::info!("packet policy loaded: in, tailnet postgres on {pg_port} and tailscaled on udp {wireguard_port}; out on {}, nothing for {} but the resolver and the host alias", super::TAP_NAME, net.subnet());
     Ok(InputPolicy::Loaded)
 }
 
@@ -110,9 +131,10 @@ mod tests {
 
     #[test]
     fn the_policy_drops_everything_it_does_not_name() {
-        let r = ruleset(5432, 41641);
+        let r = ruleset(5432, 41641, &NetworkConfig::default());
         assert!(r.contains("policy drop;"), "{r}");
-        let accepts: Vec<&str> = r.lines().filter(|l| l.contains("accept")).collect();
+        let input = &r[r.find("chain input").unwrap()..r.find("chain output").unwrap()];
+        let accepts: Vec<&str> = input.lines().filter(|l| l.contains("accept")).collect();
         assert_eq!(accepts.len(), 6, "{accepts:#?}");
         assert!(r.contains("iifname \"tailscale0\" tcp dport 5432 accept"));
         assert!(r.contains("udp dport 41641 accept"));
@@ -122,6 +144,30 @@ mod tests {
         );
         // Loaded as one script: the old table goes with the new one, atomically.
         assert!(r.find("delete table").unwrap() < r.find("policy drop").unwrap());
+    }
+
+    #[test]
+    fn nothing_leaves_for_gvproxys_subnet_but_the_resolver_and_the_host() {
+        let r = ruleset(5432, 41641, &NetworkConfig::default());
+        let output = &r[r.find("chain output").unwrap()..];
+        let rules: Vec<&str> = output
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("oifname"))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "oifname \"tap0\" ip daddr 192.168.127.1 meta l4proto { tcp, udp } th dport 53 accept comment \"gvproxy's resolver\"",
+                "oifname \"tap0\" ip daddr 192.168.127.254 accept comment \"the host, through gvproxy's NAT\"",
+                "oifname \"tap0\" ip daddr 192.168.127.0/24 drop comment \"nothing else on gvproxy's subnet: gvproxy would send it out of the host\"",
+                "oifname \"tap0\" ip daddr { 224.0.0.0/4, 255.255.255.255 } drop comment \"no multicast or broadcast (SSDP)\"",
+                "oifname \"tap0\" meta nfproto ipv6 drop comment \"gvproxy's network is IPv4\"",
+            ],
+            "{output}"
+        );
+        // The accepts come before the drop of the subnet they are part of.
+        assert!(output.find("th dport 53 accept").unwrap() < output.find("/24 drop").unwrap());
     }
 
     /// Loads the ruleset into a throwaway network namespace when `nft` and root are
@@ -143,7 +189,7 @@ mod tests {
                 let mut stdin = c.stdin.take().unwrap();
                 // `delete table` of a table that does not exist fails a check: test
                 // the table itself.
-                let r = ruleset(5432, 41641);
+                let r = ruleset(5432, 41641, &NetworkConfig::default());
                 let body: String = r
                     .lines()
                     .filter(|l| !l.starts_with("delete") && *l != format!("table inet {TABLE}"))

@@ -10,7 +10,7 @@ pub mod probe;
 pub mod stream;
 pub mod tap;
 
-use crate::report::Reporter;
+use crate::stages::Reporter;
 use forwarder::{Dialer, Forwarder, LinkEvent};
 use protocol::config::NetworkConfig;
 use protocol::evidence::NetworkEvidence;
@@ -97,9 +97,9 @@ fn handshake(fd: OwnedFd) -> std::io::Result<OwnedFd> {
 /// A dialer for `endpoint`, handshake included.
 pub fn dialer(endpoint: Endpoint) -> Dialer {
     Box::new(move || match &endpoint {
-        Endpoint::Vsock { cid, port } => handshake(OwnedFd::from(
-            vsock::VsockStream::connect_with_cid_port(*cid, *port)?,
-        )),
+        Endpoint::Vsock { cid, port } => {
+            handshake(OwnedFd::from(crate::vsock_dial::dial(*cid, *port)?))
+        }
         Endpoint::Unix(path) => handshake(OwnedFd::from(std::os::unix::net::UnixStream::connect(
             path,
         )?)),

@@ -234,8 +234,8 @@ mod tests {
 
     #[test]
     fn a_refused_thread_is_an_error_not_a_panic() {
-        crate::reaper::tests::in_child_process(
-            "net::probe::tests::refused_thread_body",
+        crate::lifecycle::reaper::tests::in_child_process(
+            concat!(module_path!(), "::refused_thread_body"),
             "SOVEREIGN_NPROC_TEST",
         );
     }

@@ -106,7 +106,7 @@ pub fn over_vsock(
     timeout: Duration,
 ) -> Result<String, ProbeError> {
     let address = format!("vsock {HOST_CID}:{port}");
-    let stream = VsockStream::connect_with_cid_port(HOST_CID, port)
+    let stream = crate::vsock_dial::dial(HOST_CID, port)
         .map_err(|source| io_error("connect", &address, source))?;
     transfer(stream, &address, direction, bytes, timeout, WRITE_CHUNK)
 }

@@ -1,5 +1,5 @@
-//! What PostgreSQL is told: the server binaries to use, postgresql.conf (sized for a
-//! 1 GiB VM, listening on localhost and the tailnet only), pg_hba.conf (scram-sha-256
+//! What PostgreSQL is told: the server binaries to use, postgresql.conf (sized for the
+//! VM's memory, listening on localhost and the tailnet only), pg_hba.conf (scram-sha-256
 //! from the tailnet ranges and nothing else) and the provisioning SQL (passwords as
 //! SCRAM verifiers, never plaintext). Pure functions, tested on their text.
 
@@ -29,9 +29,16 @@ pub fn find_bin_dir(root: &Path) -> Option<PathBuf> {
     majors.pop().map(|(_, bin)| bin)
 }
 
-/// postgresql.conf, sized for a 1 GiB VM, with WAL sized to the data disk (`wal`);
-/// `listen` adds to localhost.
-pub fn render_postgresql_conf(port: u16, listen: &[String], jit: bool, wal: &WalBudget) -> String {
+/// postgresql.conf: memory settings as `memory` says (derived from the VM's memory, see
+/// [`protocol::pg_settings`]), WAL sized to the data disk (`wal`); `listen` adds to
+/// localhost. The spec's overrides are appended by the caller, last.
+pub fn render_postgresql_conf(
+    port: u16,
+    listen: &[String],
+    jit: bool,
+    wal: &WalBudget,
+    memory: &str,
+) -> String {
     let mut addrs = vec!["localhost".to_string()];
     addrs.extend(listen.iter().cloned());
     format!(
@@ -39,14 +46,8 @@ pub fn render_postgresql_conf(port: u16, listen: &[String], jit: bool, wal: &Wal
          listen_addresses = '{listen}'\n\
          port = {port}\n\
          unix_socket_directories = '{SOCKET_DIR}'\n\
-         max_connections = 50\n\
          password_encryption = scram-sha-256\n\
-         # Memory for a 1 GiB VM\n\
-         shared_buffers = 128MB\n\
-         effective_cache_size = 512MB\n\
-         work_mem = 4MB\n\
-         maintenance_work_mem = 64MB\n\
-         wal_buffers = 4MB\n\
+         {memory}\
          dynamic_shared_memory_type = posix\n\
          # Planner: the phone's flash is random-access like an SSD\n\
          random_page_cost = 1.1\n\
@@ -84,6 +85,23 @@ pub fn render_postgresql_conf(port: u16, listen: &[String], jit: bool, wal: &Wal
     )
 }
 
+/// The pg_ident.conf map the unix socket's peer authentication goes through.
+pub const IDENT_MAP: &str = "local";
+
+/// pg_ident.conf: the `postgres` account is the superuser; it may also open a session
+/// as any other role, which is how a `db restore` loads an app's dump with that app's
+/// rights only (a dump can `RESET ROLE`, but never past its session's role). root (PID
+/// 1's pgBackRest runs for repo2, which hold its key) connects as the superuser. No
+/// other account of the guest maps to any role.
+pub fn render_pg_ident() -> String {
+    format!(
+        "# Written by sovereign-init on every boot; edits here are overwritten.\n\
+         # MAPNAME  SYSTEM-USERNAME  PG-USERNAME\n\
+         {IDENT_MAP}  postgres  /^[a-z_][a-z0-9_]*$\n\
+         {IDENT_MAP}  root  postgres\n"
+    )
+}
+
 /// pg_hba.conf: peer over the unix socket, scram-sha-256 from the tailnet, nothing else.
 /// Without `superuser_from_tailnet`, `postgres` is rejected over TCP (the first matching
 /// line decides) and keeps only the unix socket. With `replication`, the replication
@@ -92,7 +110,7 @@ pub fn render_pg_hba(superuser_from_tailnet: bool, replication: bool) -> String 
     let mut s = String::from(
         "# Written by sovereign-init on every boot; edits here are overwritten.\n\
          # TYPE  DATABASE  USER  ADDRESS  METHOD\n\
-         local   all       all            peer\n",
+         local   all       all            peer map=local\n",
     );
     if !superuser_from_tailnet {
         for net in ALLOWED_NETWORKS {
@@ -156,7 +174,10 @@ mod tests {
         assert!(!hba.contains("reject") && !hba.contains("replication"));
         let rules: Vec<&str> = hba.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(rules.len(), 3);
-        assert!(rules[0].starts_with("local") && rules[0].ends_with("peer"));
+        assert!(
+            rules[0].starts_with("local") && rules[0].ends_with(&format!("peer map={IDENT_MAP}"))
+        );
+        assert!(render_pg_ident().contains(&format!("{IDENT_MAP}  postgres  /^")));
         assert!(rules[1].contains("100.64.0.0/10") && rules[1].ends_with("scram-sha-256"));
         assert!(rules[2].contains("fd7a:115c:a1e0::/48") && rules[2].ends_with("scram-sha-256"));
         assert!(!hba.contains("trust") && !hba.contains("0.0.0.0") && !hba.contains("md5"));
@@ -178,12 +199,15 @@ mod tests {
             &["100.64.0.7".into(), "fd7a:115c:a1e0::7".into()],
             false,
             &WalBudget::for_disk(1 << 30),
+            &protocol::pg_settings::derived_lines(1024, &Default::default()),
         );
+        assert!(conf.contains("shared_buffers = 128MB\n"));
+        assert!(conf.contains("max_connections = 50\n"));
         assert!(conf.contains("max_wal_size = 64MB\n"));
         assert!(conf.contains("listen_addresses = 'localhost,100.64.0.7,fd7a:115c:a1e0::7'\n"));
         assert!(conf.contains("jit = off\n"));
         assert!(conf.contains("log_connections = on\n"));
-        let local = render_postgresql_conf(5432, &[], true, &WalBudget::for_disk(0));
+        let local = render_postgresql_conf(5432, &[], true, &WalBudget::for_disk(0), "");
         assert!(local.contains("listen_addresses = 'localhost'\n"));
         assert!(!local.contains('*'));
     }
@@ -196,6 +220,8 @@ mod tests {
             superuser_from_tailnet: true,
             tls: None,
             replication: None,
+            memory_mib: 1024,
+            settings: Default::default(),
             apps: vec![AppDatabase {
                 name: "forgejo".into(),
                 password: Secret::new("forgejo-secret-pw"),

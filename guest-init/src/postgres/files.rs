@@ -1,9 +1,9 @@
-//! The data directory's own files: `initdb` on first boot, and postgresql.conf and
-//! pg_hba.conf written on every boot from [`Settings`] (edits there are overwritten).
+//! The data directory's own files: postgresql.conf and pg_hba.conf written on every
+//! boot from [`Settings`] (edits there are overwritten), and the lock file a server
+//! that did not stop left behind.
 
 use super::wal_budget::WalBudget;
-use super::{config, tls, Account, PgError, DATA_DIR};
-use crate::command;
+use super::{config, tls, Account, PgError, CLUSTER_DIR};
 use crate::owned_files;
 use std::path::Path;
 
@@ -24,23 +24,34 @@ pub(super) struct Settings {
     pub(super) tls: bool,
     /// postgresql.conf lines for streaming replication with the peer, when configured.
     pub(super) replication: Option<String>,
+    /// The memory settings derived from the VM's memory.
+    pub(super) memory: String,
+    /// The spec's `[postgres.settings]`, written last.
+    pub(super) overrides: String,
 }
 
 /// The size of the data disk the cluster lives on (0 when it cannot be read).
 pub(super) fn data_disk_bytes() -> u64 {
-    let mount = Path::new(DATA_DIR).parent().unwrap_or(Path::new(DATA_DIR));
+    let mount = Path::new(CLUSTER_DIR)
+        .parent()
+        .unwrap_or(Path::new(CLUSTER_DIR));
     crate::disk_watch::usage_at(mount, false).map_or(0, |u| u.total_bytes)
 }
 
-/// Writes postgresql.conf and pg_hba.conf into the data directory.
+/// Writes postgresql.conf, pg_hba.conf and pg_ident.conf into the data directory.
 pub(super) fn write_config(
     account: Account,
     settings: &Settings,
     listen: &[String],
 ) -> Result<(), PgError> {
-    let data = Path::new(DATA_DIR);
-    let mut conf =
-        config::render_postgresql_conf(settings.port, listen, settings.jit, &settings.wal);
+    let data = Path::new(CLUSTER_DIR);
+    let mut conf = config::render_postgresql_conf(
+        settings.port,
+        listen,
+        settings.jit,
+        &settings.wal,
+        &settings.memory,
+    );
     if let Some(archive) = &settings.archive {
         conf.push_str(archive);
     }
@@ -50,11 +61,12 @@ pub(super) fn write_config(
     if let Some(replication) = &settings.replication {
         conf.push_str(replication);
     }
+    conf.push_str(&settings.overrides);
     owned_files::write_file(
         &data.join("postgresql.conf"),
         conf.as_bytes(),
         0o600,
-        account.owner,
+        account.owner(),
     )?;
     owned_files::write_file(
         &data.join("pg_hba.conf"),
@@ -64,7 +76,13 @@ pub(super) fn write_config(
         )
         .as_bytes(),
         0o600,
-        account.owner,
+        account.owner(),
+    )?;
+    owned_files::write_file(
+        &data.join("pg_ident.conf"),
+        config::render_pg_ident().as_bytes(),
+        0o600,
+        account.owner(),
     )?;
     Ok(())
 }
@@ -78,7 +96,7 @@ const LOCK_FILE: &str = "postmaster.pid";
 /// fresh guest the PID of the last boot's postmaster is often taken by some other
 /// process of this boot (boots run the same programs in the same order), so without
 /// this the server, or the crash recovery pg_rewind runs, may refuse the directory.
-/// While any postgres process lives (`live_postgres`, from [`crate::processes::named`]),
+/// While any postgres process lives (`live_postgres`, from [`crate::lifecycle::pids::named`]),
 /// the file stays for PostgreSQL's own checks. Returns the PID the removed file named.
 pub(super) fn clear_stale_lock(
     data: &Path,
@@ -103,32 +121,6 @@ pub(super) fn clear_stale_lock(
         "postgres: removed {LOCK_FILE} of a server that did not stop (PID {pid} of an earlier boot; no postgres runs in this VM)"
     );
     Ok(Some(pid))
-}
-
-/// `initdb` on a blank data directory. It gets no password at all: host connections
-/// are refused in the first pg_hba.conf, which [`write_config`] replaces before the
-/// server starts, and [`super::Postgres::bring_up`] sets the superuser's password as a SCRAM
-/// verifier. So no password ever sits in a file or reaches another process.
-pub(super) fn initdb(bin: &Path, account: Account) -> Result<(), PgError> {
-    log::info!("postgres: first boot, running initdb in {DATA_DIR}");
-    command::run(
-        account.command(bin.join("initdb")).args([
-            "-D",
-            DATA_DIR,
-            "-U",
-            "postgres",
-            "--auth-local=peer",
-            "--auth-host=reject",
-            "-E",
-            "UTF8",
-            "--locale=C",
-            "--locale-provider=builtin",
-            "--builtin-locale=C.UTF-8",
-            "--data-checksums",
-        ]),
-        &[],
-    )?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -6,9 +6,12 @@
 //! Root prepares files in directories the postgres user can write, so every such write
 //! goes through [`crate::owned_files`] (no symlink is ever followed).
 
+mod account;
 pub mod app_dump;
+pub mod cluster;
 pub mod config;
 mod files;
+pub mod logs;
 pub mod pgbench;
 pub mod query;
 pub mod replication;
@@ -16,26 +19,26 @@ pub mod tls;
 pub mod wal_budget;
 
 use crate::command::{self, CommandError};
-use crate::owned_files::{self, OwnedFileError, Owner};
-use crate::supervised::{CommandFactory, Supervised};
+use crate::lifecycle::service::{CommandFactory, Service};
+use crate::owned_files::{self, OwnedFileError};
 use config::SOCKET_DIR;
-use files::{clear_stale_lock, data_disk_bytes, initdb, write_config, Settings};
+use files::{clear_stale_lock, data_disk_bytes, write_config, Settings};
 use nix::sys::signal::Signal;
-use nix::unistd::User;
 use protocol::config::PostgresConfig;
 use protocol::messages::{PostgresInfo, ServerState};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use wal_budget::WalBudget;
 
+pub(crate) use account::{superuser_over_socket, Account};
+
 pub use config::find_bin_dir;
 
 /// The cluster's data directory, on the data disk.
-pub const DATA_DIR: &str = "/data/postgres";
+pub const CLUSTER_DIR: &str = "/data/postgres";
 
 /// The server's own output before its logging collector takes over.
 pub const STARTUP_LOG: &str = "/data/postgres/startup.log";
@@ -59,6 +62,10 @@ pub enum PgError {
     RecoveryFailed(String),
     #[error(transparent)]
     Replication(#[from] replication::ReplicationError),
+    #[error("not starting the server: shutdown was requested")]
+    ShuttingDown,
+    #[error("making the data directory: {0}")]
+    Durable(#[from] crate::durable::DurableError),
     #[error("cannot remove the stale lock file {path}: {source}")]
     StaleLock {
         path: PathBuf,
@@ -66,73 +73,10 @@ pub enum PgError {
     },
 }
 
-/// Which `postgres` account to run as.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Account {
-    owner: Owner,
-}
-
-impl Account {
-    /// Its uid and gid.
-    pub(crate) fn owner(&self) -> Owner {
-        self.owner
-    }
-
-    pub(crate) fn lookup() -> Result<Account, PgError> {
-        let user = User::from_name("postgres")
-            .ok()
-            .flatten()
-            .ok_or(PgError::NoUser)?;
-        Ok(Account {
-            owner: Owner {
-                uid: user.uid.as_raw(),
-                gid: user.gid.as_raw(),
-            },
-        })
-    }
-
-    /// A command that runs as postgres, with a clean environment.
-    pub(crate) fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new(program);
-        c.uid(self.owner.uid)
-            .gid(self.owner.gid)
-            .current_dir("/")
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", "/var/lib/postgresql")
-            .env("LANG", "C.UTF-8");
-        c
-    }
-
-    /// psql as the superuser over the unix socket, stopping at the first error.
-    pub(crate) fn psql(&self, bin: &Path, port: u16, extra: &[&str]) -> Command {
-        let mut c = self.command(bin.join("psql"));
-        c.args(["-X", "-v", "ON_ERROR_STOP=1"])
-            .args(superuser_over_socket(port))
-            .args(["-d", "postgres"]);
-        c.args(extra);
-        c
-    }
-}
-
-/// The connection options every client program shares: the superuser over the unix
-/// socket at `port` (the database is named per program: `-d` for most, a positional
-/// argument for pgbench, whose `-d` means debug).
-pub(crate) fn superuser_over_socket(port: u16) -> [String; 6] {
-    [
-        "-h".into(),
-        SOCKET_DIR.into(),
-        "-p".into(),
-        port.to_string(),
-        "-U".into(),
-        "postgres".into(),
-    ]
-}
-
 /// The running server.
 #[derive(Debug)]
 pub struct Postgres {
-    service: Supervised,
+    service: Service,
     bin: PathBuf,
     account: Account,
     port: u16,
@@ -141,6 +85,10 @@ pub struct Postgres {
     /// reconfiguration may be under way).
     listen: std::sync::Mutex<Vec<String>>,
     version: String,
+    /// What this boot finished or undid of an interrupted step, for the stage report.
+    recovered: std::sync::Mutex<Vec<String>>,
+    /// The fence's verdict before the server started (a primary with a peer).
+    boot_fence: Option<protocol::replication::Fence>,
 }
 
 impl Postgres {
@@ -149,37 +97,48 @@ impl Postgres {
     /// them is still owned by the caller (and stopped at shutdown). `archive` holds the
     /// postgresql.conf lines for continuous archiving when backups run. With a peer,
     /// the data directory is first made what replication asks for
-    /// ([`replication::prepare`]); `hostname` is this node's tailnet name.
+    /// ([`replication::prepare`]), carrying out this boot's `rejoin` request
+    /// (`Some(fresh)`) if there is one; `hostname` is this node's tailnet name.
     pub fn start(
         cfg: &PostgresConfig,
         hostname: &str,
         listen: &[String],
         archive: Option<String>,
+        rejoin: Option<bool>,
     ) -> Result<Postgres, PgError> {
         let bin = find_bin_dir(Path::new("/")).ok_or(PgError::NotInstalled)?;
         let account = Account::lookup()?;
-        let data = Path::new(DATA_DIR);
-        owned_files::prepare_dir(data, 0o700, account.owner)?;
-        owned_files::prepare_dir(Path::new(SOCKET_DIR), 0o2775, account.owner)?;
-        clear_stale_lock(data, &crate::processes::named("postgres"))?;
-        if let Some(material) = &cfg.tls {
-            tls::install(material, account.owner)?;
+        let data = Path::new(CLUSTER_DIR);
+        // What this boot finished or undid of a step a power cut or a stop interrupted.
+        let mut recovered = cluster::clear_unfinished()?;
+        for said in &recovered {
+            log::warn!("postgres: {said}");
         }
+        if cluster::exists() {
+            clear_stale_lock(data, &crate::lifecycle::pids::named("postgres"))?;
+        }
+        owned_files::prepare_dir(Path::new(SOCKET_DIR), 0o2775, account.owner())?;
+        if let Some(material) = &cfg.tls {
+            tls::install(material, account.owner())?;
+        }
+        let mut boot_fence = None;
         let replication_conf = match &cfg.replication {
             Some(r) => {
                 replication::write_passfile(r, account)?;
-                let peer = replication::Peer::find(r, cfg.port);
-                let prepared = replication::prepare(&bin, account, r, &peer, hostname)?;
-                log::info!("postgres: replication with {}: {prepared:?}", r.peer);
-                Some(replication::conf_lines(r, &peer, hostname))
+                let prepared = replication::prepare(&bin, account, r, rejoin, cfg.port, hostname)?;
+                log::info!("postgres: replication with {}: {:?}", r.peer, prepared.how);
+                recovered.extend(prepared.recovered);
+                boot_fence = prepared.fence;
+                Some(prepared.conf)
             }
             None => None,
         };
-        if !data.join("PG_VERSION").exists() {
-            initdb(&bin, account)?;
+        if cluster::exists() {
+            log::info!("postgres: reusing the cluster in {CLUSTER_DIR}");
         } else {
-            log::info!("postgres: reusing the cluster in {DATA_DIR}");
+            cluster::initdb(&bin, account)?;
         }
+        owned_files::prepare_dir(data, 0o700, account.owner())?;
         // Debian ships JIT as a separate LLVM-backed module; without it, jit must be off.
         let jit = bin
             .parent()
@@ -195,8 +154,13 @@ impl Postgres {
             wal: WalBudget::for_disk(data_disk_bytes()),
             tls: cfg.tls.is_some(),
             replication: replication_conf,
+            memory: protocol::pg_settings::derived_lines(cfg.memory_mib, &cfg.settings),
+            overrides: protocol::pg_settings::override_lines(&cfg.settings),
         };
         write_config(account, &settings, listen)?;
+        if crate::lifecycle::stop::requested() {
+            return Err(PgError::ShuttingDown);
+        }
         Ok(Postgres {
             service: start_server(&bin, account),
             bin,
@@ -205,7 +169,50 @@ impl Postgres {
             settings,
             listen: std::sync::Mutex::new(listen.to_vec()),
             version,
+            recovered: std::sync::Mutex::new(recovered),
+            boot_fence,
         })
+    }
+
+    /// Adds what the caller finished or undid before the server started (a restore an
+    /// earlier boot left unfinished) to what the stage reports.
+    pub fn with_recovered(self, said: Option<String>) -> Postgres {
+        self.note_recovered(said);
+        self
+    }
+
+    fn note_recovered(&self, said: impl IntoIterator<Item = String>) {
+        if let Ok(mut r) = self.recovered.lock() {
+            r.extend(said);
+        }
+    }
+
+    /// Runs `sql` as the superuser over the unix socket; its output (`-A -t`).
+    pub(crate) fn sql(&self, sql: &str) -> Result<String, PgError> {
+        let out = command::run_with_input(
+            &mut self
+                .account
+                .psql(&self.bin, self.port, &["-A", "-t", "-f", "-"]),
+            sql.as_bytes(),
+            &[],
+        )?;
+        Ok(out.stdout)
+    }
+
+    /// The fence's verdict before this server started (a primary with a peer).
+    pub fn boot_fence(&self) -> Option<protocol::replication::Fence> {
+        self.boot_fence.clone()
+    }
+
+    /// This node's identity, from the running server.
+    pub fn identity(&self) -> Option<protocol::replication::NodeIdentity> {
+        let out = self.sql(protocol::replication::IDENTITY_SQL).ok()?;
+        protocol::replication::NodeIdentity::parse(&out)
+    }
+
+    /// What to ask a peer: the tools and the account (for [`replication::peer::Peer::ask`]).
+    pub(crate) fn tools(&self) -> (&Path, Account) {
+        (&self.bin, self.account)
     }
 
     /// Waits until the server accepts connections, sets passwords and app databases,
@@ -246,15 +253,13 @@ impl Postgres {
                 return Ok(());
             }
             if self.service.status().restarts > 0 {
-                return Err(PgError::RecoveryFailed(
-                    crate::log_files::postgres_last_lines(12),
-                ));
+                return Err(PgError::RecoveryFailed(logs::last_lines(12)));
             }
             std::thread::sleep(Duration::from_secs(1));
         }
         Err(PgError::NotReady {
             waited: timeout,
-            log: crate::log_files::postgres_last_lines(8),
+            log: logs::last_lines(8),
         })
     }
 
@@ -283,7 +288,7 @@ impl Postgres {
         }
         Err(PgError::NotReady {
             waited: timeout,
-            log: crate::log_files::postgres_last_lines(8),
+            log: logs::last_lines(8),
         })
     }
 
@@ -294,6 +299,10 @@ impl Postgres {
             // A replica is read-only: its roles and passwords are the primary's.
             log::info!("postgres: a replica; roles and passwords come from the primary");
             return Ok(());
+        }
+        match app_dump::settle_unfinished(&self.account, cfg) {
+            Ok(said) => self.note_recovered(said),
+            Err(e) => log::warn!("postgres: checking for an interrupted db restore: {e}"),
         }
         let sql = config::render_provisioning(cfg, || config::random_salt().unwrap_or([7; 16]));
         command::run_with_input(
@@ -345,7 +354,7 @@ impl Postgres {
     /// Installs a new certificate and has the server reload it (ssl files are re-read
     /// on reload); connections already open keep their session.
     pub fn reload_tls(&self, material: &protocol::config::TlsMaterial) -> Result<(), PgError> {
-        tls::install(material, self.account.owner)?;
+        tls::install(material, self.account.owner())?;
         command::run_with_input(
             &mut self.account.psql(&self.bin, self.port, &["-q", "-f", "-"]),
             b"select pg_reload_conf()",
@@ -365,28 +374,29 @@ impl Postgres {
                 ServerState::Restarting
             },
             version: self.version.clone(),
-            data_dir: DATA_DIR.into(),
+            data_dir: CLUSTER_DIR.into(),
             listen,
+            recovered: self.recovered.lock().map(|r| r.clone()).unwrap_or_default(),
         }
     }
 
     /// Fast shutdown (SIGINT), SIGKILL when the budget's grace is spent.
-    pub fn stop(&self, budget: crate::shutdown::StopBudget) {
+    pub fn stop(&self, budget: crate::lifecycle::stop::StopBudget) {
         self.service.stop(budget);
     }
 
     /// The supervised process, for status.
-    pub fn service(&self) -> &Supervised {
+    pub fn service(&self) -> &Service {
         &self.service
     }
 }
 
-fn start_server(bin: &Path, account: Account) -> Supervised {
+fn start_server(bin: &Path, account: Account) -> Service {
     let postgres = bin.join("postgres");
     let make: CommandFactory = Box::new(move || {
         let mut c = account.command(&postgres);
-        c.args(["-D", DATA_DIR]);
-        match owned_files::open_log(Path::new(STARTUP_LOG), account.owner) {
+        c.args(["-D", CLUSTER_DIR]);
+        match owned_files::open_log(Path::new(STARTUP_LOG), account.owner()) {
             Ok(log) => {
                 if let Ok(second) = log.try_clone() {
                     c.stdout(second);
@@ -397,5 +407,5 @@ fn start_server(bin: &Path, account: Account) -> Supervised {
         }
         c
     });
-    Supervised::start("postgres", Signal::SIGINT, make)
+    Service::start("postgres", Signal::SIGINT, make)
 }

@@ -3,7 +3,11 @@
 //! has not taken yet. Fixed sizes meant for a big disk (512 MB between checkpoints and a
 //! 256 MiB archive queue on a 1 GiB disk) let WAL alone fill the disk, and a server that
 //! crashed there cannot finish crash recovery: it replays all of that WAL and then needs
-//! a new segment the disk no longer has. So both budgets are a share of the disk.
+//! a new segment the disk no longer has. So every budget is a share of the disk: the
+//! WAL between checkpoints, the archive queue, and what replication keeps: a slot
+//! whose replica is gone holds WAL only up to `max_slot_wal_keep_size`, after which
+//! PostgreSQL invalidates it (the replica must then be copied anew) rather than let it
+//! fill the disk.
 
 /// A WAL segment: PostgreSQL's unit of WAL files (initdb's default).
 const SEGMENT_MIB: u64 = 16;
@@ -22,6 +26,11 @@ pub struct WalBudget {
     /// repository before pgBackRest drops it (breaking point-in-time recovery, which
     /// status then says, rather than the database).
     pub archive_queue_mib: u64,
+    /// `max_slot_wal_keep_size`: the most WAL a replication slot may hold back.
+    pub slot_keep_mib: u64,
+    /// `wal_keep_size`: WAL kept for a replica regardless of slots (what a rejoined
+    /// node replays from before its slot existed).
+    pub wal_keep_mib: u64,
 }
 
 impl WalBudget {
@@ -33,15 +42,23 @@ impl WalBudget {
             max_wal_mib,
             min_wal_mib: whole_segments(max_wal_mib / 2).clamp(2 * SEGMENT_MIB, 80),
             archive_queue_mib: whole_segments(share).clamp(4 * SEGMENT_MIB, 4096),
+            slot_keep_mib: whole_segments(share * 2).clamp(4 * SEGMENT_MIB, 8192),
+            wal_keep_mib: whole_segments(share / 2).clamp(2 * SEGMENT_MIB, 1024),
         }
     }
 
-    /// The postgresql.conf lines for the checkpoint budget.
+    /// The postgresql.conf lines for the checkpoint and replication budgets.
     pub fn postgresql_conf_lines(&self) -> String {
         format!(
-            "min_wal_size = {}MB\nmax_wal_size = {}MB\n",
-            self.min_wal_mib, self.max_wal_mib
+            "min_wal_size = {}MB\nmax_wal_size = {}MB\nmax_slot_wal_keep_size = {}MB\nwal_keep_size = {}MB\n",
+            self.min_wal_mib, self.max_wal_mib, self.slot_keep_mib, self.wal_keep_mib
         )
+    }
+
+    /// The most WAL this budget lets the data disk hold, in MiB: between checkpoints,
+    /// queued for the archive, kept for replication.
+    pub fn worst_case_mib(&self) -> u64 {
+        self.max_wal_mib + self.archive_queue_mib + self.slot_keep_mib + self.wal_keep_mib
     }
 }
 
@@ -61,6 +78,11 @@ mod tests {
         assert_eq!(b.min_wal_mib, 32);
         assert_eq!(b.archive_queue_mib, 64);
         assert!((b.max_wal_mib + b.archive_queue_mib) * 8 <= 1024 + 64);
+        assert_eq!((b.slot_keep_mib, b.wal_keep_mib), (112, 32));
+        assert!(
+            b.worst_case_mib() * 3 < 973,
+            "WAL of every kind stays under a third of the disk: {b:?}"
+        );
     }
 
     #[test]
@@ -68,6 +90,10 @@ mod tests {
         let four = WalBudget::for_disk(4 << 30);
         assert_eq!((four.max_wal_mib, four.min_wal_mib), (256, 80));
         assert_eq!(four.archive_queue_mib, 256);
+        assert_eq!((four.slot_keep_mib, four.wal_keep_mib), (512, 128));
+        assert!(four
+            .postgresql_conf_lines()
+            .contains("max_slot_wal_keep_size = 512MB\nwal_keep_size = 128MB\n"));
         let huge = WalBudget::for_disk(1 << 40);
         assert_eq!(huge.max_wal_mib, 1024);
         assert_eq!(huge.archive_queue_mib, 4096);

@@ -1,9 +1,9 @@
 //! One supervised process: started, restarted with backoff when it dies, restarted on
 //! request (a configuration change), and stopped with a signal and a deadline. Used for
-//! postgres and tailscaled; [`crate::running`] holds the set of them.
+//! postgres and tailscaled; [`crate::lifecycle::running`] holds the set of them.
 
-use crate::reaper::{self, Exit};
-use crate::shutdown::StopBudget;
+use crate::lifecycle::reaper::{self, Exit};
+use crate::lifecycle::stop::StopBudget;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use protocol::messages::ServiceStatus;
@@ -29,7 +29,7 @@ struct State {
 
 /// Handle to a supervised process.
 #[derive(Debug, Clone)]
-pub struct Supervised {
+pub struct Service {
     name: String,
     stop_signal: Signal,
     shared: Arc<(Mutex<State>, Condvar)>,
@@ -40,10 +40,10 @@ pub fn restart_delay(consecutive: u32) -> Duration {
     Duration::from_secs(1u64 << consecutive.min(5)).min(Duration::from_secs(30))
 }
 
-impl Supervised {
-    /// Starts `make()` now and keeps it running until [`Supervised::stop`].
-    pub fn start(name: &str, stop_signal: Signal, make: CommandFactory) -> Supervised {
-        let svc = Supervised {
+impl Service {
+    /// Starts `make()` now and keeps it running until [`Service::stop`].
+    pub fn start(name: &str, stop_signal: Signal, make: CommandFactory) -> Service {
+        let svc = Service {
             name: name.to_string(),
             stop_signal,
             shared: Arc::new((Mutex::new(State::default()), Condvar::new())),
@@ -79,6 +79,12 @@ impl Supervised {
         let mut quick_failures = 0u32;
         loop {
             if self.lock().stopping {
+                break;
+            }
+            // Nothing (re)starts once power-off was asked for: the shutdown's sweep
+            // would only kill it again, mid-way.
+            if crate::lifecycle::stop::requested() {
+                log::warn!("{}: not started: shutdown was requested", self.name);
                 break;
             }
             let started = Instant::now();
@@ -135,7 +141,7 @@ impl Supervised {
         self.shared.1.notify_all();
     }
 
-    /// Waits `delay` before a restart, or less if [`Supervised::stop`] is called: a
+    /// Waits `delay` before a restart, or less if [`Service::stop`] is called: a
     /// shutdown never waits out a backoff.
     fn pause(&self, delay: Duration) {
         let until = Instant::now() + delay;
@@ -246,8 +252,8 @@ mod tests {
 
     #[test]
     fn stop_cuts_a_restart_backoff_short() {
-        crate::reaper::tests::in_child_process(
-            "supervised::tests::backoff_body",
+        crate::lifecycle::reaper::tests::in_child_process(
+            concat!(module_path!(), "::backoff_body"),
             "SOVEREIGN_BACKOFF_TEST",
         );
     }
@@ -260,7 +266,7 @@ mod tests {
         if std::env::var_os("SOVEREIGN_BACKOFF_TEST").is_none() {
             return;
         }
-        let svc = Supervised::start(
+        let svc = Service::start(
             "missing",
             Signal::SIGTERM,
             Box::new(|| Command::new("/nonexistent/sovereign-service")),

@@ -227,9 +227,12 @@ pub(crate) mod tests {
         assert!(reg.waiting.is_empty());
     }
 
-    /// Runs `body` in a fresh copy of this test binary (so its `waitpid(-1)` reaps no
-    /// other test's children) and asserts it passed.
-    pub(crate) fn in_child_process(test: &str, env: &str) {
+    /// Runs `test` (its full path, as `module_path!()` gives it) in a fresh copy of this
+    /// test binary (so its `waitpid(-1)` reaps no other test's children) and asserts it
+    /// passed.
+    pub(crate) fn in_child_process(path: &str, env: &str) {
+        // The harness names tests without the crate.
+        let test = path.split_once("::").map_or(path, |(_, rest)| rest);
         let exe = std::env::current_exe().unwrap();
         let out = Command::new(exe)
             .args(["--exact", test, "--include-ignored", "--nocapture"])
@@ -251,7 +254,7 @@ pub(crate) mod tests {
     #[test]
     fn a_failed_exec_never_races_the_reaper() {
         in_child_process(
-            "reaper::tests::failed_exec_race_body",
+            concat!(module_path!(), "::failed_exec_race_body"),
             "SOVEREIGN_REAPER_RACE",
         );
     }

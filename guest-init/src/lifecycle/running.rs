@@ -1,6 +1,6 @@
 //! What the boot sequence started and shutdown must stop, in one place: the network
-//! and the supervised processes ([`crate::supervised`]). The data disk has its own gate,
-//! [`crate::datadisk::DataDisk`].
+//! and the supervised processes ([`crate::lifecycle::service`]). The data disk has its own gate,
+//! [`crate::disks::Disk`].
 
 use crate::{net, postgres, tailscale};
 use protocol::messages::ServiceStatus;

@@ -18,6 +18,10 @@ use thiserror::Error;
 /// The label our data filesystem carries (the root image is `sovereign-root`).
 pub const DATA_LABEL: &str = "sovereign-data";
 
+/// Where the data disk is mounted: tailscaled's state, the cluster
+/// ([`crate::postgres::CLUSTER_DIR`]) and what the steps that replace it keep beside it.
+pub const DATA_MOUNT: &str = "/data";
+
 /// Offset of the ext2/3/4 superblock.
 const SUPERBLOCK: usize = 1024;
 
@@ -100,6 +104,9 @@ pub struct DiskInfo {
     pub formatted: bool,
     /// e2fsck's verdict.
     pub fsck: String,
+    /// What growing the filesystem to a larger device did (`sovereign disk grow` with
+    /// the VM stopped), or why it could not.
+    pub grown: Option<String>,
 }
 
 impl fmt::Display for DiskInfo {
@@ -114,7 +121,11 @@ impl fmt::Display for DiskInfo {
                 "reused"
             },
             self.fsck
-        )
+        )?;
+        if let Some(grown) = &self.grown {
+            write!(f, ", {grown}")?;
+        }
+        Ok(())
     }
 }
 
@@ -171,7 +182,7 @@ pub fn prepare(dev: &Path, target: &Path, label: &'static str) -> Result<DiskInf
     // 1 = errors corrected, 2 = corrected (a reboot matters only for a mounted root).
     let fsck = command::run(Command::new("e2fsck").arg("-p").arg(dev), &[1, 2])?;
     let verdict = match fsck.exit {
-        crate::reaper::Exit::Code(0) => "clean".to_string(),
+        crate::lifecycle::reaper::Exit::Code(0) => "clean".to_string(),
         other => format!("repaired ({other})"),
     };
     let _ = std::fs::create_dir_all(target);
@@ -188,16 +199,33 @@ pub fn prepare(dev: &Path, target: &Path, label: &'static str) -> Result<DiskInf
         source,
     })?;
     Ok(DiskInfo {
+        grown: grow(dev),
         dev: name,
         formatted,
         fsck: verdict,
     })
 }
 
+/// Grows the mounted filesystem on `dev` to its device; what it did, for the stage and
+/// the log (a failure is said, not fatal: the disk works at its old size).
+fn grow(dev: &Path) -> Option<String> {
+    match crate::disk_grow::grow_to_device(dev) {
+        Ok(Some(g)) => {
+            log::info!("{}: {g}", dev.display());
+            Some(g.to_string())
+        }
+        Ok(None) => None,
+        Err(e) => {
+            log::warn!("{}: cannot grow the filesystem: {e}", dev.display());
+            Some(format!("cannot grow the filesystem to the disk: {e}"))
+        }
+    }
+}
+
 /// A disk's mount, guarded so that shutdown and bring-up cannot cross: a mount in
 /// progress finishes before shutdown unmounts, and none starts after.
 #[derive(Debug)]
-pub struct DataDisk {
+pub struct Disk {
     target: PathBuf,
     label: &'static str,
     /// Whether an emergency reserve is kept (the data disk: see [`crate::disk_watch`]).
@@ -207,15 +235,17 @@ pub struct DataDisk {
 
 #[derive(Debug, Default)]
 struct GateState {
+    /// The device, once mounted.
+    dev: Option<PathBuf>,
     mounted: bool,
     closed: bool,
     watch: Option<crate::disk_watch::DiskWatch>,
 }
 
-impl DataDisk {
+impl Disk {
     /// The gate of the disk labelled `label` that mounts at `target`.
-    pub fn new(target: impl Into<PathBuf>, label: &'static str) -> DataDisk {
-        DataDisk {
+    pub fn new(target: impl Into<PathBuf>, label: &'static str) -> Disk {
+        Disk {
             target: target.into(),
             label,
             keeps_reserve: false,
@@ -224,10 +254,10 @@ impl DataDisk {
     }
 
     /// The data disk: mounted at `target`, with an emergency reserve.
-    pub fn data(target: impl Into<PathBuf>) -> DataDisk {
-        DataDisk {
+    pub fn data(target: impl Into<PathBuf>) -> Disk {
+        Disk {
             keeps_reserve: true,
-            ..DataDisk::new(target, DATA_LABEL)
+            ..Disk::new(target, DATA_LABEL)
         }
     }
 
@@ -243,6 +273,7 @@ impl DataDisk {
         }
         let info = prepare(dev, &self.target, self.label)?;
         st.mounted = true;
+        st.dev = Some(dev.to_path_buf());
         if self.keeps_reserve {
             st.watch = Some(crate::disk_watch::DiskWatch::new(&self.target));
         }
@@ -269,6 +300,16 @@ impl DataDisk {
             Some(w) => w.check(),
             None => crate::disk_watch::Change::None,
         }
+    }
+
+    /// Grows the filesystem when the host made the disk larger while it was mounted;
+    /// what it did, once.
+    pub fn grow_if_device_grew(&self) -> Option<String> {
+        let st = self.lock();
+        if st.closed || !st.mounted {
+            return None;
+        }
+        grow(st.dev.as_deref()?)
     }
 
     /// Refuses later mounts and unmounts the disk if it is mounted (by us, or found in

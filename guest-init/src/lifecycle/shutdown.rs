@@ -4,9 +4,10 @@
 //! inside the deadline and the host never kills the VMM while the guest still syncs.
 //! PID 1 never returns from here.
 
-use crate::datadisk::DataDisk;
-use crate::reaper;
-use crate::running::Running;
+use super::reaper;
+use super::running::Running;
+use super::stop::StopBudget;
+use crate::disks::Disk;
 use nix::mount::{mount, MsFlags};
 use nix::sys::reboot::{reboot, RebootMode};
 use nix::sys::signal::{kill, Signal};
@@ -16,23 +17,6 @@ use std::time::{Duration, Instant};
 
 /// The console line that says the guest stopped cleanly (the host looks for it).
 pub const CLEAN_SHUTDOWN_LINE: &str = "sovereign-init: clean shutdown complete, powering off";
-
-/// How long one process (or group) may take: its stop signal, then SIGKILL, then a
-/// last wait for the kernel to tear it down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StopBudget {
-    /// From the stop signal until SIGKILL.
-    pub grace: Duration,
-    /// From SIGKILL until we go on regardless.
-    pub after_kill: Duration,
-}
-
-impl StopBudget {
-    /// The longest this step can take.
-    pub fn worst_case(self) -> Duration {
-        self.grace + self.after_kill
-    }
-}
 
 /// How a deadline is shared out. Sync, unmounts and the power-off get `finish`; the
 /// rest is split between postgres (half: it must checkpoint), tailscaled and the other
@@ -116,7 +100,7 @@ fn reap_until_gone(limit: Duration) {
 }
 
 /// Stops everything in order and powers off.
-pub fn run(reason: &str, deadline: Duration, services: &mut Running, disks: &[&DataDisk]) -> ! {
+pub fn run(reason: &str, deadline: Duration, services: &mut Running, disks: &[&Disk]) -> ! {
     let plan = ShutdownPlan::for_deadline(deadline);
     log::info!("shutting down: {reason} (deadline {deadline:?}, plan {plan:?})");
     let start = Instant::now();

@@ -4,6 +4,7 @@
 //! then ready with its evidence or failed with its error.
 
 use crate::control::ControlLink;
+use protocol::evidence::ReadyEvidence;
 use protocol::marker::Marker;
 use protocol::messages::{DeviceReport, GuestMessage, Hello, StageReportSummary};
 use protocol::{Stage, StageDetail, StageReport, StageState};
@@ -33,7 +34,7 @@ impl Reporter {
 
     /// Records a stage transition and tells the console, the log and the host.
     pub fn report(&self, mut report: StageReport) {
-        report.at_ms.get_or_insert_with(crate::boot::uptime_ms);
+        report.at_ms.get_or_insert_with(crate::clock::uptime_ms);
         let (stage, state) = (report.stage, report.state);
         let summary = report.detail.summary();
         match state {
@@ -47,6 +48,32 @@ impl Reporter {
         }
         if let Ok(mut stages) = self.stages.lock() {
             stages.insert(stage, report);
+        }
+    }
+
+    /// Reports `ready` when every stage before it holds, or once why not.
+    pub fn report_ready(&self) {
+        let pending: Vec<String> = Stage::ALL
+            .into_iter()
+            .filter(|s| !matches!(s, Stage::Init | Stage::Ready))
+            .filter_map(|s| match self.state(s) {
+                Some(StageState::Ready) => None,
+                Some(state) => Some(format!("{s} {state}")),
+                None => Some(format!("{s} not reached")),
+            })
+            .collect();
+        if pending.is_empty() {
+            self.report(StageReport::ready(
+                Stage::Ready,
+                ReadyEvidence {
+                    uptime_ms: crate::clock::uptime_ms(),
+                },
+            ));
+        } else if self.state(Stage::Ready).is_none() {
+            self.report(StageReport::failed(
+                Stage::Ready,
+                format!("not every stage holds: {}", pending.join(", ")),
+            ));
         }
     }
 
