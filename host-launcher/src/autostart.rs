@@ -9,7 +9,7 @@
 use crate::paths::HostEnv;
 use crate::spec::Spec;
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -45,6 +45,8 @@ pub enum AutostartError {
         /// The error.
         source: std::io::Error,
     },
+    #[error("{0}; the boot script would run it as root at every boot: move it where only root can write (under the state directory)")]
+    Untrusted(#[from] crate::trust::Untrusted),
     #[error("cannot remove {path}: {source}")]
     Remove {
         /// The file.
@@ -52,6 +54,62 @@ pub enum AutostartError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+/// Where `enable` keeps its own copy of a `sovereign` binary that others could replace.
+pub fn installed_binary(env: &HostEnv) -> PathBuf {
+    env.base_dir.join("bin/sovereign")
+}
+
+/// What the boot script may run as root at every boot: the spec file only when nobody
+/// but root (or this user) can change it or a directory above it, and the binary as it
+/// is when the same holds, else a copy in [`installed_binary`], itself checked.
+/// Returns the launch and whether the binary was copied.
+pub fn trusted_launch(
+    env: &HostEnv,
+    exe: &Path,
+    spec_file: Option<&Path>,
+) -> Result<(Launch, bool), AutostartError> {
+    if let Some(f) = spec_file {
+        crate::trust::check(f, env.euid)?;
+    }
+    if crate::trust::check(exe, env.euid).is_ok() {
+        let launch = Launch {
+            sovereign: exe.to_path_buf(),
+            spec_file: spec_file.map(Path::to_path_buf),
+        };
+        return Ok((launch, false));
+    }
+    let copy = installed_binary(env);
+    let write = |copy: &Path| -> std::io::Result<()> {
+        let dir = copy.parent().unwrap_or(Path::new("/"));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let tmp = copy.with_extension("new");
+        let _ = std::fs::remove_file(&tmp);
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o700)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        std::io::copy(&mut std::fs::File::open(exe)?, &mut out)?;
+        out.sync_all()?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::rename(&tmp, copy)
+    };
+    write(&copy).map_err(|source| AutostartError::Write {
+        path: copy.clone(),
+        source,
+    })?;
+    crate::trust::check(&copy, env.euid)?;
+    let launch = Launch {
+        sovereign: copy,
+        spec_file: spec_file.map(Path::to_path_buf),
+    };
+    Ok((launch, true))
 }
 
 /// The boot script of VM `name` in `env`'s boot-script directory.
@@ -254,6 +312,51 @@ mod tests {
             t.elapsed() >= std::time::Duration::from_secs(4),
             "it slept in between"
         );
+    }
+
+    #[test]
+    fn what_others_could_replace_is_refused_or_copied_where_they_cannot() {
+        let (d, env, _) = phone();
+        let env = HostEnv {
+            euid: nix::unistd::geteuid().as_raw(),
+            ..env
+        };
+        let open = d.path().join("local-tmp");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let exe = open.join("sovereign");
+        std::fs::write(&exe, "#!/bin/sh\necho the real one\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+        // A spec anyone may edit would let anyone choose what root boots.
+        let spec_file = open.join("phone.toml");
+        std::fs::write(&spec_file, "").unwrap();
+        let e = trusted_launch(&env, &exe, Some(&spec_file))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("local-tmp") && e.contains("writable by group or others"),
+            "{e}"
+        );
+
+        // The binary from a directory anyone can write to is copied into the state
+        // directory, and the script runs the copy.
+        let (launch, copied) = trusted_launch(&env, &exe, None).unwrap();
+        assert!(copied);
+        assert_eq!(launch.sovereign, installed_binary(&env));
+        assert_eq!(
+            std::fs::read(&launch.sovereign).unwrap(),
+            std::fs::read(&exe).unwrap()
+        );
+        let mode = std::fs::metadata(&launch.sovereign)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // A trusted binary is used where it is.
+        let (again, copied) = trusted_launch(&env, &launch.sovereign, None).unwrap();
+        assert!(!copied);
+        assert_eq!(again.sovereign, installed_binary(&env));
     }
 
     #[test]

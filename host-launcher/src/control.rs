@@ -82,11 +82,34 @@ where
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
-/// The CID of a peer that is not the VM `cid`, when it is one: on AF_VSOCK every other
-/// VM of the host could dial the launcher's ports. A unix-socket peer (vhost-device-vsock
-/// under QEMU) has no CID: only this VM's device reaches that socket.
-pub fn foreign_peer(peer: Option<u32>, cid: u32) -> Option<u32> {
-    peer.filter(|p| *p != cid)
+/// Where an AF_VSOCK connection came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VsockPeer {
+    /// The VM (or host) that dialled.
+    pub cid: u32,
+    /// Its source port.
+    pub port: u32,
+}
+
+/// Why a connection from `peer` is not the VM `cid`'s PID 1, when it is not: on
+/// AF_VSOCK every other VM of the host could dial the launcher's ports, and inside the
+/// VM only PID 1 can bind a source port below 1024 (see the guest's `vsock_dial`). A
+/// unix-socket peer (vhost-device-vsock under QEMU) has neither: only this VM's device
+/// reaches that socket, and the control channel's session token tells PID 1 apart.
+pub fn refused_peer(peer: Option<VsockPeer>, cid: u32) -> Option<String> {
+    let p = peer?;
+    if p.cid != cid {
+        return Some(format!("from CID {}: this VM is CID {cid}", p.cid));
+    }
+    if !protocol::ports::RESERVED_SOURCE_PORTS.contains(&p.port) {
+        return Some(format!(
+            "from CID {cid} port {}: only the guest's PID 1 dials, from ports {}-{}",
+            p.port,
+            protocol::ports::RESERVED_SOURCE_PORTS.start(),
+            protocol::ports::RESERVED_SOURCE_PORTS.end()
+        ));
+    }
+    None
 }
 
 /// Where the guest's control connections arrive.
@@ -127,8 +150,9 @@ impl ControlListener {
         Ok(ControlListener::Vsock(l))
     }
 
-    /// Accepts the next connection from the VM whose CID is `cid`; connections from any
-    /// other CID are closed at once and logged as `what` refused them.
+    /// Accepts the next connection from PID 1 of the VM whose CID is `cid` (returned
+    /// with the peer's CID on AF_VSOCK); any other is closed at once and logged as `what`
+    /// refused it ([`refused_peer`]).
     pub async fn accept_from(
         &mut self,
         cid: u32,
@@ -136,17 +160,15 @@ impl ControlListener {
     ) -> std::io::Result<(Box<dyn Stream>, Option<u32>)> {
         loop {
             let (stream, peer) = self.accept().await?;
-            match foreign_peer(peer, cid) {
-                Some(other) => log::warn!(
-                    "{what}: refused a connection from CID {other}: this VM is CID {cid}"
-                ),
-                None => return Ok((stream, peer)),
+            match refused_peer(peer, cid) {
+                Some(why) => log::warn!("{what}: refused a connection {why}"),
+                None => return Ok((stream, peer.map(|p| p.cid))),
             }
         }
     }
 
-    /// Accepts the next connection with the peer's CID (AF_VSOCK only).
-    pub async fn accept(&mut self) -> std::io::Result<(Box<dyn Stream>, Option<u32>)> {
+    /// Accepts the next connection, with where it came from on AF_VSOCK.
+    async fn accept(&mut self) -> std::io::Result<(Box<dyn Stream>, Option<VsockPeer>)> {
         match self {
             ControlListener::Unix { listener, .. } => {
                 let (s, _) = listener.accept().await?;
@@ -154,7 +176,11 @@ impl ControlListener {
             }
             ControlListener::Vsock(l) => {
                 let (s, addr) = l.accept().await?;
-                Ok((Box::new(s), Some(addr.cid())))
+                let peer = VsockPeer {
+                    cid: addr.cid(),
+                    port: addr.port(),
+                };
+                Ok((Box::new(s), Some(peer)))
             }
         }
     }
@@ -290,15 +316,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_the_vms_own_cid_is_let_in() {
-        assert_eq!(foreign_peer(Some(10), 10), None);
-        assert_eq!(foreign_peer(Some(11), 10), Some(11), "another VM");
-        assert_eq!(foreign_peer(Some(2), 10), Some(2), "the host itself");
-        assert_eq!(foreign_peer(Some(1), 10), Some(1), "loopback");
+    fn only_the_vms_own_pid_1_is_let_in() {
+        let peer = |cid, port| Some(VsockPeer { cid, port });
+        assert_eq!(refused_peer(peer(10, 1023), 10), None);
+        assert_eq!(refused_peer(peer(10, 600), 10), None);
+        for (p, what) in [
+            (peer(11, 1023), "another VM"),
+            (peer(2, 1023), "the host itself"),
+            (peer(1, 1023), "loopback"),
+            (
+                peer(10, 1024),
+                "a guest process without CAP_NET_BIND_SERVICE",
+            ),
+            (peer(10, 49152), "an ephemeral port"),
+        ] {
+            assert!(refused_peer(p, 10).is_some(), "{what}");
+        }
+        assert!(refused_peer(peer(10, 40000), 10)
+            .unwrap()
+            .contains("only the guest's PID 1 dials"));
         assert_eq!(
-            foreign_peer(None, 10),
+            refused_peer(None, 10),
             None,
-            "vhost-device-vsock's unix socket"
+            "vhost-device-vsock's unix socket: the session token decides"
         );
     }
     use protocol::messages::{DeviceReport, Hello};
@@ -314,6 +354,7 @@ mod tests {
             cid: 10,
             kernel_release: "6.12".into(),
             boot_time_ms: 1,
+            session: None,
         });
         write_frame(&mut client, &hello).await.unwrap();
         write_frame(

@@ -7,11 +7,10 @@
 use crate::control::{read_frame, write_frame, ControlError};
 use crate::readiness::{Failure, StageLine};
 use crate::rundir::{Role, RunDir};
+use crate::spec::Spec;
 use protocol::control::FrameReader;
-use protocol::messages::{
-    DeviceReport, GuestLog, GuestService, GuestStatus, Hello, Probe, QueryResult, ServiceSignal,
-    TailnetInfo,
-};
+use protocol::messages::{GuestLog, GuestService, Probe, QueryResult, ServiceSignal, TailnetInfo};
+pub use protocol::status::{Phase, ProcessInfo, VmRestart, VmStatus};
 use protocol::Stage;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -48,6 +47,12 @@ pub enum Request {
         service: GuestService,
         /// Which signal.
         signal: ServiceSignal,
+    },
+    /// Make this replica the primary (refused while the old primary is plainly alive,
+    /// unless `force`).
+    Promote {
+        /// Promote even though the old primary still answers.
+        force: bool,
     },
     /// Take a backup, list the repository, or restore (long: minutes to hours).
     Backup {
@@ -89,6 +94,8 @@ pub enum Reply {
     LogContents(QueryResult),
     /// Answers `signal_service`.
     SignalResult(QueryResult),
+    /// Answers `promote`.
+    PromoteResult(QueryResult),
     /// Answers `backup`.
     Backup(protocol::backup::BackupAnswer),
     /// The guest opened the data connection: the chunked stream starts now.
@@ -183,82 +190,32 @@ pub struct StopReport {
     pub steps: Vec<String>,
 }
 
-/// Where the supervisor stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Processes starting or stages pending.
-    Booting,
-    /// `wait_for` reached; the supervisor keeps the VM.
-    Up,
-    /// A stage failed.
-    Failed,
-    /// Shutting down.
-    Stopping,
-    /// No supervisor (status built from pid files).
-    NotRunning,
-}
-
-/// A process of the VM as `status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessInfo {
-    /// Which.
-    pub role: Role,
-    /// Its pid, if one is recorded.
-    pub pid: Option<i32>,
-    /// Alive and ours.
-    pub alive: bool,
-}
-
-/// Everything `status` reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmStatus {
-    /// VM name.
-    pub name: String,
-    /// Its CID.
-    pub cid: u32,
-    /// crosvm or qemu.
-    pub backend: String,
-    /// Where the supervisor stands.
-    pub phase: Phase,
-    /// Milliseconds since the VMM started, while running.
-    pub elapsed_ms: Option<u64>,
-    /// Host processes.
-    pub processes: Vec<ProcessInfo>,
-    /// Stage lines.
-    pub stages: Vec<StageLine>,
-    /// True while a guest control connection is open.
-    pub control_connected: bool,
-    /// The guest's Hello (its CID and kernel), once received.
-    pub hello: Option<Hello>,
-    /// The guest's device census, once received (over control or the console).
-    pub devices: Option<DeviceReport>,
-    /// The guest's own status, when it answered.
-    pub guest: Option<GuestStatus>,
-    /// Why there is no guest status.
-    pub guest_error: Option<String>,
-    /// The console log.
-    pub console_log: PathBuf,
-    /// The supervisor log.
-    pub supervisor_log: PathBuf,
-    /// The times the supervisor booted the VM again after its VMM died (`restart =
-    /// "on-failure"`), oldest first.
-    #[serde(default)]
-    pub restarts: Vec<VmRestart>,
-    /// The boot script that starts the VM after a reboot, when `enable` installed one.
-    #[serde(default)]
-    pub autostart: Option<PathBuf>,
-}
-
-/// One boot after the VMM died on its own.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VmRestart {
-    /// When (seconds since the epoch).
-    pub at_unix: u64,
-    /// Which process exited, and how.
-    pub exited: String,
-    /// The console's last lines before it ended.
-    pub console_tail: Vec<String>,
+/// The status of `spec`'s VM with nothing known yet but its spec and `phase`: the one
+/// place a [`VmStatus`] is made. The supervisor fills in its processes and stages,
+/// `status` without a supervisor what the pid files say, and both the guest's part.
+pub fn base_status(spec: &Spec, phase: Phase) -> VmStatus {
+    VmStatus {
+        version: protocol::status::STATUS_VERSION,
+        name: spec.name.clone(),
+        cid: spec.cid,
+        backend: spec.vmm.backend.to_string(),
+        phase,
+        elapsed_ms: None,
+        processes: Vec::new(),
+        stages: Vec::new(),
+        control_connected: false,
+        hello: None,
+        devices: None,
+        guest: None,
+        guest_error: None,
+        console_log: spec.console_log.clone(),
+        supervisor_log: spec.log_file("supervisor"),
+        restarts: Vec::new(),
+        autostart: None,
+        database: None,
+        replication: None,
+        control_refused: Default::default(),
+    }
 }
 
 /// A connection to a supervisor.

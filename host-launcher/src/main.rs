@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use sovereign::cli::{BackupAction, Cli, Command, DbAction, ReplicaAction};
+use sovereign::cli::{BackupAction, Cli, Command, DbAction, DiskAction, ReplicaAction};
 use sovereign::paths::HostEnv;
 use sovereign::rundir::RunDir;
 
@@ -50,7 +50,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 if let Some(path) = crosvm {
                     spec.vmm.crosvm = path;
                 }
-                sovereign::commands::start::run(spec, &env, &source, dry_run).await
+                sovereign::commands::start::run(spec, &env, &source, dry_run, None, None).await
             }
             Command::Stop { vm, timeout } => {
                 sovereign::commands::stop::run(&vm.load(&env)?.0, timeout).await
@@ -74,7 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 service,
                 signal,
             } => {
-                sovereign::commands::query::signal(
+                sovereign::commands::signal::signal(
                     &vm.load(&env)?.0,
                     service.to_guest(),
                     signal.to_guest(),
@@ -82,7 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 .await
             }
             Command::Probe { vm, check } => {
-                sovereign::commands::query::probe(&vm.load(&env)?.0, &check.to_probe()).await
+                sovereign::commands::probe::probe(&vm.load(&env)?.0, &check.to_probe()).await
             }
             Command::Backup { action } => match action {
                 BackupAction::Now { vm, kind } => {
@@ -94,21 +94,31 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 BackupAction::Verify { vm } => {
                     sovereign::commands::backup::verify(&vm.load(&env)?.0).await
                 }
-                BackupAction::Export { vm, set, output } => sovereign::commands::transfer::export(
-                    &vm.load(&env)?.0,
-                    set.as_deref(),
-                    output.as_deref(),
-                ),
+                BackupAction::Key { vm, show, set, yes } => {
+                    let spec = vm.load(&env)?.0;
+                    match (show, set) {
+                        (true, _) => sovereign::commands::backup::key::show(&spec, yes),
+                        (_, true) => sovereign::commands::backup::key::set(&spec, yes),
+                        _ => sovereign::commands::backup::key::where_it_is(&spec),
+                    }
+                }
+                BackupAction::Export { vm, set, output } => {
+                    sovereign::commands::backup::export::export(
+                        &vm.load(&env)?.0,
+                        set.as_deref(),
+                        output.as_deref(),
+                    )
+                }
             },
             Command::Replica {
                 action: ReplicaAction::Credentials { vm, out },
             } => sovereign::commands::replica::credentials(&vm.load(&env)?.0, out.as_deref()),
-            Command::Promote { vm } => {
-                sovereign::commands::replica::promote(&vm.load(&env)?.0).await
+            Command::Promote { vm, force, yes } => {
+                sovereign::commands::replica::promote(&vm.load(&env)?.0, force, yes).await
             }
-            Command::Rejoin { vm, yes } => {
+            Command::Rejoin { vm, fresh, yes } => {
                 let (spec, source) = vm.load(&env)?;
-                sovereign::commands::replica::rejoin(spec, &env, &source, yes).await
+                sovereign::commands::replica::rejoin(spec, &env, &source, fresh, yes).await
             }
             Command::Db { action } => match action {
                 DbAction::List { vm, json } => {
@@ -141,7 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     app,
                     connection_limit,
                 } => {
-                    sovereign::commands::app_roles::add(
+                    sovereign::commands::db::roles::add(
                         vm.spec.as_deref(),
                         &env,
                         &app,
@@ -150,23 +160,41 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     .await
                 }
                 DbAction::Password { vm, app, rotate: _ } => {
-                    sovereign::commands::app_roles::rotate(&vm.load(&env)?.0, &app).await
+                    sovereign::commands::db::roles::rotate(&vm.load(&env)?.0, &app).await
                 }
                 DbAction::Ca { vm } => sovereign::commands::db::ca(&vm.load(&env)?.0),
                 DbAction::Dump { vm, app, output } => {
-                    sovereign::commands::transfer::dump(&vm.load(&env)?.0, &app, output.as_deref())
+                    sovereign::commands::db::dump::dump(&vm.load(&env)?.0, &app, output.as_deref())
                 }
                 DbAction::Restore { vm, app, file, yes } => {
-                    sovereign::commands::transfer::restore(&vm.load(&env)?.0, &app, &file, yes)
+                    sovereign::commands::db::dump::restore(&vm.load(&env)?.0, &app, &file, yes)
                 }
             },
             Command::Restore {
                 vm,
                 to,
                 yes,
+                new_disk: true,
+                from_export,
+            } => {
+                let (spec, source) = vm.load(&env)?;
+                sovereign::commands::backup::restore_new_disk(
+                    spec,
+                    &env,
+                    &source,
+                    to,
+                    yes,
+                    from_export.as_deref(),
+                )
+                .await
+            }
+            Command::Restore {
+                vm,
+                to,
+                yes,
                 from_export: Some(file),
                 ..
-            } => sovereign::commands::transfer::restore_from_export(
+            } => sovereign::commands::backup::export::restore_from_export(
                 &vm.load(&env)?.0,
                 &file,
                 to,
@@ -179,16 +207,6 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 new_disk: false,
                 from_export: None,
             } => sovereign::commands::backup::restore(&vm.load(&env)?.0, to, yes).await,
-            Command::Restore {
-                vm,
-                to,
-                yes,
-                new_disk: true,
-                from_export: None,
-            } => {
-                let (spec, source) = vm.load(&env)?;
-                sovereign::commands::backup::restore_new_disk(spec, &env, &source, to, yes).await
-            }
             Command::Enable { vm } => {
                 let (spec, _) = vm.load(&env)?;
                 sovereign::commands::autostart::enable(&spec, vm.spec.as_deref(), &env)
@@ -198,8 +216,20 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Command::Build(args) => sovereign::commands::build::run(&args),
             Command::Deploy(args) => sovereign::commands::deploy::run(&args, &env),
+            Command::Disk {
+                action: DiskAction::Grow { vm, data, backup },
+            } => {
+                use sovereign::commands::disk::Which;
+                let (which, flag, size) = match (data, backup) {
+                    (Some(d), _) => (Which::Data, "--data", d),
+                    (None, Some(b)) => (Which::Backup, "--backup", b),
+                    (None, None) => anyhow::bail!("disk grow needs --data SIZE or --backup SIZE"),
+                };
+                let gib = sovereign::disk_grow::parse_gib(flag, &size)?;
+                sovereign::commands::disk::grow(vm.spec.as_deref(), &env, which, gib).await
+            }
             Command::Logs { vm, log } => {
-                sovereign::commands::query::logs(&vm.load(&env)?.0, log.to_guest_log()).await
+                sovereign::commands::logs::logs(&vm.load(&env)?.0, log.to_guest_log()).await
             }
             Command::Spec { vm } => {
                 print!("{}", vm.load(&env)?.0.to_toml());

@@ -6,9 +6,11 @@
 //! spec tests can point it at empty temporary directories instead of the real host.
 
 use crate::trust::Untrusted;
+use crate::vmm::crosvm_flags::CrosvmFlags;
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 /// State directory on Android: the only place the launcher's files live on the phone.
 pub const ANDROID_BASE_DIR: &str = "/data/sovereign";
@@ -43,6 +45,9 @@ pub struct HostEnv {
     pub boot_script_dir: PathBuf,
     /// Effective user id.
     pub euid: u32,
+    /// What the crosvm last asked listed in `run --help`: one start asks once, and
+    /// preflight checks the answer the launch plan is rendered from.
+    pub crosvm_help: OnceLock<(PathBuf, Option<CrosvmFlags>)>,
 }
 
 impl HostEnv {
@@ -79,6 +84,20 @@ impl HostEnv {
             selinux_fs: PathBuf::from("/sys/fs/selinux"),
             boot_script_dir: PathBuf::from(ANDROID_BOOT_SCRIPT_DIR),
             euid: nix::unistd::geteuid().as_raw(),
+            crosvm_help: OnceLock::new(),
+        }
+    }
+
+    /// The flags the crosvm at `program` lists, asked once per [`HostEnv`] (see
+    /// [`CrosvmFlags::probe`]); `None` when it cannot be run or lists no options.
+    pub fn crosvm_flags(&self, program: &Path) -> Option<CrosvmFlags> {
+        match self.crosvm_help.get() {
+            Some((asked, answer)) if asked == program => *answer,
+            _ => {
+                let answer = CrosvmFlags::probe(program);
+                let _ = self.crosvm_help.set((program.to_path_buf(), answer));
+                answer
+            }
         }
     }
 
@@ -175,6 +194,7 @@ mod tests {
             selinux_fs: dir.path().join("selinux"),
             boot_script_dir: dir.path().join("service.d"),
             euid: 0,
+            crosvm_help: OnceLock::new(),
         };
         assert_eq!(env.find_tool("gvproxy"), None);
         let tool = dir.path().join("gvproxy");

@@ -2,49 +2,9 @@
 //! files, and whether the processes they name are still ours and alive. `stop` and the
 //! CID check rely on it even when the supervisor itself is gone.
 
-use serde::{Deserialize, Serialize};
-use std::fmt;
+pub use protocol::status::ProcessRole as Role;
+use serde::Deserialize;
 use std::path::{Path, PathBuf};
-
-/// A process the launcher starts for a VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Role {
-    /// The detached `sovereign supervise` process that owns the others.
-    Supervisor,
-    /// vhost-device-vsock (QEMU backend only).
-    VhostDeviceVsock,
-    /// gvproxy, the guest's network.
-    Gvproxy,
-    /// crosvm or qemu-system-*.
-    Vmm,
-}
-
-impl Role {
-    /// Roles in the order they are started (the supervisor first).
-    pub const ALL: [Role; 4] = [
-        Role::Supervisor,
-        Role::VhostDeviceVsock,
-        Role::Gvproxy,
-        Role::Vmm,
-    ];
-
-    /// Name used in pid files, logs and output.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Supervisor => "supervisor",
-            Role::VhostDeviceVsock => "vhost-device-vsock",
-            Role::Gvproxy => "gvproxy",
-            Role::Vmm => "vmm",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// Paths inside a run directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +23,8 @@ impl RunDir {
         &self.root
     }
 
-    /// The resolved spec the supervisor runs (JSON), also read by the CID check.
+    /// The resolved spec the supervisor runs (JSON; typed in [`crate::run_files`]),
+    /// also read by the CID check.
     pub fn spec_json(&self) -> PathBuf {
         self.root.join("spec.json")
     }
@@ -99,7 +60,12 @@ impl RunDir {
         self.root.join("gvproxy-api.sock")
     }
 
-    /// crosvm's control socket (`-s`), used by `crosvm stop`.
+    /// QEMU's QMP socket, which `disk grow` uses to resize a disk of a running VM.
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.root.join("qmp.sock")
+    }
+
+    /// crosvm's control socket (`-s`), used by `crosvm stop` and `crosvm disk resize`.
     pub fn crosvm_socket(&self) -> PathBuf {
         self.root.join("crosvm.sock")
     }
@@ -119,6 +85,7 @@ impl RunDir {
             self.gvproxy_api_socket(),
             self.gvproxy_frames_socket(),
             self.crosvm_socket(),
+            self.qmp_socket(),
         ]
     }
 

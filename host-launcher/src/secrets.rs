@@ -44,6 +44,11 @@ pub enum SecretError {
         /// The file.
         path: PathBuf,
     },
+    #[error("backup.passphrase_file {path} does not exist: it decrypts the off-device copies and the exports; on a new phone put the passphrase the backups were made with there (`sovereign backup key --set`)")]
+    NoPassphrase {
+        /// The file.
+        path: PathBuf,
+    },
     #[error("the database's TLS certificate: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("secret file {path} is empty or shorter than 8 characters")]
@@ -62,6 +67,12 @@ pub enum SecretError {
 
 /// Creates `path` with a fresh random password unless it exists. Returns true if created.
 pub fn ensure_password_file(path: &Path) -> Result<bool, SecretError> {
+    ensure_random_file(path, PASSWORD_LEN)
+}
+
+/// Creates `path` (0600) with `len` random alphanumeric characters unless it exists.
+/// Returns true if created.
+fn ensure_random_file(path: &Path, len: usize) -> Result<bool, SecretError> {
     if path.exists() {
         return Ok(false);
     }
@@ -76,7 +87,7 @@ pub fn ensure_password_file(path: &Path) -> Result<bool, SecretError> {
             .create(dir)
             .map_err(create)?;
     }
-    let password = Alphanumeric.sample_string(&mut rand::rng(), PASSWORD_LEN);
+    let password = Alphanumeric.sample_string(&mut rand::rng(), len);
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -126,9 +137,26 @@ pub fn offsite_key(spec: &Spec) -> Result<Option<Secret>, SecretError> {
     }
 }
 
-/// Generates every missing password file of `spec`; returns the files created.
+/// The length of a generated backup passphrase (alphanumeric: ~238 bits).
+pub const PASSPHRASE_LEN: usize = 40;
+
+/// The backup passphrase (see [`crate::spec::BackupSpec::passphrase_file`]); a missing
+/// file is an error that says where it goes.
+pub fn backup_passphrase(spec: &Spec) -> Result<Secret, SecretError> {
+    let path = &spec.backup.passphrase_file;
+    if !path.exists() {
+        return Err(SecretError::NoPassphrase { path: path.clone() });
+    }
+    read_secret(path)
+}
+
+/// Generates every missing password file of `spec` (and its backup passphrase, with
+/// backups on); returns the files created.
 pub fn ensure_all(spec: &Spec) -> Result<Vec<PathBuf>, SecretError> {
     let mut created = Vec::new();
+    if spec.backup.enabled && ensure_random_file(&spec.backup.passphrase_file, PASSPHRASE_LEN)? {
+        created.push(spec.backup.passphrase_file.clone());
+    }
     let files = std::iter::once(&spec.postgres.superuser_password_file)
         .chain(spec.apps.iter().map(|a| &a.password_file))
         .chain(spec.replication.iter().map(|r| &r.password_file));
@@ -258,13 +286,21 @@ pub fn guest_config(spec: &Spec) -> Result<GuestConfig, SecretError> {
                         peer: r.peer.clone(),
                         password: read_secret(&r.password_file)?,
                         synchronous: r.synchronous,
-                        rejoin: r.rejoin,
+                        require_peer_at_boot: r.require_peer_at_boot,
                     })
                 })
                 .map(|r| r.map(Box::new))
                 .transpose()?,
+            memory_mib: spec.memory_mib,
+            settings: spec.postgres.settings.clone(),
         },
-        backup: spec.guest_backup(offsite_key(spec)?).map(Box::new),
+        backup: spec
+            .guest_backup(match offsite_key(spec)? {
+                Some(key) => Some((key, backup_passphrase(spec)?)),
+                None => None,
+            })
+            .map(Box::new),
+        request: None,
     })
 }
 

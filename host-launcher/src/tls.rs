@@ -96,6 +96,21 @@ pub fn ca_paths(spec: &Spec) -> (PathBuf, PathBuf) {
     )
 }
 
+/// Where a CA taken from another node's credentials file records whose it is.
+pub fn ca_owner_path(spec: &Spec) -> PathBuf {
+    spec.secrets_dir.join(format!("{}-ca.owner", spec.name))
+}
+
+/// The VM whose name the CA's certificate carries: this one, unless the CA came with
+/// a replica's credentials from the node that made it (one CA for the cluster).
+pub fn ca_owner(spec: &Spec) -> String {
+    std::fs::read_to_string(ca_owner_path(spec))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| spec.name.clone())
+}
+
 /// The CA's fixed parameters; the same each time, so that a certificate issued with
 /// them and the stored key chains to the stored CA certificate.
 fn ca_params(spec: &Spec) -> CertificateParams {
@@ -104,7 +119,7 @@ fn ca_params(spec: &Spec) -> CertificateParams {
     dn.push(DnType::OrganizationName, "Sovereign");
     dn.push(
         DnType::CommonName,
-        format!("Sovereign database CA for VM {}", spec.name),
+        format!("Sovereign database CA for VM {}", ca_owner(spec)),
     );
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));

@@ -66,6 +66,43 @@ pub enum BackupAction {
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// The passphrase that seals what leaves the phone (repo2, exports): where it is;
+    /// `--show` prints it (keep a copy apart from the phone); `--set` takes it from
+    /// stdin (on a new phone, before restoring what the old one sealed).
+    Key {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Print it, after asking.
+        #[arg(long, conflicts_with = "set")]
+        show: bool,
+        /// Read it from stdin (one line) into the passphrase file.
+        #[arg(long)]
+        set: bool,
+        /// Do not ask for confirmation (for scripts).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// `sovereign disk ...`.
+#[derive(Debug, Subcommand)]
+pub enum DiskAction {
+    /// Make the data or the backup disk larger (never smaller). With the VM stopped the
+    /// image grows now and the guest grows its filesystem at the next start; with it
+    /// running the VMM resizes the disk (QEMU's block_resize, crosvm's disk resize) and
+    /// the guest grows the filesystem at once. The host must have room for what it
+    /// adds; the spec file's size_gib follows.
+    #[command(group(clap::ArgGroup::new("disk").required(true).args(["data", "backup"])))]
+    Grow {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// The data disk's new size in GiB (8, 8G or 8GiB).
+        #[arg(long, value_name = "SIZE")]
+        data: Option<String>,
+        /// The backup disk's new size in GiB.
+        #[arg(long, value_name = "SIZE")]
+        backup: Option<String>,
+    },
 }
 
 /// `sovereign db ...`.

@@ -1,6 +1,5 @@
-//! The command line (clap derive): the seed's verbs `start`, `stop`, `status`, `test`,
-//! `console`, plus `query` and `spec`, with `--sql` naming the built-in VM and
-//! `--spec FILE` any other.
+//! The command line (clap derive): every verb and its options, with `--sql` naming the
+//! built-in VM and `--spec FILE` any other. [`crate::commands`] runs them.
 
 use crate::paths::HostEnv;
 use crate::spec::{Spec, SpecError};
@@ -10,7 +9,7 @@ use std::path::PathBuf;
 
 mod data;
 mod probe;
-pub use data::{parse_restore_target, BackupAction, BackupKindArg, DbAction};
+pub use data::{parse_restore_target, BackupAction, BackupKindArg, DbAction, DiskAction};
 pub use probe::{PgbenchScript, ProbeCheck, StreamTransfer};
 
 /// Runs PostgreSQL in a VM (crosvm on Android, QEMU elsewhere), reachable over Tailscale.
@@ -236,11 +235,13 @@ pub enum Command {
         yes: bool,
         /// The data disk is gone or broken: with the VM stopped, move the old image (if
         /// any) aside, start the VM on a new data disk and restore onto it from the
-        /// backup disk before postgres starts.
-        #[arg(long, conflicts_with = "from_export")]
+        /// backup disk (or repo2) before postgres starts; with --from-export, from that
+        /// export (a new phone with only the export and its passphrase).
+        #[arg(long)]
         new_disk: bool,
-        /// Restore from a `backup export` file: it becomes the backup disk's repository
-        /// (the current one is kept aside), then the database is restored from it.
+        /// Restore from a `backup export` file (opened with the backup passphrase): it
+        /// becomes the backup disk's repository (the current one is kept aside), then the
+        /// database is restored from it.
         #[arg(long, value_name = "FILE")]
         from_export: Option<PathBuf>,
     },
@@ -251,10 +252,21 @@ pub enum Command {
         action: ReplicaAction,
     },
     /// Make this VM, a replica, the primary (PostgreSQL's promotion: a new timeline).
-    /// Its peer, the old primary, must then `rejoin` before it runs again.
+    /// Refused while its WAL receiver streams or the peer answers as the primary: two
+    /// nodes that see each other never both take writes. The old primary must then
+    /// `rejoin` before it takes writes again (if it still runs, it stops by itself once
+    /// it sees this node on the newer timeline).
     Promote {
         #[command(flatten)]
         vm: VmArgs,
+        /// Promote even though the old primary still answers or streams to this node:
+        /// for a primary that is gone for good, or to take over anyway (the old primary
+        /// then fences itself: it stops postgres and keeps its data).
+        #[arg(long)]
+        force: bool,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
     },
     /// Start this VM, a former primary, as the replica of its peer: with the VM stopped,
     /// its data disk is copied aside (kept), then pg_rewind gives up the writes the peer
@@ -262,6 +274,11 @@ pub enum Command {
     Rejoin {
         #[command(flatten)]
         vm: VmArgs,
+        /// Copy the peer anew instead of rewinding: for a replica that fell too far
+        /// behind (its slot on the primary was invalidated) or a rewind that cannot
+        /// work. The copy of the data disk is still made first.
+        #[arg(long)]
+        fresh: bool,
         /// Do not ask for confirmation (the copy of the data disk is still made).
         #[arg(long)]
         yes: bool,
@@ -271,6 +288,12 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: DbAction,
+    },
+    /// The VM's disks: make one larger.
+    Disk {
+        /// What to do.
+        #[command(subcommand)]
+        action: DiskAction,
     },
     /// Start the VM by itself after the phone reboots: installs a boot script in the
     /// root manager's boot-script directory (/data/adb/service.d, run by KernelSU and
@@ -327,9 +350,9 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
 
-    /// The seed's plan spells the phone workflow this way; every line must parse.
+    /// docs/phone.md spells the phone workflow this way; every line must parse.
     #[test]
-    fn the_seeds_commands_parse_as_written() {
+    fn the_phone_guides_commands_parse_as_written() {
         for line in [
             "build --sql",
             "build --sql --arch x86_64",
@@ -457,5 +480,32 @@ mod tests {
         assert!(
             matches!(c.command, Command::Query { statement, .. } if statement.as_deref() == Some("select 1"))
         );
+    }
+
+    #[test]
+    fn disk_grow_takes_exactly_one_disk() {
+        let c =
+            Cli::try_parse_from(["sovereign", "disk", "grow", "--sql", "--data", "8G"]).unwrap();
+        assert!(matches!(
+            c.command,
+            Command::Disk {
+                action: DiskAction::Grow { data: Some(ref d), backup: None, .. }
+            } if d == "8G"
+        ));
+        for args in [
+            &["sovereign", "disk", "grow", "--sql"][..],
+            &[
+                "sovereign",
+                "disk",
+                "grow",
+                "--sql",
+                "--data",
+                "8",
+                "--backup",
+                "9",
+            ][..],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! `enable` and `disable`: install or remove the boot script that starts the VM after
 //! the phone reboots (see [`crate::autostart`]).
 
-use crate::autostart::{self, Launch};
+use crate::autostart;
 use crate::paths::HostEnv;
 use crate::spec::{RestartPolicy, Spec};
 use anyhow::Context as _;
@@ -9,18 +9,19 @@ use std::path::Path;
 
 /// Runs `enable`; returns the exit code.
 pub fn enable(spec: &Spec, spec_file: Option<&Path>, env: &HostEnv) -> anyhow::Result<i32> {
-    let sovereign = std::env::current_exe().context("finding this sovereign binary")?;
+    let exe = std::env::current_exe().context("finding this sovereign binary")?;
     let spec_file = spec_file
         .map(|f| std::fs::canonicalize(f).with_context(|| format!("resolving {}", f.display())))
         .transpose()?;
-    let path = autostart::enable(
-        env,
-        spec,
-        &Launch {
-            sovereign,
-            spec_file,
-        },
-    )?;
+    let (launch, copied) = autostart::trusted_launch(env, &exe, spec_file.as_deref())?;
+    if copied {
+        println!(
+            "  + copied {} to {}: others can replace the first, and the boot script runs it as root",
+            exe.display(),
+            launch.sovereign.display()
+        );
+    }
+    let path = autostart::enable(env, spec, &launch)?;
     println!(
         "enabled: {} starts VM {} once the phone has booted (output: {})",
         path.display(),

@@ -1,7 +1,7 @@
 //! `sovereign build --sql [--arch arm64|x86_64]`: builds the artifact set for the VM
 //! (kernel, root image, both binaries) with the source tree's `scripts/build-images.sh`
-//! and prints where it is, so the seed's `build --sql` → `deploy --sql` → `start --sql`
-//! works as written. The script stays the one place that knows how to build; this verb
+//! and prints where it is, so `build --sql` → `deploy --sql` → `start --sql` works as
+//! docs/phone.md writes it. The script stays the one place that knows how to build; this verb
 //! finds it, runs it with the output streaming, and names the next step.
 
 use anyhow::Context as _;
@@ -16,7 +16,7 @@ const SCRIPT: &str = "scripts/build-images.sh";
 /// `build`'s arguments.
 #[derive(Debug, Clone, Args)]
 pub struct BuildArgs {
-    /// The built-in `sql` VM (the only one `build` makes; accepted as the seed writes it).
+    /// The built-in `sql` VM (the only one `build` makes; spelled as the other verbs spell it).
     #[arg(long)]
     pub sql: bool,
     /// The guest architecture: arm64 for the phone (the default), x86_64 for QEMU here.

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 /// The arguments of `deploy`.
 #[derive(Debug, Clone, Args)]
 pub struct DeployArgs {
-    /// The built-in `sql` VM (the only one `deploy` copies; accepted as the seed writes it).
+    /// The built-in `sql` VM (the only one `deploy` copies; spelled as the other verbs spell it).
     #[arg(long)]
     pub sql: bool,
     /// The phone's serial as `adb devices` lists it; needed when more than one is attached.

@@ -2,21 +2,23 @@
 //! exit codes: 0 success, 1 the VM failed or a check failed, 2 the spec or the host is
 //! not fit to start (validation, preflight).
 
-pub mod app_roles;
 pub mod autostart;
 pub mod backup;
 pub mod build;
+pub mod bulk;
 pub mod console;
 pub mod db;
 pub mod deploy;
-pub mod orphan;
+pub mod disk;
+pub mod logs;
+pub mod probe;
 pub mod query;
 pub mod replica;
+pub mod signal;
 pub mod start;
 pub mod status;
 pub mod stop;
 pub mod test;
-pub mod transfer;
 
 use crate::ipc::{Client, Reply, Request};
 use crate::rundir::RunDir;
@@ -26,7 +28,11 @@ use anyhow::Context as _;
 /// The spec a running VM was started with (its run dir's spec.json), else `spec`.
 pub fn running_spec(spec: &Spec) -> Spec {
     let run = RunDir::new(&spec.run_dir);
-    crate::supervisor::read_run_spec(&run).unwrap_or_else(|_| spec.clone())
+    crate::run_files::spec(&run)
+        .read()
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| spec.clone())
 }
 
 /// Connects to the supervisor of `spec`'s VM, if one listens.

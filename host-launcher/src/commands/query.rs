@@ -1,11 +1,10 @@
-//! `sovereign query`, `probe` and `logs`: run SQL as the postgres superuser, run a
-//! network check, or read a log, inside the guest, through the supervisor and the
-//! control channel.
+//! `sovereign query`: SQL as the postgres superuser inside the guest, through the
+//! supervisor and the control channel (the statements on stdin stay out of every
+//! process list); also how other verbs ask the server a question.
 
 use super::call;
 use crate::ipc::{Reply, Request};
 use crate::spec::Spec;
-use protocol::messages::{GuestLog, GuestService, Probe, ServiceSignal};
 use thiserror::Error;
 
 /// Why a query the supervisor took produced no output. Each text is what the user sees
@@ -72,33 +71,6 @@ pub fn read_stdin() -> anyhow::Result<String> {
     Ok(sql)
 }
 
-/// Runs `signal`: asks PID 1 to signal a service; exit 1 when it could not.
-pub async fn signal(
-    spec: &Spec,
-    service: GuestService,
-    signal: ServiceSignal,
-) -> anyhow::Result<i32> {
-    let spec = super::running_spec(spec);
-    match call(&spec, &Request::SignalService { service, signal }).await? {
-        Reply::SignalResult(r) if r.ok => {
-            println!("{}", r.output);
-            Ok(0)
-        }
-        Reply::SignalResult(r) => {
-            eprintln!("signal failed: {}", r.output);
-            Ok(1)
-        }
-        Reply::Error { message } => {
-            eprintln!("signal failed: {message}");
-            Ok(1)
-        }
-        other => {
-            eprintln!("unexpected answer {other:?}");
-            Ok(1)
-        }
-    }
-}
-
 /// Runs `query`: prints the output; exit 1 when the query failed.
 pub async fn run(spec: &Spec, sql: &str) -> anyhow::Result<i32> {
     match query(spec, sql).await? {
@@ -111,53 +83,6 @@ pub async fn run(spec: &Spec, sql: &str) -> anyhow::Result<i32> {
         }
         Err(e) => {
             eprintln!("query failed: {e}");
-            Ok(1)
-        }
-    }
-}
-
-/// Runs `probe`: prints the guest's answer; exit 1 when the check failed.
-pub async fn probe(spec: &Spec, probe: &Probe) -> anyhow::Result<i32> {
-    let spec = super::running_spec(spec);
-    let reply = call(
-        &spec,
-        &Request::Probe {
-            probe: probe.clone(),
-        },
-    )
-    .await?;
-    let (ok, text) = match reply {
-        Reply::ProbeResult(r) => (r.ok, r.output),
-        Reply::Error { message } => (false, message),
-        other => (false, format!("unexpected answer {other:?}")),
-    };
-    if ok {
-        println!("{}", text.trim_end());
-        Ok(0)
-    } else {
-        eprintln!("probe failed: {text}");
-        Ok(1)
-    }
-}
-
-/// Runs `logs`: prints the end of the guest's log; exit 1 when it could not be read.
-pub async fn logs(spec: &Spec, log: GuestLog) -> anyhow::Result<i32> {
-    let spec = super::running_spec(spec);
-    match call(&spec, &Request::ReadLog { log }).await? {
-        Reply::LogContents(r) if r.ok => {
-            print!("{}", r.output);
-            Ok(0)
-        }
-        Reply::LogContents(r) => {
-            eprintln!("cannot read the log: {}", r.output);
-            Ok(1)
-        }
-        Reply::Error { message } => {
-            eprintln!("cannot read the log: {message}");
-            Ok(1)
-        }
-        other => {
-            eprintln!("unexpected answer {other:?}");
             Ok(1)
         }
     }

@@ -2,16 +2,14 @@
 //! primary's), `promote` (this replica becomes the primary) and `rejoin` (a former
 //! primary becomes the replica of the new one, its data disk kept aside first).
 
-use super::backup::ask_yes;
-use super::query::{query, QueryError};
+use super::query::query;
+use crate::ipc::{Reply, Request};
 use crate::paths::HostEnv;
 use crate::spec::Spec;
-use protocol::replication::{slot_sql, ReplicationStatus, STATUS_SQL};
+use crate::terminal::ask_yes;
+use protocol::config::BootRequest;
+use protocol::replication::{Fence, ReplicationStatus, STATUS_SQL};
 use std::path::Path;
-use std::time::Instant;
-
-/// How long `promote` lets PostgreSQL take to leave recovery.
-const PROMOTE_WAIT_SECS: u32 = 60;
 
 /// `replica credentials [--out FILE]`: prints, or writes 0600, what the replica's host
 /// names in `replication.credentials_file`.
@@ -33,12 +31,12 @@ pub fn credentials(spec: &Spec, out: Option<&Path>) -> anyhow::Result<i32> {
 pub async fn status(spec: &Spec) -> Option<ReplicationStatus> {
     spec.replication.as_ref()?;
     let out = query(spec, STATUS_SQL).await.ok()?.ok()?;
-    out.lines().find_map(ReplicationStatus::parse)
+    ReplicationStatus::parse(&out)
 }
 
-/// `promote`: the replica leaves recovery and takes writes (on a new timeline); then
-/// keeps a slot for its peer so the old primary can rejoin.
-pub async fn promote(spec: &Spec) -> anyhow::Result<i32> {
+/// `promote [--force] [--yes]`: asks, then has the guest promote the replica, which
+/// refuses while the old primary is plainly alive unless `force`.
+pub async fn promote(spec: &Spec, force: bool, yes: bool) -> anyhow::Result<i32> {
     let Some(r) = &spec.replication else {
         eprintln!(
             "VM {} has no [replication] table in its spec: there is nothing to promote",
@@ -46,42 +44,42 @@ pub async fn promote(spec: &Spec) -> anyhow::Result<i32> {
         );
         return Ok(2);
     };
-    match query(spec, "select pg_is_in_recovery()").await? {
-        Ok(out) if out.trim() == "t" => {}
-        Ok(_) => {
-            eprintln!("VM {} is already a primary: nothing to promote", spec.name);
+    let question = format!(
+        "Make VM {} ({}) the primary? {} must then rejoin as its replica before it takes writes again{}.",
+        spec.name,
+        spec.hostname,
+        r.peer,
+        if force {
+            " (--force: even if it still runs; it stops taking writes once it sees this node)"
+        } else {
+            ""
+        }
+    );
+    if !yes && !ask_yes(&question)? {
+        eprintln!("nothing changed");
+        return Ok(2);
+    }
+    let answer = match super::call(&super::running_spec(spec), &Request::Promote { force }).await? {
+        Reply::PromoteResult(r) => r,
+        Reply::Error { message } => {
+            eprintln!("promote: {message}");
             return Ok(1);
         }
-        Err(e) => return failed("asking whether it is a replica", &e),
-    }
-    let started = Instant::now();
-    match query(
-        spec,
-        &format!("select pg_promote(true, {PROMOTE_WAIT_SECS})"),
-    )
-    .await?
-    {
-        Ok(out) if out.trim() == "t" => {}
-        Ok(out) => {
-            eprintln!(
-                "promote: PostgreSQL did not finish within {PROMOTE_WAIT_SECS} s (pg_promote said {:?}); see `sovereign logs postgres`",
-                out.trim()
-            );
+        other => {
+            eprintln!("promote: unexpected answer {other:?}");
             return Ok(1);
         }
-        Err(e) => return failed("promoting", &e),
-    }
-    let took = started.elapsed();
-    if let Err(e) = query(spec, &slot_sql(&r.peer)).await? {
-        eprintln!("promote: the slot for {} could not be made: {e}", r.peer);
+    };
+    if !answer.ok {
+        eprintln!("promote: {}", answer.output);
+        return Ok(1);
     }
     println!(
-        "{} is the primary now (promoted in {:.1} s). Clients using the multi-host `db url` write here without a change.",
-        spec.hostname,
-        took.as_secs_f64()
+        "{} is the primary now ({}). Clients using the multi-host `db url` write here without a change.",
+        spec.hostname, answer.output
     );
     println!(
-        "Before {peer} starts again, it must become this node's replica: on its host, `sovereign rejoin` (a plain start refuses to make a second primary).",
+        "Before {peer} takes writes again it must become this node's replica: on its host, `sovereign rejoin` (a plain start refuses to make a second primary, and a running {peer} stops taking writes once it sees this node).",
         peer = r.peer
     );
     if r.synchronous {
@@ -93,9 +91,16 @@ pub async fn promote(spec: &Spec) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// `rejoin`: with the VM stopped, copies its data disk aside (asking first), then
-/// starts it with the instruction to rewind onto the peer and follow it.
-pub async fn rejoin(mut spec: Spec, env: &HostEnv, source: &str, yes: bool) -> anyhow::Result<i32> {
+/// `rejoin [--fresh]`: with the VM stopped, copies its data disk aside (asking first),
+/// then starts it with this boot's request to rewind onto the peer (or copy it anew)
+/// and follow it.
+pub async fn rejoin(
+    spec: Spec,
+    env: &HostEnv,
+    source: &str,
+    fresh: bool,
+    yes: bool,
+) -> anyhow::Result<i32> {
     let Some(peer) = spec.replication.as_ref().map(|r| r.peer.clone()) else {
         eprintln!(
             "VM {} has no [replication] table in its spec: it has no peer to rejoin",
@@ -113,8 +118,13 @@ pub async fn rejoin(mut spec: Spec, env: &HostEnv, source: &str, yes: bool) -> a
     let data = spec.data_disk.path.clone();
     if data.exists() {
         let copy = crate::disk_image::kept_copy_path(&data, "before-rejoin");
+        let how = if fresh {
+            format!("Its database is replaced by a new copy of {peer}")
+        } else {
+            format!("Writes it took that {peer} never received are given up (pg_rewind)")
+        };
         let question = format!(
-            "Make VM {} a replica of {peer}? Writes it took that {peer} never received are given up (pg_rewind). {} is copied to {} first (kept).",
+            "Make VM {} a replica of {peer}? {how}. {} is copied to {} first (kept).",
             spec.name,
             data.display(),
             copy.display()
@@ -123,31 +133,16 @@ pub async fn rejoin(mut spec: Spec, env: &HostEnv, source: &str, yes: bool) -> a
             eprintln!("nothing changed");
             return Ok(2);
         }
-        let o = std::process::Command::new("cp")
-            .args(["--sparse=always", "--reflink=auto", "--"])
-            .arg(&data)
-            .arg(&copy)
-            .output()
-            .map_err(|e| anyhow::anyhow!("cannot run cp: {e}"))?;
-        if !o.status.success() {
-            anyhow::bail!(
-                "cannot copy {} to {}: {}",
-                data.display(),
-                copy.display(),
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-        }
-        println!("  + copied {} to {}", data.display(), copy.display());
+        let written = crate::disk_image::copy_kept(&data, &copy)?;
+        println!(
+            "  + copied {} to {} ({}, synced)",
+            data.display(),
+            copy.display(),
+            crate::terminal::size(written)
+        );
     }
-    if let Some(r) = spec.replication.as_mut() {
-        r.rejoin = true;
-    }
-    super::start::run(spec, env, source, false).await
-}
-
-fn failed(what: &str, e: &QueryError) -> anyhow::Result<i32> {
-    eprintln!("promote: {what} failed: {e}");
-    Ok(1)
+    let request = BootRequest::Rejoin { fresh };
+    super::start::run(spec, env, source, false, Some(request), None).await
 }
 
 /// Share of the data disk that a replication slot may hold back before status warns.
@@ -158,7 +153,7 @@ pub fn render_status(s: &ReplicationStatus, disk_bytes: u64) -> String {
     let bytes = |b: Option<u64>| match b {
         None => "-".to_string(),
         Some(b) if b < 1 << 20 => format!("{b} B"),
-        Some(b) => super::backup::size(b),
+        Some(b) => crate::terminal::size(b),
     };
     let mut out = format!(
         "  replication: {} on timeline {}, {}{}\n",
@@ -177,18 +172,21 @@ pub fn render_status(s: &ReplicationStatus, disk_bytes: u64) -> String {
         s.lag_seconds
             .map_or_else(|| "-".to_string(), |secs| format!("{secs} s"))
     ));
-    if !s.slots.is_empty() {
+    let limit = disk_bytes / SLOT_WARN_DIVISOR;
+    for slot in &s.slots {
         out.push_str(&format!(
-            "    slots {} hold {} of WAL",
-            s.slots,
-            bytes(s.slot_retained_bytes)
+            "    slot {}{}: holds {} of WAL",
+            slot.name,
+            if slot.active { "" } else { " (inactive)" },
+            bytes(slot.retained_bytes)
         ));
-        let limit = disk_bytes / SLOT_WARN_DIVISOR;
-        if s.slot_retained_bytes
-            .is_some_and(|b| limit > 0 && b > limit)
-        {
+        if slot.lost() {
+            out.push_str(" ✗ invalidated: its replica fell further behind than the WAL budget lets this node keep (max_slot_wal_keep_size); it must copy this node anew: on its host, `sovereign rejoin --fresh`");
+        } else if slot.wal_status == "unreserved" {
+            out.push_str(" ⚠ past the WAL budget: invalidated at the next checkpoint unless its replica catches up");
+        } else if slot.retained_bytes.is_some_and(|b| limit > 0 && b > limit) {
             out.push_str(&format!(
-                " ⚠ more than 1/{SLOT_WARN_DIVISOR} of the data disk: a replica that is gone keeps WAL here until the disk fills; bring it back, or drop its slot (select pg_drop_replication_slot('NAME'))"
+                " ⚠ more than 1/{SLOT_WARN_DIVISOR} of the data disk: a replica that is gone keeps WAL here up to the budget; bring it back, or drop its slot (select pg_drop_replication_slot('NAME'))"
             ));
         }
         out.push('\n');
@@ -196,38 +194,92 @@ pub fn render_status(s: &ReplicationStatus, disk_bytes: u64) -> String {
     out
 }
 
+/// The line `status` prints for a primary's fence; `now_unix` is the host's clock.
+pub fn render_fence(f: &Fence, now_unix: i64) -> String {
+    let ago = |t: i64| {
+        let secs = (now_unix - t).max(0);
+        if secs < 120 {
+            format!("{secs} s ago")
+        } else {
+            format!("{} min ago", secs / 60)
+        }
+    };
+    match f {
+        Fence::Clear { peer_seen_unix } => format!(
+            "  fence: ✓ the peer answered {}, and is no newer primary\n",
+            ago(*peer_seen_unix)
+        ),
+        Fence::Unconfirmed { reason, since_unix } => format!(
+            "  fence: ⚠ {reason} (since {}); it fences this node once it answers as a newer primary\n",
+            ago(*since_unix)
+        ),
+        Fence::Fenced { reason, since_unix } => {
+            format!("  fence: ✗ fenced {}: {reason}\n", ago(*since_unix))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use protocol::replication::Role;
+    use protocol::replication::{Role, SlotStatus};
 
-    #[test]
-    fn status_warns_when_a_slot_holds_too_much() {
-        let mut s = ReplicationStatus {
+    fn primary(retained: u64, wal_status: &str) -> ReplicationStatus {
+        ReplicationStatus {
             role: Role::Primary,
             timeline: 2,
             state: "streaming async".into(),
             peer: "sql_vm".into(),
             lag_bytes: Some(0),
             lag_seconds: Some(0),
-            slots: "sql_vm".into(),
-            slot_retained_bytes: Some(100 << 20),
-        };
-        let ok = render_status(&s, 4 << 30);
+            slots: vec![SlotStatus {
+                name: "sql_vm".into(),
+                active: wal_status != "lost",
+                wal_status: wal_status.into(),
+                retained_bytes: (wal_status != "lost").then_some(retained),
+            }],
+        }
+    }
+
+    #[test]
+    fn status_warns_when_a_slot_holds_too_much_and_says_when_it_was_lost() {
+        let ok = render_status(&primary(100 << 20, "reserved"), 4 << 30);
         assert!(
             ok.contains("primary on timeline 2, streaming async (sql_vm)"),
             "{ok}"
         );
         assert!(
-            ok.contains("slots sql_vm hold 100.0 MiB of WAL") && !ok.contains('⚠'),
+            ok.contains("slot sql_vm: holds 100.0 MiB of WAL") && !ok.contains('⚠'),
             "{ok}"
         );
         assert!(ok.contains("lag 0 B / 0 s"), "{ok}");
-        s.slot_retained_bytes = Some(2 << 30);
-        let warned = render_status(&s, 4 << 30);
+        let warned = render_status(&primary(2 << 30, "extended"), 4 << 30);
         assert!(
             warned.contains("⚠ more than 1/4 of the data disk"),
             "{warned}"
         );
+        let lost = render_status(&primary(0, "lost"), 4 << 30);
+        assert!(
+            lost.contains("slot sql_vm (inactive): holds - of WAL ✗ invalidated")
+                && lost.contains("sovereign rejoin --fresh"),
+            "{lost}"
+        );
+    }
+
+    #[test]
+    fn the_fence_line_says_what_holds() {
+        let f = Fence::Fenced {
+            reason: "the peer sql-replica was promoted to timeline 2".into(),
+            since_unix: 1000,
+        };
+        assert_eq!(
+            render_fence(&f, 1030),
+            "  fence: ✗ fenced 30 s ago: the peer sql-replica was promoted to timeline 2\n"
+        );
+        let u = Fence::Unconfirmed {
+            reason: "cannot rule out a newer primary: the peer did not answer (x)".into(),
+            since_unix: 0,
+        };
+        assert!(render_fence(&u, 600).contains("⚠ cannot rule out a newer primary"));
     }
 }

@@ -4,24 +4,34 @@
 use super::running_spec;
 use crate::ipc::{Client, Event, Reply, Request, UpInfo};
 use crate::paths::HostEnv;
-use crate::report::{failure_block, stage_line, stamp};
+use crate::run_files;
 use crate::rundir::{Role, RunDir};
+use crate::spec::validate;
 use crate::spec::{Spec, SpecError};
-use crate::supervisor::result_file;
-use crate::{guest_clock, preflight, process, secrets, validate, vmm};
+use crate::terminal::{failure_block, stage_line, stamp};
+use crate::vmm::LaunchPlan;
+use crate::{guest_clock, preflight, process, secrets, vmm};
 use anyhow::Context as _;
+use protocol::config::BootRequest;
 use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// How the built-in spec is named in messages (see [`crate::cli::VmArgs::load`]).
 pub const BUILTIN: &str = "built-in sql";
 
-/// Runs `start`; returns the exit code.
+/// Runs `start`; returns the exit code. `request` is for this start's first boot only
+/// (`rejoin`, `restore --new-disk`): the supervisor hands it to that boot and to no
+/// other, so a restart after a crash never repeats it. `export` (an opened export,
+/// for `restore --new-disk --from-export`) is sent to the guest once its control
+/// channel is up; the boot restores from it.
 pub async fn run(
     spec: Spec,
     env: &HostEnv,
     source_name: &str,
     dry_run: bool,
+    request: Option<BootRequest>,
+    export: Option<PathBuf>,
 ) -> anyhow::Result<i32> {
     let problems = validate::validate(&spec, env);
     if !problems.is_empty() {
@@ -96,7 +106,7 @@ pub async fn run(
         return Ok(2);
     }
 
-    prepare(&spec)?;
+    prepare(&spec, &plan, request.as_ref())?;
     let run = RunDir::new(&spec.run_dir);
     let lock_fd = lock.raw_fd();
     let t0 = Instant::now();
@@ -121,9 +131,16 @@ pub async fn run(
         .await);
     };
     client.send(&Request::Watch).await?;
+    let mut export = export;
+    let mut sending: Option<tokio::task::JoinHandle<String>> = None;
     loop {
         let reply = tokio::select! {
             r = client.recv() => r,
+            Some(said) = async { Some(sending.as_mut()?.await) }, if sending.is_some() => {
+                sending = None;
+                println!("{} {}", stamp(t0.elapsed()), said.unwrap_or_else(|e| format!("✗ the export was not sent: {e}")));
+                continue;
+            }
             _ = tokio::signal::ctrl_c() => {
                 println!("\ninterrupted: stopping VM {}", spec.name);
                 super::stop::run(&spec, None).await?;
@@ -135,7 +152,24 @@ pub async fn run(
                 Event::Launched { role, pid, .. } => {
                     println!("{} {role} started (pid {pid})", stamp(t0.elapsed()));
                 }
-                Event::Stage(line) => println!("{} {}", stamp(t0.elapsed()), stage_line(&line)),
+                Event::Stage(line) => {
+                    println!("{} {}", stamp(t0.elapsed()), stage_line(&line));
+                    if line.stage == protocol::Stage::Control
+                        && line.status == protocol::status::StageStatus::Accepted
+                    {
+                        if let Some(file) = export.take() {
+                            println!(
+                                "{} sending the export {} to the guest",
+                                stamp(t0.elapsed()),
+                                file.display()
+                            );
+                            let run = run.clone();
+                            sending = Some(tokio::task::spawn_blocking(move || {
+                                send_export(&run, &file)
+                            }));
+                        }
+                    }
+                }
                 Event::Stopping { reason } => {
                     println!("{} ✗ {reason}", stamp(t0.elapsed()));
                     println!(
@@ -171,8 +205,28 @@ pub async fn run(
     }
 }
 
-/// Creates directories, secrets and the data disk, and writes the run spec.
-fn prepare(spec: &Spec) -> anyhow::Result<()> {
+/// Sends the opened export at `file` for the boot to restore from; what happened.
+fn send_export(run: &RunDir, file: &std::path::Path) -> String {
+    let sent = std::fs::File::open(file).and_then(|mut f| {
+        let bytes = f.metadata()?.len();
+        crate::transfer::run(
+            run,
+            protocol::transfer::Transfer::ImportExport { bytes },
+            &mut f,
+            &mut std::io::sink(),
+        )
+        .map_err(std::io::Error::other)
+    });
+    match sent {
+        Ok(a) if a.ok => format!("✓ {}", a.message),
+        Ok(a) => format!("✗ the guest refused the export: {}", a.message),
+        Err(e) => format!("✗ the export was not sent: {e}"),
+    }
+}
+
+/// Creates directories, secrets and the data disk, and writes the run spec, the launch
+/// plan preflight checked and this start's one-boot request (or removes a stale one).
+fn prepare(spec: &Spec, plan: &LaunchPlan, request: Option<&BootRequest>) -> anyhow::Result<()> {
     let mut dirs = std::fs::DirBuilder::new();
     dirs.recursive(true).mode(0o700);
     for d in [&spec.run_dir, &spec.secrets_dir] {
@@ -182,9 +236,16 @@ fn prepare(spec: &Spec) -> anyhow::Result<()> {
     let log_dir = spec.log_dir();
     std::fs::create_dir_all(&log_dir)
         .with_context(|| format!("cannot create {}", log_dir.display()))?;
-    for f in crate::replica_credentials::import(spec)? {
+    let imported = crate::replica_credentials::import(spec)?;
+    for f in &imported.written {
         println!(
             "  + took {} from the replica credentials file (mode 0600)",
+            f.display()
+        );
+    }
+    for f in &imported.kept {
+        println!(
+            "  ! kept {}: the replica credentials file holds another value, and this node already has its data disk (a password rotated since the file was written stays)",
             f.display()
         );
     }
@@ -215,10 +276,10 @@ fn prepare(spec: &Spec) -> anyhow::Result<()> {
     }
     let run = RunDir::new(&spec.run_dir);
     run.remove_stale();
-    let _ = std::fs::remove_file(result_file(&run));
-    let json = serde_json::to_vec_pretty(spec)?;
-    std::fs::write(run.spec_json(), json)
-        .with_context(|| format!("cannot write {}", run.spec_json().display()))?;
+    run_files::failure(&run).remove()?;
+    run_files::spec(&run).write(spec)?;
+    run_files::launch_plan(&run).write(plan)?;
+    run_files::boot_request(&run).put(request)?;
     Ok(())
 }
 
@@ -241,10 +302,7 @@ async fn wait_for_supervisor(run: &RunDir, supervisor: &mut std::process::Child)
 /// one, then make sure nothing of the VM is left.
 async fn report_lost(spec: &Spec, run: &RunDir, what: &str) -> i32 {
     let spec = running_spec(spec);
-    match std::fs::read(result_file(run))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<crate::ipc::FailureReport>(&b).ok())
-    {
+    match run_files::failure(run).read().ok().flatten() {
         Some(report) => print!("{}", failure_block(&spec.name, &report)),
         None => {
             println!(

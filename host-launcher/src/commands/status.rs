@@ -2,15 +2,20 @@
 //! as a table or JSON; without a supervisor, what the pid files say.
 
 use super::running_spec;
-use crate::ipc::{Client, Phase, ProcessInfo, Reply, Request, VmStatus};
-use crate::report::{human_duration, mark};
+use crate::ipc::{base_status, Client, Phase, ProcessInfo, Reply, Request, VmStatus};
 use crate::rundir::{Role, RunDir};
 use crate::spec::{Backend, Spec};
+use crate::terminal::{human_duration, mark};
 
-/// Gathers the status of `spec`'s VM.
+/// Gathers the status of `spec`'s VM: the supervisor's view and the guest's own, and,
+/// while the guest answers, the database and replication as the server has them.
 pub async fn gather(spec: &Spec) -> VmStatus {
     let mut status = gather_vm(spec).await;
     status.autostart = crate::autostart::installed(&crate::paths::HostEnv::detect(), &spec.name);
+    if status.control_connected {
+        status.database = super::db::view(spec).await;
+        status.replication = super::replica::status(spec).await;
+    }
     status
 }
 
@@ -26,11 +31,6 @@ async fn gather_vm(spec: &Spec) -> VmStatus {
         }
     }
     VmStatus {
-        name: spec.name.clone(),
-        cid: spec.cid,
-        backend: spec.vmm.backend.to_string(),
-        phase: Phase::NotRunning,
-        elapsed_ms: None,
         processes: Role::ALL
             .iter()
             .filter(|r| **r != Role::VhostDeviceVsock || spec.vmm.backend == Backend::Qemu)
@@ -40,16 +40,8 @@ async fn gather_vm(spec: &Spec) -> VmStatus {
                 alive: run.live_pid(role).is_some(),
             })
             .collect(),
-        stages: vec![],
-        control_connected: false,
-        hello: None,
-        devices: None,
-        guest: None,
         guest_error: Some("no supervisor is running".into()),
-        console_log: spec.console_log.clone(),
-        supervisor_log: spec.log_file("supervisor"),
-        restarts: vec![],
-        autostart: None,
+        ..base_status(&spec, Phase::NotRunning)
     }
 }
 
@@ -61,30 +53,25 @@ const WATCH_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 pub async fn run(spec: &Spec, json: bool, watch: bool) -> anyhow::Result<i32> {
     loop {
         let s = gather(spec).await;
-        let (database, replication) = if s.control_connected {
-            (
-                super::db::view(spec).await,
-                super::replica::status(spec).await,
-            )
-        } else {
-            (None, None)
-        };
         if json {
-            let mut v = serde_json::to_value(&s)?;
-            if let Some(map) = v.as_object_mut() {
-                map.insert("database".into(), serde_json::to_value(&database)?);
-                map.insert("replication".into(), serde_json::to_value(&replication)?);
-            }
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            println!("{}", serde_json::to_string_pretty(&s)?);
         } else {
             let mut text = render(&s);
-            if let Some(d) = &database {
+            if let Some(d) = &s.database {
                 text.push_str(&super::db::render_view(d));
             }
-            if let Some(r) = &replication {
+            if let Some(r) = &s.replication {
                 text.push_str(&super::replica::render_status(
                     r,
                     spec.data_disk.size_gib << 30,
+                ));
+            }
+            if let Some(f) = s.guest.as_ref().and_then(|g| g.fence.as_ref()) {
+                text.push_str(&super::replica::render_fence(
+                    f,
+                    // The guest stamps it by its clock, which may be set off the host's.
+                    crate::guest_clock::guest_now_unix_ms()
+                        .map_or(0, |ms| i64::try_from(ms / 1000).unwrap_or(i64::MAX)),
                 ));
             }
             if watch {
@@ -179,6 +166,19 @@ pub fn render(s: &VmStatus) -> String {
             s.restarts.len(),
             human_duration(ago * 1000),
             last.exited
+        );
+    }
+    let refused = &s.control_refused;
+    if refused.count > 0 {
+        let ago = u64::try_from(now_unix())
+            .unwrap_or(0)
+            .saturating_sub(refused.last_unix);
+        let _ = writeln!(
+            o,
+            "  ✗ {} control connection(s) refused: a guest process other than PID 1 tried to speak for the guest; the last {} ago: {}",
+            refused.count,
+            human_duration(ago * 1000),
+            refused.last.as_deref().unwrap_or("?")
         );
     }
     if !s.stages.is_empty() {
@@ -325,7 +325,7 @@ pub fn render_backup(b: &protocol::backup::BackupStatus, now: i64) -> String {
                     utc_text(ok.started_unix),
                     ok.duration_ms as f64 / 1000.0,
                     ok.repo_bytes
-                        .map(super::backup::size)
+                        .map(crate::terminal::size)
                         .unwrap_or_else(|| "?".into()),
                     b.sets
                 );
@@ -423,23 +423,16 @@ mod tests {
     use crate::ipc::{Phase, VmStatus};
 
     fn not_running(backend: &str) -> VmStatus {
+        let env = crate::spec::tests::env_in(std::path::Path::new("/data/sovereign"), true);
+        let mut spec = crate::spec::Spec::builtin_sql(&env).unwrap();
+        spec.vmm.backend = match backend {
+            "crosvm" => crate::spec::Backend::Crosvm,
+            _ => crate::spec::Backend::Qemu,
+        };
         VmStatus {
-            name: "sql".into(),
-            cid: 10,
-            backend: backend.into(),
-            phase: Phase::Up,
             elapsed_ms: Some(1000),
-            processes: vec![],
-            stages: vec![],
             control_connected: true,
-            hello: None,
-            devices: None,
-            guest: None,
-            guest_error: None,
-            console_log: "/data/sovereign/sql-console.log".into(),
-            supervisor_log: "/data/sovereign/sql-supervisor.log".into(),
-            restarts: vec![],
-            autostart: None,
+            ..crate::ipc::base_status(&spec, Phase::Up)
         }
     }
 
@@ -468,6 +461,15 @@ mod tests {
         assert!(
             text.contains("! booted again 1 time(s) after its VMM died")
                 && text.contains("(vmm: signal: 9 (SIGKILL))"),
+            "{text}"
+        );
+        assert!(!text.contains("control connection(s) refused"), "{text}");
+        s.control_refused.count = 2;
+        s.control_refused.last = Some("control connection 7 refused: no token".into());
+        let text = render(&s);
+        assert!(
+            text.contains("✗ 2 control connection(s) refused")
+                && text.contains("connection 7 refused: no token"),
             "{text}"
         );
         // Under QEMU (a dev box) the boot script is not a thing to mention.

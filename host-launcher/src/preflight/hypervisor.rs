@@ -5,7 +5,6 @@
 use super::Check;
 use crate::paths::HostEnv;
 use crate::spec::{Backend, Protection, Spec};
-use crate::vmm::crosvm_flags::CrosvmFlags;
 use std::process::Command;
 
 /// Android's property for ordinary (unprotected) VMs.
@@ -83,7 +82,7 @@ pub(super) fn crosvm_flags(spec: &Spec, env: &HostEnv) -> Option<Check> {
         return None;
     }
     let program = env.find_tool(&spec.vmm.crosvm)?; // the crosvm check says it is missing
-    let Some(flags) = CrosvmFlags::probe(&program) else {
+    let Some(flags) = env.crosvm_flags(&program) else {
         return Some(Check::warn(
             NAME,
             format!("`{} run --help` gave no option list", program.display()),
@@ -175,11 +174,18 @@ mod tests {
             Status::Warn
         );
 
+        // One start asks once: the answer stays with the HostEnv that got it.
+        let fresh = || HostEnv {
+            crosvm_help: Default::default(),
+            ..env.clone()
+        };
         script(
             d.path(),
             "crosvm",
             "echo 'Options:\n  --cid\n  --mem\n  --cpus\n  --rwdisk\n  --rwroot\n  --protected-vm-without-firmware'",
         );
+        assert_eq!(crosvm_flags(&spec, &env).unwrap().status, Status::Warn);
+        let env = fresh();
         let c = crosvm_flags(&spec, &env).unwrap();
         assert_eq!(c.status, Status::Pass, "{c:?}");
         assert!(c.detail.contains("--vsock (using --cid)"), "{c:?}");
@@ -195,7 +201,7 @@ mod tests {
             "echo 'Options:\n  --mem\n  --cpus\n  --vsock\n  --block'",
         );
         spec.vmm.protection = Protection::WithoutFirmware;
-        let c = crosvm_flags(&spec, &env).unwrap();
+        let c = crosvm_flags(&spec, &fresh()).unwrap();
         assert_eq!(c.status, Status::Fail, "{c:?}");
         assert!(c.hint.unwrap().contains("vmm.protection = \"none\""));
     }

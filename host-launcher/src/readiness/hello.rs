@@ -60,6 +60,7 @@ mod tests {
             cid,
             kernel_release: "6.12".into(),
             boot_time_ms: 1,
+            session: None,
         }
     }
 

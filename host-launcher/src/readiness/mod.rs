@@ -1,6 +1,6 @@
 //! Stage acceptance: turns what the guest says (console markers, control messages) and
 //! what the host sees (process exits, the clock) into accepted or failed stages, by
-//! DESIGN.md's table. Pure: no I/O, time is passed in, so every rule is unit-tested.
+//! the table below. Pure: no I/O, time is passed in, so every rule is unit-tested.
 //!
 //! | stage     | accepted when                                                        |
 //! |-----------|----------------------------------------------------------------------|
@@ -452,6 +452,7 @@ pub(crate) mod tests {
             cid,
             kernel_release: "6.12.48-sovereign".into(),
             boot_time_ms: 900,
+            session: None,
         }
     }
 

@@ -66,6 +66,7 @@ struct BackupFile {
     retention_days: Option<u32>,
     #[serde(default)]
     schedule: ScheduleFile,
+    passphrase_file: Option<PathBuf>,
     offsite: Option<OffsiteFile>,
 }
 
@@ -101,6 +102,30 @@ struct PostgresFile {
     port: Option<u16>,
     superuser_password_file: Option<PathBuf>,
     superuser_from_tailnet: Option<bool>,
+    #[serde(default)]
+    settings: std::collections::BTreeMap<String, SettingValue>,
+}
+
+/// A `[postgres.settings]` value as TOML writes it: `"256MB"`, `120`, `1.5` or `true`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum SettingValue {
+    Text(String),
+    Whole(i64),
+    Decimal(f64),
+    Switch(bool),
+}
+
+impl SettingValue {
+    /// The value as postgresql.conf reads it (a switch as `on`/`off`).
+    fn into_conf(self) -> String {
+        match self {
+            SettingValue::Text(s) => s,
+            SettingValue::Whole(n) => n.to_string(),
+            SettingValue::Decimal(x) => x.to_string(),
+            SettingValue::Switch(b) => if b { "on" } else { "off" }.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +138,49 @@ struct AppFile {
 
 /// The apps the built-in VM provisions: the two the project is for.
 pub const BUILTIN_APPS: [&str; 2] = ["vaultwarden", "forgejo"];
+
+/// `text` (a spec file) with `size_gib = gib` in its `[table]` (`data_disk` or
+/// `backup_disk`): the line replaced where it is, added under the table's header, or
+/// the table appended; every other line stays as the user wrote it. The caller parses
+/// the result before writing it.
+pub fn with_disk_size(text: &str, table: &str, gib: u64) -> String {
+    let header = format!("[{table}]");
+    let line = format!("size_gib = {gib}");
+    let mut out: Vec<String> = Vec::new();
+    let mut in_table = false;
+    let mut done = false;
+    for l in text.lines() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            if in_table && !done {
+                out.push(line.clone());
+                done = true;
+            }
+            in_table = t == header;
+        } else if in_table && !done && t.split('=').next().map(str::trim) == Some("size_gib") {
+            let indent = &l[..l.len() - l.trim_start().len()];
+            out.push(format!("{indent}{line}"));
+            done = true;
+            continue;
+        }
+        out.push(l.to_string());
+    }
+    if in_table && !done {
+        out.push(line.clone());
+        done = true;
+    }
+    let mut text = out.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    if !done {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        text.push_str(&format!("{header}\n{line}\n"));
+    }
+    text
+}
 
 /// `text` (a spec file) with one more `[[apps]]` table at its end: appended as text so
 /// the user's comments and layout stay as they were. The caller parses and validates
@@ -305,7 +373,11 @@ fn resolve_file(
                 full_every_days: f.backup.schedule.full_every_days.unwrap_or(7),
                 diff_every_days: f.backup.schedule.diff_every_days.unwrap_or(1),
             },
-            restore_on_boot: None,
+            passphrase_file: f
+                .backup
+                .passphrase_file
+                .map(&in_dir)
+                .unwrap_or_else(|| secrets_dir.join(format!("{name}-backup.passphrase"))),
             offsite: f.backup.offsite.map(|o| OffsiteSpec {
                 host: o.host,
                 port: o.port.unwrap_or(22),
@@ -334,6 +406,12 @@ fn resolve_file(
                 .map(&in_dir)
                 .unwrap_or_else(|| secrets_dir.join(format!("{name}-postgres.password"))),
             superuser_from_tailnet: f.postgres.superuser_from_tailnet.unwrap_or(true),
+            settings: f
+                .postgres
+                .settings
+                .into_iter()
+                .map(|(k, v)| (k, v.into_conf()))
+                .collect(),
         },
         apps,
         tailscale: TailscaleSpec {
@@ -437,12 +515,12 @@ mod tests {
             o.private_key_file,
             PathBuf::from("/base/secrets/sql-offsite.key")
         );
-        assert!(crate::validate::validate(&s, &env)
+        assert!(crate::spec::validate::validate(&s, &env)
             .iter()
             .all(|p| !p.to_string().contains("offsite")));
         let by_address = text.replace("backup-box", "100.64.0.9");
         let s = Spec::parse(&by_address, Path::new("/specs"), &env, "t.toml").unwrap();
-        let problems: Vec<String> = crate::validate::validate(&s, &env)
+        let problems: Vec<String> = crate::spec::validate::validate(&s, &env)
             .iter()
             .map(ToString::to_string)
             .collect();
@@ -519,5 +597,59 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("superuser_from_tailnet"), "{e}");
+    }
+
+    #[test]
+    fn a_disk_size_is_changed_in_place_and_nothing_else_moves() {
+        let env = env_in(Path::new("/base"), false);
+        let text = "# my VM\nname = \"sql\"\n[data_disk]\n  size_gib = 4 # small\npath = \"p.img\"\n[backup]\nenabled = true\n";
+        let out = with_disk_size(text, "data_disk", 8);
+        assert_eq!(
+            out,
+            "# my VM\nname = \"sql\"\n[data_disk]\n  size_gib = 8\npath = \"p.img\"\n[backup]\nenabled = true\n"
+        );
+        let s = Spec::parse(&out, Path::new("/d"), &env, "t.toml").unwrap();
+        assert_eq!(s.data_disk.size_gib, 8);
+        // A table without the line gets it under its header; a missing table is added.
+        let out = with_disk_size(
+            "[backup_disk]\npath = \"b.img\"\n[vmm]\n",
+            "backup_disk",
+            12,
+        );
+        assert_eq!(
+            out,
+            "[backup_disk]\npath = \"b.img\"\nsize_gib = 12\n[vmm]\n"
+        );
+        let out = with_disk_size("name = \"sql\"", "data_disk", 6);
+        assert_eq!(out, "name = \"sql\"\n\n[data_disk]\nsize_gib = 6\n");
+        let s = Spec::parse(&out, Path::new("/d"), &env, "t.toml").unwrap();
+        assert_eq!(s.data_disk.size_gib, 6);
+    }
+
+    #[test]
+    fn postgres_settings_keep_what_toml_wrote_as_postgresql_reads_it() {
+        let env = env_in(Path::new("/base"), false);
+        let s = Spec::parse(
+            "[postgres.settings]\nshared_buffers = \"256MB\"\nmax_connections = 120\nrandom_page_cost = 1.5\nlog_lock_waits = true\n",
+            Path::new("/d"),
+            &env,
+            "t.toml",
+        )
+        .unwrap();
+        let got: Vec<(&str, &str)> = s
+            .postgres
+            .settings
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("log_lock_waits", "on"),
+                ("max_connections", "120"),
+                ("random_page_cost", "1.5"),
+                ("shared_buffers", "256MB")
+            ]
+        );
     }
 }

@@ -11,8 +11,9 @@
 mod file;
 mod problem;
 mod replication;
+pub mod validate;
 
-pub use file::{with_app_added, BUILTIN_APPS};
+pub use file::{with_app_added, with_disk_size, BUILTIN_APPS};
 pub use problem::{Problem, SpecError};
 pub use replication::ReplicationSpec;
 
@@ -113,10 +114,11 @@ pub struct BackupSpec {
     pub retention_days: u32,
     /// When PID 1 takes backups by itself.
     pub schedule: ScheduleSpec,
-    /// Set only by `restore --new-disk` for the boot it starts (never read from a spec
-    /// file): restore onto the new data disk before postgres starts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restore_on_boot: Option<protocol::backup::RestoreTarget>,
+    /// The passphrase off-device copies are encrypted with (repo2, exports), 0600:
+    /// generated on the first start with backups (default
+    /// `<secrets>/<name>-backup.passphrase`). Keep a copy apart from the phone: without
+    /// it nothing that left the phone can be restored (`sovereign backup key --show`).
+    pub passphrase_file: PathBuf,
     /// repo2 off the device, when set: an SFTP server reached over the tailnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offsite: Option<OffsiteSpec>,
@@ -174,6 +176,10 @@ pub struct PostgresSpec {
     /// superuser can run programs in the guest.
     #[serde(default = "default_true")]
     pub superuser_from_tailnet: bool,
+    /// `[postgres.settings]`: tunables by name, as postgresql.conf reads them; the
+    /// memory settings not named here follow `memory_mib`.
+    #[serde(default)]
+    pub settings: std::collections::BTreeMap<String, String>,
 }
 
 fn default_true() -> bool {
@@ -355,31 +361,32 @@ impl Spec {
     }
 
     /// The backup configuration for the guest, when backups are enabled, with repo2's
-    /// private key (read from its file by the caller; see [`crate::secrets`]).
+    /// private key and the backup passphrase (read from their files by the caller; see
+    /// [`crate::secrets`]).
     pub fn guest_backup(
         &self,
-        offsite_key: Option<protocol::config::Secret>,
+        offsite_secrets: Option<(protocol::config::Secret, protocol::config::Secret)>,
     ) -> Option<protocol::backup::BackupConfig> {
-        let offsite = self
-            .backup
-            .offsite
-            .as_ref()
-            .zip(offsite_key)
-            .map(|(o, key)| protocol::backup::OffsiteConfig {
-                host: o.host.clone(),
-                port: o.port,
-                user: o.user.clone(),
-                path: o.path.clone(),
-                host_key: o.host_key.clone(),
-                private_key: key,
-            });
+        let offsite =
+            self.backup
+                .offsite
+                .as_ref()
+                .zip(offsite_secrets)
+                .map(|(o, (key, passphrase))| protocol::backup::OffsiteConfig {
+                    host: o.host.clone(),
+                    port: o.port,
+                    user: o.user.clone(),
+                    path: o.path.clone(),
+                    host_key: o.host_key.clone(),
+                    private_key: key,
+                    passphrase,
+                });
         self.backup.enabled.then(|| protocol::backup::BackupConfig {
             device: BACKUP_DEVICE.to_string(),
             archive_timeout_secs: self.backup.archive_timeout_secs,
             retention_days: self.backup.retention_days,
             full_every_days: self.backup.schedule.full_every_days,
             diff_every_days: self.backup.schedule.diff_every_days,
-            restore_on_boot: self.backup.restore_on_boot.clone(),
             offsite,
         })
     }
@@ -423,6 +430,7 @@ pub(crate) mod tests {
             selinux_fs: dir.join("selinux"),
             boot_script_dir: dir.join("adb/service.d"),
             euid: 0,
+            crosvm_help: Default::default(),
         }
     }
 

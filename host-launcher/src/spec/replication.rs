@@ -15,6 +15,7 @@ pub(super) struct ReplicationFile {
     peer: String,
     credentials_file: Option<PathBuf>,
     synchronous: Option<bool>,
+    require_peer_at_boot: Option<bool>,
 }
 
 /// Streaming replication with a peer VM, resolved.
@@ -35,9 +36,10 @@ pub struct ReplicationSpec {
     /// Commits wait for the peer's disk (`synchronous_standby_names`).
     #[serde(default)]
     pub synchronous: bool,
-    /// Set by `sovereign rejoin` for that start only: rewind onto the peer first.
+    /// A primary whose peer does not answer at boot waits for it instead of starting
+    /// (safety over availability): nothing else rules out that the peer was promoted.
     #[serde(default)]
-    pub rejoin: bool,
+    pub require_peer_at_boot: bool,
 }
 
 impl ReplicationFile {
@@ -54,7 +56,7 @@ impl ReplicationFile {
             password_file: secrets_dir.join(format!("{name}-replication.password")),
             credentials_file: self.credentials_file.map(in_dir),
             synchronous: self.synchronous.unwrap_or(false),
-            rejoin: false,
+            require_peer_at_boot: self.require_peer_at_boot.unwrap_or(false),
         }
     }
 }
@@ -115,7 +117,7 @@ mod tests {
             r.password_file,
             dir.path().join("secrets/sql-replication.password")
         );
-        assert!(!r.synchronous && !r.rejoin);
+        assert!(!r.synchronous && !r.require_peer_at_boot);
         let fields: Vec<String> = r
             .problems(&s.hostname)
             .into_iter()
@@ -126,13 +128,13 @@ mod tests {
         let creds = dir.path().join("sql-vm.credentials");
         std::fs::write(&creds, "x").unwrap();
         let s = parse(
-            "hostname = \"sql-replica\"\n[replication]\nrole = \"replica\"\npeer = \"sql-vm\"\ncredentials_file = \"sql-vm.credentials\"\nsynchronous = true\n",
+            "hostname = \"sql-replica\"\n[replication]\nrole = \"replica\"\npeer = \"sql-vm\"\ncredentials_file = \"sql-vm.credentials\"\nsynchronous = true\nrequire_peer_at_boot = true\n",
             dir.path(),
         )
         .unwrap();
         let r = s.replication.as_ref().unwrap();
         assert_eq!(r.credentials_file.as_deref(), Some(creds.as_path()));
-        assert!(r.synchronous);
+        assert!(r.synchronous && r.require_peer_at_boot);
         assert!(r.problems(&s.hostname).is_empty());
     }
 

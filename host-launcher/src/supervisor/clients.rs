@@ -33,6 +33,10 @@ fn probe_deadline(probe: &protocol::messages::Probe) -> Duration {
         _ => GUEST_QUERY,
     }
 }
+/// How long a promotion may take: asking the peer (its connect timeout) and up to a
+/// minute for PostgreSQL to leave recovery.
+const GUEST_PROMOTE: Duration = Duration::from_secs(150);
+
 /// How long a backup or restore may take (a full backup of a large database under
 /// emulation, or replaying a day of WAL).
 pub(super) const GUEST_BACKUP: Duration = Duration::from_secs(4 * 3600);
@@ -150,6 +154,10 @@ async fn serve_client(
             };
             relay(&cmd, msg, Expect::Signal(0), GUEST_QUERY).await
         }
+        Request::Promote { force } => {
+            let msg = HostMessage::Promote { id: 0, force };
+            relay(&cmd, msg, Expect::Promote(0), GUEST_PROMOTE).await
+        }
         Request::Backup { request } => {
             let msg = HostMessage::Backup { id: 0, request };
             relay(&cmd, msg, Expect::Backup(0), GUEST_BACKUP).await
@@ -221,6 +229,7 @@ async fn relay(
         Ok(GuestMessage::ProbeResult(r)) => Reply::ProbeResult(r),
         Ok(GuestMessage::LogContents(r)) => Reply::LogContents(r),
         Ok(GuestMessage::SignalResult(r)) => Reply::SignalResult(r),
+        Ok(GuestMessage::PromoteResult(r)) => Reply::PromoteResult(r),
         Ok(GuestMessage::BackupAnswer(a)) => Reply::Backup(a),
         Ok(other) => Reply::Error {
             message: GuestRequestError::UnexpectedAnswer(Box::new(other)).to_string(),

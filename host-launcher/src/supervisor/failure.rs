@@ -8,19 +8,15 @@ use super::{Supervisor, FAILED_BOOT_SHUTDOWN};
 use crate::console::ConsoleTail;
 use crate::ipc::{Event, FailureReport, Phase, StopReport};
 use crate::readiness::{Failure, FailurePoint};
+use crate::run_files;
 use crate::rundir::RunDir;
 use crate::spec::Spec;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Console and VMM log lines are cut to this many characters in a report.
 const MAX_LINE_CHARS: usize = 2000;
 /// Lines of the VMM's own log kept in a report.
 const VMM_LOG_TAIL: usize = 12;
-
-/// Where the final failure report is kept for a client that connects too late.
-pub fn result_file(run: &RunDir) -> PathBuf {
-    run.root().join("failure.json")
-}
 
 /// A failure to start a host process (or the control listener) before the guest ran.
 pub fn at_launch(what: impl Into<String>, reason: String) -> Failure {
@@ -90,10 +86,11 @@ pub fn report(
     }
 }
 
-/// Keeps `report` in `failure.json` (best effort: the event carries it too).
+/// Keeps `report` for a client that connects too late (best effort: the event
+/// carries it too).
 pub fn keep(run: &RunDir, report: &FailureReport) {
-    if let Ok(json) = serde_json::to_vec_pretty(report) {
-        let _ = std::fs::write(result_file(run), json);
+    if let Err(e) = run_files::failure(run).write(report) {
+        log::warn!("{e}");
     }
 }
 
@@ -229,8 +226,7 @@ mod tests {
             got,
             crate::ipc::Reply::Event(Event::Failed(Box::new(r.clone())))
         );
-        let kept: FailureReport =
-            serde_json::from_slice(&std::fs::read(result_file(&run)).unwrap()).unwrap();
+        let kept: FailureReport = run_files::failure(&run).read_present().unwrap();
         assert_eq!(kept, r);
     }
 }

@@ -1,8 +1,17 @@
 //! The guest's side of the control channel. Connections are accepted in a task of
-//! their own, which refuses at once any AF_VSOCK peer whose CID is not the spec's. A
-//! new connection is only a candidate: it replaces the current one when its first
+//! their own, which refuses at once any AF_VSOCK peer whose CID is not the spec's or
+//! whose source port is not one only PID 1 can bind (see `ControlListener::accept_from`).
+//! A new connection is only a candidate: it replaces the current one when its first
 //! message is a Hello that passes the Hello rule, so another VM on the same host can
-//! neither take over the channel nor fail a running VM's connection. On the current
+//! neither take over the channel nor fail a running VM's connection.
+//!
+//! Inside the guest, only PID 1 may speak for it. The boot's first connection is PID
+//! 1's (it dials before any other guest process exists); the supervisor hands it a
+//! session token then, and a later connection takes over only when its Hello carries
+//! that token. Configuration and secrets go to no other connection. Under
+//! vhost-device-vsock the host sees no source port, so the token is what holds there;
+//! a root process in the guest could still read the token from PID 1's memory or bind
+//! a reserved port, and owns the guest anyway. On the current
 //! connection, the supervisor sends a heartbeat every [`HEARTBEAT_INTERVAL`] and drops a
 //! guest that stayed silent for [`PEER_SILENCE_LIMIT`] (the guest dials again). Each
 //! guest message goes where it belongs: boot evidence to the readiness tracker,
@@ -15,9 +24,19 @@ use crate::readiness::assess_hello;
 use crate::secrets;
 use protocol::control::{HEARTBEAT_INTERVAL, PEER_SILENCE_LIMIT};
 use protocol::messages::Hello;
+use protocol::status::ControlRefusals;
 use protocol::{GuestMessage, HostMessage};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// Compares two tokens in time that does not depend on where they differ.
+fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
 
 /// Accepts guest connections forever; each one's events go to `tx`. On AF_VSOCK a peer
 /// whose CID is not `cid` is closed without a word.
@@ -56,6 +75,13 @@ pub(super) enum AdmitError {
         /// The connection.
         id: u64,
     },
+    #[error("control connection {id} refused: its Hello {}", if *.presented { "carries a wrong session token" } else { "carries no session token, and this boot's first connection already has it" })]
+    NoSession {
+        /// The connection.
+        id: u64,
+        /// Whether it carried a token at all.
+        presented: bool,
+    },
     #[error("control connection {id} refused: {why}")]
     Refused {
         /// The connection.
@@ -77,6 +103,10 @@ pub(super) struct Channel {
     heard: Instant,
     /// When the last heartbeat went out.
     beat: Instant,
+    /// This boot's session token, once its first connection was admitted.
+    pub session: Option<String>,
+    /// Connections refused for want of the token, for `status`.
+    pub refused: ControlRefusals,
 }
 
 impl Default for Channel {
@@ -86,6 +116,8 @@ impl Default for Channel {
             candidates: Vec::new(),
             heard: Instant::now(),
             beat: Instant::now(),
+            session: None,
+            refused: ControlRefusals::default(),
         }
     }
 }
@@ -103,7 +135,7 @@ impl Channel {
             ControlEvent::Opened(conn) => self.candidates.push(conn),
             ControlEvent::Message { conn, msg } => {
                 if let (Some(c), GuestMessage::Hello(h)) = (self.take_candidate(conn), &*msg) {
-                    if assess_hello(h, cid, c.peer_cid).is_ok() {
+                    if assess_hello(h, cid, c.peer_cid).is_ok() && self.holds_session(h).is_ok() {
                         self.promote(c);
                     } else {
                         c.close();
@@ -144,8 +176,31 @@ impl Channel {
                 });
             }
         }
+        if !booting {
+            if let Err(presented) = self.holds_session(hello) {
+                candidate.close();
+                let e = AdmitError::NoSession {
+                    id: candidate.id,
+                    presented,
+                };
+                self.refused.count += 1;
+                self.refused.last = Some(e.to_string());
+                self.refused.last_unix = super::now_unix();
+                return Err(e);
+            }
+        }
         self.promote(candidate);
         Ok(())
+    }
+
+    /// Whether `hello` carries this boot's session token (before one was handed out, any
+    /// Hello does); `Err(presented)` says whether it carried a token at all.
+    fn holds_session(&self, hello: &Hello) -> Result<(), bool> {
+        match (&self.session, &hello.session) {
+            (None, _) => Ok(()),
+            (Some(ours), Some(theirs)) if same_token(ours, theirs) => Ok(()),
+            (Some(_), theirs) => Err(theirs.is_some()),
+        }
     }
 
     /// Makes `conn` the current connection, closing the one it replaces.
@@ -259,6 +314,9 @@ impl Supervisor {
                     self.on_reconnect_hello(&h).await;
                     return Flow::Continue;
                 }
+                if assess_hello(&h, self.spec.cid, peer).is_ok() {
+                    self.start_session();
+                }
                 let p = self
                     .readiness
                     .as_mut()
@@ -303,6 +361,23 @@ impl Supervisor {
         }
     }
 
+    /// Hands the boot's first connection its session token (before anything else goes
+    /// to it) and keeps the token where a `stop` without a supervisor finds it.
+    fn start_session(&mut self) {
+        let token = crate::supervisor::transfers::new_token();
+        if let Some(conn) = &self.channel.current {
+            if !conn.post(HostMessage::Session {
+                token: token.clone(),
+            }) {
+                log::warn!("cannot hand the guest its session token: the connection is gone");
+            }
+        }
+        if let Err(e) = crate::run_files::session(&self.run).write(&token) {
+            log::warn!("{e}");
+        }
+        self.channel.session = Some(token);
+    }
+
     /// A Hello after the boot's: a verified reconnect, handed the config again.
     async fn on_reconnect_hello(&mut self, hello: &Hello) {
         log::info!("guest reconnected (kernel {})", hello.kernel_release);
@@ -330,6 +405,7 @@ mod tests {
             cid,
             kernel_release: "6.12".into(),
             boot_time_ms: 1,
+            session: None,
         })
     }
 
@@ -376,5 +452,38 @@ mod tests {
         ch.admit(again, &hello(10), 10, false).unwrap();
         assert_eq!(ch.current.as_ref().map(|c| c.id), Some(4));
         assert!(closed(&mut first_peer).await);
+    }
+
+    #[tokio::test]
+    async fn after_the_first_connection_only_the_session_token_takes_over() {
+        let mut ch = Channel::default();
+        let (first, _first_peer) = connection(1);
+        ch.admit(first, &hello(10), 10, true).unwrap();
+        ch.session = Some("0123abcd".into());
+        let with = |token: Option<&str>| match hello(10) {
+            GuestMessage::Hello(h) => GuestMessage::Hello(Hello {
+                session: token.map(str::to_string),
+                ..h
+            }),
+            other => other,
+        };
+
+        // Another guest process with a valid Hello, and one replaying a wrong token.
+        let (bare, mut bare_peer) = connection(2);
+        let e = ch.admit(bare, &with(None), 10, false).unwrap_err();
+        assert!(e.to_string().contains("carries no session token"), "{e}");
+        let (forged, mut forged_peer) = connection(3);
+        let e = ch
+            .admit(forged, &with(Some("0123abce")), 10, false)
+            .unwrap_err();
+        assert!(e.to_string().contains("wrong session token"), "{e}");
+        assert!(closed(&mut bare_peer).await && closed(&mut forged_peer).await);
+        assert_eq!(ch.current.as_ref().map(|c| c.id), Some(1), "PID 1 keeps it");
+        assert_eq!(ch.refused.count, 2);
+
+        // PID 1's own reconnect carries it.
+        let (again, _again_peer) = connection(4);
+        ch.admit(again, &with(Some("0123abcd")), 10, false).unwrap();
+        assert_eq!(ch.current.as_ref().map(|c| c.id), Some(4));
     }
 }

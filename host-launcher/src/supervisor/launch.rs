@@ -31,6 +31,8 @@ fn restart_delay(n: u32) -> Duration {
 impl Supervisor {
     /// Starts the processes in order, each after the previous one's socket exists.
     pub(super) async fn launch(&mut self) -> Result<(), Failure> {
+        // A new boot: its first connection gets a new session token.
+        self.channel.session = None;
         // The clock of the first stage starts now: helpers take a fraction of a second.
         self.readiness = Some(Readiness::new(
             self.spec.cid,

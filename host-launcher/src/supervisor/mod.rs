@@ -25,7 +25,6 @@ mod snapshot;
 mod teardown;
 mod transfers;
 
-pub use failure::result_file;
 pub use requests::GuestRequestError;
 pub use teardown::GUEST_SHUTDOWN_MARGIN;
 
@@ -35,14 +34,13 @@ use self::requests::PendingRequests;
 use crate::console::{rotate, ConsoleTail};
 use crate::control::{ControlEvent, ControlListener};
 use crate::ipc::Phase;
-use crate::paths::HostEnv;
 use crate::process;
 use crate::readiness::Readiness;
+use crate::run_files;
 use crate::rundir::{Role, RunDir};
 use crate::spec::{Backend, Spec};
-use crate::vmm::{self, LaunchPlan};
+use crate::vmm::LaunchPlan;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -58,13 +56,8 @@ const FAILED_BOOT_SHUTDOWN: u32 = 10;
 /// Why the supervisor could not run at all (failures of the VM are reported as events).
 #[derive(Debug, Error)]
 pub enum SuperviseError {
-    #[error("cannot read the run spec {path}: {message}")]
-    Spec {
-        /// spec.json.
-        path: PathBuf,
-        /// Why.
-        message: String,
-    },
+    #[error(transparent)]
+    RunFile(#[from] crate::run_files::RunFileError),
     #[error(transparent)]
     PidFile(#[from] process::ProcessError),
     #[error(transparent)]
@@ -73,26 +66,22 @@ pub enum SuperviseError {
     Signals(std::io::Error),
 }
 
-/// Reads the resolved spec `start` wrote into the run directory.
-pub fn read_run_spec(run: &RunDir) -> Result<Spec, SuperviseError> {
-    let path = run.spec_json();
-    let bytes = std::fs::read(&path).map_err(|e| SuperviseError::Spec {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| SuperviseError::Spec {
-        path,
-        message: e.to_string(),
-    })
-}
-
 /// Runs the supervisor of the VM whose run directory is `run`; returns the exit code.
 pub async fn run(run: RunDir) -> Result<i32, SuperviseError> {
-    let spec = read_run_spec(&run)?;
-    let env = HostEnv::detect();
-    let plan = vmm::plan(&spec, &env);
+    let spec = run_files::spec(&run).read_present()?;
+    let plan = run_files::launch_plan(&run).read_present()?;
+    // Taken (and removed) before anything is launched: it belongs to the first boot.
+    let boot_request = run_files::boot_request(&run).take().unwrap_or_else(|e| {
+        log::error!("{e}; booting without this start's request");
+        None
+    });
+    if let Some(r) = &boot_request {
+        log::info!("this start's first boot carries the request {r:?}");
+    }
     process::write_pid_file(&run, Role::Supervisor, std::process::id())?;
-    let _ = std::fs::remove_file(result_file(&run));
+    if let Err(e) = run_files::failure(&run).remove() {
+        log::warn!("{e}");
+    }
 
     let events = Arc::new(Events::new());
     let (cmd_tx, cmd_rx) = mpsc::channel(16);
@@ -171,6 +160,7 @@ pub async fn run(run: RunDir) -> Result<i32, SuperviseError> {
         gvproxy_restarts: 0,
         restart_budget: restart::RestartBudget::default(),
         restarts: Vec::new(),
+        boot_request,
     };
     sup.main().await
 }
@@ -197,6 +187,15 @@ struct Supervisor {
     restart_budget: restart::RestartBudget,
     restarts: Vec<crate::ipc::VmRestart>,
     console: ConsoleTail,
+    /// This start's one-boot request, until the first boot's configuration carried it.
+    boot_request: Option<protocol::config::BootRequest>,
+}
+
+/// Seconds since the epoch, for what the status records.
+pub(crate) fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Whether the main loop goes on after an input.

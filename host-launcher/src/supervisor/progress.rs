@@ -113,7 +113,10 @@ impl Supervisor {
         let conn = self.channel.current.clone()?;
         let now = Instant::now();
         let config = match secrets::guest_config(&self.spec) {
-            Ok(c) => c,
+            Ok(c) => protocol::GuestConfig {
+                request: self.boot_request.clone(),
+                ..c
+            },
             Err(e) => {
                 let reason = format!("cannot build the guest configuration: {e}");
                 return self
@@ -125,6 +128,9 @@ impl Supervisor {
         match conn.send(HostMessage::Config(Box::new(config))).await {
             Ok(()) => {
                 log::info!("GuestConfig sent on connection {}", conn.id);
+                if let Some(r) = self.boot_request.take() {
+                    log::info!("the request {r:?} went to this boot; no later boot gets it");
+                }
                 self.readiness
                     .as_mut()
                     .map(|r| r.on_config_sent(Instant::now()))

@@ -51,6 +51,8 @@ pub enum Expect {
     Backup(u64),
     /// The `TransferAnswer` of this id.
     Transfer(u64),
+    /// The `PromoteResult` of this id.
+    Promote(u64),
 }
 
 impl Expect {
@@ -65,6 +67,7 @@ impl Expect {
             GuestMessage::SignalResult(q) => Some(Expect::Signal(q.id)),
             GuestMessage::BackupAnswer(a) => Some(Expect::Backup(a.id)),
             GuestMessage::TransferAnswer(a) => Some(Expect::Transfer(a.id)),
+            GuestMessage::PromoteResult(q) => Some(Expect::Promote(q.id)),
             _ => None,
         }
     }
@@ -122,6 +125,10 @@ impl PendingRequests {
             HostMessage::Transfer { id, .. } => {
                 *id = self.next_id;
                 Expect::Transfer(self.next_id)
+            }
+            HostMessage::Promote { id, .. } => {
+                *id = self.next_id;
+                Expect::Promote(self.next_id)
             }
             _ => return expect,
         };

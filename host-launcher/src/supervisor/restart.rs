@@ -83,9 +83,7 @@ impl Supervisor {
             tail.join("\n")
         );
         self.restarts.push(VmRestart {
-            at_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            at_unix: super::now_unix(),
             exited,
             console_tail: tail,
         });

@@ -2,7 +2,7 @@
 //! guest's own status is asked for separately by the client task (see `clients`).
 
 use super::Supervisor;
-use crate::ipc::{ProcessInfo, VmStatus};
+use crate::ipc::{base_status, ProcessInfo, VmStatus};
 use crate::rundir::{pid_alive, Role, RunDir};
 use crate::spec::Backend;
 use std::collections::HashMap;
@@ -12,22 +12,15 @@ impl Supervisor {
     pub(super) fn snapshot(&self) -> VmStatus {
         let readiness = self.readiness.as_ref();
         VmStatus {
-            name: self.spec.name.clone(),
-            cid: self.spec.cid,
-            backend: self.spec.vmm.backend.to_string(),
-            phase: self.phase,
             elapsed_ms: Some(self.elapsed_ms()),
             processes: processes(self.spec.vmm.backend, &self.pids, &self.run),
             stages: readiness.map(|r| r.lines().to_vec()).unwrap_or_default(),
             control_connected: self.channel.current.is_some(),
             hello: readiness.and_then(|r| r.hello().cloned()),
             devices: readiness.and_then(|r| r.device_report().cloned()),
-            guest: None,
-            guest_error: None,
-            console_log: self.spec.console_log.clone(),
-            supervisor_log: self.spec.log_file("supervisor"),
             restarts: self.restarts.clone(),
-            autostart: None,
+            control_refused: self.channel.refused.clone(),
+            ..base_status(&self.spec, self.phase)
         }
     }
 }

@@ -108,8 +108,8 @@ pub async fn serve_data_port(mut listener: ControlListener, cid: u32, waiting: W
     }
 }
 
-/// A token nobody can guess.
-fn new_token() -> String {
+/// A token nobody can guess (128 random bits, hex).
+pub(crate) fn new_token() -> String {
     let bytes: [u8; 16] = rand::random();
     protocol::bulk::hex(&bytes)
 }

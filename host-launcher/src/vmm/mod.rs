@@ -7,15 +7,17 @@ pub mod crosvm;
 pub mod crosvm_flags;
 pub mod helpers;
 pub mod qemu;
+pub mod resize;
 
 use crate::paths::HostEnv;
 use crate::rundir::{Role, RunDir};
 use crate::spec::{Backend, Spec};
 use crate::vmm::crosvm_flags::CrosvmFlags;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// One process to start.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessCommand {
     /// What it is.
     pub role: Role,
@@ -40,8 +42,9 @@ impl ProcessCommand {
     }
 }
 
-/// Everything `start` launches, in order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything `start` launches, in order: rendered once by `start`, checked by
+/// preflight, kept in the run directory and launched as is by the supervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LaunchPlan {
     /// Processes in start order (the VMM last).
     pub commands: Vec<ProcessCommand>,
@@ -55,10 +58,12 @@ pub fn program(env: &HostEnv, configured: &str) -> String {
         .unwrap_or_else(|| configured.to_string())
 }
 
-/// What the crosvm `spec` names accepts: asked from the binary itself, or (when it
-/// cannot be run here, as in a dry run on another machine) what current crosvm accepts.
+/// What the crosvm `spec` names accepts: asked from the binary itself (once per
+/// [`HostEnv`]), or (when it cannot be run here, as in a dry run on another machine)
+/// what current crosvm accepts.
 pub fn crosvm_flags(spec: &Spec, env: &HostEnv) -> CrosvmFlags {
-    CrosvmFlags::probe(Path::new(&program(env, &spec.vmm.crosvm))).unwrap_or(CrosvmFlags::CURRENT)
+    env.crosvm_flags(Path::new(&program(env, &spec.vmm.crosvm)))
+        .unwrap_or(CrosvmFlags::CURRENT)
 }
 
 /// Renders the launch plan of `spec`, asking crosvm (for that backend) which flags it

@@ -65,6 +65,9 @@ pub fn args(spec: &Spec, run: &RunDir, cmdline: &str) -> Vec<String> {
         "-no-reboot".into(),
         "-monitor".into(),
         "none".into(),
+        // QMP, for `disk grow` on a running VM (block_resize); root-only like the run dir.
+        "-qmp".into(),
+        format!("unix:{},server=on,wait=off", run.qmp_socket().display()),
     ]);
     // The console device name is implied by the machine; keep the two in step.
     debug_assert!(cmdline.contains(console_device(spec)));
@@ -110,7 +113,8 @@ mod tests {
              -device virtio-blk-pci,drive=backup \
              -kernel /data/sovereign/bzImage \
              -append console=ttyS0 root=/dev/vda rw rootfstype=ext4 init=/sbin/init panic=-1 sovereign.log=info sovereign.device_wait=10 \
-             -serial file:/data/sovereign/sql-console.log -display none -no-reboot -monitor none"
+             -serial file:/data/sovereign/sql-console.log -display none -no-reboot -monitor none \
+             -qmp unix:/data/sovereign/run/sql/qmp.sock,server=on,wait=off"
         );
     }
 

@@ -3,7 +3,7 @@
 //! SCRAM verifiers ([`protocol::provision`]), and a rotation is proven by reading back
 //! the verifier the server holds before the new password replaces the old one's file.
 
-use super::query::query;
+use crate::commands::query::query;
 use crate::paths::HostEnv;
 use crate::secrets;
 use crate::spec::{AppSpec, Spec};
@@ -40,7 +40,7 @@ pub async fn add(
     let new_text = crate::spec::with_app_added(&text, app, connection_limit);
     let dir = path.parent().unwrap_or(Path::new("."));
     let after = Spec::parse(&new_text, dir, env, &path.display().to_string())?;
-    let problems: Vec<String> = crate::validate::validate(&after, env)
+    let problems: Vec<String> = crate::spec::validate::validate(&after, env)
         .into_iter()
         .filter(|p| p.field.starts_with("apps."))
         .map(|p| p.to_string())
@@ -61,7 +61,7 @@ pub async fn add(
         path.display(),
         added.password_file.display()
     );
-    if super::connect(&after).await.is_none() {
+    if crate::commands::connect(&after).await.is_none() {
         println!(
             "VM {} is not running: its next start makes the role and database",
             after.name
@@ -99,7 +99,7 @@ pub async fn rotate(spec: &Spec, app: &str) -> anyhow::Result<i32> {
         );
     };
     let pending = pending_file(&a.password_file);
-    let running = super::connect(spec).await.is_some();
+    let running = crate::commands::connect(spec).await.is_some();
     if pending.exists() && running && server_holds(spec, app, &pending).await? {
         promote(&pending, &a.password_file)?;
         println!("finished an earlier rotation of {app}'s password: the server already held it");
@@ -184,7 +184,7 @@ fn salt() -> [u8; 16] {
 
 /// Replaces `path` with `text` through a temporary file in the same directory, keeping
 /// the file's permission bits, so a crash leaves the old spec or the new one.
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let tmp = pending_file(path);
     let fail = |e: std::io::Error| anyhow::anyhow!("cannot write {}: {e}", tmp.display());

@@ -1,14 +1,18 @@
-//! `sovereign backup now|list` and `sovereign restore`: the requests go to PID 1
-//! through the supervisor and the control channel; pgBackRest runs in the guest.
+//! `sovereign backup now|list|verify` and `sovereign restore` (to a time or a set, in
+//! place or onto a new data disk): the requests go to PID 1 through the supervisor and
+//! the control channel; pgBackRest runs in the guest. Exports are [`export`].
+
+pub mod export;
+pub mod key;
 
 use super::call;
 use crate::ipc::{Reply, Request};
 use crate::paths::HostEnv;
 use crate::spec::Spec;
+use crate::terminal::{ask_yes, size};
 use protocol::backup::{
     utc_text, BackupAnswer, BackupCatalog, BackupKind, BackupRequest, RestoreTarget,
 };
-use std::io::{BufRead, IsTerminal, Write};
 
 /// Sends `request` and returns the guest's answer, or prints why there is none.
 async fn ask(spec: &Spec, request: BackupRequest) -> anyhow::Result<Option<BackupAnswer>> {
@@ -150,15 +154,19 @@ pub async fn restore(spec: &Spec, target: RestoreTarget, yes: bool) -> anyhow::R
     }
 }
 
-/// `restore --new-disk`: the VM must be stopped. The old data disk image (if any)
-/// is moved aside, never deleted; the VM starts on a new one and PID 1 restores onto
-/// it from the backup disk before postgres starts. Exit codes as for `start`.
+/// `restore --new-disk [--from-export FILE]`: the VM must be stopped. The old data
+/// disk image (if any) is moved aside, never deleted; the VM starts on a new one and PID
+/// 1 restores onto it from the backup disk (or repo2) before postgres starts. With an
+/// export (a lost phone, only the export and its passphrase left), the export is opened
+/// first, so a wrong passphrase changes nothing, and sent to the booting guest, where it
+/// becomes the repository. Exit codes as for `start`.
 pub async fn restore_new_disk(
     mut spec: Spec,
     env: &HostEnv,
     source: &str,
     target: RestoreTarget,
     yes: bool,
+    from_export: Option<&std::path::Path>,
 ) -> anyhow::Result<i32> {
     if super::connect(&spec).await.is_some() {
         eprintln!(
@@ -172,6 +180,7 @@ pub async fn restore_new_disk(
         return Ok(2);
     }
     match (&spec.backup.offsite, spec.backup_disk.path.exists()) {
+        _ if from_export.is_some() => {}
         (_, true) => {}
         (Some(o), false) => println!(
             "  the backup disk {} does not exist: a new one is made, and the restore comes from the offsite copy {}@{}:{}",
@@ -206,9 +215,54 @@ pub async fn restore_new_disk(
         })?;
         println!("  + moved {} to {}", data.display(), aside.display());
     }
-    spec.backup.restore_on_boot = Some(target);
+    let opened = match from_export {
+        Some(file) => Some(open_export(&spec, file)?),
+        None => None,
+    };
     spec.timeouts.postgres = spec.timeouts.postgres.max(3600);
-    super::start::run(spec, env, source, false).await
+    let request = match opened {
+        Some(_) => protocol::config::BootRequest::ImportOntoNewDisk { target },
+        None => protocol::config::BootRequest::RestoreOntoNewDisk { target },
+    };
+    let export = opened.as_ref().map(|o| o.0.clone());
+    super::start::run(spec, env, source, false, Some(request), export).await
+}
+
+/// An export opened for a boot to restore from, removed when the start is over.
+struct OpenedExport(std::path::PathBuf);
+
+impl Drop for OpenedExport {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Opens the export at `file` (sealed with the backup passphrase, or a plain export
+/// made before exports were sealed) into a private file of the run directory.
+fn open_export(spec: &Spec, file: &std::path::Path) -> anyhow::Result<OpenedExport> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&spec.run_dir)?;
+    let plain = OpenedExport(spec.run_dir.join("import.plain"));
+    let mut out = crate::private_file::create_new(&plain.0)?;
+    if crate::sealed::is_sealed(file)? {
+        let passphrase = crate::secrets::backup_passphrase(spec)?;
+        println!(
+            "  opening the sealed {} with the backup passphrase ...",
+            file.display()
+        );
+        crate::sealed::open_into(file, &passphrase, &mut out)?;
+    } else {
+        println!(
+            "  note: {} is not sealed (made before exports were): sending it as it is",
+            file.display()
+        );
+        std::io::copy(&mut std::fs::File::open(file)?, &mut out)?;
+    }
+    out.sync_all()?;
+    Ok(plain)
 }
 
 /// Asks before an in-place restore.
@@ -217,29 +271,6 @@ fn confirm(spec: &Spec, target: &RestoreTarget) -> anyhow::Result<bool> {
         "Restore VM {} to {target}? Changes after that point leave the live database; the current data directory is kept aside in the guest until the next restore.",
         spec.name
     ))
-}
-
-/// A yes/no question on the terminal (anything but yes means no); without a terminal,
-/// says to pass --yes.
-pub(super) fn ask_yes(question: &str) -> anyhow::Result<bool> {
-    if !std::io::stdin().is_terminal() {
-        anyhow::bail!("{question}\nNot at a terminal: pass --yes to confirm.");
-    }
-    eprint!("{question} [y/N] ");
-    std::io::stderr().flush()?;
-    let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line)?;
-    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
-}
-
-/// Bytes as MiB/GiB with one decimal.
-pub fn size(bytes: u64) -> String {
-    let b = bytes as f64;
-    if bytes >= 1 << 30 {
-        format!("{:.1} GiB", b / f64::from(1u32 << 30))
-    } else {
-        format!("{:.1} MiB", b / f64::from(1u32 << 20))
-    }
 }
 
 fn seconds(ms: u64) -> String {

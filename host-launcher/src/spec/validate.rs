@@ -10,7 +10,8 @@ use crate::rundir::RunDir;
 use crate::spec::{Backend, DataDisk, Problem, Protection, Spec};
 use kernel_config::Arch;
 use nix::unistd::{access, AccessFlags};
-use protocol::config::{is_dns_label, is_sql_identifier};
+use protocol::config::is_dns_label;
+use protocol::pg_settings;
 use std::collections::HashSet;
 use std::path::Path;
 
@@ -152,9 +153,12 @@ fn check_disks(spec: &Spec, p: &mut Vec<Problem>) {
             ));
         }
         // The key stays unread here: the key file is checked when it is read at start.
-        let placeholder = protocol::config::Secret::new("-----BEGIN OPENSSH PRIVATE KEY-----");
+        let placeholders = (
+            protocol::config::Secret::new("-----BEGIN OPENSSH PRIVATE KEY-----"),
+            protocol::config::Secret::new("placeholder-passphrase-unread"),
+        );
         if let Some(Err(protocol::config::ConfigError::Invalid { field, value, why })) = spec
-            .guest_backup(spec.backup.offsite.as_ref().map(|_| placeholder))
+            .guest_backup(spec.backup.offsite.as_ref().map(|_| placeholders))
             .map(|b| b.validate())
         {
             p.push(Problem::new(field, value, why));
@@ -237,25 +241,43 @@ fn check_postgres(spec: &Spec, p: &mut Vec<Problem>) {
     if spec.postgres.port == 0 {
         p.push(Problem::new("postgres.port", 0, "must not be 0"));
     }
+    let max_connections = pg_settings::max_connections(spec.memory_mib, &spec.postgres.settings);
+    let most = pg_settings::max_app_connection_limit(max_connections);
     let mut seen = HashSet::new();
     for app in &spec.apps {
-        if !is_sql_identifier(&app.name) || app.name == "postgres" {
-            p.push(Problem::new(
-                "apps.name",
-                &app.name,
-                "must be a lowercase SQL identifier (a-z, 0-9, '_'; not starting with a digit) other than 'postgres'",
-            ));
+        if let Some(why) = protocol::config::app_name_problem(&app.name) {
+            p.push(Problem::new("apps.name", &app.name, why));
         }
         if !seen.insert(app.name.as_str()) {
             p.push(Problem::new("apps.name", &app.name, "appears twice"));
         }
-        if !(1..=protocol::config::MAX_CONNECTION_LIMIT).contains(&app.connection_limit) {
+        if !(1..=most).contains(&app.connection_limit) {
             p.push(Problem::new(
                 "apps.connection_limit",
                 app.connection_limit,
-                "must be 1 to 45 (the guest allows 50 connections and keeps some for the superuser)",
+                format!("must be 1 to {most}: the server allows {max_connections} connections (memory_mib and postgres.settings.max_connections decide) and keeps {} for the superuser and PID 1", pg_settings::RESERVED_CONNECTIONS),
             ));
         }
+    }
+    for (name, value) in &spec.postgres.settings {
+        if let Err(e) = pg_settings::check(name, value, spec.memory_mib) {
+            p.push(Problem::new(
+                format!("postgres.settings.{name}"),
+                value,
+                setting_problem(&e),
+            ));
+        }
+    }
+}
+
+/// What is wrong with a setting, without the field and value [`Problem`] already names.
+fn setting_problem(e: &pg_settings::SettingError) -> String {
+    match e {
+        pg_settings::SettingError::Owned { why, .. } => format!("set by the project ({why})"),
+        pg_settings::SettingError::Unknown { allowed, .. } => {
+            format!("not a setting the spec may change (it may change: {allowed})")
+        }
+        pg_settings::SettingError::Invalid { why, .. } => why.clone(),
     }
 }
 
@@ -508,6 +530,80 @@ mod tests {
             "cid = \"2\": reserved: 2 is the host's own CID; use 3 or above"
         );
         assert_eq!(p.iter().filter(|p| p.field == "apps.name").count(), 2);
+    }
+
+    #[test]
+    fn names_postgres_or_the_launcher_give_elsewhere_are_refused_saying_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = good(dir.path());
+        let env = env_in(dir.path(), false);
+        for (name, why) in [
+            ("replicator", "replication role"),
+            ("pg_x", "starting with pg_"),
+            ("template9", "template databases"),
+            ("postgres", "superuser"),
+        ] {
+            spec.apps = vec![crate::spec::AppSpec {
+                name: name.into(),
+                password_file: "/x".into(),
+                connection_limit: 20,
+            }];
+            let p = validate(&spec, &env);
+            let line = p
+                .iter()
+                .find(|p| p.field == "apps.name")
+                .unwrap_or_else(|| panic!("{name} accepted"))
+                .to_string();
+            assert!(line.contains(name) && line.contains(why), "{line}");
+        }
+    }
+
+    #[test]
+    fn postgres_settings_are_checked_and_connection_limits_follow_max_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = good(dir.path());
+        let env = env_in(dir.path(), false);
+        spec.memory_mib = 2048;
+        spec.apps = vec![crate::spec::AppSpec {
+            name: "forgejo".into(),
+            password_file: "/x".into(),
+            connection_limit: 90,
+        }];
+        assert_eq!(
+            validate(&spec, &env),
+            vec![],
+            "2 GiB allows 100 connections"
+        );
+        spec.postgres.settings = [
+            ("shared_buffers", "4GB"),
+            ("fsync", "off"),
+            ("max_connections", "60"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let p = validate(&spec, &env);
+        let lines: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            fields(&p),
+            [
+                "apps.connection_limit",
+                "postgres.settings.fsync",
+                "postgres.settings.shared_buffers"
+            ],
+            "{lines:#?}"
+        );
+        assert!(lines[0].contains("must be 1 to 55"), "{}", lines[0]);
+        assert!(
+            lines[1].contains("set by the project (durability"),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].contains("at most half the VM's memory (1024MB"),
+            "{}",
+            lines[2]
+        );
     }
 
     #[test]

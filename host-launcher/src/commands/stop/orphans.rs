@@ -50,6 +50,8 @@ pub async fn shutdown(
         }
     };
     let mut listener = listener.map_err(|e| (steps.clone(), e.into()))?;
+    // Only PID 1's reconnect carries the boot's session token (see `supervisor::guest`).
+    let session = crate::run_files::session(run).read().ok().flatten();
     steps.push("listening on the control port in the supervisor's place".to_string());
     let (tx, mut rx) = mpsc::channel(16);
     let until = Instant::now() + RECONNECT_WAIT;
@@ -60,10 +62,7 @@ pub async fn shutdown(
             return Err((steps, OrphanStopError::NoReconnect(RECONNECT_WAIT)));
         }
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((_s, Some(peer))) if peer != spec.cid => {
-                    log::warn!("refused a control connection from CID {peer}");
-                }
+            accepted = listener.accept_from(spec.cid, "control") => match accepted {
                 Ok((stream, peer)) => candidates.push(spawn_connection(
                     u64::try_from(candidates.len()).unwrap_or(0) + 1,
                     stream,
@@ -76,7 +75,12 @@ pub async fn shutdown(
                 if let ControlEvent::Message { conn, msg } = ev {
                     let Some(c) = candidates.iter().find(|c| c.id == conn).cloned() else { continue };
                     match *msg {
-                        GuestMessage::Hello(h) if assess_hello(&h, spec.cid, c.peer_cid).is_ok() => break c,
+                        GuestMessage::Hello(h)
+                            if assess_hello(&h, spec.cid, c.peer_cid).is_ok()
+                                && (session.is_none() || h.session == session) =>
+                        {
+                            break c
+                        }
                         _ => c.close(),
                     }
                 }

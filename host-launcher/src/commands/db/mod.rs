@@ -1,76 +1,26 @@
-//! `sovereign db list` and `db url`: the app databases as the guest has them, and the
-//! connection string an app on another tailnet node uses. (`db dump` and `db restore`
-//! move data: see [`super::transfer`].)
+//! `sovereign db`: the app databases as the guest has them (`list`, the view `status`
+//! shows), the connection string an app on another tailnet node uses (`url`, `ca`),
+//! and dropping what the spec no longer names (`drop`). Adding an app and rotating its
+//! password are [`roles`]; dumps and restores of one app are [`dump`].
 
-use super::query::query;
+pub mod dump;
+pub mod roles;
+
+use crate::commands::query::query;
 use crate::conninfo::{self, Format, Target};
 use crate::spec::Spec;
-use serde::Serialize;
+use protocol::status::{DatabaseView, DbEntry, DbKind, ServerFacts, DATABASE_SQL};
 use std::path::Path;
 
-/// One database in the guest, as `db list` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DbEntry {
-    /// Its name.
-    pub name: String,
-    /// The role that owns it.
-    pub owner: String,
-    /// Its size on disk.
-    pub bytes: u64,
-    /// Sessions connected to it now.
-    pub connections: u64,
-    /// Its role's connection limit (`None`: no role of that name, or no limit).
-    pub connection_limit: Option<u32>,
-    /// What it is to the spec.
-    pub kind: DbKind,
-}
-
-/// What a database is to the spec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DbKind {
-    /// An app the spec names.
-    App,
-    /// The copy `db restore` kept of an app's previous database.
-    KeptByRestore,
-    /// A database the spec no longer names: kept, never dropped by the launcher.
-    Orphan,
-}
-
-/// Lists every non-template database but `postgres`, one line each.
-const LIST_SQL: &str = "select d.datname, r.rolname, pg_database_size(d.oid), \
-     (select count(*) from pg_stat_activity a where a.datname = d.datname), \
-     coalesce(nullif(o.rolconnlimit, -1)::text, '') \
-     from pg_database d join pg_roles r on r.oid = d.datdba \
-     left join pg_roles o on o.rolname = d.datname \
-     where not d.datistemplate and d.datname <> 'postgres' order by 1";
-
-/// Reads psql's `-A -t` lines of [`LIST_SQL`].
-pub fn parse_list(output: &str, spec_apps: &[&str]) -> Vec<DbEntry> {
-    output
-        .lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split('|').collect();
-            let [name, owner, bytes, connections, limit] = f.as_slice() else {
-                return None;
-            };
-            let kind = if spec_apps.contains(name) {
-                DbKind::App
-            } else if name.contains("_before_restore_") {
-                DbKind::KeptByRestore
-            } else {
-                DbKind::Orphan
-            };
-            Some(DbEntry {
-                name: name.to_string(),
-                owner: owner.to_string(),
-                bytes: bytes.parse().ok()?,
-                connections: connections.parse().ok()?,
-                connection_limit: limit.parse().ok(),
-                kind,
-            })
-        })
-        .collect()
+/// Every database but `postgres` and the templates, as the server has them, sorted by
+/// what each is to a spec whose apps are `apps`.
+async fn databases(spec: &Spec, apps: &[&str]) -> anyhow::Result<Result<Vec<DbEntry>, String>> {
+    Ok(match query(spec, DATABASE_SQL).await? {
+        Ok(out) => ServerFacts::parse(&out)
+            .map(|f| f.view(apps, &[]).databases)
+            .ok_or_else(|| format!("the server's answer is not what was asked for: {out:?}")),
+        Err(e) => Err(e.to_string()),
+    })
 }
 
 /// The table `db list` prints.
@@ -87,64 +37,25 @@ pub fn render_list(entries: &[DbEntry]) -> String {
             "{:<32} {:<16} {:>10} {:>12}  {}\n",
             e.name,
             e.owner,
-            super::backup::size(e.bytes),
+            crate::terminal::size(e.bytes),
             format!("{}/{limit}", e.connections),
             match e.kind {
                 DbKind::App => "app in the spec",
                 DbKind::KeptByRestore => "kept by `db restore` (drop it by hand when sure)",
                 DbKind::Orphan => "orphan: no longer in the spec, kept",
+                DbKind::Loading => "being loaded by `db restore`",
             }
         ));
     }
     out
 }
 
-/// The database itself, as `status` shows it: the server's role and uptime, its
-/// connections against `max_connections`, and every database with its role's limit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DatabaseView {
-    /// `primary`, or `replica` while the server is in recovery.
-    pub role: String,
-    /// Seconds since the postmaster started.
-    pub server_uptime_secs: u64,
-    /// Client sessions now.
-    pub connections: u64,
-    /// The server's `max_connections`.
-    pub max_connections: u64,
-    /// The app databases, kept copies and orphans.
-    pub databases: Vec<DbEntry>,
-}
-
-/// The server's role, uptime, connections and limit, one `|`-separated line.
-const SERVER_SQL: &str = "select case when pg_is_in_recovery() then 'replica' else 'primary' end,      extract(epoch from now() - pg_postmaster_start_time())::bigint,      (select count(*) from pg_stat_activity where backend_type = 'client backend'),      current_setting('max_connections')";
-
-/// Reads [`SERVER_SQL`]'s line.
-fn parse_server(line: &str) -> Option<(String, u64, u64, u64)> {
-    let f: Vec<&str> = line.trim().split('|').collect();
-    let [role, uptime, connections, max] = f.as_slice() else {
-        return None;
-    };
-    Some((
-        role.to_string(),
-        uptime.parse().ok()?,
-        connections.parse().ok()?,
-        max.parse().ok()?,
-    ))
-}
-
 /// Asks the running server for its [`DatabaseView`]; `None` when it cannot answer.
 pub async fn view(spec: &Spec) -> Option<DatabaseView> {
-    let server = query(spec, SERVER_SQL).await.ok()?.ok()?;
-    let (role, server_uptime_secs, connections, max_connections) = parse_server(&server)?;
-    let list = query(spec, LIST_SQL).await.ok()?.ok()?;
+    let out = query(spec, DATABASE_SQL).await.ok()?.ok()?;
     let apps: Vec<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
-    Some(DatabaseView {
-        role,
-        server_uptime_secs,
-        connections,
-        max_connections,
-        databases: parse_list(&list, &apps),
-    })
+    let settings: Vec<&str> = spec.postgres.settings.keys().map(String::as_str).collect();
+    Some(ServerFacts::parse(&out)?.view(&apps, &settings))
 }
 
 /// The lines `status` prints for a [`DatabaseView`].
@@ -152,7 +63,7 @@ pub fn render_view(v: &DatabaseView) -> String {
     let mut out = format!(
         "  database: {}, up {}, {}/{} connections\n",
         v.role,
-        crate::report::human_duration(v.server_uptime_secs.saturating_mul(1000)),
+        crate::terminal::human_duration(v.server_uptime_secs.saturating_mul(1000)),
         v.connections,
         v.max_connections
     );
@@ -164,28 +75,46 @@ pub fn render_view(v: &DatabaseView) -> String {
             DbKind::App => "",
             DbKind::KeptByRestore => "  (kept by db restore)",
             DbKind::Orphan => "  (orphan: not in the spec)",
+            DbKind::Loading => "  (being loaded by db restore)",
         };
         out.push_str(&format!(
             "    {:<24} {:>10}  {}/{limit} connections{note}\n",
             e.name,
-            super::backup::size(e.bytes),
+            crate::terminal::size(e.bytes),
             e.connections
         ));
     }
+    out.push_str(&render_settings(&v.settings));
     out
+}
+
+/// The tunables that differ from PostgreSQL's defaults, those the spec set marked; the
+/// project's fixed settings (logging, locale, WAL) are in `status --json`.
+fn render_settings(settings: &[protocol::pg_settings::SettingView]) -> String {
+    let shown: Vec<String> = settings
+        .iter()
+        .filter(|s| protocol::pg_settings::is_tunable(&s.name))
+        .map(|s| {
+            let mark = if s.from_spec { " (spec)" } else { "" };
+            format!("{} {}{mark}", s.name, s.value)
+        })
+        .collect();
+    if shown.is_empty() {
+        return String::new();
+    }
+    format!("  settings: {}\n", shown.join(", "))
 }
 
 /// `db list [--json]`.
 pub async fn list(spec: &Spec, json: bool) -> anyhow::Result<i32> {
-    let output = match query(spec, LIST_SQL).await? {
-        Ok(o) => o,
+    let apps: Vec<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
+    let entries = match databases(spec, &apps).await? {
+        Ok(e) => e,
         Err(e) => {
             eprintln!("cannot list the databases: {e}");
             return Ok(1);
         }
     };
-    let apps: Vec<&str> = spec.apps.iter().map(|a| a.name.as_str()).collect();
-    let entries = parse_list(&output, &apps);
     if json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
     } else {
@@ -214,8 +143,8 @@ pub async fn drop(
             spec.name
         );
     }
-    let entries = match query(spec, LIST_SQL).await? {
-        Ok(out) => parse_list(&out, &[]),
+    let entries = match databases(spec, &[]).await? {
+        Ok(e) => e,
         Err(e) => anyhow::bail!("cannot list the databases: {e}"),
     };
     let Some(entry) = entries
@@ -241,22 +170,21 @@ pub async fn drop(
                 .parent()
                 .unwrap_or(Path::new("."))
                 .join("dumps");
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+            crate::private_file::ensure_directory(&dir)?;
             dir.join(format!("{}-{name}-{stamp}.dump", spec.name))
         }
     };
     let question = format!(
         "Drop database {name} ({}) of VM {}? It is dumped to {} first.",
-        super::backup::size(entry.bytes),
+        crate::terminal::size(entry.bytes),
         spec.name,
         path.display()
     );
-    if !yes && !super::backup::ask_yes(&question)? {
+    if !yes && !crate::terminal::ask_yes(&question)? {
         eprintln!("nothing dropped");
         return Ok(2);
     }
-    if super::transfer::dump_any(spec, name, Some(&path))? != 0 {
+    if dump::dump_any(spec, name, Some(&path))? != 0 {
         eprintln!("the dump failed: nothing dropped");
         return Ok(1);
     }
@@ -333,40 +261,68 @@ pub fn url(
 mod tests {
     use super::*;
 
+    fn entry(name: &str, kind: DbKind, limit: Option<u32>) -> DbEntry {
+        DbEntry {
+            name: name.into(),
+            owner: name.into(),
+            bytes: 8_000_000,
+            connections: 2,
+            connection_limit: limit,
+            kind,
+        }
+    }
+
     #[test]
-    fn the_server_line_reads_and_renders() {
-        let (role, up, conns, max) = parse_server("primary|3725|3|50\n").unwrap();
+    fn the_view_renders_the_server_and_each_database() {
         let v = DatabaseView {
-            role,
-            server_uptime_secs: up,
-            connections: conns,
-            max_connections: max,
-            databases: parse_list("forgejo|forgejo|8000000|2|20\nold|old|1|0|\n", &["forgejo"]),
+            role: "primary".into(),
+            server_uptime_secs: 3725,
+            connections: 3,
+            max_connections: 50,
+            databases: vec![
+                entry("forgejo", DbKind::App, Some(20)),
+                entry("old", DbKind::Orphan, None),
+            ],
+            settings: [
+                ("log_timezone", "UTC", false),
+                ("shared_buffers", "128MB", false),
+                ("work_mem", "8MB", true),
+            ]
+            .into_iter()
+            .map(
+                |(name, value, from_spec)| protocol::pg_settings::SettingView {
+                    name: name.into(),
+                    value: value.into(),
+                    from_spec,
+                },
+            )
+            .collect(),
         };
         let text = render_view(&v);
         assert!(text.starts_with("  database: primary, up 1h"), "{text}");
+        assert!(
+            text.contains("  settings: shared_buffers 128MB, work_mem 8MB (spec)\n"),
+            "{text}"
+        );
         assert!(text.contains("3/50 connections"), "{text}");
         assert!(text.contains("2/20 connections"), "{text}");
         assert!(text.contains("old") && text.contains("orphan"), "{text}");
-        assert!(parse_server("garbage").is_none());
     }
 
     #[test]
     fn the_list_tells_apps_from_orphans_and_kept_copies() {
-        let out = "forgejo|forgejo|8000000|2|20\n\
-                   forgejo_before_restore_1796227445|forgejo|7000000|0|\n\
-                   oldapp|oldapp|100|0|5\n\
-                   garbage line\n";
-        let e = parse_list(out, &["forgejo", "vaultwarden"]);
-        assert_eq!(e.len(), 3);
-        assert_eq!(e[0].kind, DbKind::App);
-        assert_eq!(e[0].connection_limit, Some(20));
-        assert_eq!(e[1].kind, DbKind::KeptByRestore);
-        assert_eq!(e[1].connection_limit, None);
-        assert_eq!(e[2].kind, DbKind::Orphan);
+        let e = [
+            entry("forgejo", DbKind::App, Some(20)),
+            entry(
+                "forgejo_before_restore_1796227445",
+                DbKind::KeptByRestore,
+                None,
+            ),
+            entry("oldapp", DbKind::Orphan, Some(5)),
+        ];
         let table = render_list(&e);
         assert!(
-            table.contains("2/20") && table.contains("orphan"),
+            table.contains("2/20") && table.contains("orphan") && table.contains("kept by"),
             "{table}"
         );
     }

@@ -1,10 +1,11 @@
-//! Human output shared by the commands: durations, stage lines, the device table and
-//! the failure block `start` prints.
+//! What the commands print and ask at the terminal: durations and sizes, stage lines,
+//! the device table, the failure block `start` prints, and a yes/no question.
 
 use crate::ipc::FailureReport;
 use crate::readiness::{StageLine, StageStatus};
 use protocol::messages::DeviceReport;
 use std::fmt::Write as _;
+use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
 /// `[  3.2s]`-style elapsed time.
@@ -139,6 +140,29 @@ pub fn failure_block(name: &str, r: &FailureReport) -> String {
     let _ = writeln!(out, "  cleanup: {}", r.cleanup.steps.join("; "));
     let _ = writeln!(out, "  supervisor log: {}", r.supervisor_log.display());
     out
+}
+
+/// A yes/no question on the terminal (anything but yes means no); without a terminal,
+/// says to pass --yes.
+pub fn ask_yes(question: &str) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("{question}\nNot at a terminal: pass --yes to confirm.");
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(matches!(line.trim(), "y" | "Y" | "yes"))
+}
+
+/// Bytes as MiB/GiB with one decimal.
+pub fn size(bytes: u64) -> String {
+    let b = bytes as f64;
+    if bytes >= 1 << 30 {
+        format!("{:.1} GiB", b / f64::from(1u32 << 30))
+    } else {
+        format!("{:.1} MiB", b / f64::from(1u32 << 20))
+    }
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! process; without a supervisor, stops whatever the pid files still name. Exit 0 only
 //! when nothing of the VM is left running.
 
+pub mod orphans;
+
 use super::running_spec;
 use crate::ipc::{Client, Reply, Request};
 use crate::process::{terminate, wait_gone};
@@ -50,14 +52,14 @@ pub async fn run(spec: &Spec, deadline_secs: Option<u32>) -> anyhow::Result<i32>
                 cleanup_files(&run);
                 return Ok(0);
             }
-            if let Some(vmm) = super::orphan::orphaned_vmm(&run) {
+            if let Some(vmm) = orphans::orphaned_vmm(&run) {
                 let deadline = deadline_secs.unwrap_or(spec.timeouts.shutdown);
                 println!(
                     "VM {}: its supervisor is gone but the VM runs (vmm pid {vmm}); shutting the guest down through the control channel (waiting up to {}s for it to reconnect)…",
                     spec.name,
-                    super::orphan::RECONNECT_WAIT.as_secs()
+                    orphans::RECONNECT_WAIT.as_secs()
                 );
-                match super::orphan::shutdown(&spec, &run, vmm, deadline).await {
+                match orphans::shutdown(&spec, &run, vmm, deadline).await {
                     Ok(steps) => {
                         for s in &steps {
                             println!("  {s}");
