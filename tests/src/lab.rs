@@ -1,7 +1,9 @@
 //! The tailnet laboratory shared by the end-to-end test and the demo: a network
 //! namespace with a veth to the host, a local headscale on the host end of the veth, a
 //! pre-auth key for the VM, and (on request) a second tailnet node inside the namespace.
+//! Nothing leaves the namespace but packets for the host end ([`EgressWatch`]).
 
+use crate::egress::EgressWatch;
 use crate::headscale::Headscale;
 use crate::netns::NetNs;
 use crate::tailnode::TailNode;
@@ -22,6 +24,8 @@ pub struct Lab {
     pub peer: Option<TailNode>,
     /// headscale (dropped before the namespace it listens on).
     pub headscale: Headscale,
+    /// What leaves the namespace: only packets for its host end pass.
+    pub egress: EgressWatch,
     /// The namespace.
     pub ns: NetNs,
     /// File holding the VM's auth key (0600).
@@ -43,6 +47,7 @@ impl Lab {
         NetNs::remove(&name);
         let (host_ip, peer_ip) = free_subnet(tag)?;
         let ns = NetNs::create(&name, &host_ip, &peer_ip)?;
+        let egress = EgressWatch::start(&ns, crate::tailnode::PORT)?;
         let headscale = Headscale::start(
             &tools.join("headscale"),
             &dir.path().join("headscale"),
@@ -58,6 +63,7 @@ impl Lab {
         Ok(Lab {
             peer: None,
             headscale,
+            egress,
             ns,
             vm_key_file,
             tools: tools.to_path_buf(),

@@ -9,11 +9,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed step is a failed test
 
 pub mod artifacts;
+pub mod drill;
+pub mod egress;
 pub mod headscale;
 pub mod lab;
 pub mod load;
 pub mod netns;
+pub mod primaries;
 pub mod process;
+pub mod sftp;
 pub mod tailnode;
 pub mod vm;
 

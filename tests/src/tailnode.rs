@@ -5,12 +5,15 @@
 
 use crate::netns::NetNs;
 use crate::process::{run, text, wait_for, Daemon};
-use std::ffi::OsStr;
+use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
+
+/// The UDP port a lab node's tailscaled sends and listens on.
+pub const PORT: u16 = 41642;
 
 /// A tailscaled + CLI pair in a namespace.
 #[derive(Debug)]
@@ -51,8 +54,12 @@ impl TailNode {
         ))
         .arg(format!("--statedir={}", dir.display()))
         .arg(format!("--socket={}", socket.display()))
-        .args(["--port=41642", "--tun=ts-peer", "--no-logs-no-support"])
-        .env("TS_DEBUG_USE_DERP_HTTP", "1");
+        .arg(format!("--port={PORT}"))
+        .args(["--tun=ts-peer", "--no-logs-no-support"])
+        .env("TS_DEBUG_USE_DERP_HTTP", "1")
+        // No port-mapping probes (NAT-PMP, PCP, SSDP) from the lab's node either: they
+        // would go to the host, its gateway, and multicast is nobody's here.
+        .env("TS_DISABLE_PORTMAPPER", "1");
         let daemon = Daemon::spawn("tailscaled (peer)", &mut cmd, &dir.join("tailscaled.log"));
         let node = TailNode {
             ns_name: ns.name.clone(),
@@ -136,15 +143,15 @@ impl TailNode {
         c
     }
 
-    /// psql in the node's namespace with `sql` written to its stdin (unaligned, tuples
-    /// only, quiet, stopping at the first error), `env` set for libpq (a password or a
-    /// password file). Stdin stays open, so a caller can hold the session;
-    /// `wait_with_output` closes it and collects the result.
-    pub fn psql_script(&self, conninfo: &str, env: &[(&str, &OsStr)], sql: &str) -> Child {
+    /// psql in the node's namespace logged in as `login`, with `sql` written to its
+    /// stdin (unaligned, tuples only, quiet, stopping at the first error; each
+    /// statement commits on its own). Stdin stays open, so a caller can hold the
+    /// session; `wait_with_output` closes it and collects the result.
+    pub fn psql_script(&self, login: &Login, sql: &str) -> Child {
         let mut child = self
             .command("psql")
             .args([
-                conninfo,
+                login.conninfo.as_str(),
                 "-X",
                 "-A",
                 "-t",
@@ -154,7 +161,7 @@ impl TailNode {
                 "-f",
                 "-",
             ])
-            .envs(env.iter().copied())
+            .envs(login.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -167,6 +174,60 @@ impl TailNode {
             .write_all(sql.as_bytes())
             .expect("the script reaches psql");
         child
+    }
+
+    /// [`TailNode::psql_script`] to its end: what psql printed (trimmed), or its exit
+    /// status and error output.
+    pub fn psql(&self, login: &Login, sql: &str) -> Result<String, String> {
+        let o = self
+            .psql_script(login, sql)
+            .wait_with_output()
+            .expect("psql runs");
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+        } else {
+            Err(text(&o))
+        }
+    }
+}
+
+/// Whom psql logs in as and where: a libpq connection string and the variables libpq
+/// reads a password from.
+#[derive(Debug, Clone)]
+pub struct Login {
+    conninfo: String,
+    env: Vec<(&'static str, OsString)>,
+}
+
+impl Login {
+    /// `who` (`user=... dbname=...`) at `sql-vm`, reached by name over the tailnet.
+    pub fn sql_vm(who: &str) -> Login {
+        Login::conninfo(&format!("host=sql-vm port=5432 {who} connect_timeout=15"))
+    }
+
+    /// The superuser at `sql-vm` with its password.
+    pub fn superuser(password: &str) -> Login {
+        Login::sql_vm("user=postgres dbname=postgres").password(password)
+    }
+
+    /// Any connection string (a URI or key/value pairs), with what it carries.
+    pub fn conninfo(conninfo: &str) -> Login {
+        Login {
+            conninfo: conninfo.to_string(),
+            env: Vec::new(),
+        }
+    }
+
+    /// With `password` (`PGPASSWORD`).
+    pub fn password(mut self, password: &str) -> Login {
+        self.env.push(("PGPASSWORD", password.into()));
+        self
+    }
+
+    /// With the password file at `path` (`PGPASSFILE`).
+    pub fn passfile(mut self, path: &Path) -> Login {
+        self.env.push(("PGPASSFILE", path.into()));
+        self
     }
 }
 

@@ -6,6 +6,8 @@
 use crate::artifacts::Artifacts;
 use crate::process::{pids_matching, run, text};
 use nix::sys::signal::Signal;
+use protocol::messages::GuestStatus;
+use protocol::status::VmStatus;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -47,6 +49,13 @@ pub struct VmOptions {
     pub hostname: &'static str,
     /// Tables added at the end of the spec (e.g. `[replication]`).
     pub extra_toml: String,
+    /// `restart = "on-failure"`: the supervisor boots the VM again when its VMM dies
+    /// while it is up.
+    pub restart_on_failure: bool,
+    /// A network namespace of the test's own to start the supervisor in, and so gvproxy,
+    /// whose sockets carry the guest's traffic: an [`crate::egress::EgressWatch`] there
+    /// sees every packet the guest sends off its own network.
+    pub netns: Option<String>,
 }
 
 impl Default for VmOptions {
@@ -68,6 +77,8 @@ impl Default for VmOptions {
             backup_toml: String::new(),
             hostname: "sql-vm",
             extra_toml: String::new(),
+            restart_on_failure: false,
+            netns: None,
         }
     }
 }
@@ -80,6 +91,13 @@ fn qemu_aborted_before_the_guest_ran(start_output: &str) -> bool {
         && start_output.contains("Assertion `")
 }
 
+/// A place in the console log: its file and length at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsoleMark {
+    inode: u64,
+    len: usize,
+}
+
 /// A VM under test.
 #[derive(Debug)]
 pub struct Vm {
@@ -88,6 +106,7 @@ pub struct Vm {
     /// The spec file.
     pub spec: PathBuf,
     sovereign: PathBuf,
+    netns: Option<String>,
 }
 
 fn toml_str(p: &Path) -> String {
@@ -128,6 +147,9 @@ impl Vm {
             toml_str(&root),
             opts.wait_for,
         );
+        if opts.restart_on_failure {
+            spec.push_str("restart = \"on-failure\"\n");
+        }
         let initrd = if opts.initramfs {
             Some(opts.initrd.as_deref().unwrap_or(&a.initramfs))
         } else {
@@ -177,6 +199,7 @@ impl Vm {
             home,
             spec: spec_path,
             sovereign: a.sovereign.clone(),
+            netns: opts.netns.clone(),
         }
     }
 
@@ -198,9 +221,28 @@ impl Vm {
         run(&mut self.command(verb, args))
     }
 
+    /// `sovereign start` as a command: in the VM's network namespace when it has one,
+    /// so the supervisor and what it launches (gvproxy) live there.
+    fn start_command(&self) -> Command {
+        let start = self.command("start", &[]);
+        let Some(ns) = &self.netns else {
+            return start;
+        };
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns])
+            .arg(start.get_program())
+            .args(start.get_args());
+        for (key, value) in start.get_envs() {
+            if let Some(value) = value {
+                cmd.env(key, value);
+            }
+        }
+        cmd
+    }
+
     /// `sovereign start`; returns its output (check `status` yourself).
     pub fn start(&self) -> Output {
-        self.cli("start", &[])
+        run(&mut self.start_command())
     }
 
     /// `sovereign start`, which must succeed; returns what it printed. On failure the
@@ -217,7 +259,7 @@ impl Vm {
     }
 
     fn start_ok_with_env(&self, env: &[(&str, &str)]) -> String {
-        let start = || run(self.command("start", &[]).envs(env.iter().copied()));
+        let start = || run(self.start_command().envs(env.iter().copied()));
         let mut o = start();
         if !o.status.success() && qemu_aborted_before_the_guest_ran(&text(&o)) {
             // Seen once in hundreds of boots: QEMU 10's TCG trips its own MSI-X
@@ -244,16 +286,49 @@ impl Vm {
         self.cli("stop", &[])
     }
 
-    /// `sovereign status --json`, parsed.
-    pub fn status(&self) -> serde_json::Value {
+    /// `sovereign status --json`, read as the launcher's own type.
+    pub fn status(&self) -> VmStatus {
         let o = self.cli("status", &["--json"]);
-        serde_json::from_slice(&o.stdout)
-            .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", text(&o)))
+        let s: VmStatus = serde_json::from_slice(&o.stdout)
+            .unwrap_or_else(|e| panic!("status --json is not a status ({e}): {}", text(&o)));
+        assert_eq!(s.version, protocol::status::STATUS_VERSION, "{s:?}");
+        s
+    }
+
+    /// The guest's own status, which must be there.
+    pub fn guest_status(&self) -> GuestStatus {
+        let s = self.status();
+        s.guest
+            .unwrap_or_else(|| panic!("no guest status: {:?}", s.guest_error))
+    }
+
+    /// The summary line of `stage` in the status.
+    pub fn stage_summary(&self, stage: protocol::Stage) -> String {
+        self.status()
+            .stages
+            .iter()
+            .find(|l| l.stage == stage)
+            .map(|l| l.summary.clone())
+            .unwrap_or_default()
     }
 
     /// `sovereign query` with `sql` on its stdin (never in a process's arguments):
     /// Ok(stdout) or Err(all output).
     pub fn query(&self, sql: &str) -> Result<String, String> {
+        let o = self
+            .spawn_query(sql)
+            .wait_with_output()
+            .expect("sovereign query");
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+        } else {
+            Err(text(&o))
+        }
+    }
+
+    /// `sovereign query` with `sql` on its stdin (closed), left running: for a
+    /// statement that goes on while the test does something else.
+    pub fn spawn_query(&self, sql: &str) -> std::process::Child {
         use std::io::Write;
         let mut child = self
             .command("query", &[])
@@ -265,12 +340,7 @@ impl Vm {
         if let Some(mut stdin) = child.stdin.take() {
             stdin.write_all(sql.as_bytes()).expect("write the SQL");
         }
-        let o = child.wait_with_output().expect("sovereign query");
-        if o.status.success() {
-            Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-        } else {
-            Err(text(&o))
-        }
+        child
     }
 
     /// `sovereign probe ARGS...`: Ok(stdout) or Err(all output).
@@ -288,6 +358,81 @@ impl Vm {
         std::fs::read(self.home.path().join("sql-console.log"))
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
+    }
+
+    /// Where the console log stands now: what [`Vm::wait_console_since`] reads after.
+    pub fn console_mark(&self) -> ConsoleMark {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.home.path().join("sql-console.log");
+        let meta = std::fs::metadata(&path).ok();
+        ConsoleMark {
+            inode: meta.as_ref().map_or(0, |m| m.ino()),
+            len: meta.map_or(0, |m| usize::try_from(m.len()).unwrap_or(usize::MAX)),
+        }
+    }
+
+    /// Waits until the console shows `needle` in what was written after `mark` (a new
+    /// boot's log, which the supervisor starts afresh, counts whole), polled every
+    /// 50 ms so that a power cut can follow a log line closely; false at `timeout`.
+    pub fn wait_console_since(
+        &self,
+        mark: &ConsoleMark,
+        needle: &str,
+        timeout: std::time::Duration,
+    ) -> bool {
+        crate::process::wait_for(timeout, std::time::Duration::from_millis(50), || {
+            self.console_since(mark).contains(needle).then_some(())
+        })
+        .is_some()
+    }
+
+    /// What the console said since `mark` (all of it when the log was rotated since).
+    pub fn console_since(&self, mark: &ConsoleMark) -> String {
+        let now = self.console_mark();
+        let console = self.console();
+        let from = if now.inode == mark.inode {
+            mark.len.min(console.len())
+        } else {
+            0
+        };
+        console.get(from..).unwrap_or_default().to_string()
+    }
+
+    /// `sovereign start` in the background (its output collected by the child), for
+    /// what happens to the VM while it boots.
+    pub fn start_background(&self) -> std::process::Child {
+        self.start_command()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start sovereign start")
+    }
+
+    /// [`Vm::start_background`], returned once the console shows `line` (the boot got
+    /// that far); fails the test when it does not within `limit`.
+    pub fn start_until(&self, line: &str, limit: std::time::Duration) -> std::process::Child {
+        let mark = self.console_mark();
+        let child = self.start_background();
+        assert!(
+            self.wait_console_since(&mark, line, limit),
+            "the boot never logged {line:?}:\n{}",
+            self.console()
+        );
+        child
+    }
+
+    /// A power cut: the VMM is SIGKILLed, and this waits until everything of the VM is
+    /// gone (the supervisor then stops what is left, unless `restart = "on-failure"`
+    /// boots it again).
+    pub fn power_cut(&self) {
+        let qemu = self.pid_of("qemu-system").expect("the VMM runs");
+        crate::process::kill(qemu, Signal::SIGKILL);
+        crate::process::wait_for(
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_millis(500),
+            || self.leftover_processes().is_empty().then_some(()),
+        )
+        .expect("the VM's processes end after a power cut");
     }
 
     /// The run directory.
@@ -328,38 +473,37 @@ impl Vm {
 /// Asserts what every boot must prove in `status --json`: Hello from CID 10 in this
 /// protocol version, one vsock device bound to `vmw_vsock_virtio_transport`, three disks
 /// bound to `virtio_blk` (root, data, backup).
-pub fn assert_boot_devices(status: &serde_json::Value) {
-    assert_eq!(status["hello"]["cid"], 10, "{status:#}");
+pub fn assert_boot_devices(status: &VmStatus) {
+    use protocol::messages::DeviceKind;
+    let hello = status.hello.as_ref().expect("the guest's Hello in status");
     assert_eq!(
-        status["hello"]["version"],
-        protocol::PROTOCOL_VERSION,
-        "{status:#}"
+        (hello.cid, hello.version),
+        (10, protocol::PROTOCOL_VERSION),
+        "{hello:?}"
     );
-    let devices = status["devices"]["devices"]
-        .as_array()
-        .expect("device census in status");
-    let bound = |kind: &str, driver: &str| {
-        devices
-            .iter()
-            .filter(|d| d["kind"] == kind && d["driver"] == driver)
+    let report = status.devices.as_ref().expect("device census in status");
+    let bound = |kind: DeviceKind, driver: &str| {
+        report
+            .of_kind(kind)
+            .filter(|d| d.driver.as_deref() == Some(driver))
             .count()
     };
     assert_eq!(
-        bound("socket", "vmw_vsock_virtio_transport"),
+        bound(DeviceKind::Socket, "vmw_vsock_virtio_transport"),
         1,
-        "{devices:#?}"
+        "{report:#?}"
     );
-    assert_eq!(bound("block", "virtio_blk"), 3, "{devices:#?}");
+    assert_eq!(bound(DeviceKind::Block, "virtio_blk"), 3, "{report:#?}");
     assert_eq!(
-        devices.len(),
+        report.devices.len(),
         4,
-        "no other (unbound) virtio device: {devices:#?}"
+        "no other (unbound) virtio device: {report:#?}"
     );
     // PID 1 reports its own resident memory; a static init should stay small.
-    let rss = status["devices"]["init_rss_kib"].as_u64();
+    let rss = report.init_rss_kib;
     assert!(
         rss.is_some_and(|kib| kib > 0 && kib < 16 * 1024),
-        "sovereign-init resident memory {rss:?} KiB: {status:#}"
+        "sovereign-init resident memory {rss:?} KiB"
     );
     println!("sovereign-init resident memory at the census: {rss:?} KiB");
 }
@@ -397,7 +541,7 @@ impl Vm {
     /// Prints what a failed test needs to say why: the tails of the guest's tailscaled
     /// and postgres logs (while the VM still runs), of every host log in the state
     /// directory, and of the console.
-    fn print_failure_evidence(&self) {
+    pub fn print_failure_evidence(&self) {
         eprintln!(
             "--- evidence from {} after a failure",
             self.home.path().display()

@@ -8,35 +8,25 @@
 //!   holds (the session past it is refused by the server); `db password --rotate`
 //!   makes the old password fail and the new `db url` work.
 //!
-//! One lab (headscale, the second node) and one VM serve the whole file.
+//! A drill in steps (see `drill.rs`): one lab (headscale, the second node) and one VM
+//! serve the whole file, one test per step.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed step is a failed test
 
 use sovereign_tests::artifacts::require_or_skip;
+use sovereign_tests::drill::Fixture;
 use sovereign_tests::lab::Lab;
 use sovereign_tests::process::{run, text, wait_for};
-use sovereign_tests::tailnode::TailNode;
+use sovereign_tests::tailnode::{Login, TailNode};
 use sovereign_tests::vm::Vm;
 use sovereign_tests::vm_test;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Output};
 use std::time::Duration;
 
 /// The unprivileged user Gitea runs as (it refuses root).
 const NOBODY: &str = "65534";
-
-/// psql on the second node with a connection string, statements on stdin.
-fn psql(peer: &TailNode, conninfo: &str, sql: &str) -> Output {
-    let mut child = psql_child(peer, conninfo, sql);
-    drop(child.stdin.take());
-    child.wait_with_output().unwrap()
-}
-
-/// psql started with `sql` written to its stdin, left running.
-fn psql_child(peer: &TailNode, conninfo: &str, sql: &str) -> Child {
-    peer.psql_script(conninfo, &[], sql)
-}
 
 /// `sovereign db url APP ARGS...`, trimmed; fails the test when it fails.
 fn db_url(vm: &Vm, app: &str, args: &[&str]) -> String {
@@ -79,80 +69,126 @@ fn write_app_ini(peer: &TailNode, work: &Path, env_file: &Path) {
     assert!(o.status.success(), "writing app.ini: {}", text(&o));
 }
 
-#[test]
-#[ignore = "VM test: needs root, QEMU, the artifact set and Gitea; scripts/test.sh runs it"]
-fn gitea_migrates_over_the_tailnet_and_app_roles_keep_their_limits() {
-    let Some(a) = vm_test("apps") else { return };
+/// The drill's fixture. Fields drop in order: the VM before its lab.
+struct Apps {
+    vm: Vm,
+    /// Gitea's work directory (its binary, app.ini, the CA and `db url`'s variables).
+    work: tempfile::TempDir,
+    gitea: PathBuf,
+    ca_file: PathBuf,
+    env_file: PathBuf,
+    /// `db url tiny` once the role exists.
+    tiny: Option<String>,
+    lab: Lab,
+}
+
+impl Fixture for Apps {
+    fn on_failure(&self) {
+        self.vm.print_failure_evidence();
+    }
+}
+
+impl Apps {
+    fn peer(&self) -> &TailNode {
+        self.lab.peer.as_ref().expect("the second node joined")
+    }
+
+    /// psql on the second node as `db url` (or any connection string) says; the output
+    /// whether it worked or not.
+    fn psql(&self, conninfo: &str, sql: &str) -> Output {
+        self.peer()
+            .psql_script(&Login::conninfo(conninfo), sql)
+            .wait_with_output()
+            .unwrap()
+    }
+
+    /// psql started with `sql` on its stdin, left running.
+    fn psql_held(&self, conninfo: &str, sql: &str) -> Child {
+        self.peer().psql_script(&Login::conninfo(conninfo), sql)
+    }
+}
+
+sovereign_tests::drill! {
+    static DRILL: Drill<Apps> = setup;
+    s01_gitea_migrates_over_tls_into_its_own_database => gitea_migrates_into_its_own_database,
+    s02_verify_full_also_by_the_tailnet_full_name => verify_full_by_the_tailnet_full_name,
+    s03_db_add_on_the_running_vm_holds_its_connection_limit => db_add_holds_its_connection_limit,
+    s04_db_password_rotate_retires_the_old_password => rotation_retires_the_old_password,
+}
+
+fn setup() -> Option<Apps> {
+    let a = vm_test("apps")?;
     let gitea_bin = a.tool("gitea");
-    let Some(gitea_bin) = require_or_skip(
+    let gitea_bin = require_or_skip(
         "apps",
         gitea_bin.exists().then_some(gitea_bin).ok_or_else(|| {
             "Gitea is not built: scripts/build-go-tools.sh x86_64 --gitea".to_string()
         }),
-    ) else {
-        return;
-    };
-    let mut lab = Lab::start(&a.tools, "apps").expect("lab");
+    )?;
+    let lab = Lab::start(&a.tools, "apps").expect("lab");
     let mut opts = lab.vm_options();
     opts.apps = vec!["forgejo".into(), "vaultwarden".into()];
     let vm = Vm::new(&a, &opts);
-    vm.start_ok();
-    let peer = lab.join_peer().expect("second node joins");
-
-    // Gitea, with the connection settings `db url` printed, over TLS verified by the CA.
     let work = tempfile::Builder::new()
         .prefix("sov-gitea-")
         .tempdir_in("/tmp")
         .unwrap();
     std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     // The cache may sit under root's home, which the unprivileged user cannot enter.
-    let gitea_bin = {
-        let copy = work.path().join("gitea");
-        std::fs::copy(&gitea_bin, &copy).expect("copy gitea");
-        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
-        copy
-    };
+    let gitea = work.path().join("gitea");
+    std::fs::copy(&gitea_bin, &gitea).expect("copy gitea");
+    std::fs::set_permissions(&gitea, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Some(Apps {
+        vm,
+        ca_file: work.path().join("sovereign-ca.crt"),
+        env_file: work.path().join("db.env"),
+        gitea,
+        work,
+        tiny: None,
+        lab,
+    })
+}
+
+/// Gitea, with the connection settings `db url` printed, over TLS verified by the CA:
+/// its migrations and its admin command work, and its tables are in forgejo's database
+/// and nowhere else.
+fn gitea_migrates_into_its_own_database(f: &mut Apps) {
+    f.vm.start_ok();
+    f.lab.join_peer().expect("second node joins");
+    let vm = &f.vm;
     let ca = vm.cli("db ca", &[]);
     assert!(ca.status.success(), "db ca: {}", text(&ca));
-    let ca_file = work.path().join("sovereign-ca.crt");
-    std::fs::write(&ca_file, &ca.stdout).unwrap();
+    std::fs::write(&f.ca_file, &ca.stdout).unwrap();
     let env = db_url(
-        &vm,
+        vm,
         "forgejo",
         &[
             "--format",
             "env",
             "--verify-full",
-            ca_file.to_str().unwrap(),
+            f.ca_file.to_str().unwrap(),
         ],
     );
     assert!(env.contains("PGHOST=sql-vm\n"), "{env}");
-    let env_file = work.path().join("db.env");
-    std::fs::write(&env_file, format!("{env}\n")).unwrap();
-    write_app_ini(peer, work.path(), &env_file);
+    std::fs::write(&f.env_file, format!("{env}\n")).unwrap();
+    write_app_ini(f.peer(), f.work.path(), &f.env_file);
     let reachable = wait_for(Duration::from_secs(90), Duration::from_secs(3), || {
-        let uri = db_url(&vm, "forgejo", &[]);
-        psql(peer, &uri, "select 1;\n")
-            .status
-            .success()
-            .then_some(())
+        let uri = db_url(vm, "forgejo", &[]);
+        f.psql(&uri, "select 1;\n").status.success().then_some(())
     });
     assert!(
         reachable.is_some(),
         "forgejo's role reaches sql-vm from the peer"
     );
 
-    let migrated = gitea(peer, &gitea_bin, work.path(), &env_file, "migrate");
+    let gitea = |args: &str| gitea(f.peer(), &f.gitea, f.work.path(), &f.env_file, args);
+    let migrated = gitea("migrate");
     assert!(
         migrated.status.success(),
         "gitea migrate: {}",
         text(&migrated)
     );
     let created = gitea(
-        peer,
-        &gitea_bin,
-        work.path(),
-        &env_file,
         "admin user create --username sovereign-admin --password Sovereign-test-pw-1 \
          --email admin@sql-vm.invalid --admin --must-change-password=false",
     );
@@ -164,8 +200,8 @@ fn gitea_migrates_over_the_tailnet_and_app_roles_keep_their_limits() {
 
     // The user is in forgejo's database, read by the app's own role over the tailnet;
     // Gitea's tables exist nowhere else.
-    let uri = db_url(&vm, "forgejo", &[]);
-    let user = psql(peer, &uri, "select lower_name, is_admin from \"user\";\n");
+    let uri = db_url(vm, "forgejo", &[]);
+    let user = f.psql(&uri, "select lower_name, is_admin from \"user\";\n");
     assert_eq!(
         (
             user.status.success(),
@@ -175,8 +211,7 @@ fn gitea_migrates_over_the_tailnet_and_app_roles_keep_their_limits() {
         "{}",
         text(&user)
     );
-    let tables = psql(
-        peer,
+    let tables = f.psql(
         &uri,
         "select count(*) from pg_tables where schemaname = 'public' and tableowner = 'forgejo';\n",
     );
@@ -198,26 +233,26 @@ fn gitea_migrates_over_the_tailnet_and_app_roles_keep_their_limits() {
             "no Gitea table in {db}: {elsewhere}"
         );
     }
+}
 
-    // verify-full also by the tailnet's full name: learned at `up`, it is in the
-    // certificate the running server was handed then.
-    let status = vm.status();
-    let fqdn = status["guest"]["tailnet"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .trim_end_matches('.')
-        .to_string();
-    assert!(fqdn.starts_with("sql-vm."), "a MagicDNS name: {status:#}");
+/// verify-full also by the tailnet's full name: learned at `up`, it is in the
+/// certificate the running server was handed then.
+fn verify_full_by_the_tailnet_full_name(f: &mut Apps) {
+    let tailnet =
+        f.vm.guest_status()
+            .tailnet
+            .expect("the guest's tailnet identity");
+    let fqdn = tailnet.name.trim_end_matches('.').to_string();
+    assert!(fqdn.starts_with("sql-vm."), "a MagicDNS name: {tailnet:?}");
     let tls_uri = db_url(
-        &vm,
+        &f.vm,
         "forgejo",
-        &["--verify-full", ca_file.to_str().unwrap()],
+        &["--verify-full", f.ca_file.to_str().unwrap()],
     );
     let by_fqdn = tls_uri.replace("@sql-vm:", &format!("@{fqdn}:"));
     assert_ne!(by_fqdn, tls_uri);
     let ssl = wait_for(Duration::from_secs(30), Duration::from_secs(2), || {
-        let o = psql(
-            peer,
+        let o = f.psql(
             &by_fqdn,
             "select ssl from pg_stat_ssl where pid = pg_backend_pid();\n",
         );
@@ -226,10 +261,14 @@ fn gitea_migrates_over_the_tailnet_and_app_roles_keep_their_limits() {
     assert!(
         ssl.is_some(),
         "verify-full with {fqdn}: {}",
-        text(&psql(peer, &by_fqdn, "select 1;\n"))
+        text(&f.psql(&by_fqdn, "select 1;\n"))
     );
+}
 
-    // db add on the running VM, with a limit of 2 sessions.
+/// `db add` on the running VM, with a limit of 2 sessions: the third is refused by the
+/// server.
+fn db_add_holds_its_connection_limit(f: &mut Apps) {
+    let vm = &f.vm;
     let added = vm.cli("db add", &["tiny", "--connection-limit", "2"]);
     assert!(added.status.success(), "db add: {}", text(&added));
     assert!(
@@ -249,17 +288,19 @@ fn gitea_migrates_over_the_tailnet_and_app_roles_keep_their_limits() {
         "an invalid name is refused naming the field: {}",
         text(&bad)
     );
-    let tiny = db_url(&vm, "tiny", &[]);
+    let tiny = db_url(vm, "tiny", &[]);
     let mut held: Vec<Child> = (0..2)
-        .map(|_| psql_child(peer, &tiny, "select pg_sleep(60);\n"))
+        .map(|_| f.psql_held(&tiny, "select pg_sleep(60);\n"))
         .collect();
-    let both = wait_for(Duration::from_secs(60), Duration::from_secs(1), || {
-        vm.query("select count(*) from pg_stat_activity where usename = 'tiny'")
-            .ok()
-            .filter(|n| n.trim() == "2")
-    });
-    assert!(both.is_some(), "two sessions of tiny are open");
-    let third = psql(peer, &tiny, "select 1;\n");
+    let sessions = |n: &str| {
+        wait_for(Duration::from_secs(60), Duration::from_secs(1), || {
+            vm.query("select count(*) from pg_stat_activity where usename = 'tiny'")
+                .ok()
+                .filter(|c| c.trim() == n)
+        })
+    };
+    assert!(sessions("2").is_some(), "two sessions of tiny are open");
+    let third = f.psql(&tiny, "select 1;\n");
     assert!(
         !third.status.success() && text(&third).contains("too many connections for role \"tiny\""),
         "the third session is refused by the role's limit: {}",
@@ -272,29 +313,30 @@ fn gitea_migrates_over_the_tailnet_and_app_roles_keep_their_limits() {
     // A backend in pg_sleep notices its client is gone only when the sleep ends.
     vm.query("select pg_terminate_backend(pid) from pg_stat_activity where usename = 'tiny'")
         .expect("end tiny's sessions");
-    let gone = wait_for(Duration::from_secs(30), Duration::from_secs(1), || {
-        vm.query("select count(*) from pg_stat_activity where usename = 'tiny'")
-            .ok()
-            .filter(|n| n.trim() == "0")
-    });
-    assert!(gone.is_some(), "tiny's sessions ended");
+    assert!(sessions("0").is_some(), "tiny's sessions ended");
+    f.tiny = Some(tiny);
+}
 
-    // Rotation: the old password stops working, the new `db url` works.
+/// Rotation: the old password stops working, the new `db url` works, nothing pending is
+/// left in the secrets.
+fn rotation_retires_the_old_password(f: &mut Apps) {
+    let vm = &f.vm;
+    let tiny = f.tiny.clone().expect("tiny's url from the step before");
     let rotated = vm.cli("db password", &["tiny", "--rotate"]);
     assert!(
         rotated.status.success(),
         "db password --rotate: {}",
         text(&rotated)
     );
-    let old = psql(peer, &tiny, "select 1;\n");
+    let old = f.psql(&tiny, "select 1;\n");
     assert!(
         !old.status.success() && text(&old).contains("password authentication failed"),
         "the old password is refused: {}",
         text(&old)
     );
-    let new = db_url(&vm, "tiny", &[]);
+    let new = db_url(vm, "tiny", &[]);
     assert_ne!(new, tiny);
-    let works = psql(peer, &new, "select current_user;\n");
+    let works = f.psql(&new, "select current_user;\n");
     assert_eq!(
         String::from_utf8_lossy(&works.stdout).trim(),
         "tiny",
@@ -311,7 +353,6 @@ fn gitea_migrates_over_the_tailnet_and_app_roles_keep_their_limits() {
         leftovers.is_empty(),
         "no pending password left: {leftovers:?}"
     );
-
     let stopped = vm.stop();
     assert!(stopped.status.success(), "stop: {}", text(&stopped));
 }

@@ -11,7 +11,8 @@
 
 use sovereign_tests::artifacts::{require_or_skip, vm_test_arm64};
 use sovereign_tests::lab::Lab;
-use sovereign_tests::process::{run, text, wait_for};
+use sovereign_tests::process::{text, wait_for};
+use sovereign_tests::tailnode::Login;
 use sovereign_tests::vm::{assert_boot_devices, Vm, VmOptions};
 use std::time::{Duration, Instant};
 
@@ -63,10 +64,14 @@ fn arm64_guest_boots_to_control_under_qemu_aarch64_and_powers_off_cleanly() {
 
     let status = vm.status();
     assert_boot_devices(&status);
-    assert_eq!(
-        status["devices"]["missing_kernel_options"],
-        serde_json::json!([]),
-        "the arm64 kernel satisfies the fragments"
+    let missing = &status
+        .devices
+        .as_ref()
+        .expect("the census")
+        .missing_kernel_options;
+    assert!(
+        missing.is_empty(),
+        "the arm64 kernel satisfies the fragments: {missing:?}"
     );
 
     let stopped = vm.stop();
@@ -121,20 +126,8 @@ fn arm64_phone_guest_reaches_ready_in_the_tailnet_and_answers_psql_by_name() {
     let password = vm.superuser_password();
     let peer = lab.join_peer().expect("second node joins");
     let version = wait_for(Duration::from_secs(90), Duration::from_secs(3), || {
-        let o = run(peer
-            .command("psql")
-            .args([
-                "host=sql-vm port=5432 user=postgres dbname=postgres connect_timeout=15",
-                "-X",
-                "-A",
-                "-t",
-                "-c",
-                "select version()",
-            ])
-            .env("PGPASSWORD", &password));
-        o.status
-            .success()
-            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        peer.psql(&Login::superuser(&password), "select version()")
+            .ok()
     });
     let version = version.expect("psql from the second node reaches sql-vm by name");
     assert!(

@@ -57,13 +57,11 @@ fn boots_to_control_proves_drivers_and_powers_off_cleanly() {
     );
     let status = vm.status();
     assert_boot_devices(&status);
-    assert!(status["devices"]["problems"]
-        .as_array()
-        .is_some_and(Vec::is_empty));
-    assert_eq!(
-        status["devices"]["missing_kernel_options"],
-        serde_json::json!([]),
-        "our kernel satisfies the fragments"
+    let report = status.devices.as_ref().expect("the device census");
+    assert!(report.problems.is_empty(), "{report:#?}");
+    assert!(
+        report.missing_kernel_options.is_empty(),
+        "our kernel satisfies the fragments: {report:#?}"
     );
     assert_clean_stop(&vm);
 }
@@ -102,25 +100,21 @@ fn kernel_without_vsock_fails_at_devices_and_says_why() {
     );
     // The guest's own report, as printed on its console.
     let console = vm.console();
-    let report = console
+    let marker = console
         .lines()
         .find_map(|l| {
             l.find("SOVEREIGN devices {\"marker\":\"device_report\"")
-                .map(|i| &l[i + "SOVEREIGN devices ".len()..])
+                .and_then(|i| protocol::marker::Marker::parse(&l[i..]))
         })
         .unwrap_or_else(|| panic!("no device report on the console:\n{console}"));
-    let report: serde_json::Value =
-        serde_json::from_str(report.trim()).expect("device report is JSON");
-    let vsock = report["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["kind"] == "socket")
-        .cloned();
-    assert_eq!(
-        vsock.expect("vsock device enumerated")["driver"],
-        serde_json::Value::Null
-    );
+    let protocol::marker::MarkerBody::DeviceReport(report) = marker.body else {
+        panic!("not a device report: {marker:?}");
+    };
+    let vsock = report
+        .of_kind(protocol::messages::DeviceKind::Socket)
+        .next()
+        .expect("vsock device enumerated");
+    assert_eq!(vsock.driver, None, "{report:?}");
     assert!(
         vm.leftover_processes().is_empty(),
         "left behind: {:?}",
@@ -166,14 +160,12 @@ fn distro_kernel_boots_with_its_modules_loaded_by_pid1() {
     );
     vm.start_ok();
     let status = vm.status();
-    let loaded: Vec<&str> = status["devices"]["modules_loaded"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|m| m.as_str())
-        .collect();
+    let loaded = &status.devices.as_ref().expect("the census").modules_loaded;
     for m in ["vsock", "vmw_vsock_virtio_transport", "virtio_blk"] {
-        assert!(loaded.contains(&m), "PID 1 loaded {m}: {loaded:?}");
+        assert!(
+            loaded.iter().any(|l| l == m),
+            "PID 1 loaded {m}: {loaded:?}"
+        );
     }
     assert_boot_devices(&status);
     assert_clean_stop(&vm);

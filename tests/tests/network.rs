@@ -126,9 +126,7 @@ fn guest_network_both_ways_and_recovery_after_gvproxy_restarts() {
 
     // Kill gvproxy while traffic flows; the supervisor starts it again and the guest's
     // forwarder must reconnect on the same tap0, without a reboot.
-    let uptime_before = vm.status()["guest"]["uptime_ms"]
-        .as_u64()
-        .expect("guest uptime");
+    let uptime_before = vm.guest_status().uptime_ms;
     let mut traffic = vm.command(
         "probe",
         &[
@@ -158,17 +156,11 @@ fn guest_network_both_ways_and_recovery_after_gvproxy_restarts() {
     let page = recovered.unwrap_or_else(|| panic!("the guest did not recover:\n{}", vm.console()));
     assert!(page.contains("sovereign-page-7f3a"));
     assert_ne!(vm.pid_of("gvproxy"), Some(gvproxy), "gvproxy was restarted");
-    let status = vm.status();
-    let net = &status["guest"]["network"];
-    assert!(
-        net["reconnects"].as_u64().unwrap_or(0) >= 1,
-        "the forwarder reconnected: {status:#}"
-    );
-    assert!(net["connected"].as_bool().unwrap_or(false), "{status:#}");
-    assert!(
-        status["guest"]["uptime_ms"].as_u64().unwrap_or(0) > uptime_before,
-        "no reboot happened"
-    );
+    let guest = vm.guest_status();
+    let net = guest.network.as_ref().expect("the forwarder's counters");
+    assert!(net.reconnects >= 1, "the forwarder reconnected: {net:?}");
+    assert!(net.connected, "{net:?}");
+    assert!(guest.uptime_ms > uptime_before, "no reboot happened");
     stop.store(true, Ordering::Relaxed);
 
     let stopped = vm.stop();

@@ -1,7 +1,10 @@
 //! Facts about built artifacts that the build scripts need and used to compute in shell:
 //! the set's `manifest.json` ([`manifest`]), the machine an ELF binary is for
 //! ([`elf`], also used by the static-build test) and the per-architecture names of
-//! [`protocol::Arch`]. The `xtask` binary (`cargo xtask ...`) is the scripts' door to it.
+//! [`protocol::Arch`]; and one fact about the sources: the import cycles between a
+//! crate's files ([`modules`]). The `xtask` binary (`cargo xtask ...`) is the scripts'
+//! door to it.
 
 pub mod elf;
 pub mod manifest;
+pub mod modules;

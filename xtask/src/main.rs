@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 use protocol::Arch;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use xtask::{elf, manifest};
+use xtask::{elf, manifest, modules};
 
 /// Build helpers for scripts/ (run as `cargo xtask COMMAND` from the workspace).
 #[derive(Debug, Parser)]
@@ -52,6 +52,15 @@ enum Command {
         /// x86_64 or arm64 (aliases: amd64, aarch64).
         arch: Arch,
     },
+    /// Prints the groups of a crate's files that import each other in a circle; fails
+    /// when one holds more than MAX files.
+    ModuleCycles {
+        /// The crate's source directory (e.g. guest-init/src).
+        src: PathBuf,
+        /// The most files one group may hold (2: a module and the file it leans on).
+        #[arg(long, default_value_t = 2)]
+        max: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +95,26 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::ImageName { arch } => println!("{}", arch.image_name()),
         Command::MuslTarget { arch } => println!("{}", arch.musl_target()),
         Command::DebianArch { arch } => println!("{}", arch.debian_name()),
+        Command::ModuleCycles { src, max } => {
+            let graph = modules::read_crate(&src)?;
+            let cycles = graph.cycles();
+            for group in &cycles {
+                println!("{} files: {}", group.len(), group.join(" <-> "));
+            }
+            if let Some(big) = cycles.iter().find(|g| g.len() > max) {
+                anyhow::bail!(
+                    "{} files of {} import each other in a circle (at most {max} may): {}",
+                    big.len(),
+                    src.display(),
+                    big.join(", ")
+                );
+            }
+            eprintln!(
+                "{} modules in {}; no import cycle of more than {max} files",
+                graph.files.len(),
+                src.display()
+            );
+        }
     }
     Ok(())
 }

@@ -180,16 +180,17 @@ fn main() {
     while Instant::now() < until {
         std::thread::sleep(Duration::from_secs(5));
         let s = vm.status();
-        let now = s["guest"]["uptime_ms"].as_u64().map(|_| {
+        let now = s.guest.as_ref().map(|_| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
                 .unwrap_or(0)
         });
-        if let (Some(now), Some(at)) = (
-            now,
-            s["guest"]["backup"]["archive"]["last_archived_unix"].as_i64(),
-        ) {
+        let archived = s
+            .guest
+            .and_then(|g| g.backup)
+            .and_then(|b| b.archive.last_archived_unix);
+        if let (Some(now), Some(at)) = (now, archived) {
             lags.push((now - at).max(0));
         }
     }

@@ -186,7 +186,7 @@ fn in_guest(vm: &Vm, script: &str, clients: u16, secs: u32) -> String {
 
 /// PID 1's memory as the guest reports it.
 fn init_memory(vm: &Vm) -> Option<ProcessMemory> {
-    serde_json::from_value(vm.status()["guest"]["init_memory"].clone()).ok()
+    vm.status().guest?.init_memory
 }
 
 /// A systemd boot as the chart draws it: kernel, initrd and userspace to the default

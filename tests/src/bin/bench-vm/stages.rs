@@ -1,6 +1,6 @@
 //! Boot stages as `status --json` reports them, and PID 1's share of the boot.
 
-use serde_json::Value;
+use protocol::status::VmStatus;
 
 /// One stage of one boot.
 #[derive(Debug, Clone)]
@@ -14,21 +14,17 @@ pub struct StageTime {
 }
 
 /// The stage lines of `status --json` once up.
-pub fn stage_times(status: &Value) -> Vec<StageTime> {
-    status["stages"]
-        .as_array()
-        .map(|lines| {
-            lines
-                .iter()
-                .map(|l| StageTime {
-                    stage: l["stage"].as_str().unwrap_or("?").to_string(),
-                    host_ms: l["elapsed_ms"].as_u64(),
-                    guest_started_ms: l["guest_started_ms"].as_u64(),
-                    guest_ready_ms: l["guest_ready_ms"].as_u64(),
-                })
-                .collect()
+pub fn stage_times(status: &VmStatus) -> Vec<StageTime> {
+    status
+        .stages
+        .iter()
+        .map(|l| StageTime {
+            stage: l.stage.name().to_string(),
+            host_ms: l.elapsed_ms,
+            guest_started_ms: l.guest_started_ms,
+            guest_ready_ms: l.guest_ready_ms,
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// The line of `name`, if the boot reported it.
