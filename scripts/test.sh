@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project, as CI does (.ci/run calls exactly this):
 #   1. installs what is missing (scripts/ci-deps.sh, idempotent)
-#   2. cargo fmt --check, clippy -D warnings, unit and CLI tests
+#   2. cargo fmt --check, clippy -D warnings, unit and CLI tests, no import cycle of
+#      more than two files in PID 1
 #   3. kernel option check for arm64 (olddefconfig + checker) and the aarch64 launcher
 #      (static, right machine, --help and a spec validation under qemu-aarch64)
 #   4. builds the x86_64 artifact set, proves from their ELF headers that both musl
@@ -19,8 +20,10 @@
 #      skips;
 #      SOVEREIGN_ARM64_BOOT=1 always runs it, 0 never
 # --heavy (or SOVEREIGN_HEAVY_TESTS=1) adds the drills that spend minutes waiting on real
-# timeouts (a full backup disk, a lost backup disk refilled) and fuzzes 300 s per target
-# instead of 30; CI runs the default set, which fits its time budget.
+# timeouts (a full backup killed mid-way, the SFTP server away and back, retention with
+# the guest's clock days ahead, a full backup disk, a lost backup disk refilled), power
+# cuts at three points of a first boot's initdb and of a replica's first copy (one by
+# default), and fuzzes 300 s per target instead of 15; CI runs the default set.
 # Heavy artifacts are cached under ${XDG_CACHE_HOME:-$HOME/.cache}/sovereign, cargo's
 # builds among them (cargo-target/, unless CARGO_TARGET_DIR is set; started over past
 # SOVEREIGN_TARGET_CAP_MIB, default 12288).
@@ -32,7 +35,7 @@ for arg in "$@"; do
     *) die "unknown argument '$arg' (scripts/test.sh [--heavy])" ;;
   esac
 done
-if [ "${SOVEREIGN_HEAVY_TESTS:-0}" = 1 ]; then fuzz_default=300; else fuzz_default=30; fi
+if [ "${SOVEREIGN_HEAVY_TESTS:-0}" = 1 ]; then fuzz_default=300; else fuzz_default=15; fi
 fuzz_seconds=${SOVEREIGN_FUZZ_SECONDS:-$fuzz_default}
 cd "$SOVEREIGN_ROOT"
 start=$(date +%s)
@@ -56,6 +59,8 @@ step "format, lints, unit tests"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked --exclude sovereign-tests
+# PID 1's modules stay untangled: no group of more than two files imports itself.
+xtask module-cycles "$SOVEREIGN_ROOT/guest-init/src"
 
 step "arm64: kernel options and the aarch64 launcher"
 scripts/build-kernel.sh arm64 --config-only >/dev/null
@@ -68,15 +73,18 @@ cloud=$(scripts/fetch-cloud-kernel.sh | tail -n1)
 scripts/build-go-tools.sh x86_64 --gitea
 
 [ "${SOVEREIGN_HEAVY_TESTS:-0}" = 1 ] \
-  || log "heavy variants skipped (the off-device drills on a full and on a lost backup disk, the OOM fault): scripts/test.sh --heavy runs them"
+  || log "heavy variants skipped (the backup drill's killed full backup, SFTP server away, retention, full and lost backup disk; the OOM fault): scripts/test.sh --heavy runs them"
 step "static musl builds, then VM tests (QEMU TCG, real gvproxy, headscale, tailscale, PostgreSQL)"
 SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_CLOUD_KERNEL=$cloud/vmlinuz SOVEREIGN_REQUIRE_VM_TESTS=1 \
   cargo test -p sovereign-tests --locked --test static_builds \
-    --test boot --test forwarder --test network --test postgres --test e2e --test apps --test backups --test offsite -- --include-ignored --test-threads=1
-# The fault suite prints its table (fault, outage, rows acknowledged, rows lost); the
-# replica test its lag, the synchronous commit cost and the time from promote to a write.
+    --test boot --test forwarder --test network --test e2e -- --include-ignored --test-threads=1
+# The drills: each file shares one fixture across its steps, which run in order (one
+# thread). The fault suite prints its table (fault, outage, rows acknowledged, rows
+# lost); the replica drill its lag, the synchronous commit cost, the time from promote
+# to a write and the writable nodes counted each second through a forced promotion and
+# a split.
 SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_REQUIRE_VM_TESTS=1 \
-  cargo test -p sovereign-tests --locked --test faults --test replica -- --include-ignored --nocapture
+  cargo test -p sovereign-tests --locked --test apps --test backups --test faults --test replica -- --include-ignored --nocapture --test-threads=1
 
 # The fuzz builds (sanitizers, nightly) live in the cache: cargo rebuilds what changed,
 # and a warm run skips the two minutes of building them from nothing.
