@@ -14,11 +14,8 @@
 #   6. the phone's guest under qemu-system-aarch64: the boot initramfs to the control
 #      stage, and the whole arm64 set (root image with PostgreSQL and tailscaled) to
 #      ready in a tailnet lab, answering psql from the second node. With a cold cache
-#      its kernel takes ~10 min and its root image ~6 min to build: by default
-#      (SOVEREIGN_ARM64_BOOT=auto) it runs when that kernel is cached or the run is early
-#      enough to afford it (SOVEREIGN_ARM64_BUDGET_MIN, default 40), and says so when it
-#      skips;
-#      SOVEREIGN_ARM64_BOOT=1 always runs it, 0 never
+#      its kernel (~10 min) and Debian tree (~6 min) are built at the lowest CPU
+#      priority while step 4's drills run; SOVEREIGN_ARM64_BOOT=0 leaves it out
 # --heavy (or SOVEREIGN_HEAVY_TESTS=1) adds the drills that spend minutes waiting on real
 # timeouts (a full backup killed mid-way, the SFTP server away and back, retention with
 # the guest's clock days ahead, a full backup disk, a lost backup disk refilled), power
@@ -72,19 +69,50 @@ cloud=$(scripts/fetch-cloud-kernel.sh | tail -n1)
 # Gitea, the real app of the apps test (built once, ~3 min, then cached).
 scripts/build-go-tools.sh x86_64 --gitea
 
+# The arm64 guest's kernel (~10 min on 2 cores) and Debian tree (~6 min) are built
+# while the x86_64 drills run, at the lowest CPU priority: the drills spend most of
+# their time waiting on the guest, and a warm cache makes this a no-op.
+arm64_boot=${SOVEREIGN_ARM64_BOOT:-1}
+arm64_log=$SOVEREIGN_CACHE/arm64-prefetch.log
+if [ "$arm64_boot" = 1 ]; then
+  ( nice -n 19 scripts/build-kernel.sh arm64 \
+      && nice -n 19 scripts/build-rootfs.sh arm64 --no-init --out "$SOVEREIGN_CACHE/arm64-prefetch" ) \
+    >"$arm64_log" 2>&1 &
+  arm64_prefetch=$!
+fi
+
 [ "${SOVEREIGN_HEAVY_TESTS:-0}" = 1 ] \
   || log "heavy variants skipped (the backup drill's killed full backup, SFTP server away, retention, full and lost backup disk; the OOM fault): scripts/test.sh --heavy runs them"
 step "static musl builds, then VM tests (QEMU TCG, real gvproxy, headscale, tailscale, PostgreSQL)"
-SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_CLOUD_KERNEL=$cloud/vmlinuz SOVEREIGN_REQUIRE_VM_TESTS=1 \
+export SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_REQUIRE_VM_TESTS=1
+cargo test -p sovereign-tests --locked --tests --no-run
+SOVEREIGN_CLOUD_KERNEL=$cloud/vmlinuz \
   cargo test -p sovereign-tests --locked --test static_builds \
     --test boot --test forwarder --test network --test e2e -- --include-ignored --test-threads=1
-# The drills: each file shares one fixture across its steps, which run in order (one
-# thread). The fault suite prints its table (fault, outage, rows acknowledged, rows
-# lost); the replica drill its lag, the synchronous commit cost, the time from promote
-# to a write and the writable nodes counted each second through a forced promotion and
-# a split.
-SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_REQUIRE_VM_TESTS=1 \
-  cargo test -p sovereign-tests --locked --test apps --test backups --test faults --test replica -- --include-ignored --nocapture --test-threads=1
+
+# The drills, in two lanes side by side: each lane is one test process whose files run
+# one after the other, each file's steps in order on its own fixture (its own lab
+# namespace, VMs, state directories), so the lanes share nothing but the CPU. Each line
+# is prefixed with its lane. The fault suite prints its table (fault, outage, rows
+# acknowledged, rows lost); the replica drill its lag, the synchronous commit cost, the
+# time from promote to a write and the writable nodes counted each second through a
+# forced promotion and a split.
+step "the drills, two lanes: backups and apps | faults and replica"
+lane() {
+  local name=$1; shift
+  local args=()
+  for t in "$@"; do args+=(--test "$t"); done
+  cargo test -p sovereign-tests --locked "${args[@]}" \
+    -- --include-ignored --nocapture --test-threads=1 2>&1 | sed -u "s/^/[$name] /"
+}
+lane backups backups apps &
+lane_a=$!
+lane faults faults replica &
+lane_b=$!
+failed=""
+wait "$lane_a" || failed="$failed backups/apps"
+wait "$lane_b" || failed="$failed faults/replica"
+[ -z "$failed" ] || die "drill lane(s) failed:$failed (each lane's lines above carry its name)"
 
 # The fuzz builds (sanitizers, nightly) live in the cache: cargo rebuilds what changed,
 # and a warm run skips the two minutes of building them from nothing.
@@ -95,21 +123,13 @@ for target in hyperkit_frames control_frames kernel_cmdline; do
   grep -E '^Done [0-9]+ runs' "$SOVEREIGN_CACHE/fuzz-$target.log" | sed "s/^/$target: /" >&2 || true
 done
 
-arm64_boot=${SOVEREIGN_ARM64_BOOT:-auto}
-elapsed_min=$(( ($(date +%s) - start) / 60 ))
-if [ "$arm64_boot" = auto ]; then
-  if scripts/build-kernel.sh arm64 --cached >/dev/null 2>&1; then
-    arm64_boot=1
-  elif [ "$elapsed_min" -le "${SOVEREIGN_ARM64_BUDGET_MIN:-40}" ]; then
-    arm64_boot=1
-  else
-    log "arm64 boot test skipped: its kernel is not cached and building it (~10 min on 2 cores) would take this run (${elapsed_min} min so far) past its budget; the next run builds it, or set SOVEREIGN_ARM64_BOOT=1"
-  fi
-fi
 if [ "$arm64_boot" = 1 ]; then
   step "arm64 guest (qemu-system-aarch64, TCG): to control, and the whole phone guest to ready over the tailnet"
+  wait "$arm64_prefetch" || { tail -n 40 "$arm64_log" >&2; die "building the arm64 kernel and Debian tree failed (log: $arm64_log)"; }
   arm64=$(scripts/build-images.sh --arch arm64 | tail -n1)
-  SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_ARM64_ARTIFACTS=$arm64 SOVEREIGN_REQUIRE_VM_TESTS=1 \
+  SOVEREIGN_ARM64_ARTIFACTS=$arm64 \
     cargo test -p sovereign-tests --locked --test arm64 -- --include-ignored --test-threads=1
+else
+  log "arm64 boot test skipped (SOVEREIGN_ARM64_BOOT=$arm64_boot)"
 fi
 step "all tests passed"
