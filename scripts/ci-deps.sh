@@ -31,7 +31,7 @@ if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.
 fi
 
 backports_pkgs=(qemu-system-x86 qemu-system-arm qemu-user-static qemu-utils linux-source-6.12)
-pkgs=(bc flex bison libelf-dev libssl-dev dwarves gcc-aarch64-linux-gnu make cpio xz-utils
+pkgs=(bc flex bison libelf-dev libssl-dev dwarves gcc gcc-aarch64-linux-gnu libc6-dev-arm64-cross make cpio xz-utils
       zstd rsync mmdebstrap e2fsprogs iproute2 postgresql-client jq curl ca-certificates
       binfmt-support dpkg-dev busybox-static kmod file arch-test nftables
       openssh-server openssh-client openssl fonts-dejavu-core iperf3)

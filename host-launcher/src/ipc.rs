@@ -215,6 +215,7 @@ pub fn base_status(spec: &Spec, phase: Phase) -> VmStatus {
         database: None,
         replication: None,
         control_refused: Default::default(),
+        alerts: Vec::new(),
     }
 }
 

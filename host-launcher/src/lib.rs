@@ -7,6 +7,7 @@
 //! [`readiness`] (the detached supervisor), [`ipc`] (its socket), [`autostart`] (the
 //! boot script), [`commands`] (the CLI verbs).
 
+pub mod alerts;
 pub mod autostart;
 pub mod cli;
 pub mod commands;

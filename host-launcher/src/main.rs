@@ -2,7 +2,9 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use sovereign::cli::{BackupAction, Cli, Command, DbAction, DiskAction, ReplicaAction};
+use sovereign::cli::{
+    AlertsAction, BackupAction, Cli, Command, DbAction, DiskAction, ReplicaAction,
+};
 use sovereign::paths::HostEnv;
 use sovereign::rundir::RunDir;
 
@@ -216,6 +218,12 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Command::Build(args) => sovereign::commands::build::run(&args),
             Command::Deploy(args) => sovereign::commands::deploy::run(&args, &env),
+            Command::Alerts {
+                action: AlertsAction::List { vm },
+            } => sovereign::commands::alerts::list(&vm.load(&env)?.0).await,
+            Command::Alerts {
+                action: AlertsAction::Test { vm },
+            } => sovereign::commands::alerts::test(&vm.load(&env)?.0, &env),
             Command::Disk {
                 action: DiskAction::Grow { vm, data, backup },
             } => {

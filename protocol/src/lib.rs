@@ -21,7 +21,9 @@
 //! - [`pg_settings`]: the server's settings derived from memory, and the spec's overrides.
 //! - [`replication`]: a node's role, its peer, and the replication status query.
 //! - [`status`]: what `sovereign status` reports, as one typed value.
+//! - [`alerts`]: the conditions the supervisor raises and clears, by name.
 
+pub mod alerts;
 pub mod arch;
 pub mod backup;
 pub mod bulk;

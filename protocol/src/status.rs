@@ -11,8 +11,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// The form of [`VmStatus`] this build writes. 1: the first typed form (the
-/// supervisor's view, the guest's status, `database`, `replication`).
-pub const STATUS_VERSION: u32 = 1;
+/// supervisor's view, the guest's status, `database`, `replication`); 2: `alerts`.
+pub const STATUS_VERSION: u32 = 2;
 
 /// Everything `status` reports (`sovereign status --json` prints it): the
 /// supervisor's view, the guest's own status, and the database and replication as the
@@ -67,6 +67,9 @@ pub struct VmStatus {
     /// Control connections refused for want of the session token.
     #[serde(default)]
     pub control_refused: ControlRefusals,
+    /// The conditions that hold now (a backup overdue, a disk filling up), oldest first.
+    #[serde(default)]
+    pub alerts: Vec<crate::alerts::ActiveAlert>,
 }
 
 /// Control connections the supervisor refused because their Hello lacked this boot's
@@ -418,6 +421,7 @@ mod tests {
             database: None,
             replication: None,
             control_refused: ControlRefusals::default(),
+            alerts: vec![],
         };
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["version"], STATUS_VERSION);

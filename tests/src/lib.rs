@@ -20,5 +20,6 @@ pub mod process;
 pub mod sftp;
 pub mod tailnode;
 pub mod vm;
+pub mod webhook;
 
 pub use artifacts::{heavy_variant, vm_test, Artifacts};

@@ -13,7 +13,10 @@
 //!    fails for repo2 naming why, status says so, and the database serves; with the
 //!    server back, both repositories take the next set;
 //! 4. another host key for the server (another machine answering as it): repo2 is
-//!    refused and status names the key;
+//!    refused and status names the key; with the backup disk filled past 80% as well,
+//!    the webhook (a real HTTP server on loopback) gets each condition raised, repeated
+//!    while it holds and cleared once key and space are back, in that order, and
+//!    `status` lists both with since when;
 //! 5. rows 1–20, `backup now --type diff`, rows 21–40, time T, rows 41–60, a table
 //!    dropped; the drop's WAL is archived;
 //! 6. a time outside the window and a time PostgreSQL cannot read are refused, naming
@@ -65,6 +68,7 @@ use sovereign_tests::process::{text, wait_for};
 use sovereign_tests::sftp::{SftpServer, SFTP_PORT, SSHD};
 use sovereign_tests::tailnode::{Login, TailNode};
 use sovereign_tests::vm::Vm;
+use sovereign_tests::webhook::WebhookReceiver;
 use sovereign_tests::{heavy_variant, vm_test};
 use std::path::Path;
 use std::process::Output;
@@ -87,6 +91,8 @@ struct Backups {
     forgejo_uri: String,
     /// The backup passphrase's file (made by the first start).
     passphrase_file: std::path::PathBuf,
+    /// Where the supervisor's alerts go.
+    alerts: WebhookReceiver,
     lab: Lab,
 }
 
@@ -106,7 +112,7 @@ sovereign_tests::drill! {
     s01_the_first_full_backup_reaches_both_repositories_by_itself => first_full_backup,
     s02_a_killed_full_backup_never_shows_as_a_set => killed_full_backup,
     s03_with_the_sftp_server_away_repo1_still_takes_its_set => sftp_server_away,
-    s04_another_host_key_for_the_server_is_refused => another_host_key,
+    s04_another_host_key_and_a_full_backup_disk_are_refused_and_alerted => another_host_key,
     s05_rows_a_diff_backup_a_time_and_a_drop_are_archived => rows_and_a_drop,
     s06_bad_restore_targets_are_refused => bad_targets_refused,
     s07_a_power_cut_during_a_restore_puts_the_data_back => restore_power_cut,
@@ -147,9 +153,15 @@ fn setup() -> Option<Backups> {
         key = sftp.host_key(),
         client = sftp.dir.join("client_key").display(),
     );
+    let alerts = WebhookReceiver::start();
+    opts.extra_toml = format!(
+        "[alerts]\nwebhook = \"{}\"\ncheck_secs = 2\nrepeat_secs = {ALERT_REPEAT_SECS}\n",
+        alerts.url
+    );
     let vm = Vm::new(&a, &opts);
     let vm_home = vm.home.path().to_path_buf();
     Some(Backups {
+        alerts,
         vm,
         sftp,
         password: String::new(),
@@ -561,17 +573,81 @@ fn sftp_server_away(f: &mut Backups) {
     );
 }
 
+/// How often the drill's supervisor repeats an alert that still holds.
+const ALERT_REPEAT_SECS: u64 = 20;
+
 /// Step 4: Another machine answers as the server (a new host key): repo2 is refused and
-/// status names it; repo1 and the database go on.
+/// status names it; repo1 and the database go on. With the backup disk past 80% too, the
+/// webhook gets both conditions raised, repeated and cleared, in order.
 fn another_host_key(f: &mut Backups) {
     f.sftp.change_host_key(false);
     let impostor = f.vm.cli("backup now", &["--type", "incr"]);
-    f.sftp.change_host_key(true);
     assert_repo2_failed(&f.vm, &impostor);
     let status_text = text(&f.vm.cli("status", &[]));
     assert!(
         status_text.contains("mismatch in known hosts"),
         "status names the host key: {status_text}"
+    );
+    let wait = Duration::from_secs(60);
+    assert!(
+        f.alerts.wait("offsite-refused", "raised", wait).is_some(),
+        "the refused off-device copy reaches the webhook: {:?}",
+        f.alerts.received()
+    );
+    f.vm.query(
+        "copy (select 1) to program 'cd /backup/pgbackrest && fallocate -l $(( $(df --output=size -B1 . | tail -n 1) * 86 / 100 - $(df --output=used -B1 . | tail -n 1) )) alert-filler'",
+    )
+    .expect("fill the backup disk past 80%");
+    assert!(
+        f.alerts.wait("backup-disk-full", "raised", wait).is_some(),
+        "the filling backup disk reaches the webhook: {:?}",
+        f.alerts.received()
+    );
+    let listed: Vec<String> =
+        f.vm.status()
+            .alerts
+            .iter()
+            .filter(|a| a.since_unix > 0)
+            .map(|a| a.condition.to_string())
+            .collect();
+    assert!(
+        listed.contains(&"offsite-refused".to_string())
+            && listed.contains(&"backup-disk-full".to_string()),
+        "status lists both with since when: {listed:?}"
+    );
+    let repeat = Duration::from_secs(ALERT_REPEAT_SECS + 30);
+    for condition in ["offsite-refused", "backup-disk-full"] {
+        assert!(
+            f.alerts.wait(condition, "repeated", repeat).is_some(),
+            "{condition} is said again while it holds: {:?}",
+            f.alerts.received()
+        );
+    }
+    f.sftp.change_host_key(true);
+    f.vm.query("copy (select 1) to program 'rm -f /backup/pgbackrest/alert-filler'")
+        .expect("free the backup disk");
+    let again = f.vm.cli("backup now", &["--type", "incr"]);
+    assert!(
+        again.status.success(),
+        "with the key back: {}",
+        text(&again)
+    );
+    for condition in ["offsite-refused", "backup-disk-full"] {
+        let cleared = f.alerts.wait(condition, "cleared", wait);
+        let got = f.alerts.received();
+        let at = |state: &str| {
+            got.iter()
+                .position(|r| r.condition == condition && r.state == state)
+        };
+        assert!(
+            cleared.is_some() && at("raised") < at("repeated") && at("repeated") < cleared,
+            "{condition}: raised, repeated, cleared, in that order: {got:?}"
+        );
+    }
+    assert!(
+        f.vm.status().alerts.is_empty(),
+        "nothing holds: {:?}",
+        f.vm.status().alerts
     );
 }
 

@@ -84,6 +84,23 @@ pub enum BackupAction {
     },
 }
 
+/// `sovereign alerts ...`.
+#[derive(Debug, Subcommand)]
+pub enum AlertsAction {
+    /// The conditions that hold now, each with since when (what `status` lists under
+    /// "alerts").
+    List {
+        #[command(flatten)]
+        vm: VmArgs,
+    },
+    /// Send one test notice through every sink the spec's [alerts] names (the phone's
+    /// notification, the webhook) and say what each answered; exit 1 when one failed.
+    Test {
+        #[command(flatten)]
+        vm: VmArgs,
+    },
+}
+
 /// `sovereign disk ...`.
 #[derive(Debug, Subcommand)]
 pub enum DiskAction {

@@ -9,7 +9,9 @@ use std::path::PathBuf;
 
 mod data;
 mod probe;
-pub use data::{parse_restore_target, BackupAction, BackupKindArg, DbAction, DiskAction};
+pub use data::{
+    parse_restore_target, AlertsAction, BackupAction, BackupKindArg, DbAction, DiskAction,
+};
 pub use probe::{PgbenchScript, ProbeCheck, StreamTransfer};
 
 /// Runs PostgreSQL in a VM (crosvm on Android, QEMU elsewhere), reachable over Tailscale.
@@ -288,6 +290,13 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: DbAction,
+    },
+    /// Alerts: what the supervisor raised (a backup that stopped, a disk filling up, the
+    /// off-device copy refused ...) and a test notice through the spec's [alerts] sinks.
+    Alerts {
+        /// What to do.
+        #[command(subcommand)]
+        action: AlertsAction,
     },
     /// The VM's disks: make one larger.
     Disk {

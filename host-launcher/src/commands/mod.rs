@@ -2,6 +2,7 @@
 //! exit codes: 0 success, 1 the VM failed or a check failed, 2 the spec or the host is
 //! not fit to start (validation, preflight).
 
+pub mod alerts;
 pub mod autostart;
 pub mod backup;
 pub mod build;

@@ -118,6 +118,30 @@ fn disk_warning(total: u64, available: u64) -> Option<String> {
     })
 }
 
+/// The active alerts, one line each with since when; nothing when none holds.
+pub fn render_alerts(o: &mut String, alerts: &[protocol::alerts::ActiveAlert]) {
+    use std::fmt::Write as _;
+    if alerts.is_empty() {
+        return;
+    }
+    let now = u64::try_from(now_unix()).unwrap_or(0);
+    let _ = writeln!(o, "  alerts:");
+    for a in alerts {
+        let mark = match a.severity {
+            protocol::alerts::Severity::Critical => "✗",
+            protocol::alerts::Severity::Warning => "!",
+        };
+        let _ = writeln!(
+            o,
+            "    {mark} {} ({}, for {}): {}",
+            a.condition,
+            a.severity,
+            human_duration(now.saturating_sub(a.since_unix) * 1000),
+            a.summary
+        );
+    }
+}
+
 /// The human table.
 pub fn render(s: &VmStatus) -> String {
     use std::fmt::Write as _;
@@ -168,6 +192,7 @@ pub fn render(s: &VmStatus) -> String {
             last.exited
         );
     }
+    render_alerts(&mut o, &s.alerts);
     let refused = &s.control_refused;
     if refused.count > 0 {
         let ago = u64::try_from(now_unix())

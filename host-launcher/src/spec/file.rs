@@ -49,6 +49,8 @@ struct SpecFile {
     #[serde(default)]
     timeouts: TimeoutsFile,
     replication: Option<super::replication::ReplicationFile>,
+    #[serde(default)]
+    alerts: super::alerts::AlertsFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -395,6 +397,7 @@ fn resolve_file(
             device_wait_secs: f.guest.device_wait_secs.unwrap_or(10),
             cmdline_extra: f.guest.cmdline_extra.unwrap_or_default(),
         },
+        alerts: f.alerts.resolve(in_dir, env.android),
         replication: f
             .replication
             .map(|r| r.resolve(in_dir, &secrets_dir, &name)),

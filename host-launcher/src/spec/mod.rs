@@ -8,11 +8,13 @@
 //!
 //! This module holds the resolved types; `file` reads a spec file and resolves it.
 
+pub mod alerts;
 mod file;
 mod problem;
 mod replication;
 pub mod validate;
 
+pub use alerts::AlertsSpec;
 pub use file::{with_app_added, with_disk_size, BUILTIN_APPS};
 pub use problem::{Problem, SpecError};
 pub use replication::ReplicationSpec;
@@ -339,6 +341,14 @@ pub struct Spec {
     pub vmm: VmmSpec,
     /// Stage deadlines.
     pub timeouts: Timeouts,
+    /// Where the supervisor tells its user about a condition, and how often.
+    #[serde(default = "no_alert_sinks")]
+    pub alerts: AlertsSpec,
+}
+
+/// `alerts` of a run spec written before the field existed.
+fn no_alert_sinks() -> AlertsSpec {
+    AlertsSpec::defaults(false)
 }
 
 /// The qemu-system binary name for a guest architecture.

@@ -68,6 +68,7 @@ pub fn validate(spec: &Spec, env: &HostEnv) -> Vec<Problem> {
     if let Some(r) = &spec.replication {
         p.extend(r.problems(&spec.hostname));
     }
+    p.extend(spec.alerts.problems());
     check_kernel(spec, &mut p);
     if let Some(initrd) = &spec.initrd {
         check_readable_file("initrd", initrd, &mut p);

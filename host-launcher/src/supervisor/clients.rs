@@ -190,7 +190,7 @@ async fn serve_client(
 
 /// The supervisor's snapshot plus the guest's own status (or why there is none);
 /// `None` when the main loop is gone.
-async fn status(cmd: &mpsc::Sender<Command>) -> Option<VmStatus> {
+pub(super) async fn status(cmd: &mpsc::Sender<Command>) -> Option<VmStatus> {
     let (tx, rx) = oneshot::channel();
     cmd.send(Command::Snapshot(tx)).await.ok()?;
     let mut status = rx.await.ok()?;

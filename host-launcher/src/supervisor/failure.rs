@@ -106,6 +106,9 @@ impl Supervisor {
     /// Reports a failed boot: stops everything, then publishes the evidence.
     pub(super) async fn fail(&mut self, failure: Failure) -> i32 {
         log::error!("boot failed at {}: {}", failure.at, failure.reason);
+        if self.phase == Phase::Up || !self.restarts.is_empty() {
+            self.alert_vm_down(&format!("{} failed: {}", failure.at, failure.reason));
+        }
         self.phase = Phase::Failed;
         self.events.emit(Event::Stopping {
             reason: format!("{} failed: {}", failure.at, failure.reason),

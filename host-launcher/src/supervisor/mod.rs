@@ -9,9 +9,11 @@
 //! and routes each input to the module of its duty: `clients` (the supervisor socket),
 //! `events` (history and broadcast), `requests` (guest requests in flight), `guest` (the
 //! control channel), `progress` (stages and the GuestConfig), `launch` (processes and
-//! their exits), `restart` (booting again after the VMM died), `teardown` (stopping), `failure` (the failure report) and `snapshot`
-//! (the status).
+//! their exits), `restart` (booting again after the VMM died), `teardown` (stopping),
+//! `failure` (the failure report), `snapshot` (the status) and `alerting` (the watch over
+//! the VM's conditions).
 
+mod alerting;
 mod clients;
 mod events;
 mod failure;
@@ -93,7 +95,12 @@ pub async fn run(run: RunDir) -> Result<i32, SuperviseError> {
         }
     })?;
     let waiting = transfers::Waiting::default();
-    tokio::spawn(serve_clients(ipc, events.clone(), cmd_tx, waiting.clone()));
+    tokio::spawn(serve_clients(
+        ipc,
+        events.clone(),
+        cmd_tx.clone(),
+        waiting.clone(),
+    ));
 
     // The control listener exists before any process that could connect to it.
     let control = match spec.vmm.backend {
@@ -139,6 +146,7 @@ pub async fn run(run: RunDir) -> Result<i32, SuperviseError> {
     let (ctl_tx, ctl_rx) = mpsc::channel(64);
     tokio::spawn(guest::accept_guests(control, spec.cid, ctl_tx.clone()));
 
+    let alerting = alerting::start(&spec, cmd_tx.clone());
     let (exit_tx, exit_rx) = mpsc::channel(8);
     let mut sup = Supervisor {
         console: ConsoleTail::new(&spec.console_log, CONSOLE_TAIL),
@@ -161,6 +169,7 @@ pub async fn run(run: RunDir) -> Result<i32, SuperviseError> {
         restart_budget: restart::RestartBudget::default(),
         restarts: Vec::new(),
         boot_request,
+        alerting,
     };
     sup.main().await
 }
@@ -189,6 +198,8 @@ struct Supervisor {
     console: ConsoleTail,
     /// This start's one-boot request, until the first boot's configuration carried it.
     boot_request: Option<protocol::config::BootRequest>,
+    /// The watch over the VM's conditions and the alerts' sender.
+    alerting: alerting::Alerting,
 }
 
 /// Seconds since the epoch, for what the status records.

@@ -20,6 +20,12 @@ impl Supervisor {
             devices: readiness.and_then(|r| r.device_report().cloned()),
             restarts: self.restarts.clone(),
             control_refused: self.channel.refused.clone(),
+            alerts: self
+                .alerting
+                .active
+                .lock()
+                .map(|a| a.clone())
+                .unwrap_or_default(),
             ..base_status(&self.spec, self.phase)
         }
     }

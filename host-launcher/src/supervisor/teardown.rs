@@ -225,6 +225,7 @@ impl Supervisor {
     pub(super) async fn finish(&mut self) {
         // Let a client read its reply (stop) before the socket disappears.
         tokio::time::sleep(Duration::from_millis(200)).await;
+        self.last_notices().await;
         remove_own_files(&self.run);
         let _ = std::fs::remove_file(self.run.vsock_port_socket(protocol::ports::CONTROL_PORT));
     }

@@ -1,0 +1,116 @@
+//! The supervisor's watch over its VM: every `[alerts] check_secs` it takes the same
+//! status a client gets, judges it ([`crate::alerts::conditions`]), and hands the
+//! notices to the sender thread; the active conditions go into every later status.
+
+use super::clients::{status, Command};
+use super::{now_unix, Supervisor};
+use crate::alerts::conditions::{evaluate, Found};
+use crate::alerts::dispatch::Dispatcher;
+use crate::alerts::notice::{Notice, NoticeKind};
+use crate::alerts::tracker::Tracker;
+use crate::paths::HostEnv;
+use crate::spec::Spec;
+use protocol::alerts::{ActiveAlert, Condition, Severity};
+use protocol::status::Phase;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How long the supervisor, stopping because its VM failed, waits for that last notice.
+const LAST_NOTICE_WAIT: Duration = Duration::from_secs(20);
+
+/// The conditions that hold now, shared with the snapshot.
+pub(super) type ActiveAlerts = Arc<Mutex<Vec<ActiveAlert>>>;
+
+/// The watch's handles the main loop keeps.
+#[derive(Debug)]
+pub(super) struct Alerting {
+    /// What `status` lists.
+    pub(super) active: ActiveAlerts,
+    /// The sender thread.
+    pub(super) dispatcher: Dispatcher,
+}
+
+/// Sets up the sinks and starts the watch over the status the main loop (`cmd`)
+/// serves.
+pub(super) fn start(spec: &Spec, cmd: mpsc::Sender<Command>) -> Alerting {
+    let sinks = crate::alerts::sinks(&spec.alerts, &HostEnv::detect()).unwrap_or_else(|e| {
+        log::error!("{e}; alerts are only logged here");
+        Vec::new()
+    });
+    if sinks.is_empty() {
+        log::info!("alerts: no sink configured ([alerts] phone or webhook); conditions are logged and listed by status");
+    }
+    for s in &sinks {
+        log::info!("alerts go to {}", s.name());
+    }
+    let dispatcher = Dispatcher::start(sinks);
+    let active = ActiveAlerts::default();
+    tokio::spawn(watch(spec.clone(), cmd, active.clone(), dispatcher.clone()));
+    Alerting { active, dispatcher }
+}
+
+/// Judges the VM's status every `check_secs` while it is up, until the main loop is
+/// gone.
+async fn watch(spec: Spec, cmd: mpsc::Sender<Command>, active: ActiveAlerts, out: Dispatcher) {
+    let mut tracker = Tracker::new(&spec.name, spec.alerts.repeat_secs);
+    let mut every = tokio::time::interval(Duration::from_secs(spec.alerts.check_secs));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(s) = status(&cmd).await else { return };
+        if s.phase != Phase::Up {
+            continue;
+        }
+        let now = now_unix();
+        let found = evaluate(&s, &spec.backup, i64::try_from(now).unwrap_or(i64::MAX));
+        let notices = tracker.update(now, found, s.guest.is_some());
+        *active.lock().unwrap_or_else(|p| p.into_inner()) = tracker.active();
+        for n in notices {
+            log_notice(&n);
+            out.post(n);
+        }
+    }
+}
+
+fn log_notice(n: &Notice) {
+    match n.kind {
+        NoticeKind::Cleared => log::info!("alert {}: {}", n.kind, n.title()),
+        _ => log::warn!("alert {}: {}: {}", n.kind, n.title(), n.summary),
+    }
+}
+
+impl Supervisor {
+    /// The VM failed after it had been up: the one alert the watch cannot send, because
+    /// the supervisor is about to exit. Sent now; [`Self::last_notices`] waits for it.
+    pub(super) fn alert_vm_down(&self, why: &str) {
+        let now = now_unix();
+        let found = Found {
+            condition: Condition::VmDown,
+            severity: Severity::Critical,
+            summary: why.to_string(),
+        };
+        let n = Notice {
+            kind: NoticeKind::Raised,
+            vm: self.spec.name.clone(),
+            condition: found.condition,
+            severity: found.severity,
+            summary: found.summary,
+            since_unix: now,
+            at_unix: now,
+        };
+        log_notice(&n);
+        self.alerting.dispatcher.post(n);
+    }
+
+    /// Gives queued notices up to [`LAST_NOTICE_WAIT`] to go out before the exit.
+    pub(super) async fn last_notices(&self) {
+        let d = self.alerting.dispatcher.clone();
+        let sent = tokio::task::spawn_blocking(move || d.drain(LAST_NOTICE_WAIT))
+            .await
+            .unwrap_or(false);
+        if !sent {
+            log::warn!("alerts still queued at exit were not sent");
+        }
+    }
+}
