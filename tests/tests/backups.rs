@@ -5,8 +5,8 @@
 //! `sovereign restore` to a point in time taken from the database's own clock. One VM
 //! and one lab for the whole drill; the steps, in order, each a test of its own:
 //!
-//! 1. the first full backup lands in both repositories by itself after `ready`, and
-//!    status shows both;
+//! 1. the first full backup lands in both repositories by itself after `ready`, status
+//!    shows both, and no alert was raised meanwhile;
 //! 2. (heavy) a full backup killed in the middle never shows as a set, status says it failed,
 //!    and the next backup works;
 //! 3. (heavy) with the SFTP server down, `backup now` still makes its set on the backup disk,
@@ -503,6 +503,9 @@ fn first_full_backup(f: &mut Backups) {
         "the guest logged in with its key:\n{}",
         f.sftp.log()
     );
+    // A healthy first boot and its first backups (the supervisor judged them every
+    // 2 s all along) raise nothing.
+    assert_eq!(f.alerts.received(), [], "no alert on a healthy first boot");
     f.first_full = first;
 }
 

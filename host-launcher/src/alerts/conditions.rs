@@ -187,7 +187,9 @@ fn backups(out: &mut Vec<Found>, b: &BackupStatus, spec: &BackupSpec, now: i64) 
         let lag_limit = SHIPPING_LAG_MIN_SECS.max(2 * i64::from(spec.archive_timeout_secs));
         if let (Some(archived), Some(archived_at)) = (&a.last_archived_wal, a.last_archived_unix) {
             let behind = o.shipped_wal.as_ref().is_none_or(|s| s < archived);
-            let waited = now - o.shipped_unix.unwrap_or(0).max(archived_at - lag_limit);
+            // Since the last segment went out; before the first, since the newest
+            // archived one (a steady stream keeps moving that, so it counts only then).
+            let waited = now - o.shipped_unix.unwrap_or(archived_at);
             if behind && waited >= lag_limit {
                 out.push(found(
                     Condition::OffsiteLagging,
@@ -333,6 +335,36 @@ mod tests {
             let f = evaluate(&status_with(b), &spec(), NOW);
             assert_eq!(!f.is_empty(), raised, "failing for {ago} s: {f:?}");
         }
+    }
+
+    #[test]
+    fn shipping_lags_only_once_nothing_went_out_for_the_limit() {
+        let b = |shipped_unix: Option<i64>, archived_ago: i64| BackupStatus {
+            archive: ArchiveState {
+                last_archived_wal: Some("000000010000000000000009".into()),
+                last_archived_unix: Some(NOW - archived_ago),
+                ..ArchiveState::default()
+            },
+            offsite: Some(OffsiteStatus {
+                target: "root@box:/repo".into(),
+                problem: None,
+                last_run: None,
+                last_ok: None,
+                sets: 1,
+                shipped_wal: shipped_unix.map(|_| "000000010000000000000005".into()),
+                shipped_unix,
+                shipping_problem: None,
+            }),
+            ..BackupStatus::default()
+        };
+        let lagging = |s: BackupStatus| {
+            conditions(&evaluate(&status_with(s), &spec(), NOW))
+                .contains(&(Condition::OffsiteLagging, Severity::Warning))
+        };
+        assert!(!lagging(b(None, 5)), "the first segment, just archived");
+        assert!(!lagging(b(Some(NOW - 20), 5)), "shipping keeps up");
+        assert!(lagging(b(Some(NOW - 900), 5)), "nothing shipped for 15 min");
+        assert!(lagging(b(None, 900)), "the first segment never shipped");
     }
 
     #[test]
