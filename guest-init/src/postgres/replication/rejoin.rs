@@ -126,6 +126,17 @@ pub(crate) fn run(
     }
 }
 
+/// How long a rejoin keeps trying to reach the peer before it gives up.
+const REACH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+/// Between two tries.
+const REACH_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// True when pg_rewind's `stderr` says it never connected to the source (libpq's
+/// connection failure), so nothing in the data directory was touched.
+fn not_connected(stderr: &str) -> bool {
+    stderr.contains("connection to server at") && stderr.contains("failed")
+}
+
 /// Rewinds the data directory onto the peer's timeline (pg_rewind first finishes crash
 /// recovery itself when the node was cut off without a clean shutdown), then makes it
 /// a replica.
@@ -143,17 +154,33 @@ fn rewind(bin: &Path, account: Account, peer: &Peer) -> Result<(), ReplicationEr
         "replication: rejoin: rewinding onto {} ({ip}) with pg_rewind",
         peer.name
     );
-    let mut cmd = account.command(bin.join("pg_rewind"));
-    cmd.args(["-D", CLUSTER_DIR, "--source-server"])
-        .arg(peer.conninfo(ip, ""));
-    let o = command::output(&mut cmd)?;
-    if !o.exit.success() {
-        return Err(ReplicationError::Rewind {
-            peer: peer.name.clone(),
-            ip,
-            error: format!("{} {}", o.stdout.trim(), o.stderr.trim()),
-        });
-    }
+    let started = std::time::Instant::now();
+    let o = loop {
+        let mut cmd = account.command(bin.join("pg_rewind"));
+        cmd.args(["-D", CLUSTER_DIR, "--source-server"])
+            .arg(peer.conninfo(ip, ""));
+        let o = command::output(&mut cmd)?;
+        if o.exit.success() {
+            break o;
+        }
+        // A path through the tailnet can take a while after both nodes joined; pg_rewind
+        // that could not connect has changed nothing, so it may simply run again.
+        let unreached = not_connected(&o.stderr);
+        if !unreached || started.elapsed() >= REACH_PATIENCE || crate::lifecycle::stop::requested()
+        {
+            return Err(ReplicationError::Rewind {
+                peer: peer.name.clone(),
+                ip,
+                error: format!("{} {}", o.stdout.trim(), o.stderr.trim()),
+            });
+        }
+        log::warn!(
+            "replication: rejoin: {} not reached yet ({}); trying again",
+            peer.name,
+            o.stderr.trim()
+        );
+        std::thread::sleep(REACH_RETRY);
+    };
     log::info!(
         "replication: rejoin: pg_rewind finished: {}",
         o.stdout.trim().replace('\n', "; ")
@@ -217,5 +244,15 @@ mod tests {
         assert_eq!(json, r#"{"peer":"sql-replica","phase":"rewinding"}"#);
         let back: Step = serde_json::from_str(r#"{"peer":"sql-vm","phase":"rewound"}"#).unwrap();
         assert_eq!(back.phase, Phase::Rewound);
+    }
+
+    #[test]
+    fn only_a_connection_that_never_came_up_is_tried_again() {
+        assert!(not_connected(
+            "pg_rewind: error: connection to server at \"100.64.0.1\", port 5432 failed: timeout expired"
+        ));
+        assert!(!not_connected(
+            "pg_rewind: error: could not find common ancestor of the source and target cluster's timelines"
+        ));
     }
 }
