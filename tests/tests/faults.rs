@@ -589,10 +589,20 @@ fn power_cut(s: &mut Suite) {
     });
 }
 
+/// The preallocated file that takes most of the data disk in [`data_disk_full`].
+const PREFILL: &str = "/data/postgres/fault-prefill";
+
 fn data_disk_full(s: &mut Suite) {
     s.fault("data disk full", |s| {
         let vm = &s.vm;
-        // Stored plain: no compression, or the filler would hardly take any space.
+        // Most of the disk goes at once to a preallocated file beside the cluster (rows
+        // written under TCG fill a gigabyte in minutes); the table takes the rest, so the
+        // disk fills up with postgres writing. Stored plain: no compression, or the rows
+        // would hardly take any space.
+        vm.query(&format!(
+            "copy (select 1) to program 'fallocate -l $(( $(df --output=avail -B1 /data/postgres | tail -n 1) - 134217728 )) {PREFILL}'"
+        ))
+        .expect("preallocate most of the data disk");
         vm.query("create table filler (pad text); alter table filler alter pad set storage plain")
             .expect("filler table");
         let mut refused = None;
@@ -634,10 +644,12 @@ fn data_disk_full(s: &mut Suite) {
         // recovery (up to max_wal_size of WAL, replayed under emulation): give it time.
         let mut last_error = String::new();
         let freed = wait_for(Duration::from_secs(180), Duration::from_secs(2), || {
-            vm.query("drop table filler; checkpoint")
+            vm.query("drop table if exists filler; checkpoint")
                 .map_err(|e| last_error = e)
                 .ok()
         });
+        vm.query(&format!("copy (select 1) to program 'rm -f {PREFILL}'"))
+            .expect("remove the preallocated file");
         assert!(
             freed.is_some(),
             "dropping the filler works with the reserve released; last error: {last_error}\n{}",
