@@ -12,16 +12,15 @@
 #      client, backups and restores, and the fault suite (root; never skipped here)
 #   5. fuzzes the wire codecs and the kernel command-line parser for a bounded time
 #   6. the phone's guest under qemu-system-aarch64: the boot initramfs to the control
-#      stage (and with --heavy the whole arm64 set, root image with PostgreSQL and
-#      tailscaled, to ready in a tailnet lab, answering psql from the second node).
-#      With a cold cache its kernel (~10 min) is built at the lowest CPU priority while
-#      step 4's VM tests run; SOVEREIGN_ARM64_BOOT=0 leaves it out
+#      stage, and the whole arm64 set (root image with PostgreSQL and tailscaled) to
+#      ready in a tailnet lab, answering psql from the second node. With a cold cache
+#      its kernel (~10 min) and Debian tree (~6 min) are built at the lowest CPU
+#      priority while step 4's drills run; SOVEREIGN_ARM64_BOOT=0 leaves it out
 # --heavy (or SOVEREIGN_HEAVY_TESTS=1) adds the drills that spend minutes waiting on real
 # timeouts (a full backup killed mid-way, the SFTP server away and back, retention with
 # the guest's clock days ahead, a full backup disk, a lost backup disk refilled), power
 # cuts at three points of a first boot's initdb and of a replica's first copy (one by
-# default), the arm64 phone guest to ready, and fuzzes 300 s per target instead of 15;
-# CI runs the default set.
+# default), and fuzzes 300 s per target instead of 15; CI runs the default set.
 # Heavy artifacts are cached under ${XDG_CACHE_HOME:-$HOME/.cache}/sovereign, cargo's
 # builds among them (cargo-target/, unless CARGO_TARGET_DIR is set; started over past
 # SOVEREIGN_TARGET_CAP_MIB, default 12288).
@@ -70,19 +69,15 @@ cloud=$(scripts/fetch-cloud-kernel.sh | tail -n1)
 # Gitea, the real app of the apps test (built once, ~3 min, then cached).
 scripts/build-go-tools.sh x86_64 --gitea
 
-# The arm64 guest's kernel (~10 min on 2 cores; with --heavy also its Debian tree,
-# ~15 min under qemu-user) is built while the x86_64 VM tests run, at the lowest CPU
-# priority, in the time the guests leave; a warm cache makes this a no-op.
+# The arm64 guest's kernel (~10 min on 2 cores) and Debian tree (~6 min) are built
+# while the x86_64 VM tests run, at the lowest CPU priority, in the time the guests
+# leave; a warm cache makes this a no-op.
 arm64_boot=${SOVEREIGN_ARM64_BOOT:-1}
 arm64_log=$SOVEREIGN_CACHE/arm64-prefetch.log
 if [ "$arm64_boot" = 1 ]; then
-  if [ "${SOVEREIGN_HEAVY_TESTS:-0}" = 1 ]; then
-    ( nice -n 19 scripts/build-kernel.sh arm64 \
-        && nice -n 19 scripts/build-rootfs.sh arm64 --no-init --out "$SOVEREIGN_CACHE/arm64-prefetch" ) \
-      >"$arm64_log" 2>&1 &
-  else
-    nice -n 19 scripts/build-kernel.sh arm64 >"$arm64_log" 2>&1 &
-  fi
+  ( nice -n 19 scripts/build-kernel.sh arm64 \
+      && nice -n 19 scripts/build-rootfs.sh arm64 --no-init --out "$SOVEREIGN_CACHE/arm64-prefetch" ) \
+    >"$arm64_log" 2>&1 &
   arm64_prefetch=$!
 fi
 
@@ -115,15 +110,9 @@ for target in hyperkit_frames control_frames kernel_cmdline; do
 done
 
 if [ "$arm64_boot" = 1 ]; then
-  step "arm64 guest (qemu-system-aarch64, TCG): the boot initramfs to control (with --heavy the whole phone guest to ready)"
-  wait "$arm64_prefetch" || { tail -n 40 "$arm64_log" >&2; die "building the arm64 kernel (and Debian tree) failed (log: $arm64_log)"; }
-  if [ "${SOVEREIGN_HEAVY_TESTS:-0}" = 1 ]; then
-    arm64=$(scripts/build-images.sh --arch arm64 | tail -n1)
-  else
-    # The boot to control needs the kernel and the initramfs only; the whole phone
-    # guest to ready is a heavy variant.
-    arm64=$(scripts/build-images.sh --arch arm64 --boot-only | tail -n1)
-  fi
+  step "arm64 guest (qemu-system-aarch64, TCG): to control, and the whole phone guest to ready over the tailnet"
+  wait "$arm64_prefetch" || { tail -n 40 "$arm64_log" >&2; die "building the arm64 kernel and Debian tree failed (log: $arm64_log)"; }
+  arm64=$(scripts/build-images.sh --arch arm64 | tail -n1)
   SOVEREIGN_ARM64_ARTIFACTS=$arm64 \
     cargo test -p sovereign-tests --locked --test arm64 -- --include-ignored --test-threads=1
 else

@@ -2,14 +2,14 @@
 //! and the aarch64 `sovereign-init` (from `scripts/build-images.sh --arch arm64`) boot
 //! under qemu-system-aarch64 (`-M virt`, TCG) with virtio-pci devices like crosvm's —
 //! two virtio-blk disks and vsock through vhost-user-vsock-pci — driven by this host's
-//! `sovereign start`/`status`/`stop` up to the `control` stage; and (heavy, `--heavy`)
-//! the whole phone guest (the arm64 root image with PostgreSQL and tailscaled) to
-//! `ready` in a tailnet lab, answering psql from the second node by name.
+//! `sovereign start`/`status`/`stop` up to the `control` stage; and the whole phone
+//! guest (the arm64 root image with PostgreSQL and tailscaled) to `ready` in a tailnet
+//! lab, answering psql from the second node by name.
 //!
 //! Needs `$SOVEREIGN_ARM64_ARTIFACTS`; skipped with the reason printed otherwise (a
 //! failure instead with `SOVEREIGN_REQUIRE_VM_TESTS=1`).
 
-use sovereign_tests::artifacts::{heavy_variant, require_or_skip, vm_test_arm64};
+use sovereign_tests::artifacts::{require_or_skip, vm_test_arm64};
 use sovereign_tests::lab::Lab;
 use sovereign_tests::process::{text, wait_for};
 use sovereign_tests::tailnode::Login;
@@ -93,9 +93,6 @@ fn arm64_guest_boots_to_control_under_qemu_aarch64_and_powers_off_cleanly() {
 #[test]
 #[ignore = "VM test: needs root, QEMU and the artifact set; scripts/test.sh runs it"]
 fn arm64_phone_guest_reaches_ready_in_the_tailnet_and_answers_psql_by_name() {
-    if !heavy_variant("arm64: the whole phone guest to ready (its root image, ~6 min under TCG)") {
-        return;
-    }
     let Some(a) = vm_test_arm64("arm64-ready") else {
         return;
     };
