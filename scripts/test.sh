@@ -14,7 +14,7 @@
 #   6. the phone's guest under qemu-system-aarch64: the boot initramfs to the control
 #      stage, and the whole arm64 set (root image with PostgreSQL and tailscaled) to
 #      ready in a tailnet lab, answering psql from the second node. With a cold cache
-#      its kernel (~10 min) and Debian tree (~6 min) are built at the lowest CPU
+#      its kernel (~10 min) and Debian tree (~15 min) are built at the lowest CPU
 #      priority while step 4's drills run; SOVEREIGN_ARM64_BOOT=0 leaves it out
 # --heavy (or SOVEREIGN_HEAVY_TESTS=1) adds the drills that spend minutes waiting on real
 # timeouts (a full backup killed mid-way, the SFTP server away and back, retention with
@@ -69,7 +69,7 @@ cloud=$(scripts/fetch-cloud-kernel.sh | tail -n1)
 # Gitea, the real app of the apps test (built once, ~3 min, then cached).
 scripts/build-go-tools.sh x86_64 --gitea
 
-# The arm64 guest's kernel (~10 min on 2 cores) and Debian tree (~6 min) are built
+# The arm64 guest's kernel (~10 min on 2 cores) and Debian tree (~15 min) are built
 # while the x86_64 VM tests run, at the lowest CPU priority, in the time the guests
 # leave; a warm cache makes this a no-op.
 arm64_boot=${SOVEREIGN_ARM64_BOOT:-1}
