@@ -9,13 +9,15 @@
 //! This module holds the resolved types; `file` reads a spec file and resolves it.
 
 pub mod alerts;
+mod edit;
 mod file;
 mod problem;
 mod replication;
 pub mod validate;
 
 pub use alerts::AlertsSpec;
-pub use file::{with_app_added, with_disk_size, BUILTIN_APPS};
+pub use edit::{with_app_added, with_disk_size};
+pub use file::BUILTIN_APPS;
 pub use problem::{Problem, SpecError};
 pub use replication::ReplicationSpec;
 
