@@ -179,6 +179,9 @@ fn bring_up(boot: &BootConfig, config: &GuestConfig, guest: &Arc<Guest>) {
     if !may_go_on(Stage::Postgres) {
         return;
     }
+    if let Some(m) = config.metrics {
+        crate::metrics::spawn(Arc::clone(guest), m.port);
+    }
     r.run(Stage::Postgres, || {
         disk.clone().map_err(StageError::Disk)?;
         start_postgres(config, tailnet.as_ref(), guest)
@@ -221,8 +224,11 @@ fn start_network(
     guest: &Guest,
 ) -> Result<NetworkEvidence, StageError> {
     let input_policy = crate::net::firewall::apply(
-        config.postgres.port,
-        crate::tailscale::TAILSCALE_PORT,
+        &crate::net::firewall::Ports {
+            postgres: config.postgres.port,
+            wireguard: crate::tailscale::TAILSCALE_PORT,
+            metrics: config.metrics.map(|m| m.port),
+        },
         &config.network,
     )?;
     let net = &config.network;

@@ -8,6 +8,7 @@ use crate::control::ControlLink;
 use crate::disks::Disk;
 use crate::lifecycle::running::Running;
 use crate::stages::Reporter;
+use protocol::alerts::ActiveAlert;
 use protocol::messages::{GuestMessage, GuestService, GuestStatus, HostMessage, ServiceSignal};
 use protocol::GuestConfig;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -39,6 +40,9 @@ pub struct Guest {
     pub backups: OnceLock<Arc<Backups>>,
     /// A primary with a peer: its fence's last verdict ([`crate::fence_guard`]).
     pub fence: Mutex<Option<protocol::replication::Fence>>,
+    /// The conditions the host's supervisor holds active, once it told any (for the
+    /// Prometheus page).
+    alerts: Mutex<Option<Vec<ActiveAlert>>>,
 }
 
 /// Why a service could not be signalled on the host's request.
@@ -71,6 +75,19 @@ impl Guest {
             init_memory: crate::own_memory::read(),
             fence: self.fence.lock().ok().and_then(|f| f.clone()),
         }
+    }
+
+    /// The supervisor's active alerts, as it last told them.
+    pub fn alerts(&self) -> Option<Vec<ActiveAlert>> {
+        self.alerts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Keeps what the supervisor says is active now.
+    pub fn set_alerts(&self, active: Vec<ActiveAlert>) {
+        *self.alerts.lock().unwrap_or_else(|p| p.into_inner()) = Some(active);
     }
 
     /// Sends `signal` to a supervised service; its supervisor restarts it after an
@@ -126,6 +143,7 @@ impl Guest {
             config: OnceLock::new(),
             backups: OnceLock::new(),
             fence: Mutex::default(),
+            alerts: Mutex::default(),
         }
     }
 }

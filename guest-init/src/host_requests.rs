@@ -136,6 +136,10 @@ pub fn serve(guest: &Arc<Guest>, events: &Receiver<Event>, config_tx: &Sender<Gu
             HostMessage::Ping => {
                 guest.link.send(&GuestMessage::Pong);
             }
+            HostMessage::Alerts { active } => {
+                guest.set_alerts(active);
+                guest.link.send(&GuestMessage::Pong);
+            }
             // Consumed by the control link (liveness, the session token); never here.
             HostMessage::Heartbeat | HostMessage::Session { .. } => {}
             HostMessage::SignalService {

@@ -25,6 +25,7 @@ pub mod host_requests;
 pub mod kmsg;
 pub mod lifecycle;
 pub mod log_files;
+pub mod metrics;
 pub mod mounts;
 pub mod net;
 pub mod own_memory;

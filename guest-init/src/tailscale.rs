@@ -20,8 +20,8 @@ const SOCKET: &str = "/run/tailscale/tailscaled.sock";
 const AUTH_KEY_FILE: &str = "/run/tailscale/auth-key";
 /// tailscaled's output, on the data disk.
 pub const LOG: &str = "/data/tailscale/tailscaled.log";
-/// tailscaled's UDP port (fixed, so a gvproxy port forward could pin it).
-pub const TAILSCALE_PORT: u16 = 41641;
+/// tailscaled's UDP port.
+pub const TAILSCALE_PORT: u16 = protocol::ports::TAILSCALE_WIREGUARD;
 
 /// What can keep the node off the tailnet.
 #[derive(Debug, Error)]

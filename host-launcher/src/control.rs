@@ -274,6 +274,9 @@ pub fn spawn_connection(
                 Ok(r) => r,
                 Err(_) => Err(ControlError::WriteTimeout(WRITE_DEADLINE)),
             };
+            if let Err(e) = &r {
+                log::warn!("control connection {id}: {e}; the connection ends");
+            }
             let failed = r.is_err();
             let _ = ack.send(r);
             if failed {

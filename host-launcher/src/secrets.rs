@@ -301,6 +301,9 @@ pub fn guest_config(spec: &Spec) -> Result<GuestConfig, SecretError> {
             })
             .map(Box::new),
         request: None,
+        metrics: spec
+            .metrics
+            .map(|port| protocol::config::MetricsConfig { port }),
     })
 }
 

@@ -125,6 +125,17 @@ pub struct GuestConfig {
     /// A request for this boot alone; `None` on every ordinary boot.
     #[serde(default)]
     pub request: Option<BootRequest>,
+    /// The Prometheus page on the tailnet, when the spec turns it on.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// Where PID 1 serves its Prometheus page (`[metrics]` in the spec). The guest's
+/// packet policy opens the port on the tailnet interface only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsConfig {
+    /// The TCP port (9187 unless the spec says otherwise).
+    pub port: u16,
 }
 
 /// What one boot is asked to do to the data disk before postgres starts (`sovereign
@@ -457,6 +468,7 @@ mod tests {
                 "/dev/vdc",
             ))),
             request: None,
+            metrics: None,
         }
     }
 

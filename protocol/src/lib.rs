@@ -22,6 +22,7 @@
 //! - [`replication`]: a node's role, its peer, and the replication status query.
 //! - [`status`]: what `sovereign status` reports, as one typed value.
 //! - [`alerts`]: the conditions the supervisor raises and clears, by name.
+//! - [`metrics`]: what the guest's Prometheus page reads from PostgreSQL.
 
 pub mod alerts;
 pub mod arch;
@@ -35,6 +36,7 @@ pub mod hyperkit;
 pub mod manifest;
 pub mod marker;
 pub mod messages;
+pub mod metrics;
 pub mod names;
 pub mod offsite;
 pub mod pg_settings;

@@ -157,6 +157,12 @@ pub enum HostMessage {
     },
     /// Liveness check, answered by [`GuestMessage::Pong`] (measures a round trip).
     Ping,
+    /// The conditions the supervisor holds active now, sent at every check so PID 1's
+    /// Prometheus page carries them; answered by [`GuestMessage::Pong`].
+    Alerts {
+        /// Every condition that holds, as `status` lists it.
+        active: Vec<crate::alerts::ActiveAlert>,
+    },
     /// Sent every [`crate::control::HEARTBEAT_INTERVAL`]: the host is alive.
     Heartbeat,
 }
@@ -421,6 +427,27 @@ mod tests {
         );
         let v = serde_json::to_value(GuestMessage::Pong).unwrap();
         assert_eq!(v, serde_json::json!({"type": "pong"}));
+    }
+
+    /// An internally tagged enum cannot carry a bare sequence: a tuple variant holding
+    /// a `Vec` fails at encode time, which only a round trip shows.
+    #[test]
+    fn the_alerts_message_round_trips_through_a_frame() {
+        let msg = HostMessage::Alerts {
+            active: vec![crate::alerts::ActiveAlert {
+                condition: crate::alerts::Condition::BackupDiskFull,
+                severity: crate::alerts::Severity::Warning,
+                summary: "backup disk 86% used".into(),
+                since_unix: 1_800_000_000,
+                notified_unix: 0,
+            }],
+        };
+        let frame = crate::control::encode_frame(&msg).unwrap();
+        let back: HostMessage = serde_json::from_slice(&frame[4..]).unwrap();
+        assert_eq!(back, msg);
+        let empty = HostMessage::Alerts { active: Vec::new() };
+        let frame = crate::control::encode_frame(&empty).unwrap();
+        assert!(frame.len() > 4);
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub fn reserved_cid_reason(cid: u32) -> Option<&'static str> {
     }
 }
 
+/// tailscaled's UDP port in the guest (fixed, so a gvproxy port forward could pin it;
+/// the guest's packet policy opens it, and nothing else may take it).
+pub const TAILSCALE_WIREGUARD: u16 = 41641;
+
 #[cfg(test)]
 mod tests {
     use super::*;

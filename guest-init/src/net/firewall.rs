@@ -1,6 +1,6 @@
 //! The guest's packet policy, loaded with `nft` (Debian's nftables) from a ruleset on
 //! its stdin. In: replies to the guest's own connections, tailscaled's WireGuard port,
-//! PostgreSQL on the tailnet interface, and nothing else. Out on tap0: nothing for
+//! PostgreSQL (and the Prometheus page, when on) on the tailnet interface, and nothing else. Out on tap0: nothing for
 //! gvproxy's own subnet but its resolver and the host alias, and no multicast or
 //! broadcast. gvproxy answers only DNS itself and sends everything else out of the
 //! host as its own traffic, so a port-mapping probe to the gateway (NAT-PMP, udp 5351)
@@ -27,9 +27,24 @@ pub enum FirewallError {
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 
-/// The ruleset for a server on `pg_port`, with tailscaled on `wireguard_port`, on
-/// gvproxy's network `net`.
-pub fn ruleset(pg_port: u16, wireguard_port: u16, net: &NetworkConfig) -> String {
+/// The ports the policy opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    /// PostgreSQL, on the tailnet interface.
+    pub postgres: u16,
+    /// tailscaled's WireGuard socket (UDP, any interface: it is how the tailnet
+    /// reaches this node at all).
+    pub wireguard: u16,
+    /// PID 1's Prometheus page, on the tailnet interface, when the spec turns it on.
+    pub metrics: Option<u16>,
+}
+
+/// The ruleset for `ports` on gvproxy's network `net`.
+pub fn ruleset(ports: &Ports, net: &NetworkConfig) -> String {
+    let metrics = ports
+        .metrics
+        .map(|p| format!("\t\tiifname \"tailscale0\" tcp dport {p} accept comment \"the Prometheus page on the tailnet\"\n"))
+        .unwrap_or_default();
     format!(
         "# Written by sovereign-init: the guest's whole packet policy.\n\
          table inet {TABLE}\n\
@@ -42,8 +57,9 @@ pub fn ruleset(pg_port: u16, wireguard_port: u16, net: &NetworkConfig) -> String
          \t\tct state invalid drop\n\
          \t\tiifname \"lo\" accept\n\
          \t\tmeta l4proto {{ icmp, ipv6-icmp }} accept\n\
-         \t\tudp dport {wireguard_port} accept comment \"tailscaled (WireGuard)\"\n\
-         \t\tiifname \"tailscale0\" tcp dport {pg_port} accept comment \"PostgreSQL on the tailnet\"\n\
+         \t\tudp dport {wireguard} accept comment \"tailscaled (WireGuard)\"\n\
+         \t\tiifname \"tailscale0\" tcp dport {pg} accept comment \"PostgreSQL on the tailnet\"\n\
+         {metrics}\
          \t\tiifname \"{tap}\" tcp dport @probe_ports accept comment \"inbound probes the host asked for\"\n\
          \t}}\n\
          \tchain output {{\n\
@@ -56,6 +72,8 @@ pub fn ruleset(pg_port: u16, wireguard_port: u16, net: &NetworkConfig) -> String
          \t}}\n\
          }}\n",
         tap = super::TAP_NAME,
+        wireguard = ports.wireguard,
+        pg = ports.postgres,
         dns = net.dns,
         host = NetworkConfig::HOST_ALIAS,
         subnet = net.subnet(),
@@ -68,19 +86,19 @@ pub const NFT: &str = "/usr/sbin/nft";
 /// Loads the policy (atomically: nft applies the whole script or nothing). An image
 /// without nft (the boot-only test initramfs, which runs neither postgres nor
 /// tailscaled) gets none, and says so; the root image build refuses an image without it.
-pub fn apply(
-    pg_port: u16,
-    wireguard_port: u16,
-    net: &NetworkConfig,
-) -> Result<InputPolicy, FirewallError> {
+pub fn apply(ports: &Ports, net: &NetworkConfig) -> Result<InputPolicy, FirewallError> {
     if !std::path::Path::new(NFT).exists() {
         log::warn!("{NFT} is not in this image: no input policy");
         return Ok(InputPolicy::Absent);
     }
-    let rules = ruleset(pg_port, wireguard_port, net);
+    let rules = ruleset(ports, net);
     command::run_with_input(Command::new(NFT).args(["-f", "-"]), rules.as_bytes(), &[])?;
     ACTIVE.store(true, Ordering::SeqCst);
-    log::info!("packet policy loaded: in, tailnet postgres on {pg_port} and tailscaled on udp {wireguard_port}; out on {}, nothing for {} but the resolver and the host alias", super::TAP_NAME, net.subnet());
+    let metrics = ports
+        .metrics
+        .map(|p| format!(", the metrics page on {p}"))
+        .unwrap_or_default();
+    log::info!("packet policy loaded: in, tailnet postgres on {}{metrics} and tailscaled on udp {}; out on {}, nothing for {} but the resolver and the host alias", ports.postgres, ports.wireguard, super::TAP_NAME, net.subnet());
     Ok(InputPolicy::Loaded)
 }
 
@@ -129,9 +147,32 @@ impl Drop for ProbeOpening {
 mod tests {
     use super::*;
 
+    const PORTS: Ports = Ports {
+        postgres: 5432,
+        wireguard: 41641,
+        metrics: None,
+    };
+
+    #[test]
+    fn the_metrics_port_opens_on_the_tailnet_only() {
+        let r = ruleset(
+            &Ports {
+                metrics: Some(9187),
+                ..PORTS
+            },
+            &NetworkConfig::default(),
+        );
+        assert!(
+            r.contains("iifname \"tailscale0\" tcp dport 9187 accept"),
+            "{r}"
+        );
+        assert_eq!(r.matches("9187").count(), 1, "{r}");
+        assert!(!ruleset(&PORTS, &NetworkConfig::default()).contains("9187"));
+    }
+
     #[test]
     fn the_policy_drops_everything_it_does_not_name() {
-        let r = ruleset(5432, 41641, &NetworkConfig::default());
+        let r = ruleset(&PORTS, &NetworkConfig::default());
         assert!(r.contains("policy drop;"), "{r}");
         let input = &r[r.find("chain input").unwrap()..r.find("chain output").unwrap()];
         let accepts: Vec<&str> = input.lines().filter(|l| l.contains("accept")).collect();
@@ -148,7 +189,7 @@ mod tests {
 
     #[test]
     fn nothing_leaves_for_gvproxys_subnet_but_the_resolver_and_the_host() {
-        let r = ruleset(5432, 41641, &NetworkConfig::default());
+        let r = ruleset(&PORTS, &NetworkConfig::default());
         let output = &r[r.find("chain output").unwrap()..];
         let rules: Vec<&str> = output
             .lines()
@@ -189,7 +230,11 @@ mod tests {
                 let mut stdin = c.stdin.take().unwrap();
                 // `delete table` of a table that does not exist fails a check: test
                 // the table itself.
-                let r = ruleset(5432, 41641, &NetworkConfig::default());
+                let ports = Ports {
+                    metrics: Some(9187),
+                    ..PORTS
+                };
+                let r = ruleset(&ports, &NetworkConfig::default());
                 let body: String = r
                     .lines()
                     .filter(|l| !l.starts_with("delete") && *l != format!("table inet {TABLE}"))

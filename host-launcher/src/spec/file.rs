@@ -51,6 +51,8 @@ struct SpecFile {
     replication: Option<super::replication::ReplicationFile>,
     #[serde(default)]
     alerts: super::alerts::AlertsFile,
+    #[serde(default)]
+    metrics: super::metrics::MetricsFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -334,6 +336,7 @@ fn resolve_file(
             cmdline_extra: f.guest.cmdline_extra.unwrap_or_default(),
         },
         alerts: f.alerts.resolve(in_dir, env.android),
+        metrics: f.metrics.resolve(),
         replication: f
             .replication
             .map(|r| r.resolve(in_dir, &secrets_dir, &name)),

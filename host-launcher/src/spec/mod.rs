@@ -11,6 +11,7 @@
 pub mod alerts;
 mod edit;
 mod file;
+pub mod metrics;
 mod problem;
 mod replication;
 pub mod validate;
@@ -346,6 +347,9 @@ pub struct Spec {
     /// Where the supervisor tells its user about a condition, and how often.
     #[serde(default = "no_alert_sinks")]
     pub alerts: AlertsSpec,
+    /// The port of PID 1's Prometheus page on the tailnet, when `[metrics]` turns it on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<u16>,
 }
 
 /// `alerts` of a run spec written before the field existed.

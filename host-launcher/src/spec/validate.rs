@@ -69,6 +69,7 @@ pub fn validate(spec: &Spec, env: &HostEnv) -> Vec<Problem> {
         p.extend(r.problems(&spec.hostname));
     }
     p.extend(spec.alerts.problems());
+    p.extend(super::metrics::problems(spec.metrics, spec.postgres.port));
     check_kernel(spec, &mut p);
     if let Some(initrd) = &spec.initrd {
         check_readable_file("initrd", initrd, &mut p);

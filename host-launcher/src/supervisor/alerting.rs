@@ -1,8 +1,10 @@
 //! The supervisor's watch over its VM: every `[alerts] check_secs` it takes the same
 //! status a client gets, judges it ([`crate::alerts::conditions`]), and hands the
-//! notices to the sender thread; the active conditions go into every later status.
+//! notices to the sender thread; the active conditions go into every later status and
+//! to the guest, whose Prometheus page carries them.
 
-use super::clients::{status, Command};
+use super::clients::{ask_guest, status, Command};
+use super::requests::Expect;
 use super::{now_unix, Supervisor};
 use crate::alerts::conditions::{evaluate, Found};
 use crate::alerts::dispatch::Dispatcher;
@@ -12,12 +14,16 @@ use crate::paths::HostEnv;
 use crate::spec::Spec;
 use protocol::alerts::{ActiveAlert, Condition, Severity};
 use protocol::status::Phase;
+use protocol::HostMessage;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// How long the supervisor, stopping because its VM failed, waits for that last notice.
 const LAST_NOTICE_WAIT: Duration = Duration::from_secs(20);
+
+/// How long the guest may take to take the active alerts.
+const TELL_GUEST: Duration = Duration::from_secs(10);
 
 /// The conditions that hold now, shared with the snapshot.
 pub(super) type ActiveAlerts = Arc<Mutex<Vec<ActiveAlert>>>;
@@ -65,7 +71,14 @@ async fn watch(spec: Spec, cmd: mpsc::Sender<Command>, active: ActiveAlerts, out
         let now = now_unix();
         let found = evaluate(&s, &spec.backup, i64::try_from(now).unwrap_or(i64::MAX));
         let notices = tracker.update(now, found, s.guest.is_some());
-        *active.lock().unwrap_or_else(|p| p.into_inner()) = tracker.active();
+        let now_active = tracker.active();
+        *active.lock().unwrap_or_else(|p| p.into_inner()) = now_active.clone();
+        if s.guest.is_some() {
+            let told = HostMessage::Alerts { active: now_active };
+            if let Err(e) = ask_guest(&cmd, told, Expect::Pong, TELL_GUEST).await {
+                log::debug!("alerts: the guest was not told: {e}");
+            }
+        }
         for n in notices {
             log_notice(&n);
             out.post(n);
