@@ -17,6 +17,7 @@ pub mod load;
 pub mod netns;
 pub mod primaries;
 pub mod process;
+pub mod prometheus;
 pub mod sftp;
 pub mod tailnode;
 pub mod vm;

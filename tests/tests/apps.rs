@@ -7,6 +7,10 @@
 //! - `db add` on a running VM makes a role and database at once; its connection limit
 //!   holds (the session past it is refused by the server); `db password --rotate`
 //!   makes the old password fail and the new `db url` work.
+//! - Debian's Prometheus on the second node scrapes PID 1's page by the VM's tailnet
+//!   name: the series come back with sane values (the app's database, its connections,
+//!   the disk, PID 1's memory, the forwarder, the supervisor's alerts); through
+//!   gvproxy the same port answers nothing.
 //!
 //! A drill in steps (see `drill.rs`): one lab (headscale, the second node) and one VM
 //! serve the whole file, one test per step.
@@ -17,12 +21,13 @@ use sovereign_tests::artifacts::require_or_skip;
 use sovereign_tests::drill::Fixture;
 use sovereign_tests::lab::Lab;
 use sovereign_tests::process::{run, text, wait_for};
+use sovereign_tests::prometheus::Prometheus;
 use sovereign_tests::tailnode::{Login, TailNode};
-use sovereign_tests::vm::Vm;
+use sovereign_tests::vm::{gvproxy_expose, Vm};
 use sovereign_tests::vm_test;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output};
+use std::process::{Child, Command, Output};
 use std::time::Duration;
 
 /// The unprivileged user Gitea runs as (it refuses root).
@@ -113,7 +118,8 @@ sovereign_tests::drill! {
     s01_gitea_migrates_over_tls_into_its_own_database => gitea_migrates_into_its_own_database,
     s02_verify_full_also_by_the_tailnet_full_name => verify_full_by_the_tailnet_full_name,
     s03_db_add_on_the_running_vm_holds_its_connection_limit => db_add_holds_its_connection_limit,
-    s04_db_password_rotate_retires_the_old_password => rotation_retires_the_old_password,
+    s04_prometheus_on_the_second_node_scrapes_sql_vm_by_name => prometheus_scrapes_by_name,
+    s05_db_password_rotate_retires_the_old_password => rotation_retires_the_old_password,
 }
 
 fn setup() -> Option<Apps> {
@@ -128,6 +134,10 @@ fn setup() -> Option<Apps> {
     let lab = Lab::start(&a.tools, "apps").expect("lab");
     let mut opts = lab.vm_options();
     opts.apps = vec!["forgejo".into(), "vaultwarden".into()];
+    // The Prometheus page on, and the supervisor's check every 2 s, so the page carries
+    // its (empty) alert list soon after the start.
+    opts.extra_toml
+        .push_str("[metrics]\nenabled = true\n[alerts]\ncheck_secs = 2\n");
     let vm = Vm::new(&a, &opts);
     let work = tempfile::Builder::new()
         .prefix("sov-gitea-")
@@ -315,6 +325,96 @@ fn db_add_holds_its_connection_limit(f: &mut Apps) {
         .expect("end tiny's sessions");
     assert!(sessions("0").is_some(), "tiny's sessions ended");
     f.tiny = Some(tiny);
+}
+
+/// A PromQL expression, what its value must satisfy, and that in words.
+type Check<'a> = (&'a str, &'a dyn Fn(f64) -> bool, &'a str);
+
+/// Prometheus on the second node scrapes `sql-vm:9187` by name: the series hold what
+/// the steps before made (Gitea's tables, tiny's role), within sane bounds; the same
+/// port through gvproxy, off the tailnet, answers nothing.
+fn prometheus_scrapes_by_name(f: &mut Apps) {
+    let prom = Prometheus::start(f.peer(), &["sql-vm:9187"]).expect("prometheus");
+    let up = prom.wait_value("up{job=\"sovereign\"}", Duration::from_secs(90));
+    assert_eq!(
+        up,
+        Some(1.0),
+        "Prometheus scraped sql-vm:9187 by name: {:?}\n{}",
+        prom.query("up"),
+        prom.log()
+    );
+    let value = |expr: &str| -> f64 {
+        prom.wait_value(expr, Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("no single value for {expr}: {:?}", prom.query(expr)))
+    };
+    let gib = f64::from(1u32 << 30);
+    let checks: &[Check] = &[
+        ("pg_up", &|v| v == 1.0, "1"),
+        ("pg_replication_is_replica", &|v| v == 0.0, "0 (a primary)"),
+        ("pg_settings_max_connections", &|v| (20.0..=10_000.0).contains(&v), "20..10000"),
+        ("pg_database_size_bytes{datname=\"forgejo\"}", &|v| v > 5e6, "over 5 MB (Gitea's tables)"),
+        ("sovereign_pg_owner_connection_limit{datname=\"tiny\"}", &|v| v == 2.0, "2 (db add's limit)"),
+        ("sovereign_pg_dead_tuples{datname=\"tiny\"}", &|v| v >= 0.0, "0 or more (a database db add made)"),
+        ("pg_stat_database_xact_commit_total{datname=\"forgejo\"}", &|v| v > 10.0, "over 10"),
+        ("pg_stat_database_numbackends{datname=\"postgres\"}", &|v| (0.0..1000.0).contains(&v), "0..1000"),
+        ("sovereign_pg_dead_tuples{datname=\"forgejo\"}", &|v| v >= 0.0, "0 or more"),
+        ("sovereign_disk_size_bytes{disk=\"data\"}", &|v| (1.0 * gib..=64.0 * gib).contains(&v), "1..64 GiB"),
+        ("sovereign_disk_available_bytes{disk=\"data\"} < sovereign_disk_size_bytes{disk=\"data\"}", &|v| v > 0.0, "less than the size"),
+        ("process_resident_memory_bytes", &|v| (1e6..64e6).contains(&v), "1..64 MB (PID 1)"),
+        ("sovereign_service_up{service=\"postgres\"}", &|v| v == 1.0, "1"),
+        ("sovereign_service_up{service=\"tailscaled\"}", &|v| v == 1.0, "1"),
+        ("sovereign_forwarder_connected", &|v| v == 1.0, "1"),
+        ("sovereign_forwarder_frames_total{direction=\"in\"}", &|v| v > 100.0, "over 100"),
+        ("sovereign_guest_uptime_seconds", &|v| v > 10.0, "over 10 s"),
+        ("sovereign_alerts_active", &|v| v == 0.0, "0 (the supervisor told it: none)"),
+    ];
+    for (expr, sane, expected) in checks {
+        let v = value(expr);
+        assert!(sane(v), "{expr} = {v}, expected {expected}");
+        println!("{expr} = {v}");
+    }
+    // A counter moves with the app's work.
+    let before = value("pg_stat_database_xact_commit_total{datname=\"forgejo\"}");
+    let tiny = f.tiny.clone().expect("tiny's url from the step before");
+    let wrote = f.psql(&tiny, "select 1;\n");
+    assert!(wrote.status.success(), "{}", text(&wrote));
+    let forgejo = db_url(&f.vm, "forgejo", &[]);
+    for _ in 0..5 {
+        let o = f.psql(&forgejo, "select count(*) from pg_tables;\n");
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let moved = wait_for(Duration::from_secs(30), Duration::from_secs(1), || {
+        let now = value("pg_stat_database_xact_commit_total{datname=\"forgejo\"}");
+        (now >= before + 5.0).then_some(now)
+    });
+    assert!(
+        moved.is_some(),
+        "forgejo's commits stayed at {before} after five sessions"
+    );
+
+    // Off the tailnet: the port through gvproxy (the VM's other network) answers nothing.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    gvproxy_expose(
+        &f.vm.run_dir().join("gvproxy-api.sock"),
+        &format!("127.0.0.1:{port}"),
+        "192.168.127.2:9187",
+    )
+    .expect("expose 9187 through gvproxy");
+    let off_tailnet = run(Command::new("curl")
+        .args(["-sS", "--max-time", "5"])
+        .arg(format!("http://127.0.0.1:{port}/metrics")));
+    assert!(
+        !off_tailnet.status.success() && !text(&off_tailnet).contains("pg_up"),
+        "the page must not answer through gvproxy: {}",
+        text(&off_tailnet)
+    );
+    println!(
+        "through gvproxy, off the tailnet: {}",
+        text(&off_tailnet).trim()
+    );
 }
 
 /// Rotation: the old password stops working, the new `db url` works, nothing pending is
