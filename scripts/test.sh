@@ -2,7 +2,7 @@
 # Runs every test of the project, as CI does (.ci/run calls exactly this):
 #   1. installs what is missing (scripts/ci-deps.sh, idempotent)
 #   2. cargo fmt --check, clippy -D warnings, unit and CLI tests, no import cycle of
-#      more than two files in PID 1
+#      more than two files in PID 1, the Prometheus rules under promtool's own tests
 #   3. kernel option check for arm64 (olddefconfig + checker) and the aarch64 launcher
 #      (static, right machine, --help and a spec validation under qemu-aarch64)
 #   4. builds the x86_64 artifact set, proves from their ELF headers that both musl
@@ -11,6 +11,7 @@
 #      end-to-end psql-over-Tailscale witness, app databases with Gitea as a real
 #      client, backups and restores, and the fault suite (root; never skipped here)
 #   5. fuzzes the wire codecs and the kernel command-line parser for a bounded time
+#      (beside step 4's VM tests, at the lowest CPU priority)
 #   6. the phone's guest under qemu-system-aarch64: the boot initramfs to the control
 #      stage, and the whole arm64 set (root image with PostgreSQL and tailscaled) to
 #      ready in a tailnet lab, answering psql from the second node. With a cold cache
@@ -20,7 +21,8 @@
 # timeouts (a full backup killed mid-way, the SFTP server away and back, retention with
 # the guest's clock days ahead, a full backup disk, a lost backup disk refilled), power
 # cuts at three points of a first boot's initdb and of a replica's first copy (one by
-# default), and fuzzes 300 s per target instead of 15; CI runs the default set.
+# default), the cost of a synchronous replica's commits, and fuzzes 300 s per target
+# instead of 15; CI runs the default set.
 # Heavy artifacts are cached under ${XDG_CACHE_HOME:-$HOME/.cache}/sovereign, cargo's
 # builds among them (cargo-target/, unless CARGO_TARGET_DIR is set; started over past
 # SOVEREIGN_TARGET_CAP_MIB, default 12288).
@@ -58,6 +60,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked --exclude sovereign-tests
 # PID 1's modules stay untangled: no group of more than two files imports itself.
 xtask module-cycles "$SOVEREIGN_ROOT/guest-init/src"
+# The Prometheus scrape config, alerting rules (with promtool's unit tests) and dashboard.
+scripts/check-prometheus.sh
 
 step "arm64: kernel options and the aarch64 launcher"
 scripts/build-kernel.sh arm64 --config-only >/dev/null
@@ -81,6 +85,24 @@ if [ "$arm64_boot" = 1 ]; then
   arm64_prefetch=$!
 fi
 
+# The fuzzers (sanitizer builds with nightly, cached in the cache's fuzz-target/) run
+# beside the VM tests, at the lowest CPU priority like the arm64 builds: each fuzzes
+# for its wall-clock time, so it does fewer runs while the guests are busy, and the
+# VM tests lose next to nothing. Their own target directory keeps them off the lock of
+# cargo's main one.
+fuzz_log=$SOVEREIGN_CACHE/fuzz.log
+fuzz_all() {
+  renice -n 19 -p "$BASHPID" >/dev/null
+  for target in hyperkit_frames control_frames kernel_cmdline; do
+    (cd fuzz && cargo +nightly fuzz run "$target" --target-dir "$SOVEREIGN_CACHE/fuzz-target" \
+       -- -max_total_time="$fuzz_seconds" >/dev/null 2>"$SOVEREIGN_CACHE/fuzz-$target.log") \
+      || { tail -n 40 "$SOVEREIGN_CACHE/fuzz-$target.log"; echo "fuzz target $target failed"; return 1; }
+    grep -E '^Done [0-9]+ runs' "$SOVEREIGN_CACHE/fuzz-$target.log" | sed "s/^/$target: /" || true
+  done
+}
+fuzz_all >"$fuzz_log" 2>&1 &
+fuzzing=$!
+
 [ "${SOVEREIGN_HEAVY_TESTS:-0}" = 1 ] \
   || log "heavy variants skipped (the backup drill's killed full backup, SFTP server away, retention, full and lost backup disk; the OOM fault): scripts/test.sh --heavy runs them"
 step "static musl builds, then VM tests (QEMU TCG, real gvproxy, headscale, tailscale, PostgreSQL)"
@@ -92,7 +114,7 @@ SOVEREIGN_CLOUD_KERNEL=$cloud/vmlinuz \
 
 # The drills: each file shares one fixture across its steps, which run in order (one
 # thread). The fault suite prints its table (fault, outage, rows acknowledged, rows
-# lost); the replica drill its lag, the synchronous commit cost, the time from promote
+# lost); the replica drill its lag, the time from promote
 # to a write and the writable nodes counted each second through a forced promotion and
 # a split. One after the other: under TCG the guests keep both cores busy, and two
 # drills side by side took as long as both in a row (measured), with timeouts tighter.
@@ -100,14 +122,9 @@ step "the drills: apps, backups, faults, replica"
 cargo test -p sovereign-tests --locked --test apps --test backups --test faults --test replica \
   -- --include-ignored --nocapture --test-threads=1
 
-# The fuzz builds (sanitizers, nightly) live in the cache: cargo rebuilds what changed,
-# and a warm run skips the two minutes of building them from nothing.
-step "fuzzing the codecs (${fuzz_seconds}s per target)"
-for target in hyperkit_frames control_frames kernel_cmdline; do
-  (cd fuzz && cargo +nightly fuzz run "$target" --target-dir "$SOVEREIGN_CACHE/fuzz-target" -- -max_total_time="$fuzz_seconds" >/dev/null 2>"$SOVEREIGN_CACHE/fuzz-$target.log") \
-    || { tail -n 40 "$SOVEREIGN_CACHE/fuzz-$target.log"; die "fuzz target $target failed"; }
-  grep -E '^Done [0-9]+ runs' "$SOVEREIGN_CACHE/fuzz-$target.log" | sed "s/^/$target: /" >&2 || true
-done
+step "fuzzing the codecs (${fuzz_seconds}s per target, in the background since the VM tests began)"
+wait "$fuzzing" || { tail -n 40 "$fuzz_log" >&2; die "fuzzing failed (log: $fuzz_log)"; }
+grep -E ': Done [0-9]+ runs' "$fuzz_log" >&2 || true
 
 if [ "$arm64_boot" = 1 ]; then
   step "arm64 guest (qemu-system-aarch64, TCG): to control, and the whole phone guest to ready over the tailnet"

@@ -209,7 +209,7 @@ impl Backups {
 
     /// `count|max` of the rows, once the server answers again.
     fn count_rows(&self) -> Option<String> {
-        wait_for(Duration::from_secs(180), Duration::from_secs(3), || {
+        wait_for(Duration::from_secs(180), Duration::from_secs(1), || {
             self.psql("select count(*), max(id) from rows_written;\n")
                 .ok()
         })
@@ -224,7 +224,7 @@ impl Backups {
 
     /// Waits until the window reaches past `unix`: everything before it is archived.
     fn wait_archived_past(&self, unix: i64, what: &str) {
-        let archived = wait_for(Duration::from_secs(180), Duration::from_secs(5), || {
+        let archived = wait_for(Duration::from_secs(180), Duration::from_secs(1), || {
             let w = window_latest(&self.vm)?;
             (w > unix).then_some(w)
         });
@@ -473,7 +473,7 @@ fn first_full_backup(f: &mut Backups) {
     let vm = &f.vm;
     vm.start_ok();
     f.password = vm.superuser_password();
-    let both = wait_for(Duration::from_secs(900), Duration::from_secs(5), || {
+    let both = wait_for(Duration::from_secs(900), Duration::from_secs(1), || {
         let b = backup_status(vm);
         let local = b.last_ok?.label?;
         let offsite = b.offsite?.last_ok?.label?;
@@ -577,7 +577,7 @@ fn sftp_server_away(f: &mut Backups) {
 }
 
 /// How often the drill's supervisor repeats an alert that still holds.
-const ALERT_REPEAT_SECS: u64 = 20;
+const ALERT_REPEAT_SECS: u64 = 10;
 
 /// Step 4: Another machine answers as the server (a new host key): repo2 is refused and
 /// status names it; repo1 and the database go on. With the backup disk past 80% too, the
@@ -723,7 +723,7 @@ fn restore_power_cut(f: &mut Backups) {
         "pgbackrest restore --",
         "this boot put the data from before it back in place",
     );
-    let undone = wait_for(Duration::from_secs(120), Duration::from_secs(3), || {
+    let undone = wait_for(Duration::from_secs(120), Duration::from_secs(1), || {
         f.psql("select count(*), max(id) from rows_written;\nselect count(*) from pg_tables where tablename = 'kept';\n")
             .ok()
     });
@@ -753,7 +753,7 @@ fn restore_to_a_time(f: &mut Backups) {
         "{}",
         text(&restored)
     );
-    let back = wait_for(Duration::from_secs(120), Duration::from_secs(3), || {
+    let back = wait_for(Duration::from_secs(120), Duration::from_secs(1), || {
         f.psql("select count(*), max(id) from rows_written;\nselect note from kept;\n")
             .ok()
     });
@@ -1088,7 +1088,7 @@ fn app_dump_round_trip(f: &mut Backups) {
         "db restore forgejo: loading the dump",
         "a db restore of forgejo was interrupted",
     );
-    let intact = wait_for(Duration::from_secs(120), Duration::from_secs(3), || {
+    let intact = wait_for(Duration::from_secs(120), Duration::from_secs(1), || {
         let o = f.psql_url(
             &f.forgejo_uri,
             "select count(*) from issue;\nselect count(*) from pg_tables where tablename = 'junk';\n",
@@ -1260,7 +1260,7 @@ fn full_backup_disk(f: &mut Backups) {
     vm.query("create table while_full (id int); insert into while_full select generate_series(1, 5); select pg_switch_wal()")
         .expect("the database takes writes while the backup disk is full");
     // The async push's foreground waits archive-timeout (120 s) before it gives up.
-    let failing = wait_for(Duration::from_secs(300), Duration::from_secs(5), || {
+    let failing = wait_for(Duration::from_secs(300), Duration::from_secs(1), || {
         let a = backup_status(vm).archive;
         let failed = a.last_failed_unix?;
         (failed >= a.last_archived_unix.unwrap_or(0)).then_some(())
@@ -1279,7 +1279,7 @@ fn full_backup_disk(f: &mut Backups) {
         "copy (select 1) to program 'rm -f /backup/pgbackrest/filler /backup/pgbackrest/filler2'",
     )
     .expect("free the backup disk");
-    let caught_up = wait_for(Duration::from_secs(180), Duration::from_secs(5), || {
+    let caught_up = wait_for(Duration::from_secs(180), Duration::from_secs(1), || {
         let a = backup_status(vm).archive;
         (a.last_archived_unix? > a.last_failed_unix?).then_some(())
     });
@@ -1298,7 +1298,7 @@ fn both_disks_lost(f: &mut Backups) {
     f.insert_rows(400, 409);
     f.wait_archived_past(f.now_unix(), "rows 400-409");
     let vm = &f.vm;
-    let shipped = wait_for(Duration::from_secs(180), Duration::from_secs(5), || {
+    let shipped = wait_for(Duration::from_secs(180), Duration::from_secs(1), || {
         let b = backup_status(vm);
         let archived = b.archive.last_archived_wal?;
         let shipped = b.offsite?.shipped_wal?;
@@ -1401,7 +1401,7 @@ fn boot_days_ahead_until_a_new_full(vm: &Vm, days: i64) -> Vec<BackupSet> {
     assert!(stopped.status.success(), "stop: {}", text(&stopped));
     let out = vm.start_ok_days_ahead(days);
     assert!(out.contains("the guest's clock will be"), "{out}");
-    let taken = wait_for(Duration::from_secs(600), Duration::from_secs(5), || {
+    let taken = wait_for(Duration::from_secs(600), Duration::from_secs(1), || {
         let sets = repo1_sets(vm);
         (newest_full(&sets).label != newest_before).then_some(sets)
     });
@@ -1424,7 +1424,7 @@ fn retention(f: &mut Backups) {
     }
     let vm = &f.vm;
     // The backup disk is new since step 18: its first full set is taken after ready.
-    let first = wait_for(Duration::from_secs(600), Duration::from_secs(5), || {
+    let first = wait_for(Duration::from_secs(600), Duration::from_secs(1), || {
         repo1_sets(vm)
             .iter()
             .any(|s| s.kind == BackupKind::Full)
