@@ -259,11 +259,17 @@ impl ArchiveState {
     /// True when the last push failed and none succeeded since: point-in-time recovery
     /// is broken from the last archived segment on.
     pub fn failing(&self) -> bool {
-        match (self.last_failed_unix, self.last_archived_unix) {
-            (Some(failed), Some(ok)) => failed >= ok,
-            (Some(_), None) => true,
-            _ => false,
-        }
+        archive_failing(self.last_failed_unix, self.last_archived_unix)
+    }
+}
+
+/// True when the archiver's last attempt (`last_failed`) is no older than its last
+/// success (`last_ok`): nothing was archived since it failed.
+pub fn archive_failing<T: PartialOrd>(last_failed: Option<T>, last_ok: Option<T>) -> bool {
+    match (last_failed, last_ok) {
+        (Some(failed), Some(ok)) => failed >= ok,
+        (Some(_), None) => true,
+        _ => false,
     }
 }
 

@@ -440,6 +440,22 @@ impl Vm {
         self.home.path().join("run/sql")
     }
 
+    /// Has gvproxy forward a free port on this host's loopback (in the namespace gvproxy
+    /// runs in) to `guest_port` on the guest's gvproxy address, the VM's network that is
+    /// not the tailnet; returns that port.
+    pub fn expose_through_gvproxy(&self, guest_port: u16) -> Result<u16, String> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .map_err(|e| format!("a free port: {e}"))?;
+        gvproxy_expose(
+            &self.run_dir().join("gvproxy-api.sock"),
+            &format!("127.0.0.1:{port}"),
+            &format!("192.168.127.2:{guest_port}"),
+        )?;
+        Ok(port)
+    }
+
     /// The postgres superuser password the launcher generated.
     pub fn superuser_password(&self) -> String {
         std::fs::read_to_string(self.home.path().join("secrets/sql-postgres.password"))

@@ -23,7 +23,7 @@ use sovereign_tests::lab::Lab;
 use sovereign_tests::process::{run, text, wait_for};
 use sovereign_tests::prometheus::Prometheus;
 use sovereign_tests::tailnode::{Login, TailNode};
-use sovereign_tests::vm::{gvproxy_expose, Vm};
+use sovereign_tests::vm::Vm;
 use sovereign_tests::vm_test;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -393,16 +393,9 @@ fn prometheus_scrapes_by_name(f: &mut Apps) {
     );
 
     // Off the tailnet: the port through gvproxy (the VM's other network) answers nothing.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
-    gvproxy_expose(
-        &f.vm.run_dir().join("gvproxy-api.sock"),
-        &format!("127.0.0.1:{port}"),
-        "192.168.127.2:9187",
-    )
-    .expect("expose 9187 through gvproxy");
+    let port =
+        f.vm.expose_through_gvproxy(9187)
+            .expect("expose 9187 through gvproxy");
     let off_tailnet = run(Command::new("curl")
         .args(["-sS", "--max-time", "5"])
         .arg(format!("http://127.0.0.1:{port}/metrics")));

@@ -12,7 +12,7 @@
 use sovereign_tests::lab::Lab;
 use sovereign_tests::process::{run, text, wait_for};
 use sovereign_tests::tailnode::Login;
-use sovereign_tests::vm::{gvproxy_expose, Vm};
+use sovereign_tests::vm::Vm;
 use sovereign_tests::vm_test;
 use std::process::Command;
 use std::time::Duration;
@@ -153,16 +153,9 @@ fn psql_from_a_second_tailnet_node_reaches_sql_vm_by_name() {
     );
 
     // Negative: postgres is not reachable from the host through gvproxy.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
-    gvproxy_expose(
-        &vm.run_dir().join("gvproxy-api.sock"),
-        &format!("127.0.0.1:{port}"),
-        "192.168.127.2:5432",
-    )
-    .expect("expose 5432 through gvproxy");
+    let port = vm
+        .expose_through_gvproxy(5432)
+        .expect("expose 5432 through gvproxy");
     // gvproxy lives in the lab's namespace, so its forward listens there.
     let via_gvproxy = run(Command::new("ip")
         .args(["netns", "exec", &lab_ns, "psql"])

@@ -197,11 +197,7 @@ fn postgres(p: &mut Page, i: &Inputs<'_>) {
             t,
         );
     }
-    let failing = match (a.last_failed_unix, a.last_archived_unix) {
-        (Some(failed), Some(ok)) => failed >= ok,
-        (Some(_), None) => true,
-        _ => false,
-    };
+    let failing = protocol::backup::archive_failing(a.last_failed_unix, a.last_archived_unix);
     p.single(
         "sovereign_wal_archive_failing",
         Kind::Gauge,
@@ -383,24 +379,26 @@ fn pid1(p: &mut Page, s: &GuestStatus) {
         "1 while the link to gvproxy is up.",
         flag(n.connected),
     );
-    p.family(
-        "sovereign_forwarder_frames_total",
-        Kind::Counter,
-        "Ethernet frames forwarded (out: to gvproxy).",
-        [
-            one("direction", "out", n.frames_out as f64),
-            one("direction", "in", n.frames_in as f64),
-        ],
-    );
-    p.family(
-        "sovereign_forwarder_bytes_total",
-        Kind::Counter,
-        "Bytes of the frames forwarded.",
-        [
-            one("direction", "out", n.bytes_out as f64),
-            one("direction", "in", n.bytes_in as f64),
-        ],
-    );
+    for (name, help, out, into) in [
+        (
+            "sovereign_forwarder_frames_total",
+            "Ethernet frames forwarded (out: to gvproxy).",
+            n.frames_out,
+            n.frames_in,
+        ),
+        (
+            "sovereign_forwarder_bytes_total",
+            "Bytes of the frames forwarded.",
+            n.bytes_out,
+            n.bytes_in,
+        ),
+    ] {
+        let by_direction = [
+            one("direction", "out", out as f64),
+            one("direction", "in", into as f64),
+        ];
+        p.family(name, Kind::Counter, help, by_direction);
+    }
     p.single(
         "sovereign_forwarder_dropped_frames_total",
         Kind::Counter,
