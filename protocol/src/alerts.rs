@@ -37,6 +37,13 @@ pub enum Condition {
     VmDown,
     /// A supervised service in the guest keeps restarting.
     ServiceRestarting,
+    /// A primary's replica has not streamed for longer than two checks (critical once
+    /// its slot lost WAL the replica still needed).
+    ReplicaDisconnected,
+    /// A replica is further behind than `[alerts] replica_lag_secs`.
+    ReplicaLagging,
+    /// A replication slot holds 25% of the data disk or more (critical from 50%).
+    SlotRetainsTooMuch,
     /// Only sent by `sovereign alerts test`: proves a sink works.
     Test,
 }
@@ -58,6 +65,9 @@ impl Condition {
             Condition::PeerUnconfirmed => "peer-unconfirmed",
             Condition::VmDown => "vm-down",
             Condition::ServiceRestarting => "service-restarting",
+            Condition::ReplicaDisconnected => "replica-disconnected",
+            Condition::ReplicaLagging => "replica-lagging",
+            Condition::SlotRetainsTooMuch => "slot-retains-too-much",
             Condition::Test => "test",
         }
     }
@@ -115,6 +125,9 @@ mod tests {
             Condition::BackupDiskFull,
             Condition::OffsiteRefused,
             Condition::VmDown,
+            Condition::ReplicaDisconnected,
+            Condition::ReplicaLagging,
+            Condition::SlotRetainsTooMuch,
             Condition::Test,
         ] {
             assert_eq!(

@@ -134,6 +134,7 @@ select json_build_object(
       'name', slot_name,
       'active', active,
       'wal_status', coalesce(wal_status, ''),
+      'inactive_secs', extract(epoch from now() - inactive_since)::bigint,
       'retained_bytes', pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint) order by slot_name)
     from pg_replication_slots where slot_type = 'physical'), '[]'::json));
 \endif
@@ -175,12 +176,24 @@ pub struct SlotStatus {
     pub wal_status: String,
     /// WAL it holds back on this node's disk; `None` when it holds none (lost).
     pub retained_bytes: Option<u64>,
+    /// Seconds since its replica last used it; `None` while in use.
+    #[serde(default)]
+    pub inactive_secs: Option<u64>,
 }
 
 impl SlotStatus {
     /// True when PostgreSQL gave up the WAL this slot's replica still needed.
     pub fn lost(&self) -> bool {
         self.wal_status == "lost"
+    }
+
+    /// The percent of a `disk_bytes` data disk the slot holds in WAL (0 for an empty
+    /// or unknown disk).
+    pub fn share_of(&self, disk_bytes: u64) -> u64 {
+        match (self.retained_bytes, disk_bytes) {
+            (Some(b), d) if d > 0 => b.saturating_mul(100) / d,
+            _ => 0,
+        }
     }
 }
 

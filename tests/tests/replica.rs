@@ -28,6 +28,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed step is a failed test
 
+use protocol::alerts::{Condition, Severity};
 use protocol::replication::{Fence, ReplicationStatus, Role};
 use protocol::Stage;
 use sovereign_tests::drill::Fixture;
@@ -45,6 +46,9 @@ use std::time::{Duration, Instant};
 
 /// The lag the replica must stay within under the steady load.
 const MAX_CATCH_UP: Duration = Duration::from_secs(30);
+/// The supervisors check every 5 s, so a replica gone for good is an alert within
+/// seconds.
+const ALERTS_TOML: &str = "[alerts]\ncheck_secs = 5\n";
 /// Samples of the replica's lag under the steady load, one every 2 s.
 const LAG_SAMPLES: u64 = 5;
 
@@ -87,9 +91,9 @@ fn setup() -> Option<Cluster> {
     let primary = Vm::new(
         &a,
         &VmOptions {
-            extra_toml:
-                "[replication]\nrole = \"primary\"\npeer = \"sql-replica\"\nsynchronous = true\n"
-                    .into(),
+            extra_toml: format!(
+                "[replication]\nrole = \"primary\"\npeer = \"sql-replica\"\nsynchronous = true\n{ALERTS_TOML}"
+            ),
             ..base()
         },
     );
@@ -100,7 +104,7 @@ fn setup() -> Option<Cluster> {
             hostname: "sql-replica",
             restart_on_failure: true,
             extra_toml: format!(
-                "[replication]\nrole = \"replica\"\npeer = \"sql-vm\"\ncredentials_file = {:?}\n",
+                "[replication]\nrole = \"replica\"\npeer = \"sql-vm\"\ncredentials_file = {:?}\n{ALERTS_TOML}",
                 creds.display().to_string()
             ),
             ..base()
@@ -724,6 +728,24 @@ fn gone_replica_bounded(c: &mut Cluster) {
     assert!(
         table.contains("invalidated") && table.contains("sovereign rejoin --fresh"),
         "{table}"
+    );
+    // The supervisor's watch names it too: the replica is gone and cannot come back by
+    // streaming.
+    let alert = wait_for(Duration::from_secs(30), Duration::from_secs(1), || {
+        c.b.status().alerts.into_iter().find(|a| {
+            a.condition == Condition::ReplicaDisconnected && a.severity == Severity::Critical
+        })
+    });
+    assert!(
+        alert
+            .as_ref()
+            .is_some_and(|a| a.summary.contains("sovereign rejoin --fresh")),
+        "replica-disconnected (critical) is active on B: {:?}",
+        c.b.status().alerts
+    );
+    println!(
+        "B's supervisor: {}",
+        alert.map(|a| a.summary).unwrap_or_default()
     );
     let stage = wait_for(Duration::from_secs(30), Duration::from_secs(2), || {
         let summary = c.b.stage_summary(Stage::Postgres);

@@ -27,12 +27,19 @@ pub struct Found {
     pub summary: String,
 }
 
-fn found(condition: Condition, severity: Severity, summary: impl Into<String>) -> Found {
-    Found {
-        condition,
-        severity,
-        summary: summary.into(),
+impl Found {
+    /// A condition that holds.
+    pub fn new(condition: Condition, severity: Severity, summary: impl Into<String>) -> Found {
+        Found {
+            condition,
+            severity,
+            summary: summary.into(),
+        }
     }
+}
+
+fn found(condition: Condition, severity: Severity, summary: impl Into<String>) -> Found {
+    Found::new(condition, severity, summary)
 }
 
 /// Every condition that holds in `status` at `now` (seconds since the epoch), for a VM

@@ -1,5 +1,5 @@
 //! Alerts: the supervisor reads the VM's status at an interval, names the conditions
-//! that hold ([`conditions`]), raises, repeats and clears them ([`tracker`]), and tells
+//! that hold ([`conditions`], [`replication`] when it has a peer), raises, repeats and clears them ([`tracker`]), and tells
 //! the user through the spec's sinks ([`phone`], [`webhook`]) from a thread of their own
 //! ([`dispatch`]). `sovereign alerts test` sends one notice through every sink.
 
@@ -7,6 +7,7 @@ pub mod conditions;
 pub mod dispatch;
 pub mod notice;
 pub mod phone;
+pub mod replication;
 pub mod tracker;
 pub mod webhook;
 

@@ -145,8 +145,9 @@ pub async fn rejoin(
     super::start::run(spec, env, source, false, Some(request), None).await
 }
 
-/// Share of the data disk that a replication slot may hold back before status warns.
-const SLOT_WARN_DIVISOR: u64 = 4;
+/// Percent of the data disk that a replication slot may hold back before status warns
+/// (the `slot-retains-too-much` alert's warning).
+const SLOT_WARN_PERCENT: u64 = crate::alerts::replication::SLOT_WARNING_PERCENT;
 
 /// The lines `status` prints for replication; `disk_bytes` is the data disk's size.
 pub fn render_status(s: &ReplicationStatus, disk_bytes: u64) -> String {
@@ -172,7 +173,6 @@ pub fn render_status(s: &ReplicationStatus, disk_bytes: u64) -> String {
         s.lag_seconds
             .map_or_else(|| "-".to_string(), |secs| format!("{secs} s"))
     ));
-    let limit = disk_bytes / SLOT_WARN_DIVISOR;
     for slot in &s.slots {
         out.push_str(&format!(
             "    slot {}{}: holds {} of WAL",
@@ -184,9 +184,9 @@ pub fn render_status(s: &ReplicationStatus, disk_bytes: u64) -> String {
             out.push_str(" ✗ invalidated: its replica fell further behind than the WAL budget lets this node keep (max_slot_wal_keep_size); it must copy this node anew: on its host, `sovereign rejoin --fresh`");
         } else if slot.wal_status == "unreserved" {
             out.push_str(" ⚠ past the WAL budget: invalidated at the next checkpoint unless its replica catches up");
-        } else if slot.retained_bytes.is_some_and(|b| limit > 0 && b > limit) {
+        } else if slot.share_of(disk_bytes) >= SLOT_WARN_PERCENT {
             out.push_str(&format!(
-                " ⚠ more than 1/{SLOT_WARN_DIVISOR} of the data disk: a replica that is gone keeps WAL here up to the budget; bring it back, or drop its slot (select pg_drop_replication_slot('NAME'))"
+                " ⚠ {SLOT_WARN_PERCENT}% of the data disk or more: a replica that is gone keeps WAL here up to the budget; bring it back, or drop its slot (select pg_drop_replication_slot('NAME'))"
             ));
         }
         out.push('\n');
@@ -237,6 +237,7 @@ mod tests {
                 active: wal_status != "lost",
                 wal_status: wal_status.into(),
                 retained_bytes: (wal_status != "lost").then_some(retained),
+                inactive_secs: None,
             }],
         }
     }
@@ -255,7 +256,7 @@ mod tests {
         assert!(ok.contains("lag 0 B / 0 s"), "{ok}");
         let warned = render_status(&primary(2 << 30, "extended"), 4 << 30);
         assert!(
-            warned.contains("⚠ more than 1/4 of the data disk"),
+            warned.contains("⚠ 25% of the data disk or more"),
             "{warned}"
         );
         let lost = render_status(&primary(0, "lost"), 4 << 30);

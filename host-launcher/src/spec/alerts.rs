@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 pub const CHECK_RANGE: std::ops::RangeInclusive<u64> = 1..=3600;
 /// Accepted repeat interval, seconds (10 s for drills, up to a week).
 pub const REPEAT_RANGE: std::ops::RangeInclusive<u64> = 10..=604_800;
+/// Accepted replica lag before `replica-lagging`, seconds.
+pub const REPLICA_LAG_RANGE: std::ops::RangeInclusive<u64> = 10..=86_400;
 
 /// `[alerts]` as written.
 #[derive(Debug, Default, Deserialize)]
@@ -21,6 +23,7 @@ pub(super) struct AlertsFile {
     phone: Option<bool>,
     check_secs: Option<u64>,
     repeat_secs: Option<u64>,
+    replica_lag_secs: Option<u64>,
 }
 
 /// How a webhook's body is written.
@@ -54,6 +57,14 @@ pub struct AlertsSpec {
     pub check_secs: u64,
     /// How often a condition that still holds is said again.
     pub repeat_secs: u64,
+    /// A replica further behind than this raises `replica-lagging`.
+    #[serde(default = "default_replica_lag_secs")]
+    pub replica_lag_secs: u64,
+}
+
+/// `replica_lag_secs` of a run spec written before the field existed, and the default.
+fn default_replica_lag_secs() -> u64 {
+    300
 }
 
 impl AlertsSpec {
@@ -67,6 +78,7 @@ impl AlertsSpec {
             phone: android,
             check_secs: 30,
             repeat_secs: 6 * 3600,
+            replica_lag_secs: default_replica_lag_secs(),
         }
     }
 
@@ -99,6 +111,13 @@ impl AlertsSpec {
                 format!("must be in {CHECK_RANGE:?}"),
             ));
         }
+        if !REPLICA_LAG_RANGE.contains(&self.replica_lag_secs) {
+            p.push(Problem::new(
+                "alerts.replica_lag_secs",
+                self.replica_lag_secs,
+                format!("must be in {REPLICA_LAG_RANGE:?}"),
+            ));
+        }
         if !REPEAT_RANGE.contains(&self.repeat_secs) {
             p.push(Problem::new(
                 "alerts.repeat_secs",
@@ -121,6 +140,7 @@ impl AlertsFile {
             phone: self.phone.unwrap_or(d.phone),
             check_secs: self.check_secs.unwrap_or(d.check_secs),
             repeat_secs: self.repeat_secs.unwrap_or(d.repeat_secs),
+            replica_lag_secs: self.replica_lag_secs.unwrap_or(d.replica_lag_secs),
         }
     }
 }

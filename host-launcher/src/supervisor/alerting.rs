@@ -69,8 +69,15 @@ async fn watch(spec: Spec, cmd: mpsc::Sender<Command>, active: ActiveAlerts, out
             continue;
         }
         let now = now_unix();
-        let found = evaluate(&s, &spec.backup, i64::try_from(now).unwrap_or(i64::MAX));
-        let notices = tracker.update(now, found, s.guest.is_some());
+        let mut found = evaluate(&s, &spec.backup, i64::try_from(now).unwrap_or(i64::MAX));
+        let mut answered = s.guest.is_some();
+        if spec.replication.is_some() && answered {
+            match replication_conditions(&cmd, &spec, &s).await {
+                Some(more) => found.extend(more),
+                None => answered = false,
+            }
+        }
+        let notices = tracker.update(now, found, answered);
         let now_active = tracker.active();
         *active.lock().unwrap_or_else(|p| p.into_inner()) = now_active.clone();
         if s.guest.is_some() {
@@ -84,6 +91,38 @@ async fn watch(spec: Spec, cmd: mpsc::Sender<Command>, active: ActiveAlerts, out
             out.post(n);
         }
     }
+}
+
+/// The replication conditions, from the status query the guest runs for the watch;
+/// `None` when it did not answer, so that nothing clears on a missing answer.
+async fn replication_conditions(
+    cmd: &mpsc::Sender<Command>,
+    spec: &Spec,
+    s: &protocol::status::VmStatus,
+) -> Option<Vec<Found>> {
+    let query = HostMessage::Query {
+        id: 0,
+        sql: protocol::replication::STATUS_SQL.to_string(),
+    };
+    let answer = match ask_guest(cmd, query, Expect::Query(0), TELL_GUEST).await {
+        Ok(protocol::GuestMessage::QueryResult(r)) if r.ok => r.output,
+        Ok(_) => return None,
+        Err(e) => {
+            log::debug!("alerts: the replication status was not read: {e}");
+            return None;
+        }
+    };
+    let replication = protocol::replication::ReplicationStatus::parse(&answer)?;
+    let limits = crate::alerts::replication::Limits {
+        disconnected_after_secs: 2 * spec.alerts.check_secs,
+        lag_secs: spec.alerts.replica_lag_secs,
+        disk_bytes: s
+            .guest
+            .as_ref()
+            .and_then(|g| g.data_disk)
+            .map_or(0, |d| d.total_bytes),
+    };
+    Some(crate::alerts::replication::evaluate(&replication, &limits))
 }
 
 fn log_notice(n: &Notice) {
