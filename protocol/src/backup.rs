@@ -263,6 +263,17 @@ impl ArchiveState {
     }
 }
 
+/// The longest the schedule leaves between two backup runs, in days (at least one):
+/// the diff interval when diffs run, capped by the full interval; else the full one.
+/// What the host's `backup-overdue` alert and the guest's metrics both measure against.
+pub fn schedule_gap_days(full_every_days: u32, diff_every_days: u32) -> u32 {
+    let days = match diff_every_days {
+        0 => full_every_days,
+        d => d.min(full_every_days.max(1)),
+    };
+    days.max(1)
+}
+
 /// True when the archiver's last attempt (`last_failed`) is no older than its last
 /// success (`last_ok`): nothing was archived since it failed.
 pub fn archive_failing<T: PartialOrd>(last_failed: Option<T>, last_ok: Option<T>) -> bool {
@@ -363,6 +374,14 @@ pub fn utc_text(unix: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_schedules_gap_is_the_diff_interval_capped_by_the_full_one() {
+        assert_eq!(schedule_gap_days(7, 1), 1);
+        assert_eq!(schedule_gap_days(7, 0), 7);
+        assert_eq!(schedule_gap_days(2, 5), 2);
+        assert_eq!(schedule_gap_days(0, 0), 1);
+    }
 
     #[test]
     fn utc_text_is_rfc3339() {

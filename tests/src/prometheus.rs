@@ -3,7 +3,6 @@
 
 use crate::process::{run, text, wait_for};
 use crate::tailnode::TailNode;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -95,11 +94,6 @@ impl Prometheus {
     /// Prometheus' own log, for a failed test.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
-    }
-
-    /// Its work directory.
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
     }
 }
 

@@ -73,11 +73,8 @@ fn scrape(guest: &Guest) -> String {
         pg,
         alerts: alerts.as_deref(),
         backup_schedule_secs: config.and_then(|c| c.backup.as_deref()).map(|b| {
-            let days = match b.diff_every_days {
-                0 => b.full_every_days,
-                d => d.min(b.full_every_days.max(1)),
-            };
-            u64::from(days.max(1)) * 86_400
+            let days = protocol::backup::schedule_gap_days(b.full_every_days, b.diff_every_days);
+            u64::from(days) * 86_400
         }),
     })
 }

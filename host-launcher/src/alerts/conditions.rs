@@ -134,11 +134,11 @@ fn backups(out: &mut Vec<Found>, b: &BackupStatus, spec: &BackupSpec, now: i64) 
             ),
         ));
     }
-    let every_days = match spec.schedule.diff_every_days {
-        0 => spec.schedule.full_every_days,
-        d => d.min(spec.schedule.full_every_days.max(1)),
-    };
-    let allowed = i64::from(every_days.max(1)) * 86_400 + OVERDUE_GRACE_SECS;
+    let every_days = protocol::backup::schedule_gap_days(
+        spec.schedule.full_every_days,
+        spec.schedule.diff_every_days,
+    );
+    let allowed = i64::from(every_days) * 86_400 + OVERDUE_GRACE_SECS;
     if let Some(ok) = &b.last_ok {
         let age = now - ok.started_unix;
         if age > allowed {
