@@ -78,6 +78,14 @@ fi
 
 # manifest.json: what each file is, its size and SHA-256, and how deploy treats it
 # (the mode and deploy policy per file name is xtask/src/manifest.rs).
-xtask manifest --arch "$arch" "$out" "${files[@]}" || die "cannot write $out/manifest.json (see above)"
+# Its versions (protocol::release): the root image's release file and the kernel's.
+versions=(--version "kernel=$(sed -n 's/^# Linux\/[^ ]* \([^ ]*\) Kernel Configuration$/\1/p' "$out/kernel.config")")
+if [ "$boot_only" = 0 ]; then
+  while IFS='=' read -r key value; do
+    case "$key" in ''|'#'*) continue ;; esac
+    versions+=(--version "$key=$value")
+  done < <(debugfs -R 'cat /etc/sovereign-release' "$out/root.img" 2>/dev/null)
+fi
+xtask manifest --arch "$arch" "${versions[@]}" "$out" "${files[@]}" || die "cannot write $out/manifest.json (see above)"
 log "artifacts for $arch in $out"
 echo "$out"

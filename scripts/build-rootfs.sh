@@ -243,6 +243,20 @@ if [ "$no_init" = 0 ]; then
   install -m 0755 -o 0 -g 0 "$init" "$sbin/init"
 fi
 
+# The release file (protocol::release): what this image is made of, for the guest's
+# status and the set's manifest.json, from which `sovereign update` refuses a set
+# whose PostgreSQL major differs from the running one's.
+pg_version=$(awk -F'\t' -v p="postgresql-$PG_MAJOR" '$1 == p { print $2 }' "$cache/packages.tsv")
+[ -n "$pg_version" ] || die "postgresql-$PG_MAJOR is not in $cache/packages.tsv"
+{
+  echo "# written by scripts/build-rootfs.sh"
+  echo "build=$(date -u +%Y%m%dT%H%M%SZ)"
+  echo "postgres=$pg_version"
+  echo "tailscale=$TAILSCALE_VERSION"
+  if [ "$no_init" = 0 ]; then echo "init=$(sha256sum "$init" | cut -c1-12)"; fi
+} >"$staging/etc/sovereign-release"
+chmod 0644 "$staging/etc/sovereign-release"
+
 # Sanity checks on the tree before it becomes an image.
 pg_bin=$staging/usr/lib/postgresql/$PG_MAJOR/bin
 for f in postgres initdb pg_ctl pg_basebackup pg_rewind pg_controldata; do
@@ -272,7 +286,7 @@ e2fsck -fn "$img.partial" >"$tmp/e2fsck.log" 2>&1 || { cat "$tmp/e2fsck.log" >&2
 in_image() { debugfs -R "stat $1" "$img.partial" 2>/dev/null | grep -q '^Inode:'; }
 checks=(/usr/lib/postgresql/$PG_MAJOR/bin/postgres /usr/lib/postgresql/$PG_MAJOR/bin/initdb
   /usr/local/bin/tailscale /usr/local/bin/tailscaled /usr/sbin/nft /usr/bin/pgbackrest
-  /data /tmp /run /etc/resolv.conf)
+  /data /tmp /run /etc/resolv.conf /etc/sovereign-release)
 [ "$no_init" = 1 ] || checks+=(/sbin/init)
 for p in "${checks[@]}"; do
   in_image "$p" || die "$p is missing from the image"

@@ -74,6 +74,7 @@ impl Guest {
             backup: self.backups.get().map(|b| Box::new(b.status())),
             init_memory: crate::own_memory::read(),
             fence: self.fence.lock().ok().and_then(|f| f.clone()),
+            image: protocol::release::read(std::path::Path::new(protocol::release::RELEASE_FILE)),
         }
     }
 

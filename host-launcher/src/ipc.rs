@@ -216,6 +216,7 @@ pub fn base_status(spec: &Spec, phase: Phase) -> VmStatus {
         replication: None,
         control_refused: Default::default(),
         alerts: Vec::new(),
+        images: None,
     }
 }
 

@@ -37,4 +37,5 @@ pub mod terminal;
 pub mod tls;
 pub mod transfer;
 pub mod trust;
+pub mod update;
 pub mod vmm;

@@ -236,6 +236,19 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 let gib = sovereign::disk_grow::parse_gib(flag, &size)?;
                 sovereign::commands::disk::grow(vm.spec.as_deref(), &env, which, gib).await
             }
+            Command::Update {
+                vm,
+                images,
+                rollback: _,
+            } => {
+                use sovereign::commands::update::{run, Action};
+                let (spec, source) = vm.load(&env)?;
+                let action = match &images {
+                    Some(dir) => Action::Images(dir),
+                    None => Action::Rollback,
+                };
+                run(spec, &env, &source, action).await
+            }
             Command::Logs { vm, log } => {
                 sovereign::commands::logs::logs(&vm.load(&env)?.0, log.to_guest_log()).await
             }

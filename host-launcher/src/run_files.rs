@@ -160,6 +160,17 @@ pub fn failure(run: &RunDir) -> RunFile<FailureReport> {
     RunFile::at(run.root().join("failure.json"))
 }
 
+/// An update or rollback under way (see `update::journal`): what the next `start` or
+/// `update` finishes or undoes after a power cut.
+pub fn update_journal(run: &RunDir) -> RunFile<crate::update::journal::Journal> {
+    RunFile::at(run.root().join("update-journal.json"))
+}
+
+/// The image sets `update` installed: the current one and the one kept for rollback.
+pub fn image_sets(run: &RunDir) -> RunFile<protocol::release::ImageSets> {
+    RunFile::at(run.root().join("images.json"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -146,7 +146,11 @@ impl Bench {
                 }
             })
             .collect();
-        let manifest = Manifest { arch, files };
+        let manifest = Manifest {
+            arch,
+            files,
+            versions: Default::default(),
+        };
         std::fs::write(self.artifacts().join(FILE_NAME), manifest.to_json()).unwrap();
     }
 
@@ -283,6 +287,36 @@ fn first_deploy_pushes_the_set_then_a_second_pushes_nothing() {
         b.pushes()
     );
     assert!(out.contains("up to date (5 file(s) unchanged"), "{out}");
+}
+
+#[test]
+fn an_update_is_pushed_beside_the_running_set_with_its_manifest() {
+    let b = Bench::new();
+    assert_eq!(b.deploy(&[]).status.code(), Some(0));
+    let running = std::fs::read(b.on_phone("/data/sovereign/root.img")).unwrap();
+    std::fs::write(b.artifacts().join("root.img"), b"a newer root image").unwrap();
+    b.write_manifest(Arch::Arm64, &[]);
+    let o = b.deploy(&["--update"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert_eq!(
+        std::fs::read(b.on_phone("/data/sovereign/root.img")).unwrap(),
+        running,
+        "the running set is not touched"
+    );
+    assert_eq!(
+        std::fs::read(b.on_phone("/data/sovereign/incoming/root.img")).unwrap(),
+        b"a newer root image"
+    );
+    let manifest = std::fs::read(b.on_phone("/data/sovereign/incoming/manifest.json")).unwrap();
+    assert_eq!(
+        manifest,
+        std::fs::read(b.artifacts().join(FILE_NAME)).unwrap()
+    );
+    assert!(
+        out.contains("next: adb shell \"su -c '/data/sovereign/sovereign update --sql --images /data/sovereign/incoming'\""),
+        "{out}"
+    );
 }
 
 #[test]

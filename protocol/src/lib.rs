@@ -43,6 +43,7 @@ pub mod pg_settings;
 pub mod ports;
 pub mod probe;
 pub mod provision;
+pub mod release;
 pub mod replication;
 pub mod scram;
 pub mod stage;

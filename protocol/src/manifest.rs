@@ -97,6 +97,11 @@ pub struct Manifest {
     pub arch: Arch,
     /// Every file, in build order.
     pub files: Vec<ManifestEntry>,
+    /// What the set is made of, by version (see [`crate::release`]): `update` refuses
+    /// a set whose PostgreSQL major differs from the running one's before it stops
+    /// anything. Empty in sets built before it was written.
+    #[serde(default, skip_serializing_if = "crate::release::Versions::is_empty")]
+    pub versions: crate::release::Versions,
 }
 
 impl Manifest {
@@ -122,6 +127,19 @@ impl Manifest {
     /// Checks what the types cannot: safe names, hex digests, secret modes, no
     /// duplicates.
     pub fn validate(&self) -> Result<(), ManifestError> {
+        for (k, v) in &self.versions {
+            let plain = |t: &str| {
+                !t.is_empty() && t.len() <= 128 && t.chars().all(|c| c.is_ascii_graphic())
+            };
+            if !plain(k) || !plain(v) || k.contains('=') {
+                return Err(ManifestError::Field {
+                    field: format!("versions.{k}"),
+                    value: format!("{v:?}"),
+                    why: "expected a short word without spaces or '=' (e.g. \"17.6-0+deb13u1\")"
+                        .to_string(),
+                });
+            }
+        }
         for (i, f) in self.files.iter().enumerate() {
             let bad = |k: &str, value: String, why: &str| ManifestError::Field {
                 field: format!("files[{i}].{k}"),
@@ -196,6 +214,7 @@ mod tests {
     fn round_trips_what_the_writer_writes() {
         let m = Manifest {
             arch: Arch::Arm64,
+            versions: [("postgres".to_string(), "17.6".to_string())].into(),
             files: vec![
                 ManifestEntry {
                     name: "Image".into(),

@@ -348,6 +348,10 @@ pub struct GuestStatus {
     /// A primary with a peer: whether it may take writes, by its guard.
     #[serde(default)]
     pub fence: Option<crate::replication::Fence>,
+    /// What the running root image is made of ([`crate::release::RELEASE_FILE`]):
+    /// after `sovereign update`, the proof that the new set is the one that booted.
+    #[serde(default, skip_serializing_if = "crate::release::Versions::is_empty")]
+    pub image: crate::release::Versions,
 }
 
 /// A process's memory, for footprint figures.

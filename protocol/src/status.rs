@@ -11,8 +11,9 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// The form of [`VmStatus`] this build writes. 1: the first typed form (the
-/// supervisor's view, the guest's status, `database`, `replication`); 2: `alerts`.
-pub const STATUS_VERSION: u32 = 2;
+/// supervisor's view, the guest's status, `database`, `replication`); 2: `alerts`;
+/// 3: `images` and the guest's `image`.
+pub const STATUS_VERSION: u32 = 3;
 
 /// Everything `status` reports (`sovereign status --json` prints it): the
 /// supervisor's view, the guest's own status, and the database and replication as the
@@ -70,6 +71,10 @@ pub struct VmStatus {
     /// The conditions that hold now (a backup overdue, a disk filling up), oldest first.
     #[serde(default)]
     pub alerts: Vec<crate::alerts::ActiveAlert>,
+    /// The image sets `sovereign update` installed (the current one and the one kept
+    /// for `update --rollback`), when it installed any.
+    #[serde(default)]
+    pub images: Option<crate::release::ImageSets>,
 }
 
 /// Control connections the supervisor refused because their Hello lacked this boot's
@@ -422,6 +427,7 @@ mod tests {
             replication: None,
             control_refused: ControlRefusals::default(),
             alerts: vec![],
+            images: None,
         };
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["version"], STATUS_VERSION);

@@ -12,6 +12,7 @@ pub mod artifacts;
 pub mod drill;
 pub mod egress;
 pub mod headscale;
+pub mod image_set;
 pub mod lab;
 pub mod load;
 pub mod netns;

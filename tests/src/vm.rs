@@ -56,6 +56,9 @@ pub struct VmOptions {
     /// whose sockets carry the guest's traffic: an [`crate::egress::EgressWatch`] there
     /// sees every packet the guest sends off its own network.
     pub netns: Option<String>,
+    /// Boot a copy of the kernel in the VM's own directory (a set `update` may replace)
+    /// instead of the artifact set's.
+    pub own_kernel: bool,
 }
 
 impl Default for VmOptions {
@@ -79,6 +82,7 @@ impl Default for VmOptions {
             extra_toml: String::new(),
             restart_on_failure: false,
             netns: None,
+            own_kernel: false,
         }
     }
 }
@@ -139,11 +143,19 @@ impl Vm {
                 .arg(&root));
             assert!(o.status.success(), "copying the root image: {}", text(&o));
         }
+        let mut kernel = opts.kernel.clone().unwrap_or_else(|| a.kernel.clone());
+        if opts.own_kernel {
+            let own = home
+                .path()
+                .join(kernel.file_name().expect("kernel file name"));
+            std::fs::copy(&kernel, &own).expect("copy the kernel");
+            kernel = own;
+        }
         let mut spec = format!(
             "name = \"sql\"\ncid = 10\nmemory_mib = 1024\ncpus = 2\nhostname = \"{}\"\n\
              kernel = {}\nroot_image = {}\nwait_for = \"{}\"\n",
             opts.hostname,
-            toml_str(opts.kernel.as_deref().unwrap_or(&a.kernel)),
+            toml_str(&kernel),
             toml_str(&root),
             opts.wait_for,
         );

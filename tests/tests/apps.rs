@@ -12,13 +12,22 @@
 //!   the disk, PID 1's memory, the forwarder, the supervisor's alerts); through
 //!   gvproxy the same port answers nothing.
 //!
+//! - `update` to an image set whose postgres cannot start boots the previous set again
+//!   by itself, says which stage failed and why, and every row is there; a set with
+//!   another PostgreSQL major is refused before anything stops; a good set boots and
+//!   `status` shows its versions (from the guest's own root image); `update
+//!   --rollback` goes back to the kept set.
+//!
 //! A drill in steps (see `drill.rs`): one lab (headscale, the second node) and one VM
 //! serve the whole file, one test per step.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness: a failed step is a failed test
 
+use protocol::status::Phase;
 use sovereign_tests::artifacts::require_or_skip;
+use sovereign_tests::artifacts::Artifacts;
 use sovereign_tests::drill::Fixture;
+use sovereign_tests::image_set::{Changes, ImageSet};
 use sovereign_tests::lab::Lab;
 use sovereign_tests::process::{run, text, wait_for};
 use sovereign_tests::prometheus::Prometheus;
@@ -84,6 +93,10 @@ struct Apps {
     env_file: PathBuf,
     /// `db url tiny` once the role exists.
     tiny: Option<String>,
+    /// The artifact set, whence the update steps derive their image sets.
+    artifacts: Artifacts,
+    /// The release build of the image the VM first booted.
+    first_build: Option<String>,
     lab: Lab,
 }
 
@@ -120,6 +133,10 @@ sovereign_tests::drill! {
     s03_db_add_on_the_running_vm_holds_its_connection_limit => db_add_holds_its_connection_limit,
     s04_prometheus_on_the_second_node_scrapes_sql_vm_by_name => prometheus_scrapes_by_name,
     s05_db_password_rotate_retires_the_old_password => rotation_retires_the_old_password,
+    s06_an_update_whose_postgres_fails_goes_back_with_every_row => a_failing_update_goes_back,
+    s07_another_major_is_refused_and_a_good_set_shows_its_versions => a_good_update_shows_its_versions,
+    s08_update_rollback_boots_the_kept_set_again => rollback_boots_the_kept_set,
+    s09_an_update_cut_by_a_power_cut_is_undone_by_the_next_start => a_cut_update_is_undone,
 }
 
 fn setup() -> Option<Apps> {
@@ -138,6 +155,8 @@ fn setup() -> Option<Apps> {
     // its (empty) alert list soon after the start.
     opts.extra_toml
         .push_str("[metrics]\nenabled = true\n[alerts]\ncheck_secs = 2\n");
+    // A kernel of its own: `update` replaces the VM's set in place.
+    opts.own_kernel = true;
     let vm = Vm::new(&a, &opts);
     let work = tempfile::Builder::new()
         .prefix("sov-gitea-")
@@ -155,6 +174,8 @@ fn setup() -> Option<Apps> {
         gitea,
         work,
         tiny: None,
+        artifacts: a,
+        first_build: None,
         lab,
     })
 }
@@ -446,6 +467,243 @@ fn rotation_retires_the_old_password(f: &mut Apps) {
         leftovers.is_empty(),
         "no pending password left: {leftovers:?}"
     );
+}
+
+/// What the update steps must find unchanged: Gitea's user and tables, and the marker
+/// rows, in forgejo's database, as one line.
+fn rows(vm: &Vm) -> String {
+    let out = vm
+        .query(
+            "\\c forgejo\nselect (select string_agg(lower_name, ',') from \"user\") || '|' || \
+             (select count(*) from pg_tables where tableowner = 'forgejo') || '|' || \
+             (select count(*) || ':' || sum(id) from update_marker);\n",
+        )
+        .unwrap_or_else(|e| panic!("reading the rows: {e}"));
+    out.trim().lines().last().unwrap_or_default().to_string()
+}
+
+/// `sovereign update ARGS`: its exit code and output.
+fn update(vm: &Vm, args: &[&str]) -> (Option<i32>, String) {
+    let o = vm.cli("update", args);
+    let out = text(&o);
+    println!("update {}:\n{out}", args.join(" "));
+    (o.status.code(), out)
+}
+
+/// Gitea's role reaches sql-vm by name from the second node and reads its user.
+fn gitea_user_over_the_tailnet(f: &Apps) -> bool {
+    let uri = db_url(&f.vm, "forgejo", &[]);
+    wait_for(Duration::from_secs(90), Duration::from_secs(2), || {
+        let o = f.psql(&uri, "select lower_name from \"user\";\n");
+        (String::from_utf8_lossy(&o.stdout).trim() == "sovereign-admin").then_some(())
+    })
+    .is_some()
+}
+
+/// An image set whose root image has no postgres server: `update` boots it, sees the
+/// postgres stage fail, switches the files back and boots the set it had, by itself;
+/// every row is there and the app reaches it again.
+fn a_failing_update_goes_back(f: &mut Apps) {
+    let vm = &f.vm;
+    vm.query(
+        "\\c forgejo\ncreate table update_marker as select g as id from generate_series(1, 10000) g;\n",
+    )
+    .expect("marker rows");
+    let before = rows(vm);
+    assert!(
+        before.starts_with("sovereign-admin|") && before.ends_with("|10000:50005000"),
+        "{before}"
+    );
+    let first = vm.guest_status().image;
+    assert!(
+        first.contains_key("postgres")
+            && first.contains_key("tailscale")
+            && first.contains_key("init"),
+        "the guest reports its root image's release file: {first:?}"
+    );
+    f.first_build = first.get("build").cloned();
+
+    let broken = ImageSet::derived(
+        &f.artifacts,
+        &Changes {
+            build: "update-drill-broken",
+            remove: &["/usr/lib/postgresql/17/bin/postgres"],
+            ..Changes::default()
+        },
+    );
+    let (code, out) = update(vm, &["--images", broken.path()]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("(build update-drill-broken")
+            && out.contains(") failed at postgres:")
+            && out.contains("no PostgreSQL server"),
+        "the failed stage and its reason are said: {out}"
+    );
+    assert!(out.contains("runs set before-update (build "), "{out}");
+    let status = vm.status();
+    assert_eq!(status.phase, Phase::Up, "{status:?}");
+    assert_eq!(status.images, None, "no set was installed");
+    assert_eq!(vm.guest_status().image, first, "the set it had boots again");
+    assert_eq!(rows(vm), before);
+    for leftover in [
+        "root.img.next",
+        "root.img.previous",
+        "bzImage.next",
+        "bzImage.previous",
+    ] {
+        assert!(
+            !vm.home.path().join(leftover).exists(),
+            "{leftover} is left"
+        );
+    }
+    assert!(
+        gitea_user_over_the_tailnet(f),
+        "Gitea's role reads its user after the rollback"
+    );
+}
+
+/// A set that says PostgreSQL 18 is refused while the VM keeps running; a good set
+/// (another build of the same image) boots, and `status` shows its versions as the
+/// guest reads them from its root image, with the replaced set kept.
+fn a_good_update_shows_its_versions(f: &mut Apps) {
+    let vm = &f.vm;
+    let before = rows(vm);
+    let uptime = vm.guest_status().uptime_ms;
+    let major = ImageSet::derived(
+        &f.artifacts,
+        &Changes {
+            build: "update-drill-pg18",
+            manifest_postgres: Some("18.1-1"),
+            ..Changes::default()
+        },
+    );
+    let (code, out) = update(vm, &["--images", major.path()]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("carries PostgreSQL 18")
+            && out.contains("runs PostgreSQL 17")
+            && out.contains("nothing was changed"),
+        "{out}"
+    );
+    assert!(vm.guest_status().uptime_ms > uptime, "the VM kept running");
+    drop(major);
+
+    let newer = ImageSet::derived(
+        &f.artifacts,
+        &Changes {
+            build: "update-drill-2",
+            ..Changes::default()
+        },
+    );
+    let (code, out) = update(vm, &["--images", newer.path()]);
+    assert_eq!(code, Some(0), "{out}");
+    let image = vm.guest_status().image;
+    assert_eq!(
+        image.get("build").map(String::as_str),
+        Some("update-drill-2"),
+        "{image:?}"
+    );
+    assert_eq!(image.get("postgres"), newer.versions.get("postgres"));
+    let sets = vm.status().images.expect("the installed sets");
+    let current = sets.current.expect("the current set");
+    assert_eq!(current.versions, newer.versions);
+    assert_eq!(
+        sets.previous.map(|p| p.id).as_deref(),
+        Some("before-update")
+    );
+    let shown = text(&vm.cli("status", &[]));
+    assert!(
+        shown.contains(&format!(
+            "image set: set {} (build update-drill-2 · postgres ",
+            current.id
+        )) && shown.contains("kept for `update --rollback`: set before-update")
+            && shown.contains("image:    build update-drill-2"),
+        "{shown}"
+    );
+    assert_eq!(rows(vm), before);
+    assert!(
+        gitea_user_over_the_tailnet(f),
+        "Gitea's role reads its user on the new set"
+    );
+}
+
+/// `update --rollback` boots the kept set again and keeps the one it replaces.
+fn rollback_boots_the_kept_set(f: &mut Apps) {
+    let vm = &f.vm;
+    let before = rows(vm);
+    let (code, out) = update(vm, &["--rollback"]);
+    assert_eq!(code, Some(0), "{out}");
+    let image = vm.guest_status().image;
+    assert_eq!(image.get("build"), f.first_build.as_ref(), "{image:?}");
+    let sets = vm.status().images.expect("the installed sets");
+    assert_eq!(sets.current.map(|c| c.id).as_deref(), Some("before-update"));
+    let kept = sets.previous.expect("the set rolled back from is kept");
+    assert_eq!(
+        kept.versions.get("build").map(String::as_str),
+        Some("update-drill-2")
+    );
+    assert_eq!(rows(vm), before);
+}
+
+/// A power cut while `update` boots the new set (the command dies with the phone): the
+/// next `start` puts the files back, says so, and boots the set that was proven.
+fn a_cut_update_is_undone(f: &mut Apps) {
+    let vm = &f.vm;
+    let before = rows(vm);
+    let image = vm.guest_status().image;
+    let sets = vm.status().images;
+    let cut = ImageSet::derived(
+        &f.artifacts,
+        &Changes {
+            build: "update-drill-cut",
+            ..Changes::default()
+        },
+    );
+    let mut update = vm
+        .command("update", &["--images", cut.path()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start update");
+    let journal = vm.run_dir().join("update-journal.json");
+    let booting = wait_for(Duration::from_secs(120), Duration::from_millis(200), || {
+        let switched = std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"switched\""));
+        (switched && vm.pid_of("qemu-system").is_some()).then_some(())
+    });
+    assert!(booting.is_some(), "the update never switched and booted");
+    update.kill().expect("kill update");
+    update.wait().ok();
+    vm.power_cut();
+    assert!(
+        vm.home.path().join("root.img.previous").exists(),
+        "cut mid-way"
+    );
+
+    let out = vm.start_ok();
+    println!(
+        "{}",
+        out.lines()
+            .find(|l| l.contains("was interrupted"))
+            .unwrap_or("")
+    );
+    assert!(
+        out.contains("an update to set ")
+            && out.contains("(build update-drill-cut")
+            && out.contains("before the new set was proven: its files were put back"),
+        "{out}"
+    );
+    assert_eq!(vm.guest_status().image, image, "the proven set boots");
+    let after = vm.status().images.expect("the installed sets");
+    assert_eq!(
+        after.current,
+        sets.and_then(|s| s.current),
+        "the current set is as it was"
+    );
+    assert_eq!(
+        after.previous, None,
+        "the spare set was dropped when the new one was staged"
+    );
+    assert!(!journal.exists());
+    assert_eq!(rows(vm), before);
     let stopped = vm.stop();
     assert!(stopped.status.success(), "stop: {}", text(&stopped));
 }

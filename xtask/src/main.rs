@@ -23,6 +23,9 @@ enum Command {
         /// The architecture the set is built for.
         #[arg(long, value_name = "ARCH")]
         arch: Arch,
+        /// What the set is made of, by version (repeatable): `postgres=17.6-0+deb13u1`.
+        #[arg(long = "version", value_name = "KEY=VALUE", value_parser = parse_version)]
+        versions: Vec<(String, String)>,
         /// The artifact directory.
         dir: PathBuf,
         /// The files of the set, relative to DIR, in build order.
@@ -73,10 +76,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// `KEY=VALUE` for `manifest --version`.
+fn parse_version(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!(
+            "{s:?}: expected KEY=VALUE, e.g. postgres=17.6-0+deb13u1"
+        )),
+    }
+}
+
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Manifest { arch, dir, files } => {
-            let m = manifest::build(arch, &dir, &files)?;
+        Command::Manifest {
+            arch,
+            versions,
+            dir,
+            files,
+        } => {
+            let m = manifest::build(arch, &dir, &files, versions.into_iter().collect())?;
             let path = manifest::write(&dir, &m)?;
             eprintln!(
                 "wrote {} ({} files, {} deployed)",

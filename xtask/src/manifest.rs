@@ -85,7 +85,12 @@ pub fn size_and_sha256(path: &Path) -> std::io::Result<(u64, String)> {
 }
 
 /// The manifest of `names` (relative to `dir`) for `arch`, validated.
-pub fn build(arch: Arch, dir: &Path, names: &[String]) -> Result<Manifest, BuildError> {
+pub fn build(
+    arch: Arch,
+    dir: &Path,
+    names: &[String],
+    versions: protocol::release::Versions,
+) -> Result<Manifest, BuildError> {
     let mut files = Vec::with_capacity(names.len());
     for name in names {
         let bad = |why| BuildError::BadName {
@@ -108,7 +113,11 @@ pub fn build(arch: Arch, dir: &Path, names: &[String]) -> Result<Manifest, Build
             deploy,
         });
     }
-    let manifest = Manifest { arch, files };
+    let manifest = Manifest {
+        arch,
+        files,
+        versions,
+    };
     manifest.validate().map_err(|cause| BuildError::Invalid {
         dir: dir.to_path_buf(),
         cause,
@@ -167,7 +176,7 @@ mod tests {
         let names: Vec<String> = ["Image", "sovereign", "sovereign-init", "secrets/key"]
             .map(String::from)
             .to_vec();
-        let m = build(Arch::Arm64, dir.path(), &names).unwrap();
+        let m = build(Arch::Arm64, dir.path(), &names, Default::default()).unwrap();
         let path = write(dir.path(), &m).unwrap();
         assert_eq!(path, dir.path().join("manifest.json"));
         let back = Manifest::from_json(&std::fs::read_to_string(&path).unwrap()).unwrap();
@@ -201,7 +210,7 @@ mod tests {
         std::fs::write(dir.path().join("a"), b"a").unwrap();
         let err = |names: &[&str]| {
             let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
-            build(Arch::X86_64, dir.path(), &names)
+            build(Arch::X86_64, dir.path(), &names, Default::default())
                 .unwrap_err()
                 .to_string()
         };
@@ -221,6 +230,7 @@ mod tests {
             &Manifest {
                 arch: Arch::X86_64,
                 files: Vec::new(),
+                versions: Default::default(),
             },
         )
         .unwrap_err()

@@ -22,6 +22,31 @@ pub fn exists() -> bool {
     Path::new(CLUSTER_DIR).join("PG_VERSION").exists()
 }
 
+/// Refuses a cluster that the image's server cannot read: the data directory's
+/// `PG_VERSION` names another major than `bin` (`/usr/lib/postgresql/<major>/bin`)
+/// serves. A root image with another major reaches here only when the host could not
+/// tell beforehand; `sovereign update` then boots the previous set again.
+pub fn check_major(bin: &Path) -> Result<(), PgError> {
+    check_major_of(Path::new(CLUSTER_DIR), bin)
+}
+
+fn check_major_of(data: &Path, bin: &Path) -> Result<(), PgError> {
+    let Ok(text) = std::fs::read_to_string(data.join("PG_VERSION")) else {
+        return Ok(());
+    };
+    let data = text.trim().to_string();
+    let image = bin
+        .parent()
+        .and_then(Path::file_name)
+        .map(|m| m.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if data == image {
+        Ok(())
+    } else {
+        Err(PgError::MajorMismatch { data, image })
+    }
+}
+
 /// Removes what an initdb or a copy that never finished left behind; returns one line
 /// for each, saying what happened.
 pub fn clear_unfinished() -> Result<Vec<String>, PgError> {
@@ -141,5 +166,20 @@ mod tests {
         );
         assert!(!initdb.exists());
         assert!(clear_unfinished_in(&dirs).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_data_directory_of_another_major_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin17 = dir.path().join("usr/lib/postgresql/17/bin");
+        check_major_of(dir.path(), &bin17).unwrap();
+        std::fs::write(dir.path().join("PG_VERSION"), "17\n").unwrap();
+        check_major_of(dir.path(), &bin17).unwrap();
+        let bin18 = dir.path().join("usr/lib/postgresql/18/bin");
+        let e = check_major_of(dir.path(), &bin18).unwrap_err().to_string();
+        assert!(
+            e.contains("data directory is PostgreSQL 17") && e.contains("server is PostgreSQL 18"),
+            "{e}"
+        );
     }
 }

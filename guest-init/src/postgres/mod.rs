@@ -48,6 +48,8 @@ pub const STARTUP_LOG: &str = "/data/postgres/startup.log";
 pub enum PgError {
     #[error("no PostgreSQL server under /usr/lib/postgresql/*/bin in the root image")]
     NotInstalled,
+    #[error("the data directory is PostgreSQL {data}, the root image's server is PostgreSQL {image}: it cannot read it (a major upgrade is not supported yet; boot the previous image set: `sovereign update --rollback`)")]
+    MajorMismatch { data: String, image: String },
     #[error("user 'postgres' not found in /etc/passwd")]
     NoUser,
     #[error("preparing the server's files: {0}")]
@@ -115,6 +117,7 @@ impl Postgres {
             log::warn!("postgres: {said}");
         }
         if cluster::exists() {
+            cluster::check_major(&bin)?;
             clear_stale_lock(data, &crate::lifecycle::pids::named("postgres"))?;
         }
         owned_files::prepare_dir(Path::new(SOCKET_DIR), 0o2775, account.owner())?;

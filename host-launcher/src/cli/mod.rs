@@ -304,6 +304,24 @@ pub enum Command {
         #[command(subcommand)]
         action: DiskAction,
     },
+    /// Boot a new image set (kernel and root image: a PostgreSQL minor release, a
+    /// tailscale update, a new PID 1) and keep the current one until the new one is
+    /// proven: when any stage fails, the current set boots again by itself and the
+    /// command says why. `--rollback` goes back on purpose. The data disk is never
+    /// touched; a set with another PostgreSQL major version is refused. A power cut
+    /// during an update is undone by the next `start`.
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["images", "rollback"])))]
+    Update {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// An artifact set (`build` on the developer's machine; on a phone, what
+        /// `deploy --update` pushed): its manifest.json, kernel and root.img.
+        #[arg(long, value_name = "DIR")]
+        images: Option<PathBuf>,
+        /// Boot the set kept by the last update again (the current one is kept in turn).
+        #[arg(long)]
+        rollback: bool,
+    },
     /// Start the VM by itself after the phone reboots: installs a boot script in the
     /// root manager's boot-script directory (/data/adb/service.d, run by KernelSU and
     /// Magisk) that waits for Android to finish booting, then runs `start`.

@@ -26,7 +26,15 @@ pub struct DeployArgs {
     /// The adb program [default: adb from PATH].
     #[arg(long, value_name = "PATH")]
     pub adb: Option<PathBuf>,
+    /// A new set for a phone that runs the VM already: push it, with its manifest, to
+    /// <dest>/incoming (the running set is not touched) and print the `sovereign
+    /// update` that boots it and goes back by itself if it fails.
+    #[arg(long)]
+    pub update: bool,
 }
+
+/// Where `deploy --update` puts a new set, under the destination.
+pub const INCOMING: &str = "incoming";
 
 /// Runs `deploy`; returns the exit code.
 pub fn run(args: &DeployArgs, env: &HostEnv) -> anyhow::Result<i32> {
@@ -50,11 +58,17 @@ pub fn run(args: &DeployArgs, env: &HostEnv) -> anyhow::Result<i32> {
                 searched: "searched PATH, beside sovereign and the tool cache".into(),
             })?,
     };
+    let base = args.dest.trim_end_matches('/').to_string();
     let opts = Options {
         artifacts,
-        dest: args.dest.clone(),
+        dest: if args.update {
+            format!("{base}/{INCOMING}")
+        } else {
+            base.clone()
+        },
         serial: args.serial.clone(),
         adb,
+        with_manifest: args.update,
     };
     let summary = deploy::deploy(&opts, &mut |line| println!("  {line}"))?;
     let dest = opts.dest.trim_end_matches('/');
@@ -77,6 +91,24 @@ pub fn run(args: &DeployArgs, env: &HostEnv) -> anyhow::Result<i32> {
         Some(s) => format!(" -s {}", quote(s)?),
         None => String::new(),
     };
+    let serial_flag = serial.clone();
+    if args.update {
+        let update = format!(
+            "{} update {} --images {}",
+            quote(&format!("{base}/sovereign"))?,
+            if base == DEFAULT_DEST {
+                "--sql".to_string()
+            } else {
+                format!("--spec {}", quote(&format!("{base}/sql.toml"))?)
+            },
+            quote(dest)?
+        );
+        println!(
+            "next: adb{serial_flag} shell {}",
+            local_word(&deploy::remote::su(&update)?)?
+        );
+        return Ok(0);
+    }
     let launcher = quote(&format!("{dest}/sovereign"))?;
     let start = if dest == DEFAULT_DEST {
         format!("{launcher} start --sql")

@@ -20,6 +20,7 @@ pub mod start;
 pub mod status;
 pub mod stop;
 pub mod test;
+pub mod update;
 
 use crate::ipc::{Client, Reply, Request};
 use crate::rundir::RunDir;

@@ -20,12 +20,30 @@ use std::time::{Duration, Instant};
 /// How the built-in spec is named in messages (see [`crate::cli::VmArgs::load`]).
 pub const BUILTIN: &str = "built-in sql";
 
-/// Runs `start`; returns the exit code. `request` is for this start's first boot only
+/// Runs `start`: first finishes or undoes what an interrupted `update` left (and says
+/// which), then [`launch`]es. Returns the exit code.
+pub async fn run(
+    spec: Spec,
+    env: &HostEnv,
+    source_name: &str,
+    dry_run: bool,
+    request: Option<BootRequest>,
+    export: Option<PathBuf>,
+) -> anyhow::Result<i32> {
+    if !dry_run && super::connect(&spec).await.is_none() {
+        if let Some(said) = crate::update::journal::recover(&spec)? {
+            println!("  ! {said}");
+        }
+    }
+    launch(spec, env, source_name, dry_run, request, export).await
+}
+
+/// Boots the VM and waits for it; returns the exit code. `request` is for this start's first boot only
 /// (`rejoin`, `restore --new-disk`): the supervisor hands it to that boot and to no
 /// other, so a restart after a crash never repeats it. `export` (an opened export,
 /// for `restore --new-disk --from-export`) is sent to the guest once its control
 /// channel is up; the boot restores from it.
-pub async fn run(
+pub async fn launch(
     spec: Spec,
     env: &HostEnv,
     source_name: &str,

@@ -12,6 +12,10 @@ use crate::terminal::{human_duration, mark};
 pub async fn gather(spec: &Spec) -> VmStatus {
     let mut status = gather_vm(spec).await;
     status.autostart = crate::autostart::installed(&crate::paths::HostEnv::detect(), &spec.name);
+    status.images = crate::run_files::image_sets(&RunDir::new(&spec.run_dir))
+        .read()
+        .ok()
+        .flatten();
     if status.control_connected {
         status.database = super::db::view(spec).await;
         status.replication = super::replica::status(spec).await;
@@ -193,6 +197,9 @@ pub fn render(s: &VmStatus) -> String {
         );
     }
     render_alerts(&mut o, &s.alerts);
+    if let Some(sets) = &s.images {
+        crate::update::render_status(&mut o, sets);
+    }
     let refused = &s.control_refused;
     if refused.count > 0 {
         let ago = u64::try_from(now_unix())
@@ -243,6 +250,9 @@ pub fn render(s: &VmStatus) -> String {
                     p.version,
                     p.listen.join(" ")
                 );
+            }
+            if !g.image.is_empty() {
+                let _ = writeln!(o, "    image:    {}", protocol::release::summary(&g.image));
             }
             if let Some(d) = &g.data_disk {
                 let _ = writeln!(

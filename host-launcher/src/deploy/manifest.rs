@@ -132,6 +132,7 @@ mod tests {
     fn loads_what_the_writer_writes_and_checks_the_arch() {
         let m = Manifest {
             arch: Arch::Arm64,
+            versions: Default::default(),
             files: vec![
                 entry("Image", 0o644, true),
                 entry("sovereign", 0o755, true),
@@ -188,6 +189,7 @@ mod tests {
 
         let m = Manifest {
             arch: Arch::Arm64,
+            versions: Default::default(),
             files: vec![entry("sovereign-init", 0o644, false)],
         };
         let (dir, loaded) = load_text(&m.to_json());

@@ -171,6 +171,9 @@ pub struct Options {
     pub serial: Option<String>,
     /// The adb program.
     pub adb: PathBuf,
+    /// Push manifest.json too, so `sovereign update --images DEST` on the phone can
+    /// check the set (`deploy --update`).
+    pub with_manifest: bool,
 }
 
 /// What a deploy did.
@@ -223,7 +226,13 @@ pub fn deploy(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
     let dest = o.dest.trim_end_matches('/').to_string();
     let m = Loaded::load(&o.artifacts)?;
     m.require_arch(PHONE_ARCH)?;
-    let files = m.to_deploy()?;
+    let mut files = m.to_deploy()?;
+    let manifest_entry = if o.with_manifest {
+        Some(manifest_as_entry(&m.path)?)
+    } else {
+        None
+    };
+    files.extend(manifest_entry.as_ref());
     check_local_sizes(&o.artifacts, &files)?;
 
     let mut adb = Adb::new(o.adb.clone());
@@ -347,6 +356,21 @@ pub fn deploy(o: &Options, progress: &mut dyn FnMut(&str)) -> Result<Summary, De
         bytes_pushed: changed.iter().map(|(_, e)| e.size).sum(),
         pushed: changed.iter().map(|(_, e)| e.name.clone()).collect(),
         unchanged: unchanged.iter().map(|(_, e)| e.name.clone()).collect(),
+    })
+}
+
+/// manifest.json itself as a file to push (the manifest cannot list itself).
+fn manifest_as_entry(path: &std::path::Path) -> Result<ManifestEntry, DeployError> {
+    let read = |cause| DeployError::LocalRead {
+        path: path.to_path_buf(),
+        cause,
+    };
+    Ok(ManifestEntry {
+        name: manifest::FILE_NAME.to_string(),
+        size: std::fs::metadata(path).map_err(read)?.len(),
+        sha256: sha256_file(path).map_err(read)?,
+        mode: manifest::FileMode(0o644),
+        deploy: true,
     })
 }
 
