@@ -255,8 +255,15 @@ pub fn learn_name(spec: &Spec, tailnet_name: &str) -> Result<bool, TlsError> {
     Ok(true)
 }
 
+/// Where the server certificate last issued is kept (public; its key is not kept), for
+/// the `certificate-expiring` alert and for a user who wants to read it.
+pub fn server_certificate_path(spec: &Spec) -> PathBuf {
+    spec.secrets_dir.join(format!("{}-server.crt", spec.name))
+}
+
 /// A new server certificate for the VM's tailnet names ([`server_names`]), signed by
-/// the CA: (certificate PEM, PKCS#8 key PEM).
+/// the CA: (certificate PEM, PKCS#8 key PEM). The certificate (not its key) is written
+/// to [`server_certificate_path`].
 pub fn server_certificate(spec: &Spec) -> Result<(String, String), TlsError> {
     let (ca_key, ca) = ensure_ca(spec)?;
     let key = SigningKey::random(&mut rand_core::OsRng);
@@ -288,7 +295,11 @@ pub fn server_certificate(spec: &Spec) -> Result<(String, String), TlsError> {
         &ca,
         &P256::new(ca_key).into_key_pair()?,
     )?;
-    Ok((leaf.pem(), key_pem))
+    let pem = leaf.pem();
+    let path = server_certificate_path(spec);
+    crate::secrets::write_private(&path, pem.as_bytes())
+        .map_err(|source| TlsError::Write { path, source })?;
+    Ok((pem, key_pem))
 }
 
 #[cfg(test)]

@@ -44,6 +44,8 @@ pub enum Condition {
     ReplicaLagging,
     /// A replication slot holds 25% of the data disk or more (critical from 50%).
     SlotRetainsTooMuch,
+    /// The VM's CA or server certificate expires within 30 days (critical within 7).
+    CertificateExpiring,
     /// Only sent by `sovereign alerts test`: proves a sink works.
     Test,
 }
@@ -68,6 +70,7 @@ impl Condition {
             Condition::ReplicaDisconnected => "replica-disconnected",
             Condition::ReplicaLagging => "replica-lagging",
             Condition::SlotRetainsTooMuch => "slot-retains-too-much",
+            Condition::CertificateExpiring => "certificate-expiring",
             Condition::Test => "test",
         }
     }
@@ -128,6 +131,7 @@ mod tests {
             Condition::ReplicaDisconnected,
             Condition::ReplicaLagging,
             Condition::SlotRetainsTooMuch,
+            Condition::CertificateExpiring,
             Condition::Test,
         ] {
             assert_eq!(

@@ -1,8 +1,10 @@
 //! Alerts: the supervisor reads the VM's status at an interval, names the conditions
 //! that hold ([`conditions`], [`replication`] when it has a peer), raises, repeats and clears them ([`tracker`]), and tells
 //! the user through the spec's sinks ([`phone`], [`webhook`]) from a thread of their own
-//! ([`dispatch`]). `sovereign alerts test` sends one notice through every sink.
+//! ([`dispatch`]); [`certificates`] watches the TLS certificates' expiry. `sovereign alerts
+//! test` sends one notice through every sink.
 
+pub mod certificates;
 pub mod conditions;
 pub mod dispatch;
 pub mod notice;

@@ -69,7 +69,15 @@ async fn watch(spec: Spec, cmd: mpsc::Sender<Command>, active: ActiveAlerts, out
             continue;
         }
         let now = now_unix();
-        let mut found = evaluate(&s, &spec.backup, i64::try_from(now).unwrap_or(i64::MAX));
+        let now_secs = i64::try_from(now).unwrap_or(i64::MAX);
+        let mut found = evaluate(&s, &spec.backup, now_secs);
+        let (_, ca) = crate::tls::ca_paths(&spec);
+        let server = crate::tls::server_certificate_path(&spec);
+        let certs = [
+            ("CA", ca.as_path()),
+            ("server certificate", server.as_path()),
+        ];
+        found.extend(crate::alerts::certificates::check(&certs, now_secs));
         let mut answered = s.guest.is_some();
         if spec.replication.is_some() && answered {
             match replication_conditions(&cmd, &spec, &s).await {
