@@ -116,6 +116,18 @@ pub enum Phase {
     NotRunning,
 }
 
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Booting => "booting",
+            Phase::Up => "up",
+            Phase::Failed => "failed",
+            Phase::Stopping => "stopping",
+            Phase::NotRunning => "not running",
+        })
+    }
+}
+
 /// A process of the VM as `status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessInfo {

@@ -150,13 +150,7 @@ pub fn render_alerts(o: &mut String, alerts: &[protocol::alerts::ActiveAlert]) {
 pub fn render(s: &VmStatus) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
-    let phase = match s.phase {
-        Phase::Booting => "booting",
-        Phase::Up => "up",
-        Phase::Failed => "failed",
-        Phase::Stopping => "stopping",
-        Phase::NotRunning => "not running",
-    };
+    let phase = s.phase;
     let age = s
         .elapsed_ms
         .map(|m| format!(", for {}", human_duration(m)))

@@ -30,11 +30,7 @@ pub async fn run(spec: &Spec) -> anyhow::Result<i32> {
     let mut c = Checks { failed: 0 };
     println!("testing VM {} (wait_for = {}):", spec.name, spec.wait_for);
     let s = gather(&spec).await;
-    c.check(
-        s.phase == Phase::Up,
-        "supervisor",
-        format!("{:?}", s.phase).to_lowercase(),
-    );
+    c.check(s.phase == Phase::Up, "supervisor", s.phase.to_string());
     for p in &s.processes {
         c.check(
             p.alive,
@@ -50,6 +46,10 @@ pub async fn run(spec: &Spec) -> anyhow::Result<i32> {
         );
     }
     if s.phase == Phase::NotRunning {
+        println!(
+            "VM {} is not running: `sovereign start` boots it",
+            spec.name
+        );
         return Ok(finish(c));
     }
     match super::call(&spec, &Request::Ping).await {
