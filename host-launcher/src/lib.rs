@@ -17,6 +17,7 @@ pub mod control;
 pub mod deploy;
 pub mod disk_grow;
 pub mod disk_image;
+pub mod doctor;
 pub mod guest_clock;
 pub mod ipc;
 pub mod kernel;

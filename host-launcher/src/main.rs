@@ -249,6 +249,16 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 };
                 run(spec, &env, &source, action).await
             }
+            Command::Doctor { vm } => {
+                let (spec, source) = vm.load(&env)?;
+                print!(
+                    "{}",
+                    sovereign::doctor::render(&sovereign::doctor::facts(&spec, &env))
+                );
+                println!("preflight for VM {} ({source}):", spec.name);
+                print!("{}", sovereign::preflight::run(&spec, &env));
+                Ok(0)
+            }
             Command::Logs { vm, log } => {
                 sovereign::commands::logs::logs(&vm.load(&env)?.0, log.to_guest_log()).await
             }

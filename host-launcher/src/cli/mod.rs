@@ -322,6 +322,14 @@ pub enum Command {
         #[arg(long)]
         rollback: bool,
     },
+    /// What this device can do for Sovereign, on one screen to attach to a report:
+    /// Android's release, the kernel, the hypervisor's properties, crosvm's version and
+    /// flags, the device nodes, the root manager, SELinux, free space; then the
+    /// preflight of the VM's spec. Holds no secrets and no serials.
+    Doctor {
+        #[command(flatten)]
+        vm: VmArgs,
+    },
     /// Start the VM by itself after the phone reboots: installs a boot script in the
     /// root manager's boot-script directory (/data/adb/service.d, run by KernelSU and
     /// Magisk) that waits for Android to finish booting, then runs `start`.

@@ -14,7 +14,7 @@ pub const PROTECTED_VM_SUPPORTED: &str = "ro.boot.hypervisor.protected_vm.suppor
 
 /// One property through `getprop`: `Some("")` when it is unset, `None` when `getprop`
 /// cannot be run.
-fn getprop(env: &HostEnv, name: &str) -> Option<String> {
+pub(crate) fn getprop(env: &HostEnv, name: &str) -> Option<String> {
     let prog = env.find_tool("getprop")?;
     let out = Command::new(prog).arg(name).output().ok()?;
     out.status

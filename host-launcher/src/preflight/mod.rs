@@ -12,7 +12,7 @@
 
 mod access;
 mod cid;
-mod hypervisor;
+pub(crate) mod hypervisor;
 mod software;
 mod storage;
 
