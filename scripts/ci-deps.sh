@@ -34,7 +34,7 @@ backports_pkgs=(qemu-system-x86 qemu-system-arm qemu-user-static qemu-utils linu
 pkgs=(bc flex bison libelf-dev libssl-dev dwarves gcc gcc-aarch64-linux-gnu libc6-dev-arm64-cross make cpio xz-utils
       zstd rsync mmdebstrap e2fsprogs iproute2 postgresql-client jq curl ca-certificates
       binfmt-support dpkg-dev busybox-static kmod file arch-test nftables
-      openssh-server openssh-client openssl fonts-dejavu-core iperf3 prometheus)
+      openssh-server openssh-client openssl fonts-dejavu-core iperf3 prometheus toybox)
 missing=()
 for p in "${pkgs[@]}" "${backports_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

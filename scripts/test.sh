@@ -17,6 +17,10 @@
 #      ready in a tailnet lab, answering psql from the second node. With a cold cache
 #      its kernel (~10 min) and Debian tree (~15 min) are built at the lowest CPU
 #      priority while step 4's drills run; SOVEREIGN_ARM64_BOOT=0 leaves it out
+#   7. the phone guide (docs/phone.md), its own commands in its order, on a fake phone
+#      with Android's userland (arm64 toybox and mksh; scripts/phone-userland.sh), the
+#      arm64 set deployed through an adb that enters it, and crosvm's options checked
+#      against the record of a real crosvm (tests/fixtures/crosvm/run-options.txt)
 # --heavy (or SOVEREIGN_HEAVY_TESTS=1) adds the drills that spend minutes waiting on real
 # timeouts (a full backup killed mid-way, the SFTP server away and back, retention with
 # the guest's clock days ahead, a full backup disk, a lost backup disk refilled), power
@@ -132,6 +136,10 @@ if [ "$arm64_boot" = 1 ]; then
   arm64=$(scripts/build-images.sh --arch arm64 | tail -n1)
   SOVEREIGN_ARM64_ARTIFACTS=$arm64 \
     cargo test -p sovereign-tests --locked --test arm64 -- --include-ignored --test-threads=1
+  step "the phone guide rehearsed on Android's userland (arm64 toybox and mksh, the aarch64 sovereign; no boot: this kernel has no vhost-vsock)"
+  userland=$(scripts/phone-userland.sh | tail -n1)
+  SOVEREIGN_ARM64_ARTIFACTS=$arm64 SOVEREIGN_PHONE_USERLAND=$userland \
+    cargo test -p sovereign-tests --locked --test phone -- --include-ignored --nocapture --test-threads=1
 else
   log "arm64 boot test skipped (SOVEREIGN_ARM64_BOOT=$arm64_boot)"
 fi

@@ -16,6 +16,7 @@ pub mod image_set;
 pub mod lab;
 pub mod load;
 pub mod netns;
+pub mod phone;
 pub mod primaries;
 pub mod process;
 pub mod prometheus;

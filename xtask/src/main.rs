@@ -2,6 +2,7 @@
 //! Rust types the launcher and the tests use. Each subcommand prints its answer on
 //! stdout; failures go to stderr with a non-zero exit.
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use protocol::Arch;
 use std::path::PathBuf;
@@ -39,6 +40,13 @@ enum Command {
         /// Fail (exit 1, naming the file and what it is) unless FILE is for ARCH.
         #[arg(long, value_name = "ARCH")]
         expect: Option<Arch>,
+    },
+    /// Prints the options of `crosvm run` declared in crosvm's src/crosvm/cmdline.rs
+    /// (one per line: --long [-s], switch|option, its #[cfg]), the record
+    /// tests/fixtures/crosvm/run-options.txt is made from.
+    CrosvmOptions {
+        /// crosvm's src/crosvm/cmdline.rs.
+        cmdline_rs: PathBuf,
     },
     /// Prints the kernel image file name for ARCH (bzImage, Image).
     ImageName {
@@ -111,6 +119,15 @@ fn run(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::ImageName { arch } => println!("{}", arch.image_name()),
+        Command::CrosvmOptions { cmdline_rs } => {
+            let text = std::fs::read_to_string(&cmdline_rs)
+                .with_context(|| format!("cannot read {}", cmdline_rs.display()))?;
+            let options = xtask::crosvm_options::run_options(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", cmdline_rs.display()))?;
+            for o in options {
+                println!("{o}");
+            }
+        }
         Command::MuslTarget { arch } => println!("{}", arch.musl_target()),
         Command::DebianArch { arch } => println!("{}", arch.debian_name()),
         Command::ModuleCycles { src, max } => {
