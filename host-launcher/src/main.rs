@@ -249,12 +249,13 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 };
                 run(spec, &env, &source, action).await
             }
-            Command::Doctor { vm } => {
+            Command::Doctor { vm, try_vm } => {
                 let (spec, source) = vm.load(&env)?;
-                print!(
-                    "{}",
-                    sovereign::doctor::render(&sovereign::doctor::facts(&spec, &env))
-                );
+                let mut facts = sovereign::doctor::facts(&spec, &env);
+                if try_vm {
+                    facts.extend(sovereign::doctor::trial::try_modes(&spec, &env));
+                }
+                print!("{}", sovereign::doctor::render(&facts));
                 println!("preflight for VM {} ({source}):", spec.name);
                 print!("{}", sovereign::preflight::run(&spec, &env));
                 Ok(0)

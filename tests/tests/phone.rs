@@ -531,4 +531,16 @@ fn doctor_reports_the_phone(r: &mut Rehearsal) {
         assert!(out.contains(want), "{want:?} in:\n{out}");
     }
     assert!(!out.contains("REHEARSAL0SERIAL"), "{out}");
+    // The trial VMs' command lines are ones crosvm accepts; the stand-in then boots none.
+    let o = r.on_phone("doctor --sql --try-vm");
+    let out = text(&o);
+    for mode in ["ordinary VM", "protected VM"] {
+        assert!(
+            out.lines().any(|l| l.contains(mode)
+                && l.contains(
+                    "(exit status: 3): crosvm stand-in: every option is one this crosvm has"
+                )),
+            "{mode} in:\n{out}"
+        );
+    }
 }

@@ -329,6 +329,10 @@ pub enum Command {
     Doctor {
         #[command(flatten)]
         vm: VmArgs,
+        /// Also start a VM with the spec's kernel and nothing else, ordinary and protected,
+        /// for up to 10 s each: whether this phone's hypervisor runs one at all.
+        #[arg(long)]
+        try_vm: bool,
     },
     /// Start the VM by itself after the phone reboots: installs a boot script in the
     /// root manager's boot-script directory (/data/adb/service.d, run by KernelSU and

@@ -3,7 +3,10 @@
 //! key; Android's release and the phone's model, the kernel, the hypervisor properties,
 //! crosvm's version and the flags its `run --help` lists, the device nodes, the root
 //! manager and its boot-script directory, SELinux's mode and the free space where the
-//! VM's files live. The spec's preflight follows it.
+//! VM's files live. The spec's preflight follows it; with `--try-vm`, a short trial
+//! of each VM mode ([`trial`]).
+
+pub mod trial;
 
 use crate::paths::HostEnv;
 use crate::preflight::hypervisor::{getprop, PROTECTED_VM_SUPPORTED, VM_SUPPORTED};
@@ -21,7 +24,7 @@ pub struct Fact {
     pub found: String,
 }
 
-fn fact(name: &'static str, found: impl Into<String>) -> Fact {
+pub(crate) fn fact(name: &'static str, found: impl Into<String>) -> Fact {
     Fact {
         name,
         found: found.into(),
