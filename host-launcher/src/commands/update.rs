@@ -227,7 +227,19 @@ async fn switch_and_prove(
     journal.record(&file)?;
     slots::switch(&journal.slots)?;
     println!("  switched to {}; booting it", journal.to.describe());
-    if super::start::launch(spec.clone(), env, source, false, None, None).await? == 0 {
+    let booted = match super::start::launch(spec.clone(), env, source, false, None, None).await {
+        Ok(code) => code,
+        Err(e) => {
+            // The new set never ran: the files go back before the error is told.
+            journal.undo()?;
+            file.remove()?;
+            return Err(e.context(format!(
+                "booting {} (the files were put back)",
+                journal.to.describe()
+            )));
+        }
+    };
+    if booted == 0 {
         let sets = ImageSets {
             current: Some(journal.to.clone()),
             previous: journal.from.clone(),
