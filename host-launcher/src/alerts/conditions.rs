@@ -82,7 +82,54 @@ pub fn evaluate(status: &VmStatus, backup: &BackupSpec, now: i64) -> Vec<Found> 
         )),
         _ => {}
     }
+    if let Some(f) = restarting(&guest.services) {
+        out.push(f);
+    }
     out
+}
+
+/// Restarts in one boot from which a guest service counts as one that keeps
+/// restarting (a single crash, brought back by PID 1, is not worth a notification).
+pub const SERVICE_RESTARTS_WARNING: u32 = 3;
+/// Restarts in one boot from which that is critical (as is being down at the check).
+pub const SERVICE_RESTARTS_CRITICAL: u32 = 10;
+
+/// `service-restarting`: the services PID 1 restarted [`SERVICE_RESTARTS_WARNING`] times
+/// or more this boot, in one notice; critical when one of them is down now or reached
+/// [`SERVICE_RESTARTS_CRITICAL`].
+fn restarting(services: &[protocol::messages::ServiceStatus]) -> Option<Found> {
+    let many: Vec<_> = services
+        .iter()
+        .filter(|s| s.restarts >= SERVICE_RESTARTS_WARNING)
+        .collect();
+    if many.is_empty() {
+        return None;
+    }
+    let critical = many
+        .iter()
+        .any(|s| s.pid.is_none() || s.restarts >= SERVICE_RESTARTS_CRITICAL);
+    let said: Vec<String> = many
+        .iter()
+        .map(|s| match s.pid {
+            Some(pid) => format!(
+                "{} restarted {} times this boot (running again, pid {pid})",
+                s.name, s.restarts
+            ),
+            None => format!(
+                "{} restarted {} times this boot and is down now",
+                s.name, s.restarts
+            ),
+        })
+        .collect();
+    Some(found(
+        Condition::ServiceRestarting,
+        if critical {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        },
+        format!("{}: see `sovereign logs {}`", said.join("; "), many[0].name),
+    ))
 }
 
 /// A disk at or past [`DISK_WARNING_PERCENT`].
@@ -281,6 +328,53 @@ mod tests {
             ..BackupStatus::default()
         };
         assert_eq!(evaluate(&status_with(b), &spec(), NOW), []);
+    }
+
+    #[test]
+    fn a_service_that_keeps_restarting_is_raised_and_one_crash_is_not() {
+        let service =
+            |name: &str, pid: Option<u32>, restarts: u32| protocol::messages::ServiceStatus {
+                name: name.into(),
+                pid,
+                restarts,
+            };
+        let with = |services| {
+            let mut s = base();
+            s.guest = Some(GuestStatus {
+                services,
+                ..GuestStatus::default()
+            });
+            evaluate(&s, &spec(), NOW)
+        };
+        assert_eq!(
+            with(vec![
+                service("postgres", None, 1),
+                service("tailscaled", Some(9), 2)
+            ]),
+            []
+        );
+        let warned = with(vec![service("postgres", Some(42), 3)]);
+        assert_eq!(
+            conditions(&warned),
+            [(Condition::ServiceRestarting, Severity::Warning)]
+        );
+        assert_eq!(
+            warned[0].summary,
+            "postgres restarted 3 times this boot (running again, pid 42): see `sovereign logs postgres`"
+        );
+        let down = with(vec![
+            service("tailscaled", None, 4),
+            service("postgres", Some(1), 0),
+        ]);
+        assert_eq!(
+            conditions(&down),
+            [(Condition::ServiceRestarting, Severity::Critical)]
+        );
+        assert!(down[0]
+            .summary
+            .contains("tailscaled restarted 4 times this boot and is down now"));
+        let many = with(vec![service("postgres", Some(7), 10)]);
+        assert_eq!(many[0].severity, Severity::Critical);
     }
 
     #[test]
