@@ -20,8 +20,14 @@ use std::time::{Duration, Instant};
 /// How the built-in spec is named in messages (see [`crate::cli::VmArgs::load`]).
 pub const BUILTIN: &str = "built-in sql";
 
-/// Runs `start`: first finishes or undoes what an interrupted `update` left (and says
-/// which), then [`launch`]es. Returns the exit code.
+/// Runs `start`; returns the exit code. An update that a power cut or a killed
+/// `update` left unfinished is undone first, and said (an update's own boot is not:
+/// [`crate::update::journal::recover`] leaves the journal of this process alone).
+/// `request` is for this start's first boot only
+/// (`rejoin`, `restore --new-disk`): the supervisor hands it to that boot and to no
+/// other, so a restart after a crash never repeats it. `export` (an opened export,
+/// for `restore --new-disk --from-export`) is sent to the guest once its control
+/// channel is up; the boot restores from it.
 pub async fn run(
     spec: Spec,
     env: &HostEnv,
@@ -35,22 +41,6 @@ pub async fn run(
             println!("  ! {said}");
         }
     }
-    launch(spec, env, source_name, dry_run, request, export).await
-}
-
-/// Boots the VM and waits for it; returns the exit code. `request` is for this start's first boot only
-/// (`rejoin`, `restore --new-disk`): the supervisor hands it to that boot and to no
-/// other, so a restart after a crash never repeats it. `export` (an opened export,
-/// for `restore --new-disk --from-export`) is sent to the guest once its control
-/// channel is up; the boot restores from it.
-pub async fn launch(
-    spec: Spec,
-    env: &HostEnv,
-    source_name: &str,
-    dry_run: bool,
-    request: Option<BootRequest>,
-    export: Option<PathBuf>,
-) -> anyhow::Result<i32> {
     let problems = validate::validate(&spec, env);
     if !problems.is_empty() {
         eprintln!(

@@ -116,6 +116,7 @@ async fn stage_images(
         slots: slots.to_vec(),
         to: c.set.clone(),
         from: sets.current.clone().or_else(|| in_place(running.as_ref())),
+        pid: std::process::id(),
     };
     journal.record(&journal::file(spec))?;
     if let Some(old) = &sets.previous {
@@ -186,6 +187,7 @@ fn stage_rollback(
         slots: slots.to_vec(),
         to: previous.clone(),
         from: Some(current.clone()),
+        pid: std::process::id(),
     };
     journal.record(&journal::file(spec))?;
     slots::stage_previous(slots)?;
@@ -227,7 +229,7 @@ async fn switch_and_prove(
     journal.record(&file)?;
     slots::switch(&journal.slots)?;
     println!("  switched to {}; booting it", journal.to.describe());
-    let booted = match super::start::launch(spec.clone(), env, source, false, None, None).await {
+    let booted = match super::start::run(spec.clone(), env, source, false, None, None).await {
         Ok(code) => code,
         Err(e) => {
             // The new set never ran: the files go back before the error is told.
@@ -269,7 +271,7 @@ async fn switch_and_prove(
     );
     journal.undo()?;
     file.remove()?;
-    if super::start::launch(spec.clone(), env, source, false, None, None).await? == 0 {
+    if super::start::run(spec.clone(), env, source, false, None, None).await? == 0 {
         println!(
             "✓ VM {} runs {} again; the update was not applied ({} {why})",
             spec.name,

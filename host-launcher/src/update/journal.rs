@@ -35,6 +35,9 @@ pub struct Journal {
     pub to: InstalledSet,
     /// The set it replaces, when `update` installed that one too.
     pub from: Option<InstalledSet>,
+    /// The `update` process that wrote it: its own boots leave the journal alone.
+    #[serde(default)]
+    pub pid: u32,
 }
 
 impl Journal {
@@ -73,12 +76,16 @@ pub fn file(spec: &Spec) -> RunFile<Journal> {
 }
 
 /// Undoes an update a power cut or a killed `update` left unfinished; what it did, in
-/// one sentence, or `None` when there was nothing to undo.
+/// one sentence, or `None` when there was nothing to undo (or the journal is this
+/// process's own, whose update is under way).
 pub fn recover(spec: &Spec) -> Result<Option<String>, UpdateError> {
     let file = file(spec);
     let Some(journal) = file.read()? else {
         return Ok(None);
     };
+    if journal.pid == std::process::id() {
+        return Ok(None); // this process's own update, booting its new set
+    }
     journal.undo()?;
     file.remove()?;
     let what = match journal.staging {

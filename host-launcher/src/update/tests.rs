@@ -142,7 +142,15 @@ fn the_next_start_undoes_an_update_a_power_cut_left_and_says_so() {
         slots: slots.clone(),
         to: c.set.clone(),
         from: None,
+        pid: std::process::id(),
     };
+    j.record(&journal::file(&spec)).unwrap();
+    // This process's own update in progress is left alone; one written by another
+    // process (here: one that is gone) is undone.
+    j.record(&journal::file(&spec)).unwrap();
+    assert_eq!(journal::recover(&spec).unwrap(), None);
+    let mut j = j;
+    j.pid = 0;
     j.record(&journal::file(&spec)).unwrap();
     // The cut: the kernel switched, the root image not yet.
     std::fs::rename(&slots[0].path, slots[0].previous()).unwrap();
