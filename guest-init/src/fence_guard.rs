@@ -1,20 +1,35 @@
-//! The fence, kept running: a primary with a peer asks the peer what it is every few
-//! seconds and, when the fence's rules ([`crate::postgres::replication::fence`]) say the
+//! The fence, kept running: a primary with peers asks them what they are every few
+//! seconds and, when the fence's rules ([`crate::postgres::replication::fence`]) say a
 //! peer is the primary, stops postgres at once and keeps its data. A fenced node stays
 //! fenced until `sovereign rejoin`; the stage and status say so. The check also runs
 //! before postgres first opens on a tailnet address that came up after boot
-//! ([`crate::upkeep::follow_tailnet`]), so a primary that could not reach its peer at
+//! ([`crate::upkeep::follow_tailnet`]), so a primary that could not reach its peers at
 //! boot is judged before it can take writes from the tailnet.
+//!
+//! On a replica the same check follows the primary: when its WAL receiver has not
+//! streamed for [`FOLLOW_AFTER`] checks and another peer answers as this cluster's
+//! primary (one promoted after the old primary was lost), the replica streams from it
+//! (`recovery_target_timeline = latest` follows the new timeline).
 
 use crate::clock::now_unix;
 use crate::guest::Guest;
 use crate::lifecycle::stop::StopBudget;
 use crate::postgres::replication::fence::{self, Verdict};
-use crate::postgres::replication::peer::Peer;
-use protocol::replication::Fence;
+use crate::postgres::replication::{ask_all, conf_lines, peer};
+use crate::postgres::Postgres;
+use protocol::config::GuestConfig;
+use protocol::replication::{Fence, NodeIdentity};
 use protocol::{Stage, StageReport};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Checks in a row without a streaming WAL receiver before a replica looks for
+/// another primary (a primary's restart or a short cut heals on its own).
+const FOLLOW_AFTER: u32 = 2;
+
+/// Checks in a row this replica's WAL receiver has not streamed.
+static NOT_STREAMING: AtomicU32 = AtomicU32::new(0);
 
 /// How often the peer is asked.
 const INTERVAL: Duration = Duration::from_secs(5);
@@ -45,7 +60,8 @@ pub fn spawn(guest: Arc<Guest>) {
 /// ask); `Some(false)`: it is fenced (now or before); `None`: nothing to check (no
 /// server, no replication).
 pub fn check(guest: &Guest) -> Option<bool> {
-    let cfg = guest.config.get()?.postgres.replication.as_ref()?;
+    let config = guest.config.get()?;
+    let cfg = config.postgres.replication.as_ref()?;
     if matches!(current(guest), Some(Fence::Fenced { .. })) {
         return Some(false);
     }
@@ -53,13 +69,12 @@ pub fn check(guest: &Guest) -> Option<bool> {
     let own = pg.identity()?;
     if own.in_recovery {
         set(guest, None);
+        follow(&pg, config, &own);
         return Some(true);
     }
     let (bin, account) = pg.tools();
-    let peer = Peer::find(&cfg.peer, guest.config.get()?.postgres.port, Duration::ZERO);
-    let seen = peer.ask(bin, account);
-    let hostname = &guest.config.get()?.hostname;
-    match fence::judge(&own, hostname, &cfg.peer, &seen) {
+    let seen = ask_all(&cfg.peers, config.postgres.port, bin, account);
+    match fence::judge_all(&own, &config.hostname, &seen) {
         Verdict::Primary => {
             set(
                 guest,
@@ -85,6 +100,44 @@ pub fn check(guest: &Guest) -> Option<bool> {
             fence_now(guest, &reason);
             Some(false)
         }
+    }
+}
+
+/// On a replica: after [`FOLLOW_AFTER`] checks without streaming, streams from the
+/// peer that answers as this cluster's primary on this node's timeline or a newer one,
+/// when that is not the one it streams from already.
+fn follow(pg: &Postgres, config: &GuestConfig, own: &NodeIdentity) {
+    if pg.streaming() {
+        NOT_STREAMING.store(0, Ordering::Relaxed);
+        return;
+    }
+    if NOT_STREAMING.fetch_add(1, Ordering::Relaxed) + 1 < FOLLOW_AFTER {
+        return;
+    }
+    let Some(cfg) = config.postgres.replication.as_ref() else {
+        return;
+    };
+    let (bin, account) = pg.tools();
+    let Some((primary, theirs)) =
+        peer::find_primary(&cfg.peers, config.postgres.port, bin, account)
+    else {
+        return;
+    };
+    if theirs.system_identifier != own.system_identifier || theirs.timeline < own.timeline {
+        return;
+    }
+    match pg.repoint(conf_lines(cfg, &primary, &config.hostname)) {
+        Ok(true) => log::warn!(
+            "replication: not streaming for {} checks; following {}, the primary on timeline {}",
+            NOT_STREAMING.load(Ordering::Relaxed),
+            primary.name,
+            theirs.timeline
+        ),
+        Ok(false) => {}
+        Err(e) => log::warn!(
+            "replication: cannot point this replica at {}: {e}",
+            primary.name
+        ),
     }
 }
 

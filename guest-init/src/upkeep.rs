@@ -80,9 +80,13 @@ pub fn watch_slots(guest: &Guest) {
             continue;
         }
         reported.push(slot.to_string());
+        let replica = r
+            .peers
+            .iter()
+            .find(|p| protocol::replication::slot_name(p) == slot)
+            .map_or(slot, String::as_str);
         let why = format!(
-            "the replication slot {slot} was invalidated: its replica fell further behind than the WAL this disk keeps for it (max_slot_wal_keep_size); that replica ({}) must be copied anew: on its host, `sovereign rejoin --fresh`",
-            r.peer
+            "the replication slot {slot} was invalidated: its replica fell further behind than the WAL this disk keeps for it (max_slot_wal_keep_size); that replica ({replica}) must be copied anew: on its host, `sovereign rejoin --fresh`"
         );
         log::warn!("{why}");
         guest

@@ -21,12 +21,12 @@ pub struct Target<'a> {
     /// With `Some(path)`: require TLS and verify the server against the CA certificate
     /// at `path` on the client's machine (`sslmode=verify-full`).
     pub verify_with_ca: Option<&'a str>,
-    /// A two-node cluster: the other VM's tailnet name, tried after `host`, and which of
-    /// the two the client wants.
-    pub cluster: Option<(&'a str, Session)>,
+    /// A cluster: the other VMs' tailnet names, tried after `host` in this order, and
+    /// which server the client wants.
+    pub cluster: Option<(&'a [String], Session)>,
 }
 
-/// Which server of a two-node cluster a client wants (libpq's `target_session_attrs`).
+/// Which server of a cluster a client wants (libpq's `target_session_attrs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Session {
     /// Whichever takes writes: the primary, wherever it is after a promotion.
@@ -139,21 +139,29 @@ pub fn render(t: &Target<'_>, format: Format) -> String {
 
 /// `host:port` of every server, comma-separated (URI and JDBC forms).
 fn host_ports(t: &Target<'_>) -> String {
-    match t.cluster {
-        Some((other, _)) => format!("{}:{},{other}:{}", t.host, t.port, t.port),
-        None => format!("{}:{}", t.host, t.port),
-    }
+    hosts(t)
+        .iter()
+        .map(|h| format!("{h}:{}", t.port))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The hosts and the ports as libpq's two parallel lists.
 fn host_and_port_lists(t: &Target<'_>) -> (String, String) {
-    match t.cluster {
-        Some((other, _)) => (
-            format!("{},{other}", t.host),
-            format!("{},{}", t.port, t.port),
-        ),
-        None => (t.host.to_string(), t.port.to_string()),
+    let hosts = hosts(t);
+    (
+        hosts.join(","),
+        vec![t.port.to_string(); hosts.len()].join(","),
+    )
+}
+
+/// `host`, then the cluster's other hosts.
+fn hosts<'a>(t: &Target<'a>) -> Vec<&'a str> {
+    let mut v = vec![t.host];
+    if let Some((others, _)) = t.cluster {
+        v.extend(others.iter().map(String::as_str));
     }
+    v
 }
 
 fn render_plain(t: &Target<'_>, format: Format) -> String {
@@ -211,9 +219,19 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_lists_both_hosts_and_asks_for_the_primary() {
+    fn a_cluster_lists_every_host_and_asks_for_the_primary() {
+        let three = ["sql-r1".to_string(), "sql-r2".to_string()];
         let t = Target {
-            cluster: Some(("sql-replica", Session::ReadWrite)),
+            cluster: Some((&three, Session::ReadWrite)),
+            ..target("pw")
+        };
+        assert_eq!(
+            render(&t, Format::Keyvalue),
+            "host=sql-vm,sql-r1,sql-r2 port=5432,5432,5432 dbname='forgejo' user='forgejo' password='pw' target_session_attrs=read-write"
+        );
+        let other = ["sql-replica".to_string()];
+        let t = Target {
+            cluster: Some((&other, Session::ReadWrite)),
             verify_with_ca: Some("/ca.crt"),
             ..target("pw")
         };
@@ -234,8 +252,9 @@ mod tests {
             "{env}"
         );
         assert!(env.contains("\nPGTARGETSESSIONATTRS=read-write"), "{env}");
+        let vm = ["sql-vm".to_string()];
         let reads = Target {
-            cluster: Some(("sql-vm", Session::PreferStandby)),
+            cluster: Some((&vm, Session::PreferStandby)),
             verify_with_ca: None,
             ..target("pw")
         };

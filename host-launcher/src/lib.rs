@@ -10,6 +10,7 @@
 pub mod alerts;
 pub mod autostart;
 pub mod cli;
+pub mod cluster;
 pub mod commands;
 pub mod conninfo;
 pub mod console;

@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use clap::Parser;
 use sovereign::cli::{
-    AlertsAction, BackupAction, Cli, Command, DbAction, DiskAction, ReplicaAction,
+    AlertsAction, BackupAction, Cli, ClusterAction, Command, DbAction, DiskAction, ReplicaAction,
 };
 use sovereign::paths::HostEnv;
 use sovereign::rundir::RunDir;
@@ -112,6 +112,24 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     )
                 }
             },
+            Command::Cluster { action } => {
+                let (path, up) = match &action {
+                    ClusterAction::Up { spec } => (spec, true),
+                    ClusterAction::Status { spec } => (spec, false),
+                };
+                let cluster = match sovereign::cluster::Cluster::load(path) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return Ok(2);
+                    }
+                };
+                if up {
+                    Ok(sovereign::cluster::up::run(&cluster)?)
+                } else {
+                    Ok(sovereign::cluster::status::run(&cluster))
+                }
+            }
             Command::Replica {
                 action: ReplicaAction::Credentials { vm, out },
             } => sovereign::commands::replica::credentials(&vm.load(&env)?.0, out.as_deref()),

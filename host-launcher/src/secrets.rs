@@ -283,7 +283,7 @@ pub fn guest_config(spec: &Spec) -> Result<GuestConfig, SecretError> {
                 .map(|r| {
                     Ok::<_, SecretError>(ReplicationConfig {
                         role: r.role,
-                        peer: r.peer.clone(),
+                        peers: r.peers.clone(),
                         password: read_secret(&r.password_file)?,
                         synchronous: r.synchronous,
                         require_peer_at_boot: r.require_peer_at_boot,

@@ -1,7 +1,8 @@
-//! Streaming replication between two VMs over the tailnet: what the host tells the
-//! guest (its role, its peer, the replication password), the names both ends derive
-//! from host names (the replication slot, `application_name`), and the status query
-//! with its parser, so the host and the guest read the same columns.
+//! Streaming replication between VMs over the tailnet (a primary and one or more
+//! replicas): what the host tells the guest (its role, its peers, the replication
+//! password), the names every node derives from host names (the replication slot,
+//! `application_name`, the synchronous quorum), and the status query with its parser,
+//! so the host and the guest read the same columns.
 
 use crate::config::Secret;
 use serde::{Deserialize, Serialize};
@@ -10,13 +11,13 @@ use std::fmt;
 /// The role that connects for streaming replication and `pg_rewind`.
 pub const REPLICATION_ROLE: &str = "replicator";
 
-/// A node's place in a two-node cluster.
+/// A node's place in a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Takes writes; its peer streams from it.
+    /// Takes writes; its peers stream from it.
     Primary,
-    /// Streams from its peer, answers reads.
+    /// Streams from the primary among its peers, answers reads.
     Replica,
 }
 
@@ -30,23 +31,25 @@ impl fmt::Display for Role {
 }
 
 /// What the guest needs to replicate. The spec's role decides only what an empty data
-/// disk becomes (a fresh cluster, or a copy of the peer); afterwards the data directory
+/// disk becomes (a fresh cluster, or a copy of the primary among its peers); afterwards
+/// the data directory
 /// itself says which one the node is (`standby.signal`), because `promote` and
 /// `rejoin` change it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReplicationConfig {
     /// The role an empty data disk starts in.
     pub role: Role,
-    /// The other node's tailnet name.
-    pub peer: String,
-    /// [`REPLICATION_ROLE`]'s password (the same on both nodes).
+    /// The other nodes' tailnet names (at least one).
+    pub peers: Vec<String>,
+    /// [`REPLICATION_ROLE`]'s password (the same on every node).
     pub password: Secret,
-    /// Commits wait until the peer has the WAL on disk (`synchronous_standby_names`).
+    /// Commits wait until one of the peers has the WAL on disk: quorum commit,
+    /// [`synchronous_standby_names`].
     #[serde(default)]
     pub synchronous: bool,
-    /// A primary whose peer does not answer at boot waits for it instead of starting:
-    /// nothing can then rule out that the peer was promoted meanwhile (safety over
-    /// availability).
+    /// A primary none of whose peers answers at boot waits for one instead of
+    /// starting: nothing can then rule out that a peer was promoted meanwhile (safety
+    /// over availability).
     #[serde(default)]
     pub require_peer_at_boot: bool,
 }
@@ -73,8 +76,8 @@ pub fn slot_name(hostname: &str) -> String {
 /// and the replica could not stream again until then), and lets it read what
 /// `pg_rewind` reads from a source server (the grants PostgreSQL's
 /// documentation lists, instead of a superuser over the network); then
-/// [`slot_sql`] for the peer. Run by the primary's superuser; psql input (`\gexec`).
-pub fn role_sql(password: &Secret, salt: &[u8; 16], peer: &str) -> String {
+/// [`slot_sql`] for every peer. Run by the primary's superuser; psql input (`\gexec`).
+pub fn role_sql(password: &Secret, salt: &[u8; 16], peers: &[String]) -> String {
     let r = REPLICATION_ROLE;
     format!(
         "SET log_statement = 'none';\n\
@@ -90,8 +93,25 @@ pub fn role_sql(password: &Secret, salt: &[u8; 16], peer: &str) -> String {
          GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text) TO {r};\n\
          GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO {r};\n{}",
         crate::scram::verifier(password.expose(), salt),
-        slot_sql(peer)
+        peers.iter().map(|p| slot_sql(p)).collect::<String>()
     )
+}
+
+/// `synchronous_standby_names` for a primary whose replicas are `peers`: quorum
+/// commit, a commit returns once any one of them has its WAL on disk
+/// (`ANY 1 ("a", "b")`; one peer is named alone, the same promise, and PostgreSQL
+/// then calls it `sync` rather than `quorum`). With two replicas, a primary cut off
+/// from both can acknowledge nothing: PostgreSQL's own quorum is the fence against a
+/// lost primary that keeps writing alone.
+pub fn synchronous_standby_names(peers: &[String]) -> String {
+    let names: Vec<String> = peers
+        .iter()
+        .map(|p| format!("\"{}\"", slot_name(p)))
+        .collect();
+    match names.as_slice() {
+        [one] => one.clone(),
+        _ => format!("ANY 1 ({})", names.join(", ")),
+    }
 }
 
 /// Creates the peer's physical replication slot unless it exists, reserving WAL from
@@ -115,7 +135,8 @@ select json_build_object(
   'peer', coalesce((select sender_host from pg_stat_wal_receiver), ''),
   'lag_bytes', pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint,
   'lag_seconds', extract(epoch from now() - pg_last_xact_replay_timestamp())::bigint,
-  'slots', '[]'::json);
+  'slots', '[]'::json,
+  'replicas', '[]'::json);
 \else
 with replicas as (
   -- The one sender to show: a replica before a copy still running or cut off
@@ -136,7 +157,13 @@ select json_build_object(
       'wal_status', coalesce(wal_status, ''),
       'inactive_secs', extract(epoch from now() - inactive_since)::bigint,
       'retained_bytes', pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint) order by slot_name)
-    from pg_replication_slots where slot_type = 'physical'), '[]'::json));
+    from pg_replication_slots where slot_type = 'physical'), '[]'::json),
+  'replicas', coalesce((select json_agg(json_build_object(
+      'name', application_name,
+      'state', state || coalesce(' ' || sync_state, ''),
+      'lag_bytes', pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint,
+      'lag_seconds', coalesce(extract(epoch from replay_lag)::bigint, 0)) order by application_name)
+    from pg_stat_replication where application_name <> 'pg_basebackup'), '[]'::json));
 \endif
 ";
 
@@ -161,6 +188,22 @@ pub struct ReplicationStatus {
     /// The primary's physical replication slots.
     #[serde(default)]
     pub slots: Vec<SlotStatus>,
+    /// On a primary, every replica streaming from it now (a cluster has several).
+    #[serde(default)]
+    pub replicas: Vec<ReplicaLink>,
+}
+
+/// One replica as its primary sees it (`pg_stat_replication`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaLink {
+    /// Its `application_name` (the replica's [`slot_name`]).
+    pub name: String,
+    /// `state sync_state`, e.g. `streaming quorum`.
+    pub state: String,
+    /// WAL it has not replayed yet.
+    pub lag_bytes: Option<u64>,
+    /// Its replay lag in seconds.
+    pub lag_seconds: Option<u64>,
 }
 
 /// One physical replication slot on a primary: the WAL it holds back for its replica.
@@ -217,6 +260,10 @@ pub struct NodeIdentity {
     pub timeline: u32,
     /// True on a replica.
     pub in_recovery: bool,
+    /// The end of the WAL it has (written on a primary, received or replayed on a
+    /// replica) in bytes from the start: which replica is furthest ahead.
+    #[serde(default)]
+    pub wal_end: Option<u64>,
 }
 
 impl NodeIdentity {
@@ -234,7 +281,9 @@ pub const IDENTITY_SQL: &str = "select json_build_object(\
 'system_identifier', (select system_identifier::text from pg_control_system()), \
 'timeline', case when pg_is_in_recovery() then (select timeline_id from pg_control_checkpoint()) \
 else ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int end, \
-'in_recovery', pg_is_in_recovery())";
+'in_recovery', pg_is_in_recovery(), \
+'wal_end', pg_wal_lsn_diff(case when pg_is_in_recovery() \
+then greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) else pg_current_wal_lsn() end, '0/0')::bigint)";
 
 /// Whether a primary with a peer may take writes, as its guard last judged it (shown by
 /// `sovereign status`).
@@ -276,7 +325,11 @@ mod tests {
 
     #[test]
     fn the_role_sql_holds_a_verifier_and_the_peers_slot() {
-        let sql = role_sql(&Secret::new("replicate-me-please"), &[5; 16], "sql-replica");
+        let sql = role_sql(
+            &Secret::new("replicate-me-please"),
+            &[5; 16],
+            &["sql-replica".into(), "sql-r2".into()],
+        );
         assert!(sql.starts_with("SET log_statement = 'none';\n"));
         assert!(!sql.contains("replicate-me"));
         let stored = sql
@@ -285,7 +338,17 @@ mod tests {
             .unwrap();
         assert!(crate::scram::matches(stored, "replicate-me-please"));
         assert!(sql.contains("pg_create_physical_replication_slot('sql_replica', true)"));
+        assert!(sql.contains("pg_create_physical_replication_slot('sql_r2', true)"));
         assert!(sql.contains("WHERE rolname = 'replicator')\\gexec"));
+    }
+
+    #[test]
+    fn the_quorum_names_every_peer_by_slot() {
+        assert_eq!(
+            synchronous_standby_names(&["sql-r1".into(), "sql-r2".into()]),
+            "ANY 1 (\"sql_r1\", \"sql_r2\")"
+        );
+        assert_eq!(synchronous_standby_names(&["sql-vm".into()]), "\"sql_vm\"");
     }
 
     #[test]
@@ -325,7 +388,7 @@ mod tests {
     fn the_config_round_trips_without_showing_the_password() {
         let c = ReplicationConfig {
             role: Role::Replica,
-            peer: "sql-vm".into(),
+            peers: vec!["sql-vm".into(), "sql-r2".into()],
             password: Secret::new("replicate-me"),
             synchronous: false,
             require_peer_at_boot: false,

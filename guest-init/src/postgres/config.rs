@@ -145,7 +145,7 @@ pub fn render_provisioning(cfg: &PostgresConfig, salt: impl Fn() -> [u8; 16]) ->
         sql.push_str(&protocol::replication::role_sql(
             &r.password,
             &salt(),
-            &r.peer,
+            &r.peers,
         ));
     }
     sql

@@ -82,7 +82,9 @@ pub struct Postgres {
     bin: PathBuf,
     account: Account,
     port: u16,
-    settings: Settings,
+    /// What the configuration files are rendered from (behind a lock: a replica that
+    /// follows a new primary rewrites its replication lines while the server runs).
+    settings: std::sync::Mutex<Settings>,
     /// Tailnet addresses in postgresql.conf (behind a lock: status reads it while a
     /// reconfiguration may be under way).
     listen: std::sync::Mutex<Vec<String>>,
@@ -129,7 +131,11 @@ impl Postgres {
             Some(r) => {
                 replication::write_passfile(r, account)?;
                 let prepared = replication::prepare(&bin, account, r, rejoin, cfg.port, hostname)?;
-                log::info!("postgres: replication with {}: {:?}", r.peer, prepared.how);
+                log::info!(
+                    "postgres: replication with {}: {:?}",
+                    r.peers.join(", "),
+                    prepared.how
+                );
                 recovered.extend(prepared.recovered);
                 boot_fence = prepared.fence;
                 Some(prepared.conf)
@@ -169,7 +175,7 @@ impl Postgres {
             bin,
             account,
             port: cfg.port,
-            settings,
+            settings: std::sync::Mutex::new(settings),
             listen: std::sync::Mutex::new(listen.to_vec()),
             version,
             recovered: std::sync::Mutex::new(recovered),
@@ -348,10 +354,43 @@ impl Postgres {
         if let Ok(mut l) = self.listen.lock() {
             *l = ips.to_vec();
         }
-        write_config(self.account, &self.settings, ips)?;
+        write_config(self.account, &self.settings(), ips)?;
         self.service.restart(Duration::from_secs(60));
         self.wait_ready(Duration::from_secs(120))?;
         self.check_listening()
+    }
+
+    fn settings(&self) -> Settings {
+        match self.settings.lock() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the replication lines of postgresql.conf with `conf` and has the server
+    /// reload them (`primary_conninfo` is reloadable: the WAL receiver restarts toward
+    /// the new primary). False when they were already these.
+    pub fn repoint(&self, conf: String) -> Result<bool, PgError> {
+        let settings = {
+            let mut s = match self.settings.lock() {
+                Ok(s) => s,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if s.replication.as_deref() == Some(conf.as_str()) {
+                return Ok(false);
+            }
+            s.replication = Some(conf);
+            s.clone()
+        };
+        write_config(self.account, &settings, &self.listen())?;
+        self.sql("select pg_reload_conf()")?;
+        Ok(true)
+    }
+
+    /// True while this replica's WAL receiver streams from its primary.
+    pub fn streaming(&self) -> bool {
+        self.sql("select count(*) from pg_stat_wal_receiver where status = 'streaming'")
+            .is_ok_and(|o| o.trim() == "1")
     }
 
     /// Installs a new certificate and has the server reload it (ssl files are re-read

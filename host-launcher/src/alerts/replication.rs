@@ -63,8 +63,15 @@ pub fn evaluate(s: &ReplicationStatus, limits: &Limits) -> Vec<Found> {
                     ));
                 }
             }
-            if let Some(secs) = s.lag_seconds.filter(|secs| *secs > limits.lag_secs) {
-                out.push(lagging(&s.peer, secs, limits));
+            if s.replicas.is_empty() {
+                if let Some(secs) = s.lag_seconds.filter(|secs| *secs > limits.lag_secs) {
+                    out.push(lagging(&s.peer, secs, limits));
+                }
+            }
+            for r in &s.replicas {
+                if let Some(secs) = r.lag_seconds.filter(|secs| *secs > limits.lag_secs) {
+                    out.push(lagging(&r.name, secs, limits));
+                }
             }
         }
         // A replica's lag in seconds is the age of the last replayed commit, which
@@ -114,6 +121,7 @@ mod tests {
             lag_bytes: Some(0),
             lag_seconds,
             slots: vec![slot],
+            replicas: vec![],
         }
     }
 

@@ -7,8 +7,10 @@ use clap::{Args, Parser, Subcommand};
 use protocol::Stage;
 use std::path::PathBuf;
 
+mod cluster;
 mod data;
 mod probe;
+pub use cluster::ClusterAction;
 pub use data::{
     parse_restore_target, AlertsAction, BackupAction, BackupKindArg, DbAction, DiskAction,
 };
@@ -247,15 +249,22 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         from_export: Option<PathBuf>,
     },
-    /// A two-node cluster: what a replica's host needs from the primary's.
+    /// A primary and its replicas on several hosts, brought up and shown by one command.
+    Cluster {
+        /// What to do.
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+    /// A cluster by hand: what a replica's host needs from the primary's.
     Replica {
         /// What to do.
         #[command(subcommand)]
         action: ReplicaAction,
     },
     /// Make this VM, a replica, the primary (PostgreSQL's promotion: a new timeline).
-    /// Refused while its WAL receiver streams or the peer answers as the primary: two
-    /// nodes that see each other never both take writes. The old primary must then
+    /// Refused while its WAL receiver streams, a peer answers as the primary, or
+    /// another replica has WAL this one lacks: two nodes that see each other never both
+    /// take writes, and no replica is left unable to follow. The old primary must then
     /// `rejoin` before it takes writes again (if it still runs, it stops by itself once
     /// it sees this node on the newer timeline).
     Promote {

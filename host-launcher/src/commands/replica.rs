@@ -1,4 +1,4 @@
-//! Two-node clusters: `replica credentials` (what a replica's host needs from the
+//! Clusters: `replica credentials` (what a replica's host needs from the
 //! primary's), `promote` (this replica becomes the primary) and `rejoin` (a former
 //! primary becomes the replica of the new one, its data disk kept aside first).
 
@@ -45,10 +45,10 @@ pub async fn promote(spec: &Spec, force: bool, yes: bool) -> anyhow::Result<i32>
         return Ok(2);
     };
     let question = format!(
-        "Make VM {} ({}) the primary? {} must then rejoin as its replica before it takes writes again{}.",
+        "Make VM {} ({}) the primary? The old primary among {} must then rejoin as its replica before it takes writes again{}.",
         spec.name,
         spec.hostname,
-        r.peer,
+        r.peers.join(", "),
         if force {
             " (--force: even if it still runs; it stops taking writes once it sees this node)"
         } else {
@@ -78,14 +78,13 @@ pub async fn promote(spec: &Spec, force: bool, yes: bool) -> anyhow::Result<i32>
         "{} is the primary now ({}). Clients using the multi-host `db url` write here without a change.",
         spec.hostname, answer.output
     );
+    let peers = r.peers.join(" or ");
     println!(
-        "Before {peer} takes writes again it must become this node's replica: on its host, `sovereign rejoin` (a plain start refuses to make a second primary, and a running {peer} stops taking writes once it sees this node).",
-        peer = r.peer
+        "Before the old primary ({peers}) takes writes again it must become this node's replica: on its host, `sovereign rejoin` (a plain start refuses to make a second primary, and a running old primary stops taking writes once it sees this node)."
     );
     if r.synchronous {
         println!(
-            "Note: replication.synchronous is on, so commits here wait until {} is back as a replica.",
-            r.peer
+            "Note: replication.synchronous is on, so commits here wait until one of {peers} streams from this node."
         );
     }
     Ok(0)
@@ -101,7 +100,13 @@ pub async fn rejoin(
     fresh: bool,
     yes: bool,
 ) -> anyhow::Result<i32> {
-    let Some(peer) = spec.replication.as_ref().map(|r| r.peer.clone()) else {
+    let Some(peer) = spec.replication.as_ref().map(|r| {
+        if r.peers.len() == 1 {
+            r.peers.join("")
+        } else {
+            format!("the primary among {}", r.peers.join(", "))
+        }
+    }) else {
         eprintln!(
             "VM {} has no [replication] table in its spec: it has no peer to rejoin",
             spec.name
@@ -173,6 +178,16 @@ pub fn render_status(s: &ReplicationStatus, disk_bytes: u64) -> String {
         s.lag_seconds
             .map_or_else(|| "-".to_string(), |secs| format!("{secs} s"))
     ));
+    for r in s.replicas.iter().filter(|_| s.replicas.len() > 1) {
+        out.push_str(&format!(
+            "    replica {}: {}, lag {} / {}\n",
+            r.name,
+            r.state,
+            bytes(r.lag_bytes),
+            r.lag_seconds
+                .map_or_else(|| "-".to_string(), |secs| format!("{secs} s"))
+        ));
+    }
     for slot in &s.slots {
         out.push_str(&format!(
             "    slot {}{}: holds {} of WAL",
@@ -232,6 +247,7 @@ mod tests {
             peer: "sql_vm".into(),
             lag_bytes: Some(0),
             lag_seconds: Some(0),
+            replicas: vec![],
             slots: vec![SlotStatus {
                 name: "sql_vm".into(),
                 active: wal_status != "lost",

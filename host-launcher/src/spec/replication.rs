@@ -1,6 +1,7 @@
-//! The spec's `[replication]` table: this VM's role in a two-node cluster, the peer's
-//! tailnet name, and (on a replica's host) the credentials file the primary's host
-//! wrote with `sovereign replica credentials`.
+//! The spec's `[replication]` table: this VM's role in a cluster, the other nodes'
+//! tailnet names (`peer` for one, `peers` for several), and (on a replica's host) the
+//! credentials file the primary's host wrote with `sovereign replica credentials` (or
+//! `sovereign cluster up` handed over).
 
 use super::Problem;
 use protocol::replication::Role;
@@ -12,19 +13,21 @@ use std::path::{Path, PathBuf};
 #[serde(deny_unknown_fields)]
 pub(super) struct ReplicationFile {
     role: Role,
-    peer: String,
+    peer: Option<String>,
+    peers: Option<Vec<String>>,
     credentials_file: Option<PathBuf>,
     synchronous: Option<bool>,
     require_peer_at_boot: Option<bool>,
 }
 
-/// Streaming replication with a peer VM, resolved.
+/// Streaming replication with the other VMs of a cluster, resolved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReplicationSpec {
     /// What an empty data disk becomes: a new cluster, or a copy of the peer.
     pub role: Role,
-    /// The other VM's tailnet name.
-    pub peer: String,
+    /// The other VMs' tailnet names, in the order a replica tries them (the primary's
+    /// first).
+    pub peers: Vec<String>,
     /// The replication password on this host (generated on a primary's host, taken
     /// from `credentials_file` on a replica's).
     pub password_file: PathBuf,
@@ -33,11 +36,12 @@ pub struct ReplicationSpec {
     /// primary's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_file: Option<PathBuf>,
-    /// Commits wait for the peer's disk (`synchronous_standby_names`).
+    /// Commits wait for one peer's disk: quorum commit, `ANY 1 (...)` over the peers
+    /// (`synchronous_standby_names`).
     #[serde(default)]
     pub synchronous: bool,
-    /// A primary whose peer does not answer at boot waits for it instead of starting
-    /// (safety over availability): nothing else rules out that the peer was promoted.
+    /// A primary none of whose peers answers at boot waits for one instead of starting
+    /// (safety over availability): nothing else rules out that a peer was promoted.
     #[serde(default)]
     pub require_peer_at_boot: bool,
 }
@@ -52,7 +56,10 @@ impl ReplicationFile {
     ) -> ReplicationSpec {
         ReplicationSpec {
             role: self.role,
-            peer: self.peer,
+            peers: match (self.peer, self.peers) {
+                (Some(one), Some(more)) => std::iter::once(one).chain(more).collect(),
+                (one, more) => one.into_iter().chain(more.unwrap_or_default()).collect(),
+            },
             password_file: secrets_dir.join(format!("{name}-replication.password")),
             credentials_file: self.credentials_file.map(in_dir),
             synchronous: self.synchronous.unwrap_or(false),
@@ -65,18 +72,34 @@ impl ReplicationSpec {
     /// What is wrong with it for a VM called `hostname`.
     pub fn problems(&self, hostname: &str) -> Vec<Problem> {
         let mut p = Vec::new();
-        if !protocol::config::is_dns_label(&self.peer) {
+        let field = if self.peers.len() > 1 {
+            "replication.peers"
+        } else {
+            "replication.peer"
+        };
+        if self.peers.is_empty() {
             p.push(Problem::new(
-                "replication.peer",
-                &self.peer,
-                "must be the other VM's tailnet name (a DNS label)",
+                "replication.peers",
+                "",
+                "name the other VMs by tailnet name (`peer = \"sql-replica\"`, or `peers = [...]` for several)",
             ));
-        } else if self.peer == hostname {
-            p.push(Problem::new(
-                "replication.peer",
-                &self.peer,
-                "is this VM's own hostname; name the other VM",
-            ));
+        }
+        for (i, peer) in self.peers.iter().enumerate() {
+            if !protocol::config::is_dns_label(peer) {
+                p.push(Problem::new(
+                    field,
+                    peer,
+                    "must be another VM's tailnet name (a DNS label)",
+                ));
+            } else if peer == hostname {
+                p.push(Problem::new(
+                    field,
+                    peer,
+                    "is this VM's own hostname; name the other VMs",
+                ));
+            } else if self.peers[..i].contains(peer) {
+                p.push(Problem::new(field, peer, "is named twice"));
+            }
         }
         match (&self.credentials_file, self.role) {
             (None, Role::Replica) => p.push(Problem::new(
@@ -125,6 +148,22 @@ mod tests {
             .collect();
         assert_eq!(fields, ["replication.peer", "replication.credentials_file"]);
 
+        let two = parse(
+            "hostname = \"sql-r1\"\n[replication]\nrole = \"primary\"\npeer = \"sql-vm\"\npeers = [\"sql-r2\", \"sql-r1\", \"sql-r2\"]\n",
+            dir.path(),
+        )
+        .unwrap();
+        let r = two.replication.as_ref().unwrap();
+        assert_eq!(r.peers, ["sql-vm", "sql-r2", "sql-r1", "sql-r2"]);
+        let said: Vec<String> = r
+            .problems(&two.hostname)
+            .into_iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(said[0].contains("replication.peers") && said[0].contains("own hostname"));
+        assert!(said[1].contains("named twice"), "{said:?}");
+
         let creds = dir.path().join("sql-vm.credentials");
         std::fs::write(&creds, "x").unwrap();
         let s = parse(
@@ -153,8 +192,10 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("leader") && e.contains("primary"), "{e}");
-        let e = parse("[replication]\nrole = \"primary\"\n", dir.path()).unwrap_err();
-        assert!(e.contains("peer"), "{e}");
+        let none = parse("[replication]\nrole = \"primary\"\n", dir.path()).unwrap();
+        let said = none.replication.unwrap().problems("sql-vm");
+        assert_eq!(said.len(), 1);
+        assert_eq!(said[0].field, "replication.peers");
         let single = parse("", dir.path()).unwrap();
         assert!(single.replication.is_none());
         assert!(!single.to_toml().contains("replication"));

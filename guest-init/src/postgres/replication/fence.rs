@@ -1,6 +1,6 @@
-//! The fence: the rules by which a primary decides, from what its peer says it is,
+//! The fence: the rules by which a primary decides, from what its peers say they are,
 //! whether it may take writes. Two nodes of one cluster that can see each other must
-//! never both take writes, so when both are primaries exactly one keeps going:
+//! never both take writes, so when two are primaries exactly one keeps going:
 //!
 //! 1. the newer timeline wins: the peer was promoted past this node (it was away, or
 //!    `promote --force` was used while it ran), so this node stops;
@@ -10,7 +10,8 @@
 //! The loser stops postgres and keeps its data; `sovereign rejoin` makes it the
 //! winner's replica. A peer that does not answer cannot be ruled out as a newer
 //! primary, and that is said ([`Verdict::Unconfirmed`]); a peer of another cluster, or
-//! a replica, is no rival. Pure: what the peer said in, the verdict out.
+//! a replica, is no rival. With several peers ([`judge_all`]) any one that wins fences
+//! this node. Pure: what the peers said in, the verdict out.
 
 use super::peer::PeerSeen;
 use protocol::replication::NodeIdentity;
@@ -58,6 +59,35 @@ pub fn judge(own: &NodeIdentity, own_name: &str, peer_name: &str, peer: &PeerSee
     Verdict::Primary
 }
 
+/// Judges this primary against every peer (`(name, what it said)`): fenced when any
+/// peer is the primary by the rules above, unconfirmed while any peer is silent, else
+/// clear.
+pub fn judge_all(own: &NodeIdentity, own_name: &str, peers: &[(String, PeerSeen)]) -> Verdict {
+    let mut silent = Vec::new();
+    for (name, seen) in peers {
+        match judge(own, own_name, name, seen) {
+            Verdict::Fenced(why) => return Verdict::Fenced(why),
+            Verdict::Unconfirmed(why) => silent.push(why),
+            Verdict::Primary => {}
+        }
+    }
+    match silent.len() {
+        0 => Verdict::Primary,
+        1 => Verdict::Unconfirmed(silent.remove(0)),
+        _ => Verdict::Unconfirmed(format!(
+            "cannot rule out a newer primary: {} peers did not answer ({})",
+            silent.len(),
+            silent
+                .iter()
+                .map(|w| w
+                    .rsplit_once(" (")
+                    .map_or(w.as_str(), |(_, r)| r.trim_end_matches(')')))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,7 +97,39 @@ mod tests {
             system_identifier: system.into(),
             timeline,
             in_recovery,
+            wal_end: None,
         }
+    }
+
+    #[test]
+    fn with_several_peers_any_winner_fences_and_any_silence_is_unconfirmed() {
+        let own = node("7", 1, false);
+        let replica = ("sql-r2".to_string(), seen(node("7", 1, true)));
+        let newer = ("sql-r1".to_string(), seen(node("7", 2, false)));
+        let gone = |n: &str| {
+            (
+                n.to_string(),
+                PeerSeen::Silent(format!("{n} has no tailnet address")),
+            )
+        };
+        assert!(matches!(
+            judge_all(&own, "sql-vm", &[replica.clone(), newer]),
+            Verdict::Fenced(why) if why.contains("sql-r1 was promoted to timeline 2")
+        ));
+        assert_eq!(
+            judge_all(&own, "sql-vm", std::slice::from_ref(&replica)),
+            Verdict::Primary
+        );
+        let one = judge_all(&own, "sql-vm", &[replica, gone("sql-r1")]);
+        assert!(
+            matches!(&one, Verdict::Unconfirmed(w) if w.contains("sql-r1 has no tailnet address")),
+            "{one:?}"
+        );
+        let two = judge_all(&own, "sql-vm", &[gone("sql-r1"), gone("sql-r2")]);
+        assert!(
+            matches!(&two, Verdict::Unconfirmed(w) if w.starts_with("cannot rule out a newer primary: 2 peers did not answer (sql-r1 has no tailnet address; sql-r2")),
+            "{two:?}"
+        );
     }
 
     fn seen(id: NodeIdentity) -> PeerSeen {

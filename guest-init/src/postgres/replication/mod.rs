@@ -1,8 +1,8 @@
-//! Streaming replication with the peer VM, before the server starts: the password file
-//! the replication tools read, the peer's tailnet address, and what the data directory
-//! becomes: a copy of the peer ([`copy`], an empty disk on a replica), the peer's
-//! replica again ([`rejoin`], on `sovereign rejoin`), or a primary that has first
-//! checked the peer was not promoted past it ([`fence`]). PostgreSQL's own
+//! Streaming replication with the peer VMs, before the server starts: the password
+//! file the replication tools read, which peer is the primary to stream from, and what
+//! the data directory becomes: a copy of the primary ([`copy`], an empty disk on a
+//! replica), its replica again ([`rejoin`], on `sovereign rejoin`), or a primary that
+//! has first checked that no peer was promoted past it ([`fence`]). PostgreSQL's own
 //! `standby.signal` says which role the node is in; nothing else records it.
 
 pub mod copy;
@@ -16,7 +16,9 @@ use crate::command::CommandError;
 use crate::owned_files::{self, OwnedFileError};
 use fence::Verdict;
 use peer::{Peer, PeerSeen};
-use protocol::replication::{slot_name, Fence, ReplicationConfig, Role, REPLICATION_ROLE};
+use protocol::replication::{
+    slot_name, synchronous_standby_names, Fence, ReplicationConfig, Role, REPLICATION_ROLE,
+};
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
@@ -135,37 +137,47 @@ pub(crate) fn prepare(
     } else {
         Duration::ZERO
     };
-    let peer = Peer::find(&cfg.peer, port, patience);
+    let upstream = || peer::upstream(&cfg.peers, port, patience, bin, account);
     let mut recovered = None;
     let mut fence = None;
-    let how = match (rejoin, cluster::exists(), cfg.role) {
+    let (how, primary) = match (rejoin, cluster::exists(), cfg.role) {
         (Some(plan), _, _) => {
-            let (how, said) = rejoin::run(plan, bin, account, &peer, own_hostname)?;
+            let primary = upstream();
+            let (how, said) = rejoin::run(plan, bin, account, &primary, own_hostname)?;
             recovered = said;
-            how
+            (how, primary)
         }
         (None, false, Role::Replica) => {
-            copy::from_peer(bin, account, &peer, own_hostname)?;
-            Preparation::Copied
+            let primary = upstream();
+            copy::from_peer(bin, account, &primary, own_hostname)?;
+            (Preparation::Copied, primary)
         }
-        (None, false, Role::Primary) => Preparation::Fresh,
-        (None, true, _) if is_standby() => Preparation::AsItWas,
-        (None, true, _) => {
-            fence = Some(fence_at_boot(bin, account, cfg, &peer, own_hostname)?);
-            Preparation::AsItWas
+        (None, true, _) if is_standby() => (Preparation::AsItWas, upstream()),
+        (None, exists, _) => {
+            if exists {
+                fence = Some(fence_at_boot(bin, account, cfg, port, own_hostname)?);
+            }
+            // A primary streams from no one; its conninfo waits for a `rejoin`.
+            let how = if exists {
+                Preparation::AsItWas
+            } else {
+                Preparation::Fresh
+            };
+            (how, Peer::first_of(&cfg.peers, port))
         }
     };
     Ok(Prepared {
         how,
-        conf: conf_lines(cfg, &peer, own_hostname),
+        conf: conf_lines(cfg, &primary, own_hostname),
         fence,
         recovered,
     })
 }
 
-/// postgresql.conf lines: how a replica reaches its primary (harmless on a primary,
-/// which ignores them until it is made a replica), and a synchronous standby when asked.
-pub fn conf_lines(cfg: &ReplicationConfig, peer: &Peer, own_hostname: &str) -> String {
+/// postgresql.conf lines: how a replica reaches its primary `upstream` (harmless on a
+/// primary, which ignores them until it is made a replica), and quorum commit over the
+/// peers when asked (a replica keeps the line for the day it is promoted).
+pub fn conf_lines(cfg: &ReplicationConfig, upstream: &Peer, own_hostname: &str) -> String {
     let own = slot_name(own_hostname);
     // Either end notices a peer that went silent (a power cut) within 15 s instead of
     // the default minute: a replica's receiver stops claiming to stream, a primary's
@@ -173,19 +185,37 @@ pub fn conf_lines(cfg: &ReplicationConfig, peer: &Peer, own_hostname: &str) -> S
     let mut s = String::from(
         "# Streaming replication with the peer\nhot_standby = on\nwal_receiver_timeout = 15s\nwal_sender_timeout = 15s\n",
     );
-    if let Some(ip) = peer.ip {
+    if let Some(ip) = upstream.ip {
         s.push_str(&format!(
             "primary_conninfo = '{} application_name={own}'\nprimary_slot_name = '{own}'\n",
-            peer.conninfo(ip, "")
+            upstream.conninfo(ip, "")
         ));
     }
     if cfg.synchronous {
         s.push_str(&format!(
-            "synchronous_standby_names = '\"{}\"'\n",
-            slot_name(&peer.name)
+            "synchronous_standby_names = '{}'\n",
+            synchronous_standby_names(&cfg.peers)
         ));
     }
     s
+}
+
+/// Asks every peer what it is.
+pub(crate) fn ask_all(
+    names: &[String],
+    port: u16,
+    bin: &Path,
+    account: Account,
+) -> Vec<(String, PeerSeen)> {
+    names
+        .iter()
+        .map(|n| {
+            (
+                n.clone(),
+                Peer::find(n, port, Duration::ZERO).ask(bin, account),
+            )
+        })
+        .collect()
 }
 
 /// `standby.signal` in the cluster at `dir`, durably: the server starts as a replica.
@@ -195,38 +225,37 @@ pub(crate) fn standby_signal(dir: &Path, account: Account) -> Result<(), Replica
     Ok(())
 }
 
-/// Before a primary first opens for writes: refuses when the peer is the primary by the
-/// fence's rules. A peer that does not answer does not stop the start (it may be down,
+/// Before a primary first opens for writes: refuses when a peer is the primary by the
+/// fence's rules. Peers that do not answer do not stop the start (they may be down,
 /// which is why this node is primary) unless the spec asks for it
-/// (`require_peer_at_boot`): then the start waits for it, for as long as the host's
-/// stage deadline allows.
+/// (`require_peer_at_boot`): then, while none answers, the start waits for one, for as
+/// long as the host's stage deadline allows.
 fn fence_at_boot(
     bin: &Path,
     account: Account,
     cfg: &ReplicationConfig,
-    peer: &Peer,
+    port: u16,
     own_hostname: &str,
 ) -> Result<Fence, ReplicationError> {
     let own = peer::own_identity_offline(bin, account).ok_or_else(|| {
         ReplicationError::Fenced(format!(
             "pg_controldata cannot read this node's cluster in {CLUSTER_DIR}, so the fence cannot compare it with {}",
-            peer.name
+            cfg.peers.join(", ")
         ))
     })?;
     let now = crate::clock::now_unix;
     loop {
-        let seen = peer.ask(bin, account);
-        match fence::judge(&own, own_hostname, &peer.name, &seen) {
+        let seen = ask_all(&cfg.peers, port, bin, account);
+        let none_answered = seen.iter().all(|(_, s)| matches!(s, PeerSeen::Silent(_)));
+        match fence::judge_all(&own, own_hostname, &seen) {
             Verdict::Primary => {
-                if let PeerSeen::Answered(theirs) = &seen {
-                    log::info!("replication: fence: the peer {} is at {theirs:?}, this node at {own:?}; starting as primary", peer.name);
-                }
+                log::info!("replication: fence: the peers are {seen:?}, this node at {own:?}; starting as primary");
                 return Ok(Fence::Clear {
                     peer_seen_unix: now(),
                 });
             }
             Verdict::Fenced(why) => return Err(ReplicationError::Fenced(why)),
-            Verdict::Unconfirmed(why) if !cfg.require_peer_at_boot => {
+            Verdict::Unconfirmed(why) if !cfg.require_peer_at_boot || !none_answered => {
                 log::warn!("replication: fence: {why}; starting as primary");
                 return Ok(Fence::Unconfirmed {
                     reason: why,
@@ -238,7 +267,7 @@ fn fence_at_boot(
                     return Err(ReplicationError::Fenced(why));
                 }
                 log::warn!(
-                    "replication: fence: {why}; waiting for it (replication.require_peer_at_boot)"
+                    "replication: fence: {why}; waiting for a peer (replication.require_peer_at_boot)"
                 );
                 std::thread::sleep(PEER_WAIT_INTERVAL);
             }
@@ -254,7 +283,7 @@ mod tests {
     fn cfg(synchronous: bool) -> ReplicationConfig {
         ReplicationConfig {
             role: Role::Replica,
-            peer: "sql-vm".into(),
+            peers: vec!["sql-vm".into(), "sql-r2".into()],
             password: Secret::new("pw"),
             synchronous,
             require_peer_at_boot: false,
@@ -275,7 +304,7 @@ mod tests {
         assert!(!s.contains("pw"));
         let sync = conf_lines(&cfg(true), &Peer { ip: None, ..peer }, "sql-replica");
         assert!(
-            sync.contains("synchronous_standby_names = '\"sql_vm\"'"),
+            sync.contains("synchronous_standby_names = 'ANY 1 (\"sql_vm\", \"sql_r2\")'"),
             "{sync}"
         );
         assert!(!sync.contains("primary_conninfo"));

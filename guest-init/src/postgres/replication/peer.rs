@@ -1,7 +1,8 @@
-//! The peer VM as this node reaches it: its tailnet address (tailscaled's map), a libpq
-//! connection string as [`REPLICATION_ROLE`], and what it says it is
-//! ([`NodeIdentity`]). Also this node's own identity while its server is down, read
-//! from the data directory, for the fence that runs before the server first starts.
+//! The peer VMs as this node reaches them: each one's tailnet address (tailscaled's
+//! map), a libpq connection string as [`REPLICATION_ROLE`], what it says it is
+//! ([`NodeIdentity`]), and which of them is the primary to stream from
+//! ([`upstream`]). Also this node's own identity while its server is down, read from
+//! the data directory, for the fence that runs before the server first starts.
 
 use super::{ReplicationError, PASSFILE};
 use crate::command;
@@ -18,7 +19,7 @@ pub struct Peer {
     pub name: String,
     /// Its tailnet IPv4 address, when tailscaled knows it.
     pub ip: Option<Ipv4Addr>,
-    /// PostgreSQL's port (the same on both nodes).
+    /// PostgreSQL's port (the same on every node).
     pub port: u16,
 }
 
@@ -50,6 +51,19 @@ impl Peer {
             name: name.to_string(),
             ip,
             port,
+        }
+    }
+
+    /// The first of `names` as tailscaled knows it now (no address when it knows none,
+    /// an empty name when `names` is empty).
+    pub fn first_of(names: &[String], port: u16) -> Peer {
+        match names.first() {
+            Some(name) => Peer::find(name, port, Duration::ZERO),
+            None => Peer {
+                name: String::new(),
+                ip: None,
+                port,
+            },
         }
     }
 
@@ -96,6 +110,61 @@ impl Peer {
     }
 }
 
+/// The peer among `names` answering as a primary on the newest timeline, with what it
+/// said; `None` when none does. Asks each once.
+pub(crate) fn find_primary(
+    names: &[String],
+    port: u16,
+    bin: &Path,
+    account: Account,
+) -> Option<(Peer, NodeIdentity)> {
+    names
+        .iter()
+        .map(|n| Peer::find(n, port, Duration::ZERO))
+        .filter_map(|p| match p.ask(bin, account) {
+            PeerSeen::Answered(id) if !id.in_recovery => Some((p, id)),
+            _ => None,
+        })
+        .max_by_key(|(_, id)| id.timeline)
+}
+
+/// The peer to stream from, out of `names` (in the spec's order): [`find_primary`],
+/// asked again every 2 s for up to `patience` while none answers as one (the primary
+/// may be booting); then the first peer tailscaled knows, else the first one named,
+/// whose server says what it is when the replica connects.
+pub(crate) fn upstream(
+    names: &[String],
+    port: u16,
+    patience: Duration,
+    bin: &Path,
+    account: Account,
+) -> Peer {
+    let start = Instant::now();
+    loop {
+        if let Some((p, id)) = find_primary(names, port, bin, account) {
+            log::info!(
+                "replication: {} is the primary (timeline {})",
+                p.name,
+                id.timeline
+            );
+            return p;
+        }
+        if start.elapsed() >= patience || crate::lifecycle::stop::requested() {
+            let fallback = names
+                .iter()
+                .map(|n| Peer::find(n, port, Duration::ZERO))
+                .find(|p| p.ip.is_some())
+                .unwrap_or_else(|| Peer::first_of(names, port));
+            log::warn!(
+                "replication: no peer answers as the primary; streaming from {} until one does",
+                fallback.name
+            );
+            return fallback;
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
 /// This node's identity while its server is down: the system identifier and the
 /// newest timeline the data directory knows. The checkpoint's timeline alone can be
 /// stale: a node promoted moments before a power cut has written its new timeline's
@@ -114,6 +183,7 @@ pub(crate) fn own_identity_offline(bin: &Path, account: Account) -> Option<NodeI
         system_identifier,
         timeline: checkpoint_timeline.max(newest_history.unwrap_or(0)),
         in_recovery: Path::new(CLUSTER_DIR).join("standby.signal").exists(),
+        wal_end: None,
     })
 }
 

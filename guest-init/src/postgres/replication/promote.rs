@@ -1,15 +1,18 @@
 //! `sovereign promote`: this replica becomes the primary, on a new timeline. Refused
 //! while the old primary is plainly alive, since two nodes that can see each other must
 //! never both take writes: while this node's WAL receiver streams from it (and heard
-//! from it just now), or while the peer answers as a read-write primary of the same
-//! cluster. `force` is for a peer that is
-//! gone, or for an operator who means it: the old primary, if it still runs, sees this
-//! node on the newer timeline and fences itself ([`super::fence`]).
+//! from it just now), or while a peer answers as a read-write primary of the same
+//! cluster; and refused while another replica has WAL this one lacks (that replica
+//! could not follow the new timeline, and what it has would be lost: promote it
+//! instead). `force` is for a peer that is gone, or for an operator who means it: the
+//! old primary, if it still runs, sees this node on the newer timeline and fences
+//! itself ([`super::fence`]). The other replicas follow the new primary on their own
+//! ([`crate::fence_guard`]).
 
-use super::peer::{Peer, PeerSeen};
+use super::peer::PeerSeen;
 use crate::postgres::{PgError, Postgres};
 use protocol::replication::{slot_sql, NodeIdentity, ReplicationConfig, IDENTITY_SQL};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use thiserror::Error;
 
 /// How long PostgreSQL may take to leave recovery.
@@ -47,13 +50,31 @@ pub fn promote(
     if !own.in_recovery {
         return Err(PromoteError::AlreadyPrimary(own.timeline));
     }
-    let peer = Peer::find(&cfg.peer, pg.port, Duration::ZERO);
-    let rival = match peer.ask(&pg.bin, pg.account) {
-        PeerSeen::Answered(p) if p.system_identifier == own.system_identifier && !p.in_recovery => {
-            Some(p.timeline)
-        }
-        _ => None,
-    };
+    let seen = super::ask_all(&cfg.peers, pg.port, &pg.bin, pg.account);
+    let same_cluster = |id: &NodeIdentity| id.system_identifier == own.system_identifier;
+    let rivals: Vec<(String, u32)> = seen
+        .iter()
+        .filter_map(|(name, s)| match s {
+            PeerSeen::Answered(p) if same_cluster(p) && !p.in_recovery => {
+                Some((name.clone(), p.timeline))
+            }
+            _ => None,
+        })
+        .collect();
+    let ahead: Vec<String> = seen
+        .iter()
+        .filter_map(|(name, s)| match (s, own.wal_end) {
+            (PeerSeen::Answered(p), Some(mine)) if same_cluster(p) && p.in_recovery => {
+                p.wal_end.filter(|theirs| *theirs > mine).map(|theirs| {
+                    format!(
+                        "{name} has {} bytes of WAL more than this node",
+                        theirs - mine
+                    )
+                })
+            }
+            _ => None,
+        })
+        .collect();
     // Asked after the peer, whose silence can take a connect timeout: a receiver that
     // heard from its primary since is streaming from a live primary.
     let receiving = pg
@@ -69,10 +90,14 @@ pub fn promote(
             "this node's WAL receiver is {receiving}, which it heard from in the last {RECENT_SECS} s"
         ));
     }
-    if let Some(timeline) = rival {
+    for (name, timeline) in &rivals {
         why_not.push(format!(
-            "{} answers as this cluster's primary on timeline {timeline}",
-            peer.name
+            "{name} answers as this cluster's primary on timeline {timeline}"
+        ));
+    }
+    for said in &ahead {
+        why_not.push(format!(
+            "{said}: it could not follow this node and what it has would be lost; promote it instead"
         ));
     }
     if !why_not.is_empty() && !force {
@@ -91,17 +116,28 @@ pub fn promote(
     }
     let took = started.elapsed();
     log::warn!("replication: promoted to primary in {took:?}");
-    if let Err(e) = pg.sql(&slot_sql(&cfg.peer)) {
-        log::warn!(
-            "replication: the slot for {} could not be made: {e}",
-            cfg.peer
-        );
+    for peer in &cfg.peers {
+        if let Err(e) = pg.sql(&slot_sql(peer)) {
+            log::warn!("replication: the slot for {peer} could not be made: {e}");
+        }
     }
     let mut message = format!("promoted in {:.1} s", took.as_secs_f64());
-    if let Some(timeline) = rival {
+    for (name, timeline) in &rivals {
         message.push_str(&format!(
-            "; {} still answered as a primary on timeline {timeline}: it stops taking writes as soon as it sees this node on the newer timeline",
-            peer.name
+            "; {name} still answered as a primary on timeline {timeline}: it stops taking writes as soon as it sees this node on the newer timeline"
+        ));
+    }
+    let followers: Vec<&str> = seen
+        .iter()
+        .filter(|(_, s)| matches!(s, PeerSeen::Answered(p) if same_cluster(p) && p.in_recovery))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    if !followers.is_empty() {
+        message.push_str(&format!(
+            "; {} follow{} this node on {} own",
+            followers.join(" and "),
+            if followers.len() == 1 { "s" } else { "" },
+            if followers.len() == 1 { "its" } else { "their" }
         ));
     }
     Ok(message)

@@ -211,7 +211,7 @@ pub fn ca(spec: &Spec) -> anyhow::Result<i32> {
 
 /// `db url APP [--format] [--verify-full CA]`: needs only the spec and the app's
 /// password file.
-/// With a `[replication]` table the string names both VMs: `read_only` asks for a
+/// With a `[replication]` table the string names every VM: `read_only` asks for a
 /// replica first, otherwise libpq looks for the one that takes writes.
 pub fn url(
     spec: &Spec,
@@ -244,7 +244,7 @@ pub fn url(
         verify_with_ca,
         cluster: spec.replication.as_ref().map(|r| {
             (
-                r.peer.as_str(),
+                r.peers.as_slice(),
                 if read_only {
                     conninfo::Session::PreferStandby
                 } else {
