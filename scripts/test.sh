@@ -120,10 +120,11 @@ SOVEREIGN_CLOUD_KERNEL=$cloud/vmlinuz \
 # thread). The fault suite prints its table (fault, outage, rows acknowledged, rows
 # lost); the replica drill its lag, the time from promote
 # to a write and the writable nodes counted each second through a forced promotion and
-# a split. One after the other: under TCG the guests keep both cores busy, and two
+# a split; the cluster drill each replica's lag and the time from a power cut to a write
+# after promote. One after the other: under TCG the guests keep both cores busy, and two
 # drills side by side took as long as both in a row (measured), with timeouts tighter.
-step "the drills: apps, backups, faults, replica"
-cargo test -p sovereign-tests --locked --test apps --test backups --test faults --test replica \
+step "the drills: apps, backups, faults, replica, cluster"
+cargo test -p sovereign-tests --locked --test apps --test backups --test faults --test replica --test cluster \
   -- --include-ignored --nocapture --test-threads=1
 
 step "fuzzing the codecs (${fuzz_seconds}s per target, in the background since the VM tests began)"

@@ -192,6 +192,12 @@ fn bring_up(boot: &BootConfig, config: &GuestConfig, guest: &Arc<Guest>) {
     r.report_ready();
     if r.state(Stage::Postgres) == Some(StageState::Ready) {
         if let Some(b) = guest.backups.get() {
+            if let Some(ip) = tailnet
+                .as_ref()
+                .and_then(|t| t.ips.iter().find(|ip| !ip.contains(':')))
+            {
+                b.serve_peers(ip);
+            }
             b.start_schedule();
         }
     }
@@ -228,6 +234,8 @@ fn start_network(
             postgres: config.postgres.port,
             wireguard: crate::tailscale::TAILSCALE_PORT,
             metrics: config.metrics.map(|m| m.port),
+            backup_server: (config.postgres.replication.is_some() && config.backup.is_some())
+                .then_some(crate::backup::cluster::SERVER_PORT),
         },
         &config.network,
     )?;
@@ -261,7 +269,15 @@ fn mount_disks(
     log::info!("data disk: {info}");
     if let Some(b) = &config.backup {
         let data_bytes = guest.disk.usage().map_or(0, |u| u.total_bytes);
-        let backups = Backups::prepare(b, config.postgres.port, data_bytes);
+        let cluster =
+            config
+                .postgres
+                .replication
+                .as_ref()
+                .map(|r| crate::backup::cluster::ClusterRepo {
+                    peers: r.peers.clone(),
+                });
+        let backups = Backups::prepare(b, config.postgres.port, data_bytes, cluster);
         let _ = guest.backups.set(Arc::new(backups));
     }
     Ok(())

@@ -31,6 +31,14 @@ const FOLLOW_AFTER: u32 = 2;
 /// Checks in a row this replica's WAL receiver has not streamed.
 static NOT_STREAMING: AtomicU32 = AtomicU32::new(0);
 
+/// A replica asks its peers every this many checks, only so that pgBackRest knows who
+/// answers (see `peer_hosts`): within its one-minute window, without a psql per peer
+/// every 5 s.
+const LIVENESS_EVERY: u32 = 6;
+
+/// Checks done on this replica.
+static REPLICA_CHECKS: AtomicU32 = AtomicU32::new(0);
+
 /// How often the peer is asked.
 const INTERVAL: Duration = Duration::from_secs(5);
 
@@ -67,12 +75,20 @@ pub fn check(guest: &Guest) -> Option<bool> {
     }
     let pg = guest.running().postgres.clone()?;
     let own = pg.identity()?;
+    let (bin, account) = pg.tools();
     if own.in_recovery {
         set(guest, None);
+        // Asked for what they answer only: pgBackRest names the peers that answered
+        // lately (see `peer_hosts`).
+        if REPLICA_CHECKS
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(LIVENESS_EVERY)
+        {
+            let _ = ask_all(&cfg.peers, config.postgres.port, bin, account);
+        }
         follow(&pg, config, &own);
         return Some(true);
     }
-    let (bin, account) = pg.tools();
     let seen = ask_all(&cfg.peers, config.postgres.port, bin, account);
     match fence::judge_all(&own, &config.hostname, &seen) {
         Verdict::Primary => {

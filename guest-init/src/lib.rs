@@ -30,6 +30,7 @@ pub mod mounts;
 pub mod net;
 pub mod own_memory;
 pub mod owned_files;
+pub mod peer_hosts;
 pub mod postgres;
 pub mod stages;
 pub mod tailscale;

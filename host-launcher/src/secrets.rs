@@ -247,6 +247,7 @@ pub fn server_tls(spec: &Spec) -> Result<protocol::config::TlsMaterial, SecretEr
     Ok(protocol::config::TlsMaterial {
         certificate_pem,
         key_pem: Secret::new(key),
+        ca_pem: crate::tls::ca_certificate(spec)?,
     })
 }
 

@@ -280,7 +280,12 @@ pub fn server_certificate(spec: &Spec) -> Result<(String, String), TlsError> {
     p.distinguished_name
         .push(DnType::CommonName, spec.hostname.clone());
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    // ClientAuth too: a node presents the same certificate to its peers' pgBackRest
+    // servers (backups from a replica ask the primary over TLS).
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     p.use_authority_key_identifier_extension = true;
     let now = SystemTime::now();
     p.not_before = (now - Duration::from_secs(24 * 3600)).into();

@@ -281,6 +281,10 @@ pub struct TlsMaterial {
     pub certificate_pem: String,
     /// Its private key (PKCS#8 PEM).
     pub key_pem: Secret,
+    /// The cluster's CA certificate (PEM): what a node checks its peers' certificates
+    /// against (pgBackRest's TLS between nodes); empty from a launcher that sends none.
+    #[serde(default)]
+    pub ca_pem: String,
 }
 
 fn default_pg_port() -> u16 {

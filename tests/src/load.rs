@@ -36,6 +36,17 @@ pub struct WriteLoad {
     thread: Option<JoinHandle<()>>,
 }
 
+/// Asserts that every row the load acknowledged (1..=`acked`) is on `vm`.
+pub fn assert_acked_rows_on(vm: &crate::vm::Vm, acked: usize) {
+    let present = vm.number(&format!("select count(*) from {TABLE} where n <= {acked}"));
+    assert_eq!(
+        present,
+        i64::try_from(acked).unwrap_or(i64::MAX),
+        "every acknowledged row is on {}",
+        vm.spec.display()
+    );
+}
+
 /// Writes a libpq password file (0600) for `password`, so no process carries the
 /// password in its environment or arguments.
 pub fn pgpass(dir: &Path, password: &str) -> PathBuf {
@@ -111,6 +122,22 @@ impl WriteLoad {
             stop,
             thread: Some(thread),
         }
+    }
+
+    /// [`WriteLoad::start_to`], returned once more than `rows` rows were acknowledged
+    /// (within a minute; panics with the last failure otherwise).
+    pub fn start_warmed(ns: &str, pgpass: &Path, conninfo: &str, rows: usize) -> WriteLoad {
+        let writes = WriteLoad::start_to(ns, pgpass, conninfo);
+        let warmed =
+            crate::process::wait_for(Duration::from_secs(60), Duration::from_secs(1), || {
+                (writes.acked() > rows).then_some(())
+            });
+        assert!(
+            warmed.is_some(),
+            "the load did not get {rows} rows acknowledged: {:?}",
+            writes.last_failure()
+        );
+        writes
     }
 
     /// Rows acknowledged so far (rows 1..=this).

@@ -29,6 +29,12 @@ pub fn text(o: &Output) -> String {
     )
 }
 
+/// What `o` printed, after asserting it succeeded (`what` names it in the failure).
+pub fn ok(o: &Output, what: &str) -> String {
+    assert!(o.status.success(), "{what}: {}", text(o));
+    text(o)
+}
+
 /// Polls `f` every `every` until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(
     timeout: Duration,

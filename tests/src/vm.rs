@@ -233,6 +233,26 @@ impl Vm {
         run(&mut self.command(verb, args))
     }
 
+    /// `status --json`'s replication object; panics when the status has none.
+    pub fn replication(&self) -> protocol::replication::ReplicationStatus {
+        let s = self.status();
+        s.replication
+            .unwrap_or_else(|| panic!("no replication in the status: {:?}", s.guest_error))
+    }
+
+    /// The number a query printed last (after any `\\c` notice); panics naming the
+    /// query when there is none.
+    pub fn number(&self, sql: &str) -> i64 {
+        let out = self.query(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        out.lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{sql}: not a number: {out:?}"))
+    }
+
     /// `sovereign start` as a command: in the VM's network namespace when it has one,
     /// so the supervisor and what it launches (gvproxy) live there.
     fn start_command(&self) -> Command {

@@ -35,13 +35,12 @@ use sovereign_tests::drill::Fixture;
 use sovereign_tests::lab::Lab;
 use sovereign_tests::load::{self, WriteLoad};
 use sovereign_tests::primaries;
-use sovereign_tests::process::{text, wait_for};
+use sovereign_tests::process::{ok, text, wait_for};
 use sovereign_tests::tailnode::{Login, TailNode};
 use sovereign_tests::vm::{Vm, VmOptions};
 use sovereign_tests::{heavy_variant, vm_test};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 /// The lag the replica must stay within under the steady load.
@@ -163,28 +162,9 @@ fn start_failed(child: std::process::Child, why: &str) -> String {
     said
 }
 
-fn ok(o: &Output, what: &str) -> String {
-    assert!(o.status.success(), "{what}: {}", text(o));
-    text(o)
-}
-
-/// The number a query printed last (after any `\\c` notice).
+/// The number a query printed last.
 fn count(vm: &Vm, sql: &str) -> i64 {
-    let out = vm.query(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-    out.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{sql}: not a number: {out:?}"))
-}
-
-/// `status --json`'s replication object.
-fn replication(vm: &Vm) -> ReplicationStatus {
-    let s = vm.status();
-    s.replication
-        .unwrap_or_else(|| panic!("no replication in the status: {:?}", s.guest_error))
+    vm.number(sql)
 }
 
 /// The fence's verdict in `vm`'s status.
@@ -215,23 +195,9 @@ fn wait_replication(vm: &Vm, want_state: &str) -> ReplicationStatus {
     .unwrap_or_else(|| {
         panic!(
             "replication never became {want_state}: {:?}",
-            replication(vm)
+            vm.replication()
         )
     })
-}
-
-/// Every row the load acknowledged is on `vm`.
-fn no_acknowledged_row_lost(vm: &Vm, acked: usize) {
-    let present = count(
-        vm,
-        &format!("select count(*) from {} where n <= {acked}", load::TABLE),
-    );
-    assert_eq!(
-        present,
-        i64::try_from(acked).unwrap(),
-        "every acknowledged row is on {}",
-        vm.spec.display()
-    );
 }
 
 fn stop_while_joining(c: &mut Cluster) {
@@ -415,7 +381,7 @@ fn rows_under_load(c: &mut Cluster) {
     let mut lags = Vec::new();
     for _ in 0..LAG_SAMPLES {
         std::thread::sleep(Duration::from_secs(2));
-        let p = replication(&c.a);
+        let p = c.a.replication();
         lags.push((p.lag_bytes, p.lag_seconds));
     }
     let acked = writes.acked();
@@ -466,7 +432,7 @@ fn promote_refused(c: &mut Cluster) {
         "{said}"
     );
     assert!(said.contains("--force"), "it names the way out: {said}");
-    assert_eq!(replication(&c.b).role, Role::Replica, "nothing changed");
+    assert_eq!(c.b.replication().role, Role::Replica, "nothing changed");
     let help = ok(&c.b.cli("promote", &["--help"]), "promote --help");
     assert!(help.contains("--force") && help.contains("--yes"), "{help}");
 }
@@ -494,7 +460,7 @@ fn forced_promote(c: &mut Cluster) {
         "writes resumed on B: {:?}",
         writes.last_failure()
     );
-    no_acknowledged_row_lost(&c.b, writes.acked());
+    load::assert_acked_rows_on(&c.b, writes.acked());
     println!(
         "forced promotion: two primaries for at most {:?}; the load writes on B again",
         counts.longest_split()
@@ -555,7 +521,7 @@ fn failover(c: &mut Cluster) {
     // the crash in the next step must not replay it.
     if let Some(writes) = c.load.take() {
         let acked = writes.stop();
-        no_acknowledged_row_lost(&c.b, acked);
+        load::assert_acked_rows_on(&c.b, acked);
     }
     ok(&c.b.stop(), "stop B cleanly");
     ok(&c.a.cli("promote", &["--yes"]), "promote A, B stopped");
@@ -571,15 +537,7 @@ fn failover(c: &mut Cluster) {
         .expect("the second node")
         .ns_name()
         .to_string();
-    let writes = WriteLoad::start_to(&ns, &c.pgpass, CLUSTER);
-    let warmed = wait_for(Duration::from_secs(60), Duration::from_secs(1), || {
-        (writes.acked() > 20).then_some(())
-    });
-    assert!(
-        warmed.is_some(),
-        "the load writes on A: {:?}",
-        writes.last_failure()
-    );
+    let writes = WriteLoad::start_warmed(&ns, &c.pgpass, CLUSTER, 20);
     let cut = Instant::now();
     c.a.power_cut();
     let o = c.b.cli("promote", &["--yes"]);
@@ -602,8 +560,8 @@ fn failover(c: &mut Cluster) {
         (writes.acked() >= before + 5).then_some(())
     });
     assert!(more.is_some(), "writes go on: {:?}", writes.last_failure());
-    no_acknowledged_row_lost(&c.b, writes.acked());
-    let r = replication(&c.b);
+    load::assert_acked_rows_on(&c.b, writes.acked());
+    let r = c.b.replication();
     assert_eq!((r.role, r.timeline), (Role::Primary, 4), "{r:?}");
     c.load = Some(writes);
 }
@@ -635,8 +593,8 @@ fn crash_after_promote(c: &mut Cluster) {
         notes,
         "no row written after the promotion was lost"
     );
-    no_acknowledged_row_lost(&c.b, acked);
-    let r = replication(&c.b);
+    load::assert_acked_rows_on(&c.b, acked);
+    let r = c.b.replication();
     assert_eq!((r.role, r.timeline), (Role::Primary, 4), "{r:?}");
 }
 
@@ -704,13 +662,13 @@ fn gone_replica_bounded(c: &mut Cluster) {
     c.b.query(&sql).expect("write WAL");
     let slot = wait_for(Duration::from_secs(60), Duration::from_secs(2), || {
         let _ = c.b.query("checkpoint");
-        let p = replication(&c.b);
+        let p = c.b.replication();
         p.slots.iter().any(|s| s.lost()).then_some(p)
     });
     assert!(
         slot.is_some(),
         "the gone replica's slot was invalidated: {:?}",
-        replication(&c.b)
+        c.b.replication()
     );
     let wal_mb = count(
         &c.b,

@@ -10,6 +10,7 @@
 
 pub mod archiving;
 mod catalog;
+pub mod cluster;
 pub mod export;
 pub mod export_set;
 pub mod identity;
@@ -26,7 +27,6 @@ pub mod unfinished;
 use crate::command;
 use crate::disks::{Disk, DiskError};
 use crate::owned_files::{self, Owner};
-use crate::postgres::wal_budget::WalBudget;
 use crate::postgres::Account;
 use pgbackrest::{Repos, BACKUP_MOUNT, REPO1_PATH, WORK_DIR};
 use protocol::backup::{
@@ -68,6 +68,9 @@ pub enum BackupError {
 struct State {
     /// Why backups do not work, when they don't.
     problem: Option<String>,
+    /// `problem` is a failed stanza-create that the next tick tries again (a cluster's
+    /// node).
+    stanza_failed: bool,
     /// The runs to repo1 and repo2.
     runs: [RepoRuns; 2],
     /// Sets of every repository.
@@ -104,6 +107,12 @@ impl State {
 #[derive(Debug)]
 pub struct Backups {
     cfg: BackupConfig,
+    /// The other nodes, when this node is one of a cluster's.
+    cluster: Option<cluster::ClusterRepo>,
+    /// The data disk's size, for the archive queue's bound.
+    data_disk_bytes: u64,
+    /// pgBackRest's TLS server for them, once started.
+    server: Mutex<Option<crate::lifecycle::service::Service>>,
     pg_port: u16,
     disk: Disk,
     account: Option<Account>,
@@ -118,9 +127,17 @@ impl Backups {
     /// Mounts the backup disk (formatting it when blank), prepares repo1, the spool and
     /// the configuration. Never fails: what went wrong is kept and shown in status, and
     /// [`Backups::archive_settings`] is then empty so postgres runs without archiving.
-    pub fn prepare(cfg: &BackupConfig, pg_port: u16, data_disk_bytes: u64) -> Backups {
+    pub fn prepare(
+        cfg: &BackupConfig,
+        pg_port: u16,
+        data_disk_bytes: u64,
+        cluster: Option<cluster::ClusterRepo>,
+    ) -> Backups {
         let b = Backups {
             cfg: cfg.clone(),
+            cluster,
+            data_disk_bytes,
+            server: Mutex::new(None),
             pg_port,
             disk: Disk::new(BACKUP_MOUNT, BACKUP_LABEL),
             account: Account::lookup().ok(),
@@ -128,14 +145,14 @@ impl Backups {
             imported: (Mutex::new(false), std::sync::Condvar::new()),
             state: Mutex::default(),
         };
-        if let Err(e) = b.prepare_files(data_disk_bytes) {
+        if let Err(e) = b.prepare_files() {
             log::error!("backups disabled: {e}");
             b.lock().problem = Some(e.to_string());
         }
         b
     }
 
-    fn prepare_files(&self, data_disk_bytes: u64) -> Result<(), BackupError> {
+    fn prepare_files(&self) -> Result<(), BackupError> {
         let owner = self.owner()?;
         let info = self.disk.mount(Path::new(&self.cfg.device))?;
         log::info!("backup disk: {info}");
@@ -162,17 +179,7 @@ impl Backups {
         if let Some(o) = &self.cfg.offsite {
             offsite::write_credentials(o)?;
         }
-        // A share of the data disk may wait for an unreachable repository; past it
-        // pgBackRest drops WAL instead of filling the disk.
-        let queue_mib = WalBudget::for_disk(data_disk_bytes).archive_queue_mib;
-        for repos in Repos::needed(&self.cfg) {
-            let conf = pgbackrest::render_config(&self.cfg, repos, self.pg_port, queue_mib);
-            let path = Path::new(repos.config_file());
-            match repos.runs_as_root() {
-                true => owned_files::write_file(path, conf.as_bytes(), 0o600, root)?,
-                false => owned_files::write_file(path, conf.as_bytes(), 0o640, owner)?,
-            }
-        }
+        self.write_configs()?;
         Ok(())
     }
 
@@ -191,7 +198,7 @@ impl Backups {
         self.lock()
             .problem
             .is_none()
-            .then(|| pgbackrest::archive_settings(&self.cfg))
+            .then(|| pgbackrest::archive_settings(&self.cfg, self.cluster.is_some()))
     }
 
     /// Runs a pgBackRest command on the repositories its `--repo=N` names (both without
@@ -318,8 +325,11 @@ impl Backups {
         let spawned = std::thread::Builder::new()
             .name("backups".into())
             .spawn(move || {
-                me.create_stanza();
+                let mut stanza = me.create_stanza();
                 loop {
+                    if !stanza && me.lock().stanza_failed {
+                        stanza = me.create_stanza();
+                    }
                     me.tick();
                     std::thread::sleep(TICK);
                 }

@@ -197,13 +197,15 @@ pub fn render_config(cfg: &BackupConfig, repos: Repos, pg_port: u16, queue_max_m
     )
 }
 
-/// The postgresql.conf lines for continuous archiving through pgBackRest.
-pub fn archive_settings(cfg: &BackupConfig) -> String {
+/// The postgresql.conf lines for continuous archiving through pgBackRest; on a node of
+/// a cluster (`always`) also while it is a replica, the WAL it receives.
+pub fn archive_settings(cfg: &BackupConfig, cluster: bool) -> String {
     format!(
         "# Continuous archiving to pgBackRest (async push)\n\
-         archive_mode = on\n\
+         archive_mode = {}\n\
          archive_command = '{PROGRAM} --config={LOCAL_CONFIG_FILE} --stanza={STANZA} archive-push %p'\n\
          archive_timeout = {}\n",
+        if cluster { "always" } else { "on" },
         cfg.archive_timeout_secs
     )
 }
@@ -397,6 +399,31 @@ pub fn parse_info(json: &str) -> Result<Info, InfoError> {
     })
 }
 
+impl super::Backups {
+    /// Writes pgBackRest's configuration files; with a cluster, again before each use
+    /// that reaches the peers (the ones that answer change).
+    pub(super) fn write_configs(&self) -> Result<(), super::BackupError> {
+        let owner = self.owner()?;
+        let root = crate::owned_files::Owner { uid: 0, gid: 0 };
+        // A share of the data disk may wait for an unreachable repository; past it
+        // pgBackRest drops WAL instead of filling the disk.
+        let queue_mib = crate::postgres::wal_budget::WalBudget::for_disk(self.data_disk_bytes)
+            .archive_queue_mib;
+        for repos in Repos::needed(&self.cfg) {
+            let mut conf = render_config(&self.cfg, repos, self.pg_port, queue_mib);
+            if let (Some(c), Repos::Both | Repos::Local) = (&self.cluster, repos) {
+                conf.push_str(&c.pg_host_lines(self.pg_port));
+            }
+            let path = Path::new(repos.config_file());
+            match repos.runs_as_root() {
+                true => crate::owned_files::write_file(path, conf.as_bytes(), 0o600, root)?,
+                false => crate::owned_files::write_file(path, conf.as_bytes(), 0o640, owner)?,
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,7 +449,8 @@ mod tests {
         ] {
             assert!(c.lines().any(|l| l == line), "{line} missing in\n{c}");
         }
-        let a = archive_settings(&cfg());
+        assert!(archive_settings(&cfg(), true).contains("archive_mode = always\n"));
+        let a = archive_settings(&cfg(), false);
         assert!(a.contains("archive_mode = on"), "{a}");
         assert!(a.contains("archive_timeout = 60"), "{a}");
         assert!(

@@ -24,6 +24,7 @@ impl Backups {
         let started_unix = now_unix();
         let start = Instant::now();
         log::info!("pgbackrest: {kind} backup to repo{repo} starting");
+        self.refresh_peers();
         let stanza = match repo {
             REPO_OFFSITE => self.offsite_stanza().err().map(|e| e.to_string()),
             _ => None,
@@ -36,7 +37,11 @@ impl Backups {
             Some(why) => Err(BackupError::Unavailable(why)),
             None => self.pgbackrest(
                 "backup",
-                &[format!("--type={kind}"), format!("--repo={repo}")],
+                &[
+                    vec![format!("--type={kind}"), format!("--repo={repo}")],
+                    self.cluster_args(),
+                ]
+                .concat(),
             ),
         };
         let duration_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);

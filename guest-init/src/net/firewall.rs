@@ -1,6 +1,7 @@
 //! The guest's packet policy, loaded with `nft` (Debian's nftables) from a ruleset on
 //! its stdin. In: replies to the guest's own connections, tailscaled's WireGuard port,
-//! PostgreSQL (and the Prometheus page, when on) on the tailnet interface, and nothing else. Out on tap0: nothing for
+//! PostgreSQL (and the Prometheus page, and pgBackRest's server for a cluster's peers,
+//! when on) on the tailnet interface, and nothing else. Out on tap0: nothing for
 //! gvproxy's own subnet but its resolver and the host alias, and no multicast or
 //! broadcast. gvproxy answers only DNS itself and sends everything else out of the
 //! host as its own traffic, so a port-mapping probe to the gateway (NAT-PMP, udp 5351)
@@ -37,6 +38,9 @@ pub struct Ports {
     pub wireguard: u16,
     /// PID 1's Prometheus page, on the tailnet interface, when the spec turns it on.
     pub metrics: Option<u16>,
+    /// pgBackRest's TLS server for the cluster's peers, on the tailnet interface, when
+    /// this node backs up as one of a cluster's.
+    pub backup_server: Option<u16>,
 }
 
 /// The ruleset for `ports` on gvproxy's network `net`.
@@ -44,6 +48,10 @@ pub fn ruleset(ports: &Ports, net: &NetworkConfig) -> String {
     let metrics = ports
         .metrics
         .map(|p| format!("\t\tiifname \"tailscale0\" tcp dport {p} accept comment \"the Prometheus page on the tailnet\"\n"))
+        .unwrap_or_default();
+    let backup_server = ports
+        .backup_server
+        .map(|p| format!("\t\tiifname \"tailscale0\" tcp dport {p} accept comment \"pgBackRest's server for the cluster's peers (mutual TLS)\"\n"))
         .unwrap_or_default();
     format!(
         "# Written by sovereign-init: the guest's whole packet policy.\n\
@@ -60,6 +68,7 @@ pub fn ruleset(ports: &Ports, net: &NetworkConfig) -> String {
          \t\tudp dport {wireguard} accept comment \"tailscaled (WireGuard)\"\n\
          \t\tiifname \"tailscale0\" tcp dport {pg} accept comment \"PostgreSQL on the tailnet\"\n\
          {metrics}\
+         {backup_server}\
          \t\tiifname \"{tap}\" tcp dport @probe_ports accept comment \"inbound probes the host asked for\"\n\
          \t}}\n\
          \tchain output {{\n\
@@ -151,6 +160,7 @@ mod tests {
         postgres: 5432,
         wireguard: 41641,
         metrics: None,
+        backup_server: None,
     };
 
     #[test]
@@ -168,6 +178,18 @@ mod tests {
         );
         assert_eq!(r.matches("9187").count(), 1, "{r}");
         assert!(!ruleset(&PORTS, &NetworkConfig::default()).contains("9187"));
+        let cluster = ruleset(
+            &Ports {
+                backup_server: Some(8432),
+                ..PORTS
+            },
+            &NetworkConfig::default(),
+        );
+        assert!(
+            cluster.contains("iifname \"tailscale0\" tcp dport 8432 accept"),
+            "{cluster}"
+        );
+        assert!(!ruleset(&PORTS, &NetworkConfig::default()).contains("8432"));
     }
 
     #[test]

@@ -13,10 +13,21 @@ use std::path::Path;
 const CERT_FILE: &str = "server.crt";
 /// The key's file name in the socket directory.
 const KEY_FILE: &str = "server.key";
+/// The cluster CA's certificate in the socket directory.
+const CA_FILE: &str = "ca.crt";
 
-/// Writes the certificate and key for postgres.
+/// Where the certificate, its key and the cluster CA's certificate are (for pgBackRest's
+/// TLS between the nodes of a cluster, which presents the same certificate).
+pub fn paths() -> [std::path::PathBuf; 3] {
+    [CERT_FILE, KEY_FILE, CA_FILE].map(|f| Path::new(SOCKET_DIR).join(f))
+}
+
+/// Writes the certificate, its key and the CA's certificate for postgres.
 pub fn install(material: &TlsMaterial, owner: Owner) -> Result<(), OwnedFileError> {
     let dir = Path::new(SOCKET_DIR);
+    if !material.ca_pem.is_empty() {
+        owned_files::write_file(&dir.join(CA_FILE), material.ca_pem.as_bytes(), 0o644, owner)?;
+    }
     owned_files::write_file(
         &dir.join(CERT_FILE),
         material.certificate_pem.as_bytes(),

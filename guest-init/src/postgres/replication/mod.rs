@@ -7,6 +7,7 @@
 
 pub mod copy;
 pub mod fence;
+mod follow;
 pub mod peer;
 pub mod promote;
 pub mod rejoin;

@@ -39,6 +39,7 @@ impl Peer {
         let start = Instant::now();
         let ip = loop {
             if let Some(ip) = crate::tailscale::peer_ipv4(name) {
+                crate::peer_hosts::remember(name, ip);
                 break Some(ip);
             }
             if start.elapsed() >= patience {
@@ -97,7 +98,10 @@ impl Peer {
             .args(["-X", "-A", "-t", "-c", IDENTITY_SQL]);
         match command::output(&mut cmd) {
             Ok(o) if o.exit.success() => match NodeIdentity::parse(&o.stdout) {
-                Some(id) => PeerSeen::Answered(id),
+                Some(id) => {
+                    crate::peer_hosts::answered(&self.name);
+                    PeerSeen::Answered(id)
+                }
                 None => PeerSeen::Silent(format!(
                     "{} ({ip}) answered {:?}",
                     self.name,
