@@ -108,7 +108,7 @@ fuzz_all >"$fuzz_log" 2>&1 &
 fuzzing=$!
 
 [ "${SOVEREIGN_HEAVY_TESTS:-0}" = 1 ] \
-  || log "heavy variants skipped (the backup drill's killed full backup, SFTP server away, retention, full and lost backup disk; the OOM fault): scripts/test.sh --heavy runs them"
+  || log "heavy variants skipped (the backup drill's killed full backup, SFTP server away, retention, full and lost backup disk; the OOM fault; the three-node cluster drill, about 10 min or more under TCG on 2 cores): scripts/test.sh --heavy runs them"
 step "static musl builds, then VM tests (QEMU TCG, real gvproxy, headscale, tailscale, PostgreSQL)"
 export SOVEREIGN_ARTIFACTS=$artifacts SOVEREIGN_REQUIRE_VM_TESTS=1
 cargo test -p sovereign-tests --locked --tests --no-run

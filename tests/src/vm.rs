@@ -233,11 +233,20 @@ impl Vm {
         run(&mut self.command(verb, args))
     }
 
-    /// `status --json`'s replication object; panics when the status has none.
+    /// `status --json`'s replication object, asked again for up to a minute while the
+    /// server does not answer it (a guest busy under TCG misses a round); panics then.
     pub fn replication(&self) -> protocol::replication::ReplicationStatus {
-        let s = self.status();
-        s.replication
-            .unwrap_or_else(|| panic!("no replication in the status: {:?}", s.guest_error))
+        let mut last = None;
+        crate::process::wait_for(
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(2),
+            || {
+                let s = self.status();
+                last = s.guest_error.clone();
+                s.replication
+            },
+        )
+        .unwrap_or_else(|| panic!("no replication in the status for a minute: {last:?}"))
     }
 
     /// The number a query printed last (after any `\\c` notice); panics naming the
