@@ -126,6 +126,9 @@ pub fn slot_sql(peer: &str) -> String {
 
 /// The status query: one JSON object that [`ReplicationStatus`] reads; psql runs it
 /// with `-A -t`. The `\if` keeps functions that fail during recovery off the replica.
+/// A replica's lag is never below zero: its clock may run behind the primary's (each
+/// guest's clock is its own), which made the age of the last replayed commit negative
+/// and the whole object unreadable.
 pub const STATUS_SQL: &str = r"select pg_is_in_recovery() as standby \gset
 \if :standby
 select json_build_object(
@@ -133,8 +136,8 @@ select json_build_object(
   'timeline', coalesce((select received_tli from pg_stat_wal_receiver), (select timeline_id from pg_control_checkpoint())),
   'state', coalesce((select status from pg_stat_wal_receiver), 'not streaming'),
   'peer', coalesce((select sender_host from pg_stat_wal_receiver), ''),
-  'lag_bytes', pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::bigint,
-  'lag_seconds', extract(epoch from now() - pg_last_xact_replay_timestamp())::bigint,
+  'lag_bytes', greatest(0, pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()))::bigint,
+  'lag_seconds', greatest(0, extract(epoch from now() - pg_last_xact_replay_timestamp()))::bigint,
   'slots', '[]'::json,
   'replicas', '[]'::json);
 \else
@@ -349,6 +352,19 @@ mod tests {
             "ANY 1 (\"sql_r1\", \"sql_r2\")"
         );
         assert_eq!(synchronous_standby_names(&["sql-vm".into()]), "\"sql_vm\"");
+    }
+
+    #[test]
+    fn a_replica_behind_the_primarys_clock_still_reads() {
+        // What a replica whose clock runs 1 s behind printed before the clamp.
+        assert!(ReplicationStatus::parse(
+            "{\"role\" : \"replica\", \"timeline\" : 1, \"state\" : \"streaming\", \"peer\" : \"100.64.0.1\", \"lag_bytes\" : 0, \"lag_seconds\" : -1, \"slots\" : []}"
+        )
+        .is_none());
+        assert!(STATUS_SQL.contains(
+            "'lag_seconds', greatest(0, extract(epoch from now() - pg_last_xact_replay_timestamp()))::bigint"
+        ));
+        assert!(STATUS_SQL.contains("'lag_bytes', greatest(0, pg_wal_lsn_diff("));
     }
 
     #[test]
