@@ -80,9 +80,14 @@ fn ensure_up(n: &Node, changed: &mut Changes) -> Result<(), NodeError> {
         }
     }
     println!(
-        "  … starting {} on {} (it returns once every stage is proven; a first boot copies the primary)",
+        "  … starting {} on {} (it returns once every stage is proven{})",
         n.hostname,
-        n.via.describe()
+        n.via.describe(),
+        if n.is_primary() {
+            ""
+        } else {
+            "; a replica's first boot copies the primary"
+        }
     );
     let started = Instant::now();
     let out = n.sovereign_ok("start", &[])?;
